@@ -632,3 +632,49 @@ def test_request_members_are_checked_before_the_stream_is_looked_up(store):
     with pytest.raises(ClientError) as raised:
         streams.get_shard_iterator(StreamArn=unknown, ShardId=shard, ShardIteratorType="LATEST")
     assert error_code(raised)[0] == "ResourceNotFoundException"
+
+
+def test_lengths_outside_the_model_are_answered_with_the_bound_named(store):
+    """A member shorter or longer than the API model allows is a ValidationException in
+    DynamoDB's generated words, naming the one bound it breaks (as DynamoDB and DynamoDB Local
+    word them), before any stream is looked up; a sequence number of the right length that is
+    not digits is refused naming what one is."""
+    client = store.client()
+    streams = boto3.client(
+        "dynamodbstreams", region_name=REGION, endpoint_url=store.url,
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, parameter_validation=False),
+    )
+    _, arn = streamed_table(client, "KEYS_ONLY")
+    shard = shards_of(streams, arn)[0]["ShardId"]
+
+    def refused(call, **kwargs):
+        with pytest.raises(ClientError) as raised:
+            call(**kwargs)
+        code, message = error_code(raised)
+        assert code == "ValidationException", (kwargs, code, message)
+        return message
+
+    at = dict(StreamArn=arn, ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER")
+    for kwargs, tail in [
+        (dict(at, SequenceNumber="1" * 20), "at 'sequenceNumber' failed to satisfy constraint: "
+                                            "Member must have length greater than or equal to 21"),
+        (dict(at, SequenceNumber="1" * 41), "at 'sequenceNumber' failed to satisfy constraint: "
+                                            "Member must have length less than or equal to 40"),
+        (dict(at, ShardId="shardId-1"), "at 'shardId' failed to satisfy constraint: "
+                                        "Member must have length greater than or equal to 28"),
+        (dict(at, ShardId="s" * 66), "at 'shardId' failed to satisfy constraint: "
+                                     "Member must have length less than or equal to 65"),
+        (dict(at, StreamArn="arn:aws:dynamodb:short"), "at 'streamArn' failed to satisfy constraint: "
+                                                       "Member must have length greater than or equal to 37"),
+    ]:
+        message = refused(streams.get_shard_iterator, **kwargs)
+        assert message.startswith("1 validation error detected: Value '") and message.endswith(tail), message
+    message = refused(streams.get_shard_iterator, **dict(at, SequenceNumber="x" * 21))
+    assert message.startswith("Invalid SequenceNumber: '" + "x" * 21 + "' is not a sequence number"), message
+    assert refused(streams.get_records, ShardIterator="").endswith(
+        "at 'shardIterator' failed to satisfy constraint: Member must have length greater than or equal to 1")
+    assert refused(streams.get_records, ShardIterator="x" * 2049).endswith(
+        "at 'shardIterator' failed to satisfy constraint: Member must have length less than or equal to 2048")
+    assert refused(streams.describe_stream, StreamArn=arn, ExclusiveStartShardId="s" * 66).endswith(
+        "at 'exclusiveStartShardId' failed to satisfy constraint: Member must have length less than or equal to 65")

@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{
-    DESCRIBE_STREAM_LIMIT_MAX, GET_RECORDS_BYTES_MAX, GET_RECORDS_LIMIT_MAX, LIST_STREAMS_LIMIT_MAX, ShardIterator,
-    format_sequence, parse_sequence, parse_stream_arn, stream_arn,
+    DESCRIBE_STREAM_LIMIT_MAX, GET_RECORDS_BYTES_MAX, GET_RECORDS_LIMIT_MAX, LIST_STREAMS_LIMIT_MAX,
+    STREAM_ARN_LENGTH_MAX, STREAM_ARN_LENGTH_MIN, ShardIterator, format_sequence, parse_sequence, parse_stream_arn,
+    stream_arn,
 };
 use crate::engine::{Engine, ShardMeta, Snapshot, StreamMeta};
 
@@ -125,13 +126,12 @@ struct ShardFilter {
     shard_id: Option<String>,
 }
 
+/// botocore's bounds on a shard id's length.
+const SHARD_ID_LENGTH_MIN: usize = 28;
+const SHARD_ID_LENGTH_MAX: usize = 65;
+
 fn check_shard_id(id: &str, field: &str) -> Result<(), ApiError> {
-    if id.len() < 28 || id.len() > 65 {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{id}' at '{field}' failed to satisfy constraint: Member must have length between 28 and 65"
-        )));
-    }
-    Ok(())
+    super::check_length(id, field, SHARD_ID_LENGTH_MIN, SHARD_ID_LENGTH_MAX)
 }
 
 /// The parent whose children the filter asks for.
@@ -173,6 +173,12 @@ fn shard_json(shard: &ShardMeta) -> Value {
 }
 
 fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Value, ApiError> {
+    super::check_length(
+        &request.stream_arn,
+        "streamArn",
+        STREAM_ARN_LENGTH_MIN,
+        STREAM_ARN_LENGTH_MAX,
+    )?;
     let limit = check_limit(request.limit, DESCRIBE_STREAM_LIMIT_MAX, "limit")?;
     let parent = request.shard_filter.as_ref().map(filter_parent).transpose()?;
     if let Some(id) = &request.exclusive_start_shard_id {
@@ -299,6 +305,13 @@ fn requested_start(request: &GetShardIteratorRequest, now_ms: u64) -> Result<Sta
 }
 
 fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Result<Value, ApiError> {
+    // The model's constraints on every member first, as DynamoDB checks them.
+    super::check_length(
+        &request.stream_arn,
+        "streamArn",
+        STREAM_ARN_LENGTH_MIN,
+        STREAM_ARN_LENGTH_MAX,
+    )?;
     check_shard_id(&request.shard_id, "shardId")?;
     let start = requested_start(&request, engine.now_unix_ms())?;
     let snapshot = engine.snapshot()?;

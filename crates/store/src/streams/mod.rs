@@ -304,11 +304,7 @@ pub fn parse_stream_arn<'a>(arn: &'a str, region: &str) -> Result<(&'a str, &'a 
 
 /// [`parse_stream_arn`] of the request member `field` (named in a length error).
 pub fn parse_stream_arn_at<'a>(arn: &'a str, region: &str, field: &str) -> Result<(&'a str, &'a str), ApiError> {
-    if arn.len() < STREAM_ARN_LENGTH_MIN || arn.len() > STREAM_ARN_LENGTH_MAX {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{arn}' at '{field}' failed to satisfy constraint: Member must have length between {STREAM_ARN_LENGTH_MIN} and {STREAM_ARN_LENGTH_MAX}"
-        )));
-    }
+    check_length(arn, field, STREAM_ARN_LENGTH_MIN, STREAM_ARN_LENGTH_MAX)?;
     let invalid = || {
         ApiError::validation(format!(
             "Invalid StreamArn: {arn} (expected arn:aws:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL, as ListStreams and DescribeTable's LatestStreamArn give it)"
@@ -365,15 +361,36 @@ pub fn label_ms(label: &str) -> Option<u64> {
     seconds.checked_mul(1000)?.checked_add(millis.parse().ok()?)
 }
 
+/// botocore's bounds on a sequence number's length (the store writes 21 digits).
+pub const SEQUENCE_LENGTH_MIN: usize = 21;
+pub const SEQUENCE_LENGTH_MAX: usize = 40;
+
+/// DynamoDB's answer to a request member outside its model's length bounds: one bound named,
+/// in the words of its generated validation (`Member must have length greater than or equal
+/// to MIN` / `less than or equal to MAX`), as the rest of the store words them.
+pub fn check_length(value: &str, field: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let bound = if value.len() < min {
+        format!("greater than or equal to {min}")
+    } else if value.len() > max {
+        format!("less than or equal to {max}")
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::validation(format!(
+        "1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: Member must have length {bound}"
+    )))
+}
+
 /// Sequence numbers are decimal strings of 21 digits (botocore: 21 to 40), increasing.
 pub fn format_sequence(seq: u64) -> String {
     format!("{seq:021}")
 }
 
 pub fn parse_sequence(text: &str) -> Result<u64, ApiError> {
-    if !(21..=40).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
+    check_length(text, "sequenceNumber", SEQUENCE_LENGTH_MIN, SEQUENCE_LENGTH_MAX)?;
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{text}' at 'sequenceNumber' failed to satisfy constraint: Member must be a string of 21 to 40 decimal digits"
+            "Invalid SequenceNumber: '{text}' is not a sequence number (they are {SEQUENCE_LENGTH_MIN} to {SEQUENCE_LENGTH_MAX} decimal digits, as records' SequenceNumber and shards' SequenceNumberRange give them)"
         )));
     }
     text.parse::<u128>()
@@ -847,9 +864,15 @@ impl ShardIterator {
     }
 
     pub fn decode(text: &str, key: &[u8; ITERATOR_KEY_BYTES]) -> Result<ShardIterator, ApiError> {
+        // The value is left out of this error: a wrong iterator can be long.
         if text.is_empty() || text.len() > SHARD_ITERATOR_LENGTH_MAX {
+            let bound = if text.is_empty() {
+                "greater than or equal to 1".to_string()
+            } else {
+                format!("less than or equal to {SHARD_ITERATOR_LENGTH_MAX}")
+            };
             return Err(ApiError::validation(format!(
-                "1 validation error detected: Value at 'shardIterator' failed to satisfy constraint: Member must have length between 1 and {SHARD_ITERATOR_LENGTH_MAX}"
+                "1 validation error detected: Value at 'shardIterator' failed to satisfy constraint: Member must have length {bound}"
             )));
         }
         let invalid = || {

@@ -272,6 +272,20 @@ fn names_have_dynamodbs_formats() {
     assert_eq!(parse_sequence(&format_sequence(7)), Ok(7));
     assert_eq!(parse_sequence(&format_sequence(u64::MAX)), Ok(u64::MAX));
     assert!(parse_sequence("7").is_err());
+    // A length outside the model's bounds is answered in DynamoDB's generated words, one bound.
+    let message = |text: &str| parse_sequence(text).expect_err("refused").message;
+    assert!(
+        message("7").ends_with(
+            "at 'sequenceNumber' failed to satisfy constraint: Member must have length greater than or equal to 21"
+        ),
+        "{}",
+        message("7")
+    );
+    assert!(message(&"1".repeat(41)).ends_with("Member must have length less than or equal to 40"));
+    assert!(
+        message(&"x".repeat(21))
+            .starts_with("Invalid SequenceNumber: 'xxxxxxxxxxxxxxxxxxxxx' is not a sequence number")
+    );
     assert!(parse_sequence("00000000000000000000x").is_err());
     assert!(parse_sequence(&"9".repeat(40)).is_err());
     let shard = shard_id(1_700_000_000_123, 3, 9);
