@@ -616,9 +616,11 @@ def test_request_members_are_checked_before_the_stream_is_looked_up(store):
     unknown = arn.rsplit("/stream/", 1)[0] + "/stream/2000-01-01T00:00:00.000"
     for kwargs, named in [
         ({"ShardIteratorType": "SOMEWHERE"}, "'shardIteratorType'"),
-        ({"ShardIteratorType": "AT_SEQUENCE_NUMBER"}, "A SequenceNumber is required"),
+        ({"ShardIteratorType": "AT_SEQUENCE_NUMBER"}, "One or more parameter values were invalid: Invalid SequenceNumber: "
+                                                      "a SequenceNumber is required"),
         ({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "12"}, "'sequenceNumber'"),
-        ({"ShardIteratorType": "LATEST", "SequenceNumber": "0" * 21}, "SequenceNumber must not be given"),
+        ({"ShardIteratorType": "LATEST", "SequenceNumber": "0" * 21},
+         "One or more parameter values were invalid: SequenceNumber should not be passed for this iterator type"),
         ({"ShardIteratorType": "AT_TIMESTAMP"}, "A Timestamp is required"),
     ]:
         for stream in (arn, unknown):

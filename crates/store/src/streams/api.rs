@@ -279,7 +279,7 @@ fn requested_start(request: &GetShardIteratorRequest, now_ms: u64) -> Result<Sta
     let takes_sequence = matches!(kind, "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER");
     if !takes_sequence && request.sequence_number.is_some() {
         return Err(ApiError::validation(format!(
-            "SequenceNumber must not be given with ShardIteratorType {kind}; it is for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER"
+            "One or more parameter values were invalid: SequenceNumber should not be passed for this iterator type ({kind}); it is for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER"
         )));
     }
     if kind != "AT_TIMESTAMP" && request.timestamp.is_some() {
@@ -290,7 +290,7 @@ fn requested_start(request: &GetShardIteratorRequest, now_ms: u64) -> Result<Sta
     let sequence = || -> Result<u64, ApiError> {
         let text = request.sequence_number.as_deref().ok_or_else(|| {
             ApiError::validation(format!(
-                "A SequenceNumber is required for ShardIteratorType {kind}; give one of the shard's records' sequence numbers"
+                "One or more parameter values were invalid: Invalid SequenceNumber: a SequenceNumber is required for ShardIteratorType {kind}; give one of the shard's records' sequence numbers"
             ))
         })?;
         parse_sequence(text)
@@ -324,7 +324,7 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         let end = shard.closed.then_some(shard.last_seq.unwrap_or(shard.first_seq));
         if seq < shard.first_seq || end.is_some_and(|end| seq > end) {
             return Err(ApiError::validation(format!(
-                "Invalid SequenceNumber for ShardIterator: {text} is not in the range of shard {} ({} to {})",
+                "Invalid SequenceNumber for the shard: {text} is not in the range of shard {} ({} to {})",
                 shard.id,
                 format_sequence(shard.first_seq),
                 end.map_or_else(|| "open".to_string(), format_sequence)
@@ -334,7 +334,7 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         // (its StartingSequenceNumber).
         if seq > snapshot.stream_seq()?.saturating_add(1) {
             return Err(ApiError::validation(format!(
-                "Invalid SequenceNumber for ShardIterator: {text} was never issued (the stream's records so far end before it)"
+                "Invalid SequenceNumber for the shard: {text} was never issued (the stream's records so far end before it)"
             )));
         }
         if seq <= stream.trimmed_through {
