@@ -731,6 +731,7 @@ def test_stream_specification_errors(pair):
               **spec)
     pair.same("enable enabled stream", "update_table", TableName=name,
               StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"})
+    pair.same("list streams of no table", "list_streams", service="dynamodbstreams", TableName=f"{name}-none")
     pair.same("describe missing stream", "describe_stream", service="dynamodbstreams",
               StreamArn=pair.both("describe_table", TableName=name)["Table"]["LatestStreamArn"].ours.replace(name, "nope"))
     pair.verify()

@@ -6,7 +6,10 @@ test overrides), TTL deletion records, and global-table streams in two regions."
 
 import datetime
 import itertools
+import re
 import time
+
+from unittest.mock import ANY
 
 import boto3
 import pytest
@@ -154,7 +157,9 @@ def test_describe_table_list_streams_and_describe_stream(store):
     assert description["TableName"] == name
     assert description["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
                                         {"AttributeName": "sk", "KeyType": "RANGE"}]
-    assert description["CreationRequestDateTime"].year >= 2024
+    # The label is the time the stream was asked for, to the millisecond: CreationRequestDateTime.
+    assert description["CreationRequestDateTime"] == datetime.datetime.strptime(
+        label + "+0000", "%Y-%m-%dT%H:%M:%S.%f%z")
     assert len(description["Shards"]) == 1
     assert "StartingSequenceNumber" in description["Shards"][0]["SequenceNumberRange"]
     # ListStreams pages with Limit / ExclusiveStartStreamArn over every table's streams.
@@ -176,9 +181,9 @@ def test_describe_table_list_streams_and_describe_stream(store):
     with pytest.raises(ClientError) as excinfo:
         streams.describe_stream(StreamArn=arn.replace(label, "2001-01-01T00:00:00.000"))
     assert error_code(excinfo)[0] == "ResourceNotFoundException"
-    with pytest.raises(ClientError) as excinfo:
-        streams.list_streams(TableName="no-such-table")
-    assert error_code(excinfo)[0] == "ResourceNotFoundException"
+    # TableName filters: a table with no stream, or no such table, lists none (no error).
+    assert streams.list_streams(TableName="no-such-table") == {"Streams": [], "ResponseMetadata": ANY}
+    assert streams.list_streams(TableName=create_table(client, next(names)))["Streams"] == []
 
 
 def test_iterator_types(store):
@@ -542,14 +547,39 @@ def test_an_iterator_changed_by_its_holder_is_refused(store):
     shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
     issued = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
     assert len(streams.get_records(ShardIterator=issued)["Records"]) == 1
-    text = base64.urlsafe_b64decode(issued + "=" * (-len(issued) % 4)).decode()
-    version, issued_ms, rest = text.split("|", 2)
-    forged = f"{version}|9999999999999|{rest}"
-    forged = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=")
+    # Shaped as DynamoDB's: the stream's ARN, `|`, a digit, `|`, then the rest.
+    assert re.fullmatch(re.escape(arn) + r"\|\d\|[A-Za-z0-9_-]+", issued), issued
+    rest = issued.rsplit("|", 1)[1]
+    issued_ms, tail = base64.urlsafe_b64decode(rest + "=" * (-len(rest) % 4)).decode().split("|", 1)
+    forged = base64.urlsafe_b64encode(f"9999999999999|{tail}".encode()).decode().rstrip("=")
+    forged = issued.rsplit("|", 1)[0] + "|" + forged
     with pytest.raises(ClientError) as raised:
         streams.get_records(ShardIterator=forged)
     assert raised.value.response["Error"]["Code"] == "ValidationException"
     assert "Invalid ShardIterator" in raised.value.response["Error"]["Message"]
+    # The ARN in the clear is covered by the MAC too: another stream's is refused.
+    other, other_arn = streamed_table(client, "KEYS_ONLY")
+    with pytest.raises(ClientError) as raised:
+        streams.get_records(ShardIterator=issued.replace(arn, other_arn))
+    assert "Invalid ShardIterator" in raised.value.response["Error"]["Message"]
+    # GetRecords' next iterators have the same shape.
+    page = streams.get_records(ShardIterator=issued)
+    assert re.fullmatch(re.escape(arn) + r"\|\d\|[A-Za-z0-9_-]+", page["NextShardIterator"])
+
+
+def test_another_accounts_stream_is_not_found(store):
+    """The store's streams are in its account (000000000000, as its ARNs say): an ARN that is
+    right but for the account names no stream here, as DynamoDB answers another account's."""
+    client, streams = store.client(), streams_client(store.url)
+    _, arn = streamed_table(client, "KEYS_ONLY")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    foreign = arn.replace(":000000000000:", ":123456789012:")
+    with pytest.raises(ClientError) as raised:
+        streams.describe_stream(StreamArn=foreign)
+    assert error_code(raised)[0] == "ResourceNotFoundException" and foreign in error_code(raised)[1]
+    with pytest.raises(ClientError) as raised:
+        streams.get_shard_iterator(StreamArn=foreign, ShardId=shard, ShardIteratorType="LATEST")
+    assert error_code(raised)[0] == "ResourceNotFoundException"
 
 
 def test_bad_start_members_are_named_in_their_errors(store):
@@ -586,9 +616,11 @@ def test_request_members_are_checked_before_the_stream_is_looked_up(store):
     unknown = arn.rsplit("/stream/", 1)[0] + "/stream/2000-01-01T00:00:00.000"
     for kwargs, named in [
         ({"ShardIteratorType": "SOMEWHERE"}, "'shardIteratorType'"),
-        ({"ShardIteratorType": "AT_SEQUENCE_NUMBER"}, "A SequenceNumber is required"),
+        ({"ShardIteratorType": "AT_SEQUENCE_NUMBER"}, "One or more parameter values were invalid: Invalid SequenceNumber: "
+                                                      "a SequenceNumber is required"),
         ({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": "12"}, "'sequenceNumber'"),
-        ({"ShardIteratorType": "LATEST", "SequenceNumber": "0" * 21}, "SequenceNumber must not be given"),
+        ({"ShardIteratorType": "LATEST", "SequenceNumber": "0" * 21},
+         "One or more parameter values were invalid: SequenceNumber should not be passed for this iterator type"),
         ({"ShardIteratorType": "AT_TIMESTAMP"}, "A Timestamp is required"),
     ]:
         for stream in (arn, unknown):
@@ -602,3 +634,49 @@ def test_request_members_are_checked_before_the_stream_is_looked_up(store):
     with pytest.raises(ClientError) as raised:
         streams.get_shard_iterator(StreamArn=unknown, ShardId=shard, ShardIteratorType="LATEST")
     assert error_code(raised)[0] == "ResourceNotFoundException"
+
+
+def test_lengths_outside_the_model_are_answered_with_the_bound_named(store):
+    """A member shorter or longer than the API model allows is a ValidationException in
+    DynamoDB's generated words, naming the one bound it breaks (as DynamoDB and DynamoDB Local
+    word them), before any stream is looked up; a sequence number of the right length that is
+    not digits is refused naming what one is."""
+    client = store.client()
+    streams = boto3.client(
+        "dynamodbstreams", region_name=REGION, endpoint_url=store.url,
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, parameter_validation=False),
+    )
+    _, arn = streamed_table(client, "KEYS_ONLY")
+    shard = shards_of(streams, arn)[0]["ShardId"]
+
+    def refused(call, **kwargs):
+        with pytest.raises(ClientError) as raised:
+            call(**kwargs)
+        code, message = error_code(raised)
+        assert code == "ValidationException", (kwargs, code, message)
+        return message
+
+    at = dict(StreamArn=arn, ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER")
+    for kwargs, tail in [
+        (dict(at, SequenceNumber="1" * 20), "at 'sequenceNumber' failed to satisfy constraint: "
+                                            "Member must have length greater than or equal to 21"),
+        (dict(at, SequenceNumber="1" * 41), "at 'sequenceNumber' failed to satisfy constraint: "
+                                            "Member must have length less than or equal to 40"),
+        (dict(at, ShardId="shardId-1"), "at 'shardId' failed to satisfy constraint: "
+                                        "Member must have length greater than or equal to 28"),
+        (dict(at, ShardId="s" * 66), "at 'shardId' failed to satisfy constraint: "
+                                     "Member must have length less than or equal to 65"),
+        (dict(at, StreamArn="arn:aws:dynamodb:short"), "at 'streamArn' failed to satisfy constraint: "
+                                                       "Member must have length greater than or equal to 37"),
+    ]:
+        message = refused(streams.get_shard_iterator, **kwargs)
+        assert message.startswith("1 validation error detected: Value '") and message.endswith(tail), message
+    message = refused(streams.get_shard_iterator, **dict(at, SequenceNumber="x" * 21))
+    assert message.startswith("Invalid SequenceNumber: '" + "x" * 21 + "' is not a sequence number"), message
+    assert refused(streams.get_records, ShardIterator="").endswith(
+        "at 'shardIterator' failed to satisfy constraint: Member must have length greater than or equal to 1")
+    assert refused(streams.get_records, ShardIterator="x" * 2049).endswith(
+        "at 'shardIterator' failed to satisfy constraint: Member must have length less than or equal to 2048")
+    assert refused(streams.describe_stream, StreamArn=arn, ExclusiveStartShardId="s" * 66).endswith(
+        "at 'exclusiveStartShardId' failed to satisfy constraint: Member must have length less than or equal to 65")

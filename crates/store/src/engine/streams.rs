@@ -1494,7 +1494,9 @@ mod page_tests {
         )
         .await;
         assert!(
-            with_sequence.message.contains("SequenceNumber must not be given"),
+            with_sequence
+                .message
+                .contains("SequenceNumber should not be passed for this iterator type (AT_TIMESTAMP)"),
             "{}",
             with_sequence.message
         );

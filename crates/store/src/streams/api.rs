@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{
-    DESCRIBE_STREAM_LIMIT_MAX, GET_RECORDS_BYTES_MAX, GET_RECORDS_LIMIT_MAX, LIST_STREAMS_LIMIT_MAX, ShardIterator,
-    format_sequence, parse_sequence, parse_stream_arn, stream_arn,
+    DESCRIBE_STREAM_LIMIT_MAX, GET_RECORDS_BYTES_MAX, GET_RECORDS_LIMIT_MAX, LIST_STREAMS_LIMIT_MAX,
+    STREAM_ARN_LENGTH_MAX, STREAM_ARN_LENGTH_MIN, ShardIterator, format_sequence, parse_sequence, parse_stream_arn,
+    stream_arn,
 };
 use crate::engine::{Engine, ShardMeta, Snapshot, StreamMeta};
 
@@ -87,17 +88,11 @@ fn list_streams(engine: &Engine, request: ListStreamsRequest) -> Result<Value, A
         None => None,
     };
     let snapshot = engine.snapshot()?;
-    // One more than the page, to know whether another page follows.
+    // One more than the page, to know whether another page follows. `TableName` filters the
+    // streams (the reference: "only the streams associated with this table name are
+    // returned"): a table that has none — it never had one, or never existed — lists none
+    // rather than failing, as DynamoDB Local, moto and LocalStack answer.
     let mut streams = snapshot.streams(request.table_name.as_deref(), after.as_deref(), limit + 1)?;
-    if let Some(table) = &request.table_name
-        && streams.is_empty()
-        && after.is_none()
-        && engine.table(table).is_none()
-    {
-        return Err(ApiError::resource_not_found(format!(
-            "Requested resource not found: Table: {table} not found"
-        )));
-    }
     let more = streams.len() > limit;
     streams.truncate(limit);
     let region = engine.region();
@@ -131,13 +126,12 @@ struct ShardFilter {
     shard_id: Option<String>,
 }
 
+/// botocore's bounds on a shard id's length.
+const SHARD_ID_LENGTH_MIN: usize = 28;
+const SHARD_ID_LENGTH_MAX: usize = 65;
+
 fn check_shard_id(id: &str, field: &str) -> Result<(), ApiError> {
-    if id.len() < 28 || id.len() > 65 {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{id}' at '{field}' failed to satisfy constraint: Member must have length between 28 and 65"
-        )));
-    }
-    Ok(())
+    super::check_length(id, field, SHARD_ID_LENGTH_MIN, SHARD_ID_LENGTH_MAX)
 }
 
 /// The parent whose children the filter asks for.
@@ -179,6 +173,12 @@ fn shard_json(shard: &ShardMeta) -> Value {
 }
 
 fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Value, ApiError> {
+    super::check_length(
+        &request.stream_arn,
+        "streamArn",
+        STREAM_ARN_LENGTH_MIN,
+        STREAM_ARN_LENGTH_MAX,
+    )?;
     let limit = check_limit(request.limit, DESCRIBE_STREAM_LIMIT_MAX, "limit")?;
     let parent = request.shard_filter.as_ref().map(filter_parent).transpose()?;
     if let Some(id) = &request.exclusive_start_shard_id {
@@ -208,7 +208,10 @@ fn describe_stream(engine: &Engine, request: DescribeStreamRequest) -> Result<Va
         "StreamLabel": stream.label,
         "StreamStatus": stream.status(engine.now_unix_ms()),
         "StreamViewType": stream.view_type.as_str(),
-        "CreationRequestDateTime": stream.created_ms as f64 / 1000.0,
+        // When the stream was asked for: its label is that time to the millisecond (as
+        // DynamoDB's label and CreationRequestDateTime agree); the stored creation time, a
+        // moment later when the writer made it, only for a label not in that form.
+        "CreationRequestDateTime": super::label_ms(&stream.label).unwrap_or(stream.created_ms) as f64 / 1000.0,
         "TableName": stream.table,
         "KeySchema": stream.key.to_json(),
         "Shards": page.iter().map(|s| shard_json(s)).collect::<Vec<_>>(),
@@ -276,7 +279,7 @@ fn requested_start(request: &GetShardIteratorRequest, now_ms: u64) -> Result<Sta
     let takes_sequence = matches!(kind, "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER");
     if !takes_sequence && request.sequence_number.is_some() {
         return Err(ApiError::validation(format!(
-            "SequenceNumber must not be given with ShardIteratorType {kind}; it is for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER"
+            "One or more parameter values were invalid: SequenceNumber should not be passed for this iterator type ({kind}); it is for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER"
         )));
     }
     if kind != "AT_TIMESTAMP" && request.timestamp.is_some() {
@@ -287,7 +290,7 @@ fn requested_start(request: &GetShardIteratorRequest, now_ms: u64) -> Result<Sta
     let sequence = || -> Result<u64, ApiError> {
         let text = request.sequence_number.as_deref().ok_or_else(|| {
             ApiError::validation(format!(
-                "A SequenceNumber is required for ShardIteratorType {kind}; give one of the shard's records' sequence numbers"
+                "One or more parameter values were invalid: Invalid SequenceNumber: a SequenceNumber is required for ShardIteratorType {kind}; give one of the shard's records' sequence numbers"
             ))
         })?;
         parse_sequence(text)
@@ -302,6 +305,13 @@ fn requested_start(request: &GetShardIteratorRequest, now_ms: u64) -> Result<Sta
 }
 
 fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Result<Value, ApiError> {
+    // The model's constraints on every member first, as DynamoDB checks them.
+    super::check_length(
+        &request.stream_arn,
+        "streamArn",
+        STREAM_ARN_LENGTH_MIN,
+        STREAM_ARN_LENGTH_MAX,
+    )?;
     check_shard_id(&request.shard_id, "shardId")?;
     let start = requested_start(&request, engine.now_unix_ms())?;
     let snapshot = engine.snapshot()?;
@@ -314,7 +324,7 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         let end = shard.closed.then_some(shard.last_seq.unwrap_or(shard.first_seq));
         if seq < shard.first_seq || end.is_some_and(|end| seq > end) {
             return Err(ApiError::validation(format!(
-                "Invalid SequenceNumber for ShardIterator: {text} is not in the range of shard {} ({} to {})",
+                "Invalid SequenceNumber for the shard: {text} is not in the range of shard {} ({} to {})",
                 shard.id,
                 format_sequence(shard.first_seq),
                 end.map_or_else(|| "open".to_string(), format_sequence)
@@ -324,7 +334,7 @@ fn get_shard_iterator(engine: &Engine, request: GetShardIteratorRequest) -> Resu
         // (its StartingSequenceNumber).
         if seq > snapshot.stream_seq()?.saturating_add(1) {
             return Err(ApiError::validation(format!(
-                "Invalid SequenceNumber for ShardIterator: {text} was never issued (the stream's records so far end before it)"
+                "Invalid SequenceNumber for the shard: {text} was never issued (the stream's records so far end before it)"
             )));
         }
         if seq <= stream.trimmed_through {

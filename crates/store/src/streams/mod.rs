@@ -304,11 +304,7 @@ pub fn parse_stream_arn<'a>(arn: &'a str, region: &str) -> Result<(&'a str, &'a 
 
 /// [`parse_stream_arn`] of the request member `field` (named in a length error).
 pub fn parse_stream_arn_at<'a>(arn: &'a str, region: &str, field: &str) -> Result<(&'a str, &'a str), ApiError> {
-    if arn.len() < STREAM_ARN_LENGTH_MIN || arn.len() > STREAM_ARN_LENGTH_MAX {
-        return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{arn}' at '{field}' failed to satisfy constraint: Member must have length between {STREAM_ARN_LENGTH_MIN} and {STREAM_ARN_LENGTH_MAX}"
-        )));
-    }
+    check_length(arn, field, STREAM_ARN_LENGTH_MIN, STREAM_ARN_LENGTH_MAX)?;
     let invalid = || {
         ApiError::validation(format!(
             "Invalid StreamArn: {arn} (expected arn:aws:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL, as ListStreams and DescribeTable's LatestStreamArn give it)"
@@ -316,7 +312,7 @@ pub fn parse_stream_arn_at<'a>(arn: &'a str, region: &str, field: &str) -> Resul
     };
     let rest = arn.strip_prefix("arn:aws:dynamodb:").ok_or_else(invalid)?;
     let (arn_region, rest) = rest.split_once(':').ok_or_else(invalid)?;
-    let (_account, rest) = rest.split_once(':').ok_or_else(invalid)?;
+    let (account, rest) = rest.split_once(':').ok_or_else(invalid)?;
     let rest = rest.strip_prefix("table/").ok_or_else(invalid)?;
     let (table, label) = rest.split_once("/stream/").ok_or_else(invalid)?;
     if table.is_empty() || label.is_empty() || table.contains('/') {
@@ -325,6 +321,13 @@ pub fn parse_stream_arn_at<'a>(arn: &'a str, region: &str, field: &str) -> Resul
     if arn_region != region {
         return Err(ApiError::resource_not_found(format!(
             "Requested resource not found: Stream: {arn} not found (this endpoint serves region {region})"
+        )));
+    }
+    // Another account's stream is not one of this store's (DynamoDB answers it not found, as
+    // it answers another account's table).
+    if account != ACCOUNT {
+        return Err(ApiError::resource_not_found(format!(
+            "Requested resource not found: Stream: {arn} not found (this store's streams are in account {ACCOUNT})"
         )));
     }
     Ok((table, label))
@@ -358,15 +361,36 @@ pub fn label_ms(label: &str) -> Option<u64> {
     seconds.checked_mul(1000)?.checked_add(millis.parse().ok()?)
 }
 
+/// botocore's bounds on a sequence number's length (the store writes 21 digits).
+pub const SEQUENCE_LENGTH_MIN: usize = 21;
+pub const SEQUENCE_LENGTH_MAX: usize = 40;
+
+/// DynamoDB's answer to a request member outside its model's length bounds: one bound named,
+/// in the words of its generated validation (`Member must have length greater than or equal
+/// to MIN` / `less than or equal to MAX`), as the rest of the store words them.
+pub fn check_length(value: &str, field: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let bound = if value.len() < min {
+        format!("greater than or equal to {min}")
+    } else if value.len() > max {
+        format!("less than or equal to {max}")
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::validation(format!(
+        "1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: Member must have length {bound}"
+    )))
+}
+
 /// Sequence numbers are decimal strings of 21 digits (botocore: 21 to 40), increasing.
 pub fn format_sequence(seq: u64) -> String {
     format!("{seq:021}")
 }
 
 pub fn parse_sequence(text: &str) -> Result<u64, ApiError> {
-    if !(21..=40).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
+    check_length(text, "sequenceNumber", SEQUENCE_LENGTH_MIN, SEQUENCE_LENGTH_MAX)?;
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::validation(format!(
-            "1 validation error detected: Value '{text}' at 'sequenceNumber' failed to satisfy constraint: Member must be a string of 21 to 40 decimal digits"
+            "Invalid SequenceNumber: '{text}' is not a sequence number (they are {SEQUENCE_LENGTH_MIN} to {SEQUENCE_LENGTH_MAX} decimal digits, as records' SequenceNumber and shards' SequenceNumberRange give them)"
         )));
     }
     text.parse::<u128>()
@@ -797,7 +821,9 @@ fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 }
 
 /// A shard iterator: where in which shard of which stream the next GetRecords reads, and when
-/// it was issued. Opaque to clients.
+/// it was issued. Opaque to clients, but shaped as DynamoDB's: the stream's ARN, `|`, a
+/// one-digit format version, `|`, then the rest (`arn:aws:dynamodb:...:table/T/stream/LABEL|3|...`),
+/// which clients and tools written against DynamoDB look at to tell the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardIterator {
     pub arn: String,
@@ -807,8 +833,11 @@ pub struct ShardIterator {
     pub issued_ms: u64,
 }
 
-/// An iterator's format: version 2 carries a MAC; version 1 (before) carried none.
-const ITERATOR_VERSION: &str = "2";
+/// An iterator's format: version 3 is `ARN|3|` and the base64 of the other fields and the MAC;
+/// version 2 (before) was the base64 of all of it, and still reads (an iterator lives 15
+/// minutes, across an upgrade); version 1 (before that) carried no MAC.
+const ITERATOR_VERSION: &str = "3";
+const ITERATOR_VERSION_WHOLLY_ENCODED: &str = "2";
 const ITERATOR_VERSION_UNSIGNED: &str = "1";
 /// Bytes of an iterator's HMAC-SHA256 kept in it (128 bits).
 const ITERATOR_MAC_BYTES: usize = 16;
@@ -816,22 +845,34 @@ const ITERATOR_MAC_BYTES: usize = 16;
 pub const ITERATOR_KEY_BYTES: usize = 32;
 
 impl ShardIterator {
-    /// The iterator as GetShardIterator and GetRecords hand it out: its fields and a MAC over
-    /// them with the store's iterator key, so a client cannot move its issue time (and keep it
-    /// from expiring), its position or its shard.
+    /// The iterator as GetShardIterator and GetRecords hand it out: the stream's ARN and
+    /// version in the clear, then its fields and a MAC over all of them with the store's
+    /// iterator key, so a client cannot move its issue time (and keep it from expiring), its
+    /// position, its shard or its stream.
     pub fn encode(&self, key: &[u8; ITERATOR_KEY_BYTES]) -> String {
         let fields = format!(
             "{ITERATOR_VERSION}|{}|{}|{}|{}",
             self.issued_ms, self.position, self.shard_id, self.arn
         );
-        let text = format!("{fields}|{}", hex::encode(iterator_mac(key, &fields)));
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+        let mac = hex::encode(iterator_mac(key, &fields));
+        let rest = format!("{}|{}|{}|{mac}", self.issued_ms, self.position, self.shard_id);
+        format!(
+            "{}|{ITERATOR_VERSION}|{}",
+            self.arn,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rest)
+        )
     }
 
     pub fn decode(text: &str, key: &[u8; ITERATOR_KEY_BYTES]) -> Result<ShardIterator, ApiError> {
+        // The value is left out of this error: a wrong iterator can be long.
         if text.is_empty() || text.len() > SHARD_ITERATOR_LENGTH_MAX {
+            let bound = if text.is_empty() {
+                "greater than or equal to 1".to_string()
+            } else {
+                format!("less than or equal to {SHARD_ITERATOR_LENGTH_MAX}")
+            };
             return Err(ApiError::validation(format!(
-                "1 validation error detected: Value at 'shardIterator' failed to satisfy constraint: Member must have length between 1 and {SHARD_ITERATOR_LENGTH_MAX}"
+                "1 validation error detected: Value at 'shardIterator' failed to satisfy constraint: Member must have length {bound}"
             )));
         }
         let invalid = || {
@@ -839,23 +880,42 @@ impl ShardIterator {
                 "Invalid ShardIterator: it is not one GetShardIterator or GetRecords issued; get a new one with GetShardIterator",
             )
         };
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text)
-            .map_err(|_| invalid())?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        if text.starts_with(&format!("{ITERATOR_VERSION_UNSIGNED}|")) {
-            return Err(ApiError::new(
-                ErrorKind::ExpiredIterator,
-                "Iterator expired: it was issued by an earlier version of the store; get a new one with GetShardIterator",
-            ));
-        }
-        let (fields, mac) = text.rsplit_once('|').ok_or_else(invalid)?;
+        let base64 = |text: &str| -> Result<String, ApiError> {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(text)
+                .map_err(|_| invalid())?;
+            String::from_utf8(bytes).map_err(|_| invalid())
+        };
+        // `ARN|3|REST` (an ARN has no `|`, nor has base64), else the whole of an earlier version.
+        let mut parts = text.split('|');
+        let (fields, mac) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(arn), Some(ITERATOR_VERSION), Some(rest), None) => {
+                let rest = base64(rest)?;
+                let (rest, mac) = rest.rsplit_once('|').ok_or_else(invalid)?;
+                (format!("{ITERATOR_VERSION}|{rest}|{arn}"), mac.to_string())
+            }
+            (Some(_), None, _, _) => {
+                let text = base64(text)?;
+                if text.starts_with(&format!("{ITERATOR_VERSION_UNSIGNED}|")) {
+                    return Err(ApiError::new(
+                        ErrorKind::ExpiredIterator,
+                        "Iterator expired: it was issued by an earlier version of the store; get a new one with GetShardIterator",
+                    ));
+                }
+                if !text.starts_with(&format!("{ITERATOR_VERSION_WHOLLY_ENCODED}|")) {
+                    return Err(invalid());
+                }
+                let (fields, mac) = text.rsplit_once('|').ok_or_else(invalid)?;
+                (fields.to_string(), mac.to_string())
+            }
+            _ => return Err(invalid()),
+        };
         let mac = hex::decode(mac).map_err(|_| invalid())?;
-        if mac.len() != ITERATOR_MAC_BYTES || !constant_time_eq(&mac, &iterator_mac(key, fields)) {
+        if mac.len() != ITERATOR_MAC_BYTES || !constant_time_eq(&mac, &iterator_mac(key, &fields)) {
             return Err(invalid());
         }
         let mut parts = fields.splitn(5, '|');
-        let (Some(ITERATOR_VERSION), Some(issued), Some(position), Some(shard_id), Some(arn)) =
+        let (Some(_version), Some(issued), Some(position), Some(shard_id), Some(arn)) =
             (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(invalid());

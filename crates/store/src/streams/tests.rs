@@ -259,6 +259,11 @@ fn names_have_dynamodbs_formats() {
         parse_stream_arn(&arn, "us-east-1").map_err(|e| e.kind),
         Err(ErrorKind::ResourceNotFound)
     );
+    // Another account's stream is not this store's.
+    assert_eq!(
+        parse_stream_arn(&arn.replace(":000000000000:", ":123456789012:"), "eu-west-1").map_err(|e| e.kind),
+        Err(ErrorKind::ResourceNotFound)
+    );
     assert_eq!(
         parse_stream_arn("arn:aws:dynamodb:eu-west-1:000000000000:table/orders", "eu-west-1").map_err(|e| e.kind),
         Err(ErrorKind::Validation)
@@ -267,6 +272,20 @@ fn names_have_dynamodbs_formats() {
     assert_eq!(parse_sequence(&format_sequence(7)), Ok(7));
     assert_eq!(parse_sequence(&format_sequence(u64::MAX)), Ok(u64::MAX));
     assert!(parse_sequence("7").is_err());
+    // A length outside the model's bounds is answered in DynamoDB's generated words, one bound.
+    let message = |text: &str| parse_sequence(text).expect_err("refused").message;
+    assert!(
+        message("7").ends_with(
+            "at 'sequenceNumber' failed to satisfy constraint: Member must have length greater than or equal to 21"
+        ),
+        "{}",
+        message("7")
+    );
+    assert!(message(&"1".repeat(41)).ends_with("Member must have length less than or equal to 40"));
+    assert!(
+        message(&"x".repeat(21))
+            .starts_with("Invalid SequenceNumber: 'xxxxxxxxxxxxxxxxxxxxx' is not a sequence number")
+    );
     assert!(parse_sequence("00000000000000000000x").is_err());
     assert!(parse_sequence(&"9".repeat(40)).is_err());
     let shard = shard_id(1_700_000_000_123, 3, 9);
@@ -299,20 +318,39 @@ fn iterators_round_trip_expire_after_fifteen_minutes_and_cannot_be_forged() {
     // Another store's key, or any field changed (a later issue time to dodge the expiry, another
     // position or shard): not an iterator this store issued.
     assert_eq!(kind(&text, &[8; ITERATOR_KEY_BYTES]), Err(ErrorKind::Validation));
+    // Shaped as DynamoDB's: the stream's ARN, then `|`, one digit, `|`.
+    let (arn, rest) = text.split_once('|').expect("ARN|");
+    assert_eq!(arn, iterator.arn);
+    assert!(rest.starts_with("3|"), "{text}");
+    let (_, encoded) = rest.split_once('|').expect("version|");
     let plain = String::from_utf8(
         base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(&text)
+            .decode(encoded)
             .expect("base64"),
     )
     .expect("text");
     for (from, to) in [
-        ("|1000000|", "|9999999999999|"),
+        ("1000000|", "9999999999999|"),
         ("|17|", "|18|"),
         ("shardId-", "shardIdX"),
     ] {
-        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(plain.replacen(from, to, 1));
+        let forged = format!(
+            "{arn}|3|{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(plain.replacen(from, to, 1))
+        );
         assert_eq!(kind(&forged, &key), Err(ErrorKind::Validation), "{from} -> {to}");
     }
+    // Another stream's ARN in the clear: not what the MAC covers.
+    let moved = text.replacen("table/t/", "table/u/", 1);
+    assert_eq!(kind(&moved, &key), Err(ErrorKind::Validation));
+    for malformed in [format!("{arn}|3"), format!("{arn}|9|{encoded}"), format!("{text}|x")] {
+        assert_eq!(kind(&malformed, &key), Err(ErrorKind::Validation), "{malformed}");
+    }
+    // One the previous version issued (all of it base64, MAC over the same fields) still reads.
+    let fields = format!("2|1000000|17|{}|{}", iterator.shard_id, iterator.arn);
+    let previous = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{fields}|{}", hex::encode(iterator_mac(&key, &fields))));
+    assert_eq!(ShardIterator::decode(&previous, &key), Ok(iterator.clone()));
     // One an earlier version issued (no MAC) has expired.
     let unsigned = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(format!("1|1000000|17|{}|{}", iterator.shard_id, iterator.arn));
