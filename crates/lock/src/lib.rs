@@ -11,6 +11,7 @@
 
 pub mod guard;
 pub mod lease;
+pub mod procs;
 pub mod run;
 pub mod store;
 
