@@ -14,6 +14,7 @@ between `lock run` and the job is killed. The first run after the pointer moves 
 stderr, that it waits for the hand-off, how long and why."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -632,3 +633,43 @@ def test_the_first_run_after_the_pointer_moves_says_that_it_waits_and_why(deploy
     assert after.stderr.startswith(handoff), after.stderr
     assert f"last taken under pointer generation {generation}, the pointer is now at {moved}" in after.stderr, \
         after.stderr
+
+
+# Starts the command in its arguments and appends a line to the file in its first for each
+# SIGTERM, which it otherwise ignores.
+COUNT_TERMS = """
+import signal, subprocess, sys, time
+def count(_signal, _frame):
+    with open(sys.argv[1], "a") as f:
+        f.write("TERM\\n")
+signal.signal(signal.SIGTERM, count)
+subprocess.Popen(sys.argv[2:])
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_stop_sends_sigterm_once_and_leaves_processes_it_did_not_start_alone(deployment, tmp_path):
+    # The job counts the SIGTERMs it gets (a second one is, to many programs, the order to quit
+    # without cleaning up) and leaves a setsid'ed process; `lock run` is started the way a
+    # wrapper that forked before its `exec` starts it, so it has a child that is not the job's.
+    terms = tmp_path / "terms"
+    job, _leader, escaped_pid = setsid_job(tmp_path, "once")
+    # Python runs its handler at once, so a second SIGTERM a moment later is seen as one more
+    # (a shell's trap would merge them).
+    counting = [sys.executable, "-c", COUNT_TERMS, str(terms), *job]
+    inherited_pid = tmp_path / "inherited.pid"
+    command = shlex.join(deployment.lock_command("us-east-1", "cron", counting))
+    log = tmp_path / "once.log"
+    holder = subprocess.Popen(["sh", "-c", f"sleep 1000 & echo $! > {inherited_pid}; exec {command}"],
+                              stdout=subprocess.DEVNULL, stderr=open(log, "ab"), start_new_session=True)
+    deployment.processes.append(holder)
+    wait_until("the setsid'ed process to run", lambda: escaped_pid.exists() and inherited_pid.exists(), logs=[log])
+    pid = deployment.track(int(escaped_pid.read_text()))
+    inherited = deployment.track(int(inherited_pid.read_text()))
+    os.kill(holder.pid, signal.SIGTERM)
+    # The job's TERM trap does not exit: SIGKILL after the grace ends it (128 + 9).
+    assert holder.wait(timeout=30) == 137, log.read_text()
+    assert not alive(pid), log.read_text()
+    assert terms.read_text().splitlines() == ["TERM"], "the job got SIGTERM more than once"
+    assert alive(inherited), "lock run stopped a process it did not start"

@@ -165,7 +165,7 @@ async fn kill_everything(group: Pid) {
     let me = rustix::process::getpid();
     let deadline = Instant::now() + Duration::from_millis(KILL_EVERYTHING_MS_MAX);
     loop {
-        let found = match crate::procs::kill_pass(me) {
+        let found = match crate::procs::kill_pass(me, &[]) {
             Ok(found) => found,
             Err(error) => {
                 say(format_args!(

@@ -35,6 +35,8 @@ pub const KILL_PASS_PAUSE_MS: u64 = 20;
 pub struct Process {
     pub pid: i32,
     pub parent: i32,
+    /// Its process group.
+    pub group: i32,
     /// Clock ticks since boot when it started: with the pid, who it is.
     pub start_time: u64,
     /// Ended, not yet reaped by its parent.
@@ -48,22 +50,25 @@ pub fn parse_stat(text: &str) -> Option<Process> {
     let (head, rest) = text.rsplit_once(')')?;
     let pid = head.split_once(" (")?.0.trim().parse().ok()?;
     let mut fields = rest.split_ascii_whitespace();
-    // Field 3, then field 4; field 22 is the 19th after field 3.
+    // Fields 3 (state), 4 (parent), 5 (process group); field 22 is the 17th after field 5.
     let state = fields.next()?;
     let parent = fields.next()?.parse().ok()?;
-    let start_time = fields.nth(17)?.parse().ok()?;
+    let group = fields.next()?.parse().ok()?;
+    let start_time = fields.nth(16)?.parse().ok()?;
     Some(Process {
         pid,
         parent,
+        group,
         start_time,
         zombie: state == "Z" || state == "X",
     })
 }
 
 /// The descendants of `root` among `processes` (one scan), parents before their children;
-/// `root` itself is left out. Zombies are included (flagged); their children, if any were left,
-/// are reparented and found under their new parent.
-pub fn descendants_in(processes: &[Process], root: i32) -> Vec<Process> {
+/// `root` itself is left out, and so is each process in `except` (same pid and start time) with
+/// everything below it. Zombies are included (flagged); their children, if any were left, are
+/// reparented and found under their new parent.
+pub fn descendants_in(processes: &[Process], root: i32, except: &[Process]) -> Vec<Process> {
     let mut children: HashMap<i32, Vec<&Process>> = HashMap::new();
     for process in processes {
         // A pid is its own parent never; guard against a torn read making a loop.
@@ -76,7 +81,10 @@ pub fn descendants_in(processes: &[Process], root: i32) -> Vec<Process> {
     let mut seen = HashSet::from([root]);
     while let Some(parent) = next.pop() {
         for child in children.get(&parent).into_iter().flatten() {
-            if seen.insert(child.pid) {
+            let excepted = except
+                .iter()
+                .any(|other| other.pid == child.pid && other.start_time == child.start_time);
+            if !excepted && seen.insert(child.pid) {
                 found.push(**child);
                 next.push(child.pid);
             }
@@ -110,14 +118,20 @@ fn read_stat(pid: &str) -> Option<Process> {
         .and_then(parse_stat)
 }
 
-/// The running (not zombie) descendants of `root` now, parents first. An error means `/proc`
-/// cannot be read at all.
-pub fn running_descendants(root: Pid) -> std::io::Result<Vec<Process>> {
+/// The running (not zombie) descendants of `root` now, parents first, but for the processes in
+/// `except` and theirs. An error means `/proc` cannot be read at all.
+pub fn running_descendants(root: Pid, except: &[Process]) -> std::io::Result<Vec<Process>> {
     let processes = scan()?;
-    Ok(descendants_in(&processes, root.as_raw_nonzero().get())
+    Ok(descendants_in(&processes, root.as_raw_nonzero().get(), except)
         .into_iter()
         .filter(|process| !process.zombie)
         .collect())
+}
+
+/// The children of `parent` now (zombies included).
+pub fn children(parent: Pid) -> std::io::Result<Vec<Process>> {
+    let parent = parent.as_raw_nonzero().get();
+    Ok(scan()?.into_iter().filter(|process| process.parent == parent).collect())
 }
 
 /// Whether the process the scan saw as `process` is still the one with that pid (same start
@@ -143,20 +157,12 @@ pub fn signal(process: &Process, signal: Signal) -> bool {
     }
 }
 
-/// Sends `signal` once to every running descendant of `root` (a courtesy signal such as SIGTERM:
-/// one pass, so a process a handler starts afterwards — its clean-up — is left alone). Returns
-/// how many were signalled.
-pub fn signal_descendants(root: Pid, sig: Signal) -> std::io::Result<usize> {
-    let processes = running_descendants(root)?;
-    Ok(processes.iter().filter(|process| signal(process, sig)).count())
-}
-
-/// One pass of SIGKILL to every running descendant of `root`; returns those it found (empty:
-/// none was left). A process can fork between the scan and its signal, so whoever must see them
+/// One pass of SIGKILL to every running descendant of `root` but `except` and theirs; returns
+/// those it found (empty: none was left). A process can fork between the scan and its signal, so whoever must see them
 /// all gone calls it again, after a pause for the killed to exit (and, for a subreaper, after
 /// reaping what was reparented to it), until it finds none.
-pub fn kill_pass(root: Pid) -> std::io::Result<Vec<Process>> {
-    let processes = running_descendants(root)?;
+pub fn kill_pass(root: Pid, except: &[Process]) -> std::io::Result<Vec<Process>> {
+    let processes = running_descendants(root, except)?;
     for process in &processes {
         signal(process, Signal::KILL);
     }
@@ -177,6 +183,7 @@ mod tests {
         Process {
             pid,
             parent,
+            group: pid,
             start_time: u64::try_from(pid).unwrap_or(0) * 10,
             zombie: false,
         }
@@ -191,6 +198,7 @@ mod tests {
             Some(Process {
                 pid: 4242,
                 parent: 17,
+                group: 4242,
                 start_time: 987_654,
                 zombie: false
             })
@@ -223,10 +231,19 @@ mod tests {
             process(30, 30),
             process(10, 1),
         ];
-        let found: Vec<i32> = descendants_in(&processes, 10).iter().map(|p| p.pid).collect();
+        let found: Vec<i32> = descendants_in(&processes, 10, &[]).iter().map(|p| p.pid).collect();
         assert_eq!(found, vec![11, 12, 13]);
-        assert!(descendants_in(&processes, 13).is_empty());
-        assert!(descendants_in(&processes, 30).is_empty());
+        assert!(descendants_in(&processes, 13, &[]).is_empty());
+        assert!(descendants_in(&processes, 30, &[]).is_empty());
+        // A child left out takes its subtree along; the same pid with another start time (a
+        // recycled pid) is not left out.
+        let before = process(12, 11);
+        assert_eq!(descendants_in(&processes, 10, &[before]), vec![process(11, 10)]);
+        let recycled = Process {
+            start_time: 1,
+            ..before
+        };
+        assert_eq!(descendants_in(&processes, 10, &[recycled]).len(), 3);
     }
 
     #[test]
@@ -285,12 +302,12 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "setsid never ran");
             std::thread::sleep(std::time::Duration::from_millis(KILL_PASS_PAUSE_MS));
         }
-        let found = running_descendants(root).expect("scan");
+        let found = running_descendants(root, &[]).expect("scan");
         let seen = *found
             .iter()
             .find(|p| p.pid == grandchild)
             .unwrap_or_else(|| panic!("the setsid'ed grandchild is a descendant: {found:?}"));
-        while !kill_pass(root).expect("scan").is_empty() {
+        while !kill_pass(root, &[]).expect("scan").is_empty() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "still running after 10 s of SIGKILL"

@@ -335,7 +335,8 @@ pub fn group_alive(group: Pid) -> bool {
 
 /// Whether this process has a child, running or ended and not yet reaped (`waitid` with
 /// `WNOWAIT`: nothing is reaped). A subreaper without children has no descendants at all: a
-/// running descendant's chain of parents always leads to one of its children.
+/// running descendant's chain of parents always leads to one of its children. What is left
+/// when `/proc` cannot be read.
 fn has_children() -> bool {
     use rustix::process::{WaitId, WaitIdOptions};
     loop {
@@ -368,6 +369,9 @@ fn reap_orphans() {
 struct Job {
     child: tokio::process::Child,
     group: Option<Pid>,
+    /// Children this process had before it started the guard (inherited across the `exec` that
+    /// started `lock run`): not the command's, never signalled.
+    inherited: Vec<crate::procs::Process>,
     /// The direct child has ended.
     ended: bool,
     /// Its status (the command's own, passed on by the guard).
@@ -396,25 +400,42 @@ impl Job {
         self.status.and_then(|status| status.signal())
     }
 
-    /// Whether anything of the command may still run: the guard; once it has ended, a child of
-    /// this process (an orphan it left: any process of the job still running descends from one)
-    /// or a member of its process group. Reaps the orphans that have ended.
-    fn running(&self) -> bool {
+    /// Whether anything of the command may still run: the guard; once it has ended, a member of
+    /// its process group or a descendant of this process (the orphans it left: any process of
+    /// the job still running descends from one). Reaps the orphans that have ended.
+    fn running(&mut self) -> bool {
         if !self.ended {
             return true;
         }
         reap_orphans();
-        has_children() || self.group_alive()
+        if self.group_alive() {
+            return true;
+        }
+        match crate::procs::running_descendants(rustix::process::getpid(), &self.inherited) {
+            Ok(left) => !left.is_empty(),
+            Err(error) => {
+                self.cannot_scan(&error);
+                has_children()
+            }
+        }
     }
 
-    /// `signal` to the process group and to every descendant of this process (the guard, the
-    /// command, and what it started in another group or session), each once.
+    /// `signal` to the process group, and to every descendant of this process outside it (what
+    /// the command started in another group or session), each once: a second SIGTERM is, to
+    /// many programs, the order to quit without cleaning up. A process started after the scan
+    /// (the clean-up a handler runs) is left alone.
     fn signal_all(&mut self, signal: Signal) {
         if let Some(group) = self.group {
             let _ = rustix::process::kill_process_group(group, signal);
         }
-        if let Err(error) = crate::procs::signal_descendants(rustix::process::getpid(), signal) {
-            self.cannot_scan(&error);
+        let group = self.group.map(|group| group.as_raw_nonzero().get());
+        match crate::procs::running_descendants(rustix::process::getpid(), &self.inherited) {
+            Ok(processes) => {
+                for process in processes.iter().filter(|process| Some(process.group) != group) {
+                    crate::procs::signal(process, signal);
+                }
+            }
+            Err(error) => self.cannot_scan(&error),
         }
     }
 
@@ -427,7 +448,7 @@ impl Job {
         if !self.ended {
             let _ = self.child.start_kill();
         }
-        match crate::procs::kill_pass(rustix::process::getpid()) {
+        match crate::procs::kill_pass(rustix::process::getpid(), &self.inherited) {
             Ok(found) => !found.is_empty(),
             Err(error) => {
                 self.cannot_scan(&error);
@@ -508,6 +529,9 @@ async fn hold_while_running(
         ));
         return EXIT_CANNOT_START;
     }
+    // Normally none (cron, systemd and a shell's pipeline start `lock run` afresh), but a
+    // process that forked before it exec'd `lock run` left its children here.
+    let inherited = crate::procs::children(rustix::process::getpid()).unwrap_or_default();
     let child = match tokio::process::Command::new(&options.guard_program)
         .arg("lock")
         .arg(crate::guard::SUBCOMMAND)
@@ -533,6 +557,7 @@ async fn hold_while_running(
     let mut job = Job {
         child,
         group,
+        inherited,
         ended: false,
         status: None,
         blind: false,
@@ -674,7 +699,7 @@ async fn stop(job: &mut Job, grace_ms: u64) -> bool {
     {
         return true;
     }
-    let left = crate::procs::running_descendants(rustix::process::getpid()).unwrap_or_default();
+    let left = crate::procs::running_descendants(rustix::process::getpid(), &job.inherited).unwrap_or_default();
     say(format_args!(
         "the command's processes (group {:?}; pids {}) are still there {KILLED_GROUP_WAIT_MS} ms after SIGKILL; the \
          lease is left to expire",
