@@ -1,11 +1,17 @@
 //! The IO side of `lock run`: read the pointer, take the lease with a conditional write, pause
 //! for replication (`settle`), confirm both again, run the command under the guard, renew the
 //! lease (and re-read the pointer) while it runs — and after it exits, as long as anything it
-//! started still runs in its process group — and release it once all of that is gone. Every
+//! started still runs — and release it once all of that is gone. Every
 //! decision is made by [`crate::lease`]; messages on stderr start with `switchyard lock:` and
 //! say why a run was skipped or stopped: `switchyard lock: skipped '…'` only for the normal
 //! skips (100, 101: another region or another holder has the job), `switchyard lock: cannot
-//! run '…'` when something is wrong (102, 103).
+//! run '…'` when something is wrong (102, 103). stdout is the command's alone.
+//!
+//! `lock run` is a child subreaper, and its stops reach every process the command started,
+//! wherever its process group or session ([`crate::procs`]: a walk of its descendants): while
+//! the guard lives they are the guard's descendants; if the guard dies, they are reparented
+//! here. So `lock run` starts no other process, and children it inherited (from a program that
+//! forked before it `exec`ed `lock run`) are noted before the guard starts and never signalled.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -31,11 +37,11 @@ pub const POINTER_TIMEOUT_MS: u64 = 5_000;
 /// Of [`lease::POINTER_READ_MS_MAX`], what one member's answer may take; the rest is slack so
 /// that the answers of the members that did answer are used.
 const POINTER_MEMBER_TIMEOUT_MS: u64 = lease::POINTER_READ_MS_MAX * 4 / 5;
-/// How often `lock run` looks whether the command's process group still has members once its
-/// direct child (the guard) has ended.
+/// How often `lock run` looks whether anything of the command still runs (its process group,
+/// its descendants) once its direct child (the guard) has ended.
 pub const GROUP_POLL_MS: u64 = 200;
-/// How long `lock run` waits for the process group to be gone after SIGKILL; a group still there
-/// then (a process stuck in the kernel) is reported and the lease is left to expire.
+/// How long `lock run` goes on killing the command's processes after the first SIGKILL; any still
+/// there then (stuck in the kernel) are reported and the lease is left to expire.
 pub const KILLED_GROUP_WAIT_MS: u64 = 10_000;
 
 /// The clocks the lease rules read.
@@ -353,7 +359,8 @@ fn has_children() -> bool {
 }
 
 /// Reaps every child of this process that has ended. Only once the guard has been waited for
-/// (by tokio, through its own pid): every child after that is an orphan of the job.
+/// (by tokio, through its own pid): every child after that is an orphan of the job (or one
+/// inherited, whose status nobody here waits for either).
 fn reap_orphans() {
     loop {
         match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
