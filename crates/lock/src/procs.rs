@@ -13,7 +13,8 @@
 //!   ticks since boot): a pid read in one scan is signalled only through a pidfd
 //!   (`pidfd_open`, then `pidfd_send_signal`) opened while the same start time is still there,
 //!   so the signal goes to the process the scan saw or to nobody (on a kernel without pidfds,
-//!   before Linux 5.3, a plain `kill` right after the same check);
+//!   before Linux 5.3, or without a file descriptor to spare, a plain `kill` right after the
+//!   same check);
 //! - a scan is a snapshot: a process can fork while it is read or signalled, so whoever must
 //!   see all of them gone scans again until a scan finds none ([`kill_pass`]);
 //! - zombies are not running: they are left out of what is signalled and counted, and reaped by
@@ -150,10 +151,11 @@ pub fn signal(process: &Process, signal: Signal) -> bool {
         // The pidfd names whatever had the pid when it was opened; the same start time read after
         // that proves it was the process the scan saw (a start time, once gone, never returns).
         Ok(pidfd) => still_there(process) && rustix::process::pidfd_send_signal(&pidfd, signal).is_ok(),
-        // Before Linux 5.3: the same check, then kill (a recycled pid in between is the race the
-        // pidfd closes).
-        Err(rustix::io::Errno::NOSYS) => still_there(process) && rustix::process::kill_process(pid, signal).is_ok(),
-        Err(_) => false,
+        // Gone already.
+        Err(rustix::io::Errno::SRCH) => false,
+        // Before Linux 5.3 (ENOSYS), or no file descriptor to spare (EMFILE): the same check,
+        // then kill (a recycled pid in between is the race the pidfd closes).
+        Err(_) => still_there(process) && rustix::process::kill_process(pid, signal).is_ok(),
     }
 }
 
