@@ -7,11 +7,17 @@ new lease), a holder killed mid-run (its command dies with it; the lease expires
 moving mid-run (the command is stopped and the other region runs, never both at once), and the
 exit codes with their messages. Jobs that leave processes in the background (Magento's cron:run
 backgrounds each `use_separate_process` group and exits) keep the lease held until those end,
-are stopped with it, and die with a killed holder; `--max-run-s` stops a hung job."""
+are stopped with it, and die with a killed holder; `--max-run-s` stops a hung job. Processes that
+leave the job's process group and session (`setsid`, a double-forking daemon) are stopped all the
+same: when the lease is lost, on SIGTERM to `lock run`, with a killed holder, and when the guard
+between `lock run` and the job is killed. The first run after the pointer moves says once, on
+stderr, that it waits for the hand-off, how long and why."""
 
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import urllib.request
 import json
 from pathlib import Path
@@ -54,6 +60,7 @@ class Deployment:
     def __init__(self, tmp):
         self.tmp = tmp
         self.processes = []
+        self.strays = []
         self.apps = [App(), App()]
         self.ports = {"us-east-1": free_port(), "eu-west-1": free_port()}
         for region in self.ports:
@@ -136,7 +143,15 @@ class Deployment:
         self.processes.append(process)
         return process
 
+    def track(self, pid):
+        """A process a job left outside its group: killed at the end if a failed test left it."""
+        self.strays.append(pid)
+        return pid
+
     def close(self):
+        for pid in self.strays:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
         for process in self.processes:
             if process.poll() is None:
                 try:
@@ -455,3 +470,206 @@ def test_max_run_stops_a_hung_job_and_releases_the_lease_once_it_is_gone(deploym
     assert not alive(pid), text
     assert deployment.lease("us-east-1", "cron")["expires_at_ms"] == "0"
     assert deployment.lock("us-east-1", "cron", ["true"]).returncode == 0
+
+
+def setsid_job(tmp, tag):
+    """A job that starts `setsid sh -c '... sleep 1000'` in the background (its own session and
+    process group: a signal to the job's process group misses it) and then runs until stopped.
+    Returns the command and the files where the leader and the escaped process write their pids."""
+    leader, escaped = tmp / f"{tag}.leader.pid", tmp / f"{tag}.setsid.pid"
+    inner = f"echo \\$$ > {escaped}.tmp; mv {escaped}.tmp {escaped}; exec sleep 1000"
+    script = f"setsid sh -c \"{inner}\" >/dev/null 2>&1 & echo $$ > {leader}; while :; do sleep 0.05; done"
+    return ["sh", "-c", script], leader, escaped
+
+
+# A daemon as `daemon(3)` makes one: fork (the parent exits), setsid, fork again (the session
+# leader exits), so the daemon's parent is gone and it is in a session of its own.
+DAEMON = """
+import os, sys
+if os.fork():
+    sys.exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+pid_file = sys.argv[1]
+with open(pid_file + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(pid_file + ".tmp", pid_file)
+devnull = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(devnull, fd)
+os.execvp("sleep", ["sleep", "1000"])
+"""
+
+
+def daemon_job(tmp, tag):
+    """A job that double-forks a daemon and exits 0 at once; the daemon writes its pid."""
+    pid = tmp / f"{tag}.daemon.pid"
+    return [sys.executable, "-c", DAEMON, str(pid)], pid
+
+
+def escaped(pid, holder):
+    """The process left the holder's session and the job's process group (the guard's)."""
+    return os.getsid(pid) != os.getsid(holder.pid) and os.getpgid(pid) != holder_group(holder)
+
+
+def holder_group(holder):
+    """The job's process group: its leader is the guard, `lock run`'s only child."""
+    children = Path(f"/proc/{holder.pid}/task/{holder.pid}/children")
+    if children.exists():
+        return int(children.read_text().split()[0])
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == holder.pid:
+            return int(stat.parent.name)
+    raise AssertionError(f"lock run (pid {holder.pid}) has no child")
+
+
+def test_a_setsid_process_is_stopped_when_the_lease_is_lost(deployment, tmp_path):
+    job, leader, escaped_pid = setsid_job(tmp_path, "lost")
+    log = tmp_path / "lost.log"
+    holder = deployment.lock_background("us-east-1", "cron", job, log)
+    wait_until("the setsid'ed process to run", escaped_pid.exists, logs=[log])
+    pid = deployment.track(int(escaped_pid.read_text()))
+    assert escaped(pid, holder), "the test's process did not leave the job's session and group"
+    # Another holder's record replaces this run's: its next renewal finds the lease lost.
+    deployment.client("us-east-1").put_item(TableName=TABLE, Item={
+        "name": {"S": "cron"}, "holder": {"S": "intruder:1:0"}, "region": {"S": "us-east-1"},
+        "token": {"N": str(1 << 62)}, "generation": {"N": "1"}, "expires_at_ms": {"N": str(2 ** 53)}})
+    assert holder.wait(timeout=30) == STOPPED, log.read_text()
+    text = log.read_text()
+    assert "the lease was lost" in text, text
+    wait_until("the setsid'ed process to be stopped with the job", lambda: not alive(pid), logs=[log])
+    assert not alive(int(leader.read_text()))
+    # A lost lease is never released: the other holder's record stays.
+    assert deployment.lease("us-east-1", "cron")["holder"] == "intruder:1:0"
+
+
+def test_a_double_forked_daemon_keeps_the_lease_and_is_stopped_on_sigterm(deployment, tmp_path):
+    job, daemon_pid = daemon_job(tmp_path, "daemon")
+    log = tmp_path / "daemon.log"
+    holder = deployment.lock_background("us-east-1", "cron", job, log)
+    wait_until("the daemon to run", daemon_pid.exists, logs=[log])
+    pid = deployment.track(int(daemon_pid.read_text()))
+    assert escaped(pid, holder), "the daemon did not leave the job's session and group"
+    # The job itself exited at once; the daemon runs under the lease.
+    held = deployment.lock("us-east-1", "cron", ["true"])
+    assert held.returncode == LEASE_HELD, held.stderr
+    os.kill(holder.pid, signal.SIGTERM)
+    # The job's own status (0) once everything it started is gone; then the lease is released.
+    assert holder.wait(timeout=30) == 0, log.read_text()
+    assert "SIGTERM: stopping 'cron'" in log.read_text()
+    wait_until("the daemon to be stopped", lambda: not alive(pid), logs=[log])
+    assert deployment.lease("us-east-1", "cron")["expires_at_ms"] == "0"
+
+
+def test_a_killed_holder_takes_the_setsid_process_and_the_daemon_along(deployment, tmp_path):
+    job, _leader, escaped_pid = setsid_job(tmp_path, "orphaned")
+    _daemon, daemon_pid = daemon_job(tmp_path, "orphaned")
+    both = ["sh", "-c", f"'{sys.executable}' -c '{DAEMON}' {daemon_pid}; exec \"$@\"", "sh", *job]
+    log = tmp_path / "orphaned.log"
+    holder = deployment.lock_background("us-east-1", "cron", both, log)
+    wait_until("the setsid'ed process and the daemon to run", lambda: escaped_pid.exists() and daemon_pid.exists(),
+               logs=[log])
+    pids = [deployment.track(int(escaped_pid.read_text())), deployment.track(int(daemon_pid.read_text()))]
+    assert all(escaped(pid, holder) for pid in pids)
+    holder.kill()
+    holder.wait(timeout=10)
+    # The guard kills every process of the job, wherever its session: within a bound well below
+    # the TTL, so nothing of it overlaps the next holder.
+    wait_until("the escaped processes to die with their holder", lambda: not any(alive(pid) for pid in pids),
+               deadline_s=3, logs=[log])
+
+
+def test_a_killed_guard_leaves_nothing_running_and_the_lease_is_released_only_after(deployment, tmp_path):
+    job, leader, escaped_pid = setsid_job(tmp_path, "guard")
+    log = tmp_path / "guard.log"
+    holder = deployment.lock_background("us-east-1", "cron", job, log)
+    wait_until("the setsid'ed process to run", lambda: escaped_pid.exists() and leader.exists(), logs=[log])
+    pids = [deployment.track(int(leader.read_text())), deployment.track(int(escaped_pid.read_text()))]
+    guard = holder_group(holder)
+    assert os.getpgid(pids[0]) == guard, "the job's leader runs in the guard's process group"
+    assert escaped(pids[1], holder)
+    os.kill(guard, signal.SIGKILL)
+    # Its orphans came to `lock run` (a subreaper too), which stops them all and only then lets
+    # the lease go.
+    assert holder.wait(timeout=30) == STOPPED, log.read_text()
+    text = log.read_text()
+    assert "its guard (lock exec-guard) was killed by signal 9" in text, text
+    assert not any(alive(pid) for pid in pids), text
+    assert deployment.lease("us-east-1", "cron")["expires_at_ms"] == "0"
+    assert deployment.lock("us-east-1", "cron", ["true"]).returncode == 0
+
+
+def test_the_first_run_after_the_pointer_moves_says_that_it_waits_and_why(deployment, tmp_path):
+    handoff = "switchyard lock: 'handoff': hand-off: waiting "
+    # A name never taken: no record has reached this store, so this is a hand-off too. With
+    # --ttl-s 5 and --kill-grace-s 1: a third of 5 s + 1 s + 1 s + 1 s.
+    first = deployment.lock("us-east-1", "handoff", ["echo", "the job's output"])
+    assert first.returncode == 0, first.stderr
+    # stdout is the job's alone; the notice is one line on stderr.
+    assert first.stdout == "the job's output\n", first.stdout
+    lines = first.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(handoff + "4.7 s before starting the command"), first.stderr
+    assert "no lease record has reached this store yet" in lines[0], first.stderr
+    assert "later runs under generation" in lines[0], first.stderr
+    # Under the same generation: no hand-off, nothing said.
+    again = deployment.lock("us-east-1", "handoff", ["true"])
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+
+    generation = deployment.pointer()["generation"]
+    wait_until("the lease in eu-west-1", lambda: (deployment.lease("eu-west-1", "handoff") or {}).get("expires_at_ms")
+               == "0")
+    deployment.switchover("eu-west-1")
+    moved = deployment.pointer()["generation"]
+    assert moved > generation
+    after = deployment.lock("eu-west-1", "handoff", ["echo", "ran in eu-west-1"])
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == "ran in eu-west-1\n", after.stdout
+    assert after.stderr.count("hand-off") == 1, after.stderr
+    assert after.stderr.startswith(handoff), after.stderr
+    assert f"last taken under pointer generation {generation}, the pointer is now at {moved}" in after.stderr, \
+        after.stderr
+
+
+# Starts the command in its arguments and appends a line to the file in its first for each
+# SIGTERM, which it otherwise ignores.
+COUNT_TERMS = """
+import signal, subprocess, sys, time
+def count(_signal, _frame):
+    with open(sys.argv[1], "a") as f:
+        f.write("TERM\\n")
+signal.signal(signal.SIGTERM, count)
+subprocess.Popen(sys.argv[2:])
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_stop_sends_sigterm_once_and_leaves_processes_it_did_not_start_alone(deployment, tmp_path):
+    # The job counts the SIGTERMs it gets (a second one is, to many programs, the order to quit
+    # without cleaning up) and leaves a setsid'ed process; `lock run` is started the way a
+    # wrapper that forked before its `exec` starts it, so it has a child that is not the job's.
+    terms = tmp_path / "terms"
+    job, _leader, escaped_pid = setsid_job(tmp_path, "once")
+    # Python runs its handler at once, so a second SIGTERM a moment later is seen as one more
+    # (a shell's trap would merge them).
+    counting = [sys.executable, "-c", COUNT_TERMS, str(terms), *job]
+    inherited_pid = tmp_path / "inherited.pid"
+    command = shlex.join(deployment.lock_command("us-east-1", "cron", counting))
+    log = tmp_path / "once.log"
+    holder = subprocess.Popen(["sh", "-c", f"sleep 1000 & echo $! > {inherited_pid}; exec {command}"],
+                              stdout=subprocess.DEVNULL, stderr=open(log, "ab"), start_new_session=True)
+    deployment.processes.append(holder)
+    wait_until("the setsid'ed process to run", lambda: escaped_pid.exists() and inherited_pid.exists(), logs=[log])
+    pid = deployment.track(int(escaped_pid.read_text()))
+    inherited = deployment.track(int(inherited_pid.read_text()))
+    os.kill(holder.pid, signal.SIGTERM)
+    # The job's TERM trap does not exit: SIGKILL after the grace ends it (128 + 9).
+    assert holder.wait(timeout=30) == 137, log.read_text()
+    assert not alive(pid), log.read_text()
+    assert terms.read_text().splitlines() == ["TERM"], "the job got SIGTERM more than once"
+    assert alive(inherited), "lock run stopped a process it did not start"

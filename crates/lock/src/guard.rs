@@ -4,24 +4,27 @@
 //!
 //! - makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`): every process the job starts,
 //!   once orphaned (Magento's `cron:run` backgrounds each `use_separate_process` group and
-//!   exits), is reparented to the guard instead of init, and the guard reaps it;
+//!   exits; a daemon double-forks), is reparented to the guard instead of init, and the guard
+//!   reaps it — so every process the job started, whatever its process group or session, is a
+//!   descendant of the guard ([`crate::procs`] finds them);
 //! - asks the kernel for a signal when its parent dies (`PR_SET_PDEATHSIG`, [`PARENT_DEATH`])
 //!   and checks that the parent is still `P` (it may have died before that was armed); it also
 //!   looks at its parent every [`REAPER_POLL_MS`];
-//! - starts the job in the same process group (SIGTERM and SIGKILL from `lock run` reach it
-//!   and everything it leaves there), and waits until **no process the job started is
+//! - starts the job in the same process group, and waits until **no process the job started is
 //!   left** (the subreaper sees them all), then exits with the job's own status (its code, or
 //!   128 + the signal that ended it) — so `lock run` holds and renews the lease as long as any
 //!   of them runs;
-//! - when `lock run` dies (SIGKILL, the OOM killer), sends SIGKILL to the whole process group:
-//!   the job, what it left in the background, and itself.
+//! - when `lock run` dies (SIGKILL, the OOM killer), sends SIGKILL to every descendant, scanning
+//!   again and reaping until none is left (a process that called `setsid` included: a signal to
+//!   the process group would miss it), then to the whole process group, itself included.
 //!
-//! SIGTERM, SIGINT and SIGHUP do not stop the guard: `lock run` sends them to the whole group,
+//! SIGTERM, SIGINT and SIGHUP do not stop the guard: `lock run` sends its stop signals to the
+//! process group and to each of its own descendants (the job's processes, wherever their group),
 //! so the job has them already, and the guard waits for the job to end; a stop that lasts past
-//! the grace ends with SIGKILL to the group, guard included. A process that leaves the group
-//! (`setsid`, a daemon) keeps the guard waiting but is not reached by signals to the group.
+//! the grace ends with SIGKILL to all of them, guard included. If the guard itself dies (SIGKILL,
+//! a crash), what the job left is reparented to `lock run` (a subreaper too), which stops it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use tokio::signal::unix::{SignalKind, signal};
@@ -34,6 +37,11 @@ pub const PARENT_DEATH: Signal = Signal::USR2;
 
 /// How often the guard checks its parent and reaps, besides every SIGCHLD.
 pub const REAPER_POLL_MS: u64 = 200;
+
+/// How long the guard, once `lock run` died, goes on killing the job's processes (a scan, SIGKILL
+/// to each, reaping, again) before it gives up on those still there (a process stuck in the
+/// kernel cannot run the job's code again once SIGKILL is pending).
+pub const KILL_EVERYTHING_MS_MAX: u64 = 10_000;
 
 fn say(message: impl std::fmt::Display) {
     eprintln!("switchyard lock: {message}");
@@ -125,16 +133,16 @@ async fn guard(parent_pid: i32, command: &[String]) -> i32 {
                 Err(rustix::io::Errno::INTR) => {}
                 Err(error) => {
                     say(format_args!("the guard cannot wait for the job: {error}"));
-                    kill_group(group);
+                    kill_everything(group).await;
                     return crate::EXIT_STOPPED;
                 }
             }
         }
         if !parent_alive(parent_pid) {
             say(format_args!(
-                "the lock holder (pid {parent_pid}) died; killing the job's process group"
+                "the lock holder (pid {parent_pid}) died; killing every process of the job"
             ));
-            kill_group(group);
+            kill_everything(group).await;
             return crate::EXIT_STOPPED;
         }
         tokio::select! {
@@ -149,9 +157,48 @@ async fn guard(parent_pid: i32, command: &[String]) -> i32 {
     }
 }
 
-/// SIGKILL to the whole group, this guard included.
-fn kill_group(group: Pid) {
+/// SIGKILL to every process the job started, wherever its process group or session: this
+/// subreaper's descendants, scanned again (a process may fork between the scan and its signal)
+/// and reaped (what the killed left is reparented here) until none is left, for at most
+/// [`KILL_EVERYTHING_MS_MAX`]; then to the whole process group, this guard included.
+async fn kill_everything(group: Pid) {
+    let me = rustix::process::getpid();
+    let deadline = Instant::now() + Duration::from_millis(KILL_EVERYTHING_MS_MAX);
+    loop {
+        let found = match crate::procs::kill_pass(me, &[]) {
+            Ok(found) => found,
+            Err(error) => {
+                say(format_args!(
+                    "cannot read /proc to find the job's processes ({error}); killing its process group only"
+                ));
+                break;
+            }
+        };
+        reap_all();
+        if found.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            say(format_args!(
+                "processes of the job still there {KILL_EVERYTHING_MS_MAX} ms after SIGKILL (stuck in the kernel): {}",
+                crate::procs::pids(&found)
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(crate::procs::KILL_PASS_PAUSE_MS)).await;
+        reap_all();
+    }
     let _ = rustix::process::kill_process_group(group, Signal::KILL);
+}
+
+/// Reaps every child that has ended (the statuses no longer matter: the job is being killed).
+fn reap_all() {
+    loop {
+        match rustix::process::wait(WaitOptions::NOHANG) {
+            Ok(Some(_)) | Err(rustix::io::Errno::INTR) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
 }
 
 #[cfg(test)]

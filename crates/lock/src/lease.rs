@@ -215,8 +215,7 @@ pub fn plan_acquire(
 /// (or its renewal failed on this new record) and stopped its command. Under the same
 /// generation only `settle_ms` applies.
 pub fn settle_ms(timing: &Timing, replaced: Option<&LeaseRecord>, generation: u64) -> u64 {
-    let handoff = replaced.is_none_or(|record| record.generation < generation);
-    if handoff {
+    if handoff(replaced, generation).is_some() {
         timing.settle_ms.max(
             timing
                 .renew_every_ms()
@@ -226,6 +225,71 @@ pub fn settle_ms(timing: &Timing, replaced: Option<&LeaseRecord>, generation: u6
         )
     } else {
         timing.settle_ms
+    }
+}
+
+/// Why a wait before the command is a hand-off between regions ([`handoff`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// No record of the lease has reached this store: either it was never taken, or another
+    /// region's latest record has not replicated here yet.
+    NoRecord,
+    /// The record replaced was taken under this older pointer generation.
+    OlderGeneration { previous: u64 },
+}
+
+/// Whether taking the lease over `replaced` under `generation` is a hand-off between regions
+/// (what makes [`settle_ms`] wait out a holder in the previous region).
+pub fn handoff(replaced: Option<&LeaseRecord>, generation: u64) -> Option<Handoff> {
+    match replaced {
+        None => Some(Handoff::NoRecord),
+        Some(record) if record.generation < generation => Some(Handoff::OlderGeneration {
+            previous: record.generation,
+        }),
+        Some(_) => None,
+    }
+}
+
+/// The one line a new holder prints before a hand-off's wait (`wait_ms`, from [`settle_ms`]),
+/// so that a first run after the pointer moved, silent for tens of seconds, is not taken for a
+/// hang: that it waits, how long, why, and that later runs do not.
+pub fn handoff_notice(name: &str, timing: &Timing, handoff: Handoff, generation: u64, wait_ms: u64) -> String {
+    let why = match handoff {
+        Handoff::NoRecord => "no lease record has reached this store yet (never taken, or the previous region's \
+                              latest record has not replicated here)"
+            .to_string(),
+        Handoff::OlderGeneration { previous } => {
+            format!("the lease was last taken under pointer generation {previous}, the pointer is now at {generation}")
+        }
+    };
+    let made_of = if timing.settle_ms >= wait_ms {
+        format!("--settle-ms {}", timing.settle_ms)
+    } else {
+        format!(
+            "a renewal period ({}, a third of --ttl-s) + the longest pointer read ({}) + --kill-grace-s ({}) + \
+             clock margin ({})",
+            seconds(timing.renew_every_ms()),
+            seconds(POINTER_READ_MS_MAX),
+            seconds(timing.kill_grace_ms),
+            seconds(CLOCK_SKEW_MARGIN_MS)
+        )
+    };
+    format!(
+        "'{name}': hand-off: waiting {} before starting the command, then confirming the lease: {why}, so a holder \
+         in the previous region may still be running it until its next renewal sees the pointer move and it stops \
+         ({made_of}); later runs under generation {generation} wait only --settle-ms",
+        seconds(wait_ms)
+    )
+}
+
+/// Milliseconds for a person: `32 s`, `4.7 s`, `0.2 s`.
+fn seconds(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        format!("{} s", ms / 1000)
+    } else {
+        // Tenths, rounded.
+        let tenths = (ms + 50) / 100;
+        format!("{}.{} s", tenths / 10, tenths % 10)
     }
 }
 
@@ -240,6 +304,10 @@ pub enum StopReason {
     Unconfirmed { since_ms: u64, last_error: String },
     /// The command ran longer than `--max-run-s`.
     MaxRunTime { max_run_ms: u64 },
+    /// The guard between `lock run` and the command died of this signal (SIGKILL, a crash):
+    /// what the command left runs on without it, and would run on without a lease if `lock run`
+    /// died too.
+    GuardDied { signal: i32 },
 }
 
 impl std::fmt::Display for StopReason {
@@ -254,6 +322,11 @@ impl std::fmt::Display for StopReason {
                 f,
                 "the lease could not be confirmed for {since_ms} ms (last error: {last_error}); stopped before it \
                  can expire for others"
+            ),
+            StopReason::GuardDied { signal } => write!(
+                f,
+                "its guard (lock exec-guard) was killed by signal {signal}; what the command started must not run on \
+                 without it"
             ),
             StopReason::MaxRunTime { max_run_ms } => write!(
                 f,
@@ -520,6 +593,56 @@ mod tests {
         assert!(settle_ms(&tight, None, 1) < tight.ttl_ms);
         let long_settle = Timing::new(60_000, 30_000, 1_000).expect("valid");
         assert_eq!(settle_ms(&long_settle, None, 1), 30_000);
+    }
+
+    #[test]
+    fn a_handoff_says_that_it_waits_how_long_and_why() {
+        let t = timing();
+        let mut older = record(5, 0);
+        older.generation = 3;
+        assert_eq!(handoff(Some(&older), 3), None, "same generation: no hand-off");
+        assert_eq!(handoff(Some(&older), 4), Some(Handoff::OlderGeneration { previous: 3 }));
+        assert_eq!(handoff(None, 4), Some(Handoff::NoRecord));
+
+        let wait = settle_ms(&t, Some(&older), 4);
+        let line = handoff_notice("cron", &t, Handoff::OlderGeneration { previous: 3 }, 4, wait);
+        assert!(
+            line.starts_with("'cron': hand-off: waiting 17 s before starting the command"),
+            "{line}"
+        );
+        assert!(
+            line.contains("last taken under pointer generation 3, the pointer is now at 4"),
+            "{line}"
+        );
+        assert!(
+            line.contains("(a renewal period (10 s, a third of --ttl-s) + the longest pointer read (1 s) + --kill-grace-s (5 s) + clock margin (1 s))"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("later runs under generation 4 wait only --settle-ms"),
+            "{line}"
+        );
+        let line = handoff_notice("cron", &t, Handoff::NoRecord, 4, wait);
+        assert!(line.contains("no lease record has reached this store yet"), "{line}");
+
+        // The defaults (--ttl-s 60, --kill-grace-s 10): the ~32 s the README announces.
+        let defaults = Timing::new(60_000, 2_000, 10_000).expect("valid");
+        let line = handoff_notice("cron", &defaults, Handoff::NoRecord, 1, settle_ms(&defaults, None, 1));
+        assert!(line.contains("waiting 32 s"), "{line}");
+        // A --settle-ms longer than the hand-off's own wait is named as the reason for its length.
+        let long = Timing::new(60_000, 40_000, 1_000).expect("valid");
+        let line = handoff_notice("cron", &long, Handoff::NoRecord, 1, settle_ms(&long, None, 1));
+        assert!(
+            line.contains("waiting 40 s") && line.contains("(--settle-ms 40000)"),
+            "{line}"
+        );
+        // Short waits in tenths of a second.
+        let short = Timing::new(5_000, 200, 1_000).expect("valid");
+        let line = handoff_notice("cron", &short, Handoff::NoRecord, 1, settle_ms(&short, None, 1));
+        assert!(
+            line.contains("waiting 4.7 s") && line.contains("(1.7 s, a third of --ttl-s)"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //!
 //! [`lease`] holds the rules (sans-IO, injected clock); [`run`] reads the pointer, performs
 //! the conditional writes, starts and stops the command. [`guard`] is the reaper between
-//! `lock run` and the command: it waits for everything the command started and kills the whole
-//! process group when its `lock run` dies, so a killed holder leaves nothing running without a
-//! lease.
+//! `lock run` and the command: it waits for everything the command started and kills all of it
+//! (found by [`procs`], wherever its process group or session) when its `lock run` dies, so a
+//! killed holder leaves nothing running without a lease; `lock run` stops what a killed guard
+//! left.
 
 pub mod guard;
 pub mod lease;
+pub mod procs;
 pub mod run;
 pub mod store;
 
@@ -23,11 +25,11 @@ pub const EXIT_LEASE_HELD: i32 = 101;
 pub const EXIT_POINTER_UNKNOWN: i32 = 102;
 /// Exit status when the local store could not be reached or refused the lease table.
 pub const EXIT_STORE_UNAVAILABLE: i32 = 103;
-/// Exit status when the command was stopped mid-run: the pointer moved, the lease was lost, or
-/// it could not be confirmed in time.
+/// Exit status when the command was stopped mid-run: the pointer moved, the lease was lost, it
+/// could not be confirmed in time, or the guard between `lock run` and the command was killed.
 pub const EXIT_STOPPED: i32 = 104;
-/// Exit status when the command ran longer than `--max-run-s` and was stopped (SIGTERM to its
-/// process group, SIGKILL after the grace).
+/// Exit status when the command ran longer than `--max-run-s` and was stopped (SIGTERM to every
+/// process of it, SIGKILL after the grace).
 pub const EXIT_MAX_RUN: i32 = 105;
 /// Exit status when the command could not be started (not found, not executable).
 pub const EXIT_CANNOT_START: i32 = 127;

@@ -1,11 +1,17 @@
 //! The IO side of `lock run`: read the pointer, take the lease with a conditional write, pause
 //! for replication (`settle`), confirm both again, run the command under the guard, renew the
 //! lease (and re-read the pointer) while it runs — and after it exits, as long as anything it
-//! started still runs in its process group — and release it once all of that is gone. Every
+//! started still runs — and release it once all of that is gone. Every
 //! decision is made by [`crate::lease`]; messages on stderr start with `switchyard lock:` and
 //! say why a run was skipped or stopped: `switchyard lock: skipped '…'` only for the normal
 //! skips (100, 101: another region or another holder has the job), `switchyard lock: cannot
-//! run '…'` when something is wrong (102, 103).
+//! run '…'` when something is wrong (102, 103). stdout is the command's alone.
+//!
+//! `lock run` is a child subreaper, and its stops reach every process the command started,
+//! wherever its process group or session ([`crate::procs`]: a walk of its descendants): while
+//! the guard lives they are the guard's descendants; if the guard dies, they are reparented
+//! here. So `lock run` starts no other process, and children it inherited (from a program that
+//! forked before it `exec`ed `lock run`) are noted before the guard starts and never signalled.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -31,11 +37,11 @@ pub const POINTER_TIMEOUT_MS: u64 = 5_000;
 /// Of [`lease::POINTER_READ_MS_MAX`], what one member's answer may take; the rest is slack so
 /// that the answers of the members that did answer are used.
 const POINTER_MEMBER_TIMEOUT_MS: u64 = lease::POINTER_READ_MS_MAX * 4 / 5;
-/// How often `lock run` looks whether the command's process group still has members once its
-/// direct child (the guard) has ended.
+/// How often `lock run` looks whether anything of the command still runs (its process group,
+/// its descendants) once its direct child (the guard) has ended.
 pub const GROUP_POLL_MS: u64 = 200;
-/// How long `lock run` waits for the process group to be gone after SIGKILL; a group still there
-/// then (a process stuck in the kernel) is reported and the lease is left to expire.
+/// How long `lock run` goes on killing the command's processes after the first SIGKILL; any still
+/// there then (stuck in the kernel) are reported and the lease is left to expire.
 pub const KILLED_GROUP_WAIT_MS: u64 = 10_000;
 
 /// The clocks the lease rules read.
@@ -283,10 +289,15 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
     // Wait (longer on a hand-off between regions, see `lease::settle_ms`), then confirm: the
     // pointer must still name this region and a conditional renewal must find this run's record.
     let wait_ms = lease::settle_ms(&options.timing, existing.as_ref(), generation);
-    if wait_ms > options.timing.settle_ms {
-        say(format_args!(
-            "'{name}': the lease was last held under an older pointer generation (or never here); waiting {wait_ms} ms \
-             for a holder in the previous region to stop"
+    // Said once, on stderr (stdout is the command's): a hand-off's wait is long (32 s with the
+    // defaults) and would otherwise look like a hang.
+    if let Some(handoff) = lease::handoff(existing.as_ref(), generation) {
+        say(lease::handoff_notice(
+            name,
+            &options.timing,
+            handoff,
+            generation,
+            wait_ms,
         ));
     }
     if wait_ms > 0 {
@@ -328,15 +339,52 @@ pub fn group_alive(group: Pid) -> bool {
     )
 }
 
-/// The started command: the guard (the direct child, which passes on the command's status) and
-/// its process group, which everything the command starts stays in.
+/// Whether this process has a child, running or ended and not yet reaped (`waitid` with
+/// `WNOWAIT`: nothing is reaped). A subreaper without children has no descendants at all: a
+/// running descendant's chain of parents always leads to one of its children. What is left
+/// when `/proc` cannot be read.
+fn has_children() -> bool {
+    use rustix::process::{WaitId, WaitIdOptions};
+    loop {
+        match rustix::process::waitid(
+            WaitId::All,
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        ) {
+            Err(rustix::io::Errno::CHILD) => return false,
+            Err(rustix::io::Errno::INTR) => {}
+            // A child, or an error that says nothing: count it as one (the caller polls again).
+            _ => return true,
+        }
+    }
+}
+
+/// Reaps every child of this process that has ended. Only once the guard has been waited for
+/// (by tokio, through its own pid): every child after that is an orphan of the job (or one
+/// inherited, whose status nobody here waits for either).
+fn reap_orphans() {
+    loop {
+        match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
+            Ok(Some(_)) | Err(rustix::io::Errno::INTR) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// The started command: the guard (the direct child, which passes on the command's status), its
+/// process group, and every process the command started wherever its group — all descendants
+/// of this `lock run`, a child subreaper, so that what the guard leaves when it dies comes here.
 struct Job {
     child: tokio::process::Child,
     group: Option<Pid>,
+    /// Children this process had before it started the guard (inherited across the `exec` that
+    /// started `lock run`): not the command's, never signalled.
+    inherited: Vec<crate::procs::Process>,
     /// The direct child has ended.
     ended: bool,
     /// Its status (the command's own, passed on by the guard).
     status: Option<ExitStatus>,
+    /// `/proc` could not be read (said once): only the process group is signalled.
+    blind: bool,
 }
 
 impl Job {
@@ -352,14 +400,103 @@ impl Job {
         }
     }
 
-    /// Waits until the direct child has ended and its process group is empty.
+    /// The signal that killed the guard itself, if one did: a guard that ends by itself exits
+    /// with a code (the command's status, 128 + N for a signal N that ended the command).
+    fn guard_killed_by(&self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.and_then(|status| status.signal())
+    }
+
+    /// Whether anything of the command may still run: the guard; once it has ended, a member of
+    /// its process group or a descendant of this process (the orphans it left: any process of
+    /// the job still running descends from one). Reaps the orphans that have ended.
+    fn running(&mut self) -> bool {
+        if !self.ended {
+            return true;
+        }
+        reap_orphans();
+        if self.group_alive() {
+            return true;
+        }
+        match crate::procs::running_descendants(rustix::process::getpid(), &self.inherited) {
+            Ok(left) => !left.is_empty(),
+            Err(error) => {
+                self.cannot_scan(&error);
+                has_children()
+            }
+        }
+    }
+
+    /// `signal` to the process group, and to every descendant of this process outside it (what
+    /// the command started in another group or session), each once: a second SIGTERM is, to
+    /// many programs, the order to quit without cleaning up. A process started after the scan
+    /// (the clean-up a handler runs) is left alone.
+    fn signal_all(&mut self, signal: Signal) {
+        if let Some(group) = self.group {
+            let _ = rustix::process::kill_process_group(group, signal);
+        }
+        let group = self.group.map(|group| group.as_raw_nonzero().get());
+        match crate::procs::running_descendants(rustix::process::getpid(), &self.inherited) {
+            Ok(processes) => {
+                for process in processes.iter().filter(|process| Some(process.group) != group) {
+                    crate::procs::signal(process, signal);
+                }
+            }
+            Err(error) => self.cannot_scan(&error),
+        }
+    }
+
+    /// One SIGKILL pass: to the process group and to every descendant of this process found.
+    /// Returns whether a descendant was found.
+    fn kill_pass(&mut self) -> bool {
+        if let Some(group) = self.group {
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        }
+        if !self.ended {
+            let _ = self.child.start_kill();
+        }
+        match crate::procs::kill_pass(rustix::process::getpid(), &self.inherited) {
+            Ok(found) => !found.is_empty(),
+            Err(error) => {
+                self.cannot_scan(&error);
+                false
+            }
+        }
+    }
+
+    fn cannot_scan(&mut self, error: &std::io::Error) {
+        if !self.blind {
+            self.blind = true;
+            say(format_args!(
+                "cannot read /proc to find the command's processes ({error}); only its process group is signalled"
+            ));
+        }
+    }
+
+    /// Waits until the direct child has ended and nothing of the command runs.
     async fn gone(&mut self) {
         if !self.ended {
             let status = self.child.wait().await;
             self.on_exit(status);
         }
-        while self.group_alive() {
+        while self.running() {
             tokio::time::sleep(Duration::from_millis(GROUP_POLL_MS)).await;
+        }
+    }
+
+    /// SIGKILL to everything of the command, again after each pause (a process may fork between
+    /// a scan and its signal, and the guard's orphans come here), until nothing of it runs.
+    async fn killed(&mut self) {
+        loop {
+            let found = self.kill_pass();
+            if !self.ended {
+                let status = self.child.wait().await;
+                self.on_exit(status);
+            }
+            if !found && !self.running() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(crate::procs::KILL_PASS_PAUSE_MS)).await;
         }
     }
 
@@ -389,6 +526,19 @@ async fn hold_while_running(
             return not_run(EXIT_STOPPED, name, "cannot install signal handlers");
         }
     };
+    // A subreaper, so that if the guard dies (SIGKILL, a crash) what the command left is
+    // reparented here, where it is found and stopped, and not to init.
+    if let Err(error) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        release(&options, token).await;
+        say(format_args!(
+            "cannot start '{}': cannot become the command's subreaper: {error}",
+            options.command.join(" ")
+        ));
+        return EXIT_CANNOT_START;
+    }
+    // Normally none (cron, systemd and a shell's pipeline start `lock run` afresh), but a
+    // process that forked before it exec'd `lock run` left its children here.
+    let inherited = crate::procs::children(rustix::process::getpid()).unwrap_or_default();
     let child = match tokio::process::Command::new(&options.guard_program)
         .arg("lock")
         .arg(crate::guard::SUBCOMMAND)
@@ -414,8 +564,10 @@ async fn hold_while_running(
     let mut job = Job {
         child,
         group,
+        inherited,
         ended: false,
         status: None,
+        blind: false,
     };
     holding.start_command(clock.monotonic_ms(), options.max_run_ms);
     tracing::debug!(name, token, holder = %options.holder, "lease taken; command started");
@@ -427,17 +579,24 @@ async fn hold_while_running(
         tokio::select! {
             status = job.child.wait(), if !job.ended => {
                 job.on_exit(status);
-                if job.group_alive() {
-                    // Magento's cron:run backgrounds its `use_separate_process` groups and exits:
-                    // they run the job as much as it did, so the lease stays held (renewed,
-                    // fenced) until they are gone too.
+                if let Some(signal) = job.guard_killed_by() {
+                    // Nothing here signals the guard while the command runs: someone killed it,
+                    // or it crashed. Its orphans are this subreaper's now, and nobody would
+                    // stop them if `lock run` died as well: stop them now.
+                    return stop_for(&options, &mut job, &holding, clock, StopReason::GuardDied { signal }).await;
+                }
+                if job.running() {
+                    // The guard waits for everything the command started, so this is rare (a
+                    // member that joined the group from outside); it runs under the lease as
+                    // much as the command did, so the lease stays held (renewed, fenced) until
+                    // it is gone too.
                     tracing::debug!(name, group = ?job.group, "the command exited; its process group still runs");
                     continue;
                 }
                 return finish(&options, &job, &holding, clock).await;
             }
             () = tokio::time::sleep(Duration::from_millis(GROUP_POLL_MS)), if job.ended => {
-                if !job.group_alive() {
+                if !job.running() {
                     return finish(&options, &job, &holding, clock).await;
                 }
             }
@@ -480,7 +639,7 @@ async fn finish(options: &Options, job: &Job, holding: &Holding, clock: &dyn Clo
 }
 
 /// Stops the command for `reason`; releases the lease if it is still this run's to write and
-/// the command's process group is gone.
+/// nothing of the command runs any more.
 async fn stop_for(options: &Options, job: &mut Job, holding: &Holding, clock: &dyn Clock, reason: StopReason) -> i32 {
     let name = options.name.as_str();
     // Past the expiry of the lease it last wrote (frozen: SIGSTOP, a stalled host), another
@@ -506,9 +665,10 @@ async fn stop_for(options: &Options, job: &mut Job, holding: &Holding, clock: &d
 }
 
 fn describe(job: &Job) -> String {
-    match job.status {
-        Some(status) => format!("the command ended with {status}"),
-        None => "the command's end could not be observed".to_string(),
+    match (job.guard_killed_by(), job.status) {
+        (Some(signal), _) => format!("its guard was killed by signal {signal}; the command's own status is unknown"),
+        (None, Some(status)) => format!("the command ended with {status}"),
+        (None, None) => "the command's end could not be observed".to_string(),
     }
 }
 
@@ -524,14 +684,15 @@ async fn finish_on_signal(options: &Options, job: &mut Job, holding: &Holding, c
     job.code()
 }
 
-/// SIGTERM to the command's process group, SIGKILL after the grace (at once without one), until
-/// the command and everything in its group are gone. Returns whether they are (false: still
-/// there [`KILLED_GROUP_WAIT_MS`] after SIGKILL).
+/// SIGTERM to the command's process group and to every process it started wherever its group,
+/// SIGKILL to all of them after the grace (at once without one), until nothing of the command
+/// runs. Returns whether that is so (false: something still there [`KILLED_GROUP_WAIT_MS`] after
+/// SIGKILL).
 async fn stop(job: &mut Job, grace_ms: u64) -> bool {
     if grace_ms > 0 {
-        if let Some(group) = job.group {
-            let _ = rustix::process::kill_process_group(group, Signal::TERM);
-        }
+        // Once: a process that a handler starts after it (a clean-up) is left alone until the
+        // SIGKILL after the grace.
+        job.signal_all(Signal::TERM);
         if tokio::time::timeout(Duration::from_millis(grace_ms), job.gone())
             .await
             .is_ok()
@@ -539,22 +700,18 @@ async fn stop(job: &mut Job, grace_ms: u64) -> bool {
             return true;
         }
     }
-    if let Some(group) = job.group {
-        let _ = rustix::process::kill_process_group(group, Signal::KILL);
-    }
-    if !job.ended {
-        let _ = job.child.start_kill();
-    }
-    if tokio::time::timeout(Duration::from_millis(KILLED_GROUP_WAIT_MS), job.gone())
+    if tokio::time::timeout(Duration::from_millis(KILLED_GROUP_WAIT_MS), job.killed())
         .await
         .is_ok()
     {
         return true;
     }
+    let left = crate::procs::running_descendants(rustix::process::getpid(), &job.inherited).unwrap_or_default();
     say(format_args!(
-        "the command's process group {:?} is still there {KILLED_GROUP_WAIT_MS} ms after SIGKILL; the lease is \
-         left to expire",
-        job.group.map(Pid::as_raw_nonzero)
+        "the command's processes (group {:?}; pids {}) are still there {KILLED_GROUP_WAIT_MS} ms after SIGKILL; the \
+         lease is left to expire",
+        job.group.map(Pid::as_raw_nonzero),
+        crate::procs::pids(&left)
     ));
     false
 }

@@ -16,11 +16,12 @@ pub(crate) struct LockArgs {
 enum LockCommand {
     /// Run CMD only if this host's region is the active one and this run holds the lease NAME
     /// (a fenced lease in a global table of the local store); renew it while CMD runs — and while
-    /// anything CMD started runs in its process group — and release it when all of that is gone.
-    /// Exit status: CMD's own when it ran; 100 not the active region, 101 lease held elsewhere
-    /// (both print `switchyard lock: skipped '…'`), 102 pointer unknown, 103 store unavailable
-    /// (both print `switchyard lock: cannot run '…'`), 104 CMD stopped mid-run (pointer moved or
-    /// lease lost), 105 CMD ran longer than --max-run-s, 127 CMD could not start.
+    /// anything CMD started runs, in its process group or not (setsid, a daemon) — and release it
+    /// when all of that is gone. Exit status: CMD's own when it ran; 100 not the active region,
+    /// 101 lease held elsewhere (both print `switchyard lock: skipped '…'`), 102 pointer unknown,
+    /// 103 store unavailable (both print `switchyard lock: cannot run '…'`), 104 CMD stopped
+    /// mid-run (pointer moved, lease lost, or its guard killed), 105 CMD ran longer than
+    /// --max-run-s, 127 CMD could not start.
     Run(Box<RunArgs>),
     /// Internal: the reaper between `lock run` and the command (see `lock::guard`).
     #[command(name = "exec-guard", hide = true)]
@@ -58,8 +59,8 @@ struct RunArgs {
     /// Seconds CMD gets between SIGTERM and SIGKILL when it must stop.
     #[arg(long, default_value_t = 10)]
     kill_grace_s: u64,
-    /// Stop CMD (and what it started) after this many seconds, 1..=604800: SIGTERM to its
-    /// process group, SIGKILL after --kill-grace-s, exit status 105; the lease is released once
+    /// Stop CMD (and what it started) after this many seconds, 1..=604800: SIGTERM to every
+    /// process of it, SIGKILL after --kill-grace-s, exit status 105; the lease is released once
     /// they are gone. Without it a hung job holds the lease for as long as it hangs.
     #[arg(long, value_name = "SECONDS")]
     max_run_s: Option<u64>,
