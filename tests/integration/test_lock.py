@@ -635,6 +635,27 @@ def test_the_first_run_after_the_pointer_moves_says_that_it_waits_and_why(deploy
         after.stderr
 
 
+def test_sigterm_during_the_hand_off_wait_releases_the_lease_and_runs_nothing(deployment, tmp_path):
+    # A name never taken: a hand-off, so `lock run` writes its lease, then waits seconds before
+    # it starts the command. A stop then (cron's timeout, a shutdown) must release the lease:
+    # killed outright, it would leave the lease to block every region until it expired.
+    ran = tmp_path / "ran"
+    log = tmp_path / "lock.log"
+    holder = deployment.lock_background("us-east-1", "stopped-early", ["touch", str(ran)], log)
+    wait_until("the hand-off notice", lambda: "hand-off: waiting" in log.read_text(), logs=[log])
+    lease = deployment.lease("us-east-1", "stopped-early")
+    assert lease is not None and lease["expires_at_ms"] != "0", lease
+    holder.send_signal(signal.SIGTERM)
+    assert holder.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()
+    assert "SIGTERM before the command started: lease released, the command did not run" in log.read_text()
+    assert not ran.exists()
+    assert deployment.lease("us-east-1", "stopped-early")["expires_at_ms"] == "0"
+    # Taken at once by the next run (the release is a write under the same generation).
+    after = deployment.lock("us-east-1", "stopped-early", ["touch", str(ran)])
+    assert after.returncode == 0, after.stderr
+    assert ran.exists()
+
+
 # Starts the command in its arguments and appends a line to the file in its first for each
 # SIGTERM, which it otherwise ignores.
 COUNT_TERMS = """

@@ -272,6 +272,11 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
             );
         }
     };
+    // From here on a stop signal must not kill this process outright: the lease it is about
+    // to write would then keep the job from running anywhere until it expires (`--ttl-s`).
+    let Some(mut signals) = StopSignals::install() else {
+        return not_run(EXIT_STOPPED, name, "cannot install signal handlers");
+    };
     match options.table.take(name, &record, &expect, now).await {
         Ok(()) => {}
         Err(WriteError::Conflict) => return not_run(EXIT_LEASE_HELD, name, "another holder took the lease first"),
@@ -300,11 +305,42 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
             wait_ms,
         ));
     }
-    if wait_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-    }
+    // A stop signal during the wait or the confirmation (before the command starts) releases
+    // the lease at once, and the command does not run. The confirmation itself is not cut
+    // short: its conditional write could then land after the release and hold the lease again.
+    let stopped = tokio::select! {
+        biased;
+        stop = signals.recv() => Some(stop),
+        _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => None,
+    };
     let started = clock.monotonic_ms();
-    match renew(&client, &options, &holding, clock).await {
+    let confirmed = match stopped {
+        Some(stop) => Err(stop),
+        None => {
+            let renewal = renew(&client, &options, &holding, clock).await;
+            // One that came during the confirmation (tokio keeps it until asked).
+            tokio::select! {
+                biased;
+                stop = signals.recv() => Err(stop),
+                _ = std::future::ready(()) => Ok(renewal),
+            }
+        }
+    };
+    let confirmed = match confirmed {
+        Ok(renewal) => renewal,
+        Err(stop) => {
+            release(&options, token).await;
+            return not_run(
+                128 + stop.number(),
+                name,
+                format_args!(
+                    "{} before the command started: lease released, the command did not run",
+                    stop.name()
+                ),
+            );
+        }
+    };
+    match confirmed {
         Renewal::Confirmed => {
             holding.on_renewal(started, clock.monotonic_ms(), Renewal::Confirmed);
         }
@@ -327,7 +363,7 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
         }
     }
 
-    hold_while_running(options, clock, &client, holding, generation).await
+    hold_while_running(options, clock, &client, holding, generation, signals).await
 }
 
 /// Whether the process group `group` still has a member (`kill(-group, 0)`: anything but
@@ -506,26 +542,71 @@ impl Job {
     }
 }
 
+/// The stop signals `lock run` handles itself (SIGTERM, SIGINT, SIGHUP), installed before the
+/// lease is written: from then on a stop releases the lease instead of killing this process
+/// with the lease still written.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+/// A stop signal that arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Terminate,
+    Interrupt,
+    Hangup,
+}
+
+impl Stop {
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Terminate => "SIGTERM",
+            Stop::Interrupt => "SIGINT",
+            Stop::Hangup => "SIGHUP",
+        }
+    }
+
+    /// The signal's number (a shell reports a command ended by it as 128 + this).
+    fn number(self) -> i32 {
+        match self {
+            Stop::Terminate => Signal::TERM.as_raw(),
+            Stop::Interrupt => Signal::INT.as_raw(),
+            Stop::Hangup => Signal::HUP.as_raw(),
+        }
+    }
+}
+
+impl StopSignals {
+    fn install() -> Option<StopSignals> {
+        Some(StopSignals {
+            terminate: signal(SignalKind::terminate()).ok()?,
+            interrupt: signal(SignalKind::interrupt()).ok()?,
+            hangup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+
+    /// The next stop signal.
+    async fn recv(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.terminate.recv() => Stop::Terminate,
+            _ = self.interrupt.recv() => Stop::Interrupt,
+            _ = self.hangup.recv() => Stop::Hangup,
+        }
+    }
+}
+
 async fn hold_while_running(
     options: Options,
     clock: &dyn Clock,
     client: &HttpClient,
     mut holding: Holding,
     generation: u64,
+    mut signals: StopSignals,
 ) -> i32 {
     let name = options.name.as_str();
     let token = holding.token;
-    let (mut terminate, mut interrupt, mut hangup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            release(&options, token).await;
-            return not_run(EXIT_STOPPED, name, "cannot install signal handlers");
-        }
-    };
     // A subreaper, so that if the guard dies (SIGKILL, a crash) what the command left is
     // reparented here, where it is found and stopped, and not to init.
     if let Err(error) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
@@ -623,9 +704,7 @@ async fn hold_while_running(
                     Next::Stop(reason) => return stop_for(&options, &mut job, &holding, clock, reason).await,
                 }
             }
-            _ = terminate.recv() => return finish_on_signal(&options, &mut job, &holding, clock, "SIGTERM").await,
-            _ = interrupt.recv() => return finish_on_signal(&options, &mut job, &holding, clock, "SIGINT").await,
-            _ = hangup.recv() => return finish_on_signal(&options, &mut job, &holding, clock, "SIGHUP").await,
+            stop = signals.recv() => return finish_on_signal(&options, &mut job, &holding, clock, stop.name()).await,
         }
     }
 }
