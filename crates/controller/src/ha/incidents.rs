@@ -3,7 +3,9 @@
 //! dedup key the pager knows, and does not page again a condition that still holds.
 //!
 //! Sans-IO: the value's encoding with its bounds, its checks when read back, and the merge a
-//! new leader makes of that list and its own audit log. The I/O (a transaction conditioned on
+//! new leader makes of that list and its own audit log. Each incident says whether its trigger
+//! was delivered: a leader that died between opening an incident and delivering it left it
+//! undelivered, and the next pages it again (same dedup key) instead of adopting it silently. The I/O (a transaction conditioned on
 //! the leader key's create revision, so a deposed leader cannot overwrite its successor's list)
 //! is in `ha::etcd`; when to write (an incident opened or resolved) in the server.
 
@@ -43,6 +45,15 @@ pub struct Incident {
     /// The last raise's words (a failed runbook's, for the engine to adopt).
     #[serde(default)]
     pub message: String,
+    /// Whether its trigger finished on every channel (delivered or given up on). Absent in
+    /// lists written before it was recorded: read as delivered, so an upgrade does not page
+    /// every open incident again.
+    #[serde(default = "delivered_unless_recorded")]
+    pub delivered: bool,
+}
+
+fn delivered_unless_recorded() -> bool {
+    true
 }
 
 /// The value of `{prefix}/incidents`.
@@ -82,12 +93,13 @@ impl IncidentList {
     }
 
     /// Whether `other` holds the same incidents (who wrote it and when aside): a leader
-    /// writes the list only when an incident opened or resolved, not at every update.
+    /// writes the list only when an incident opened, was delivered or resolved, not at every
+    /// update.
     pub fn same_incidents(&self, other: &IncidentList) -> bool {
-        let ids = |list: &IncidentList| -> Vec<(String, String)> {
+        let ids = |list: &IncidentList| -> Vec<(String, String, bool)> {
             list.incidents
                 .iter()
-                .map(|i| (i.key.clone(), i.incident.clone()))
+                .map(|i| (i.key.clone(), i.incident.clone(), i.delivered))
                 .collect()
         };
         self.term == other.term && ids(self) == ids(other)
@@ -183,8 +195,9 @@ fn keep_newest(incidents: &mut Vec<Incident>, max: usize) {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Adopted {
     pub incident: Incident,
-    /// From the group's list: it is open on the pager, so the condition still holding is not
-    /// paged again. From this member's audit log only: paged as before when it still holds.
+    /// From the group's list: it is open on the pager (if `incident.delivered`; else it is
+    /// paged again at once), so the condition still holding is not paged again. From this
+    /// member's audit log only: paged as before when it still holds.
     pub from_group: bool,
 }
 
@@ -282,6 +295,7 @@ mod tests {
             incident: id.into(),
             opened_at_ms: at,
             message: format!("{key} holds"),
+            delivered: true,
         }
     }
 
@@ -426,6 +440,39 @@ mod tests {
         assert!(!a.same_incidents(&resolved));
         let next_term = IncidentList::new(term(2), "a", 9, [incident("all_down", "shop/all_down", 1)]);
         assert!(!a.same_incidents(&next_term));
+        // Its trigger delivered (the list said not yet): the next leader must know.
+        let mut undelivered = a.clone();
+        undelivered.incidents[0].delivered = false;
+        assert!(!undelivered.same_incidents(&a));
+    }
+
+    /// A list written before deliveries were recorded reads as delivered (an upgrade pages
+    /// nothing again); a list says which trigger was not delivered, and the merge keeps it.
+    #[test]
+    fn the_delivered_flag_round_trips_and_an_old_list_reads_as_delivered() {
+        let old = br#"{"term":3,"written_by":"a","written_at_ms":5,"incidents":[{"key":"all_down","incident":"shop/all_down","opened_at_ms":1,"message":"down"}]}"#;
+        let (list, problems) = IncidentList::decode(old).expect("decode");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(list.incidents[0].delivered);
+        let pending = Incident {
+            delivered: false,
+            ..incident("fenced", "shop/fenced", 2)
+        };
+        let list = IncidentList::new(
+            term(4),
+            "a",
+            6,
+            [incident("all_down", "shop/all_down", 1), pending.clone()],
+        );
+        let (back, _) = IncidentList::decode(&list.encode()).expect("decode");
+        assert_eq!(back, list);
+        let merged = merge(Some(&back), &[incident("fenced", "shop/fenced", 2)], known);
+        let flags: Vec<(&str, bool, bool)> = merged
+            .adopted
+            .iter()
+            .map(|a| (a.incident.key.as_str(), a.incident.delivered, a.from_group))
+            .collect();
+        assert_eq!(flags, vec![("all_down", true, true), ("fenced", false, true)]);
     }
 
     #[test]

@@ -135,6 +135,8 @@ struct Open {
     dedup: String,
     opened_at_ms: u64,
     message: String,
+    /// Whether its trigger reached every channel it goes to (or was given up on).
+    delivered: bool,
 }
 
 /// One open incident, as [`Incidents::open`] lists it (what a later resolve needs).
@@ -146,6 +148,9 @@ pub struct OpenIncident {
     pub opened_at_ms: u64,
     /// The last raise's words.
     pub message: String,
+    /// Whether its trigger was delivered (or given up on) on every channel it goes to: an
+    /// incident not delivered when its controller died is paged again by the next.
+    pub delivered: bool,
 }
 
 /// Open incidents remembered at most; the oldest is forgotten beyond.
@@ -164,13 +169,13 @@ impl Incidents {
             return open.dedup.clone();
         }
         let dedup = dedup_key(group, key);
-        self.open_as(key, &dedup, at_ms, message);
+        self.open_as(key, &dedup, at_ms, message, false);
         dedup
     }
 
     /// Marks `key`'s incident open under `dedup` (restored from the audit log), unless one is
-    /// open already.
-    pub fn open_as(&mut self, key: &str, dedup: &str, opened_at_ms: u64, message: &str) {
+    /// open already; `delivered` says whether its trigger was delivered.
+    pub fn open_as(&mut self, key: &str, dedup: &str, opened_at_ms: u64, message: &str, delivered: bool) {
         if self.open.contains_key(key) {
             return;
         }
@@ -191,24 +196,46 @@ impl Incidents {
                 dedup: dedup.to_string(),
                 opened_at_ms,
                 message: message.to_string(),
+                delivered,
             },
         );
     }
 
     /// Marks `key`'s incident open under `dedup`, replacing the dedup key of one open under
     /// another (an incident adopted from the group's list: its original key is what the pager
-    /// knows). Returns the dedup key replaced, if it differed.
-    pub fn adopt(&mut self, key: &str, dedup: &str, opened_at_ms: u64, message: &str) -> Option<String> {
+    /// knows), `delivered` as the group's list says. Returns the dedup key replaced, if it
+    /// differed.
+    pub fn adopt(
+        &mut self,
+        key: &str,
+        dedup: &str,
+        opened_at_ms: u64,
+        message: &str,
+        delivered: bool,
+    ) -> Option<String> {
         if let Some(open) = self.open.get_mut(key) {
             if open.dedup == dedup {
+                open.delivered &= delivered;
                 return None;
             }
             let replaced = std::mem::replace(&mut open.dedup, dedup.to_string());
             open.opened_at_ms = opened_at_ms;
+            open.delivered = delivered;
             return Some(replaced);
         }
-        self.open_as(key, dedup, opened_at_ms, message);
+        self.open_as(key, dedup, opened_at_ms, message, delivered);
         None
+    }
+
+    /// Marks the incident open under `dedup` delivered; its condition key, if it was open and
+    /// not delivered yet.
+    pub fn mark_delivered(&mut self, dedup: &str) -> Option<String> {
+        let (key, open) = self.open.iter_mut().find(|(_, open)| open.dedup == dedup)?;
+        if open.delivered {
+            return None;
+        }
+        open.delivered = true;
+        Some(key.clone())
     }
 
     /// Closes `key`'s incident; its dedup key, or `None` when none was open.
@@ -235,6 +262,7 @@ impl Incidents {
                 incident: open.dedup.clone(),
                 opened_at_ms: open.opened_at_ms,
                 message: open.message.clone(),
+                delivered: open.delivered,
             })
             .collect()
     }
@@ -294,7 +322,7 @@ mod tests {
         // Another member of the group (or this one after a restart) names it alike.
         assert_eq!(Incidents::default().raise("shop", "fenced", 0, ""), first);
         // A restored incident keeps the dedup key it was opened with.
-        incidents.open_as("all_down", "ctl/all_down/g3-1000", 1000, "down");
+        incidents.open_as("all_down", "ctl/all_down/g3-1000", 1000, "down", true);
         assert_eq!(
             incidents.raise("shop", "all_down", 2000, "down"),
             "ctl/all_down/g3-1000"
@@ -302,11 +330,11 @@ mod tests {
         assert_eq!(incidents.keys(), vec!["all_down".to_string()]);
         // An adopted incident takes the group's dedup key over a restored one.
         assert_eq!(
-            incidents.adopt("all_down", "shop/all_down", 900, "down"),
+            incidents.adopt("all_down", "shop/all_down", 900, "down", true),
             Some("ctl/all_down/g3-1000".to_string())
         );
         assert_eq!(incidents.incident("all_down").as_deref(), Some("shop/all_down"));
-        assert_eq!(incidents.adopt("all_down", "shop/all_down", 900, "down"), None);
+        assert_eq!(incidents.adopt("all_down", "shop/all_down", 900, "down", true), None);
     }
 
     #[test]
