@@ -728,15 +728,7 @@ impl Shared {
                 "this member's audit log"
             };
             tracing::info!(key = %open.key, incident = %open.incident, from, "alert incident still open: adopted");
-            if let Some(replaced) = self.alerts.adopt(
-                &open.key,
-                &open.incident,
-                open.opened_at_ms,
-                &open.message,
-                open.delivered,
-                generation.0,
-                wall_ms(),
-            ) {
+            if let Some(replaced) = self.alerts.adopt(&open.as_open(), generation.0, wall_ms()) {
                 tracing::info!(key = %open.key, %replaced, incident = %open.incident, "resolved the incident this member held under another dedup key: the group's carries the condition on");
             }
             if adopted.from_group {
@@ -752,15 +744,7 @@ impl Shared {
         }
         for open in takeover.unknown {
             tracing::warn!(key = %open.key, incident = %open.incident, "an incident left open names a condition this controller does not raise (another version's, or gone from its configuration): resolved");
-            self.alerts.adopt(
-                &open.key,
-                &open.incident,
-                open.opened_at_ms,
-                &open.message,
-                open.delivered,
-                generation.0,
-                wall_ms(),
-            );
+            self.alerts.adopt(&open.as_open(), generation.0, wall_ms());
             core.restored_alerts.remove(&open.key);
             self.resolve_alert(
                 core,

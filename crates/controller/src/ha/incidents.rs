@@ -56,6 +56,19 @@ fn delivered_unless_recorded() -> bool {
     true
 }
 
+impl Incident {
+    /// As the alert channels keep it open.
+    pub fn as_open(&self) -> providers::alerts::queue::OpenIncident {
+        providers::alerts::queue::OpenIncident {
+            key: self.key.clone(),
+            incident: self.incident.clone(),
+            opened_at_ms: self.opened_at_ms,
+            message: self.message.clone(),
+            delivered: self.delivered,
+        }
+    }
+}
+
 /// The value of `{prefix}/incidents`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncidentList {

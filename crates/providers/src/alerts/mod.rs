@@ -848,25 +848,18 @@ impl Alerts {
         self.incidents().mark_delivered(incident)
     }
 
-    /// Marks the condition `key` open under `incident` without raising it, replacing the dedup
-    /// key of an incident open under another: an incident the group's previous leader opened,
-    /// whose original dedup key is the one the pager knows. The incident replaced (restored
-    /// from this member's audit log under an older dedup key) is open on the pager too and
-    /// nothing else would ever close it: a resolve is sent for it (at `generation`, `at_ms`).
-    /// Returns its dedup key, if any.
-    pub fn adopt(
-        &self,
-        key: &str,
-        incident: &str,
-        opened_at_ms: u64,
-        message: &str,
-        delivered: bool,
-        generation: u64,
-        at_ms: u64,
-    ) -> Option<String> {
+    /// Marks the condition `open.key` open under `open.incident` without raising it, replacing
+    /// the dedup key of an incident open under another: an incident the group's previous
+    /// leader opened, whose original dedup key is the one the pager knows (and whether its
+    /// trigger was delivered, as the group's list says). The incident replaced (restored from
+    /// this member's audit log under an older dedup key) is open on the pager too and nothing
+    /// else would ever close it: a resolve is sent for it (at `generation`, `at_ms`). Returns
+    /// its dedup key, if any.
+    pub fn adopt(&self, open: &queue::OpenIncident, generation: u64, at_ms: u64) -> Option<String> {
+        let (key, incident) = (&open.key, &open.incident);
         let replaced = self
             .incidents()
-            .adopt(key, incident, opened_at_ms, message, delivered)?;
+            .adopt(key, incident, open.opened_at_ms, &open.message, open.delivered)?;
         self.enqueue(Alert {
             key: key.to_string(),
             resolved: true,
@@ -1665,14 +1658,18 @@ mod tests {
         // Restored from this member's audit log under an older key, then adopted under the
         // group's: the older incident is open on the pager and must be closed.
         alerts.restore("all_down", "ctl/all_down/g1-1000", 1_000, "every region is down", true);
-        let replaced = alerts.adopt("all_down", "grp/all_down", 900, "every region is down", true, 7, 2_000);
+        let adopted = queue::OpenIncident {
+            key: "all_down".into(),
+            incident: "grp/all_down".into(),
+            opened_at_ms: 900,
+            message: "every region is down".into(),
+            delivered: true,
+        };
+        let replaced = alerts.adopt(&adopted, 7, 2_000);
         assert_eq!(replaced.as_deref(), Some("ctl/all_down/g1-1000"));
         assert_eq!(alerts.incident_of("all_down").as_deref(), Some("grp/all_down"));
         // The same dedup key again: nothing replaced, nothing sent.
-        assert_eq!(
-            alerts.adopt("all_down", "grp/all_down", 900, "every region is down", true, 7, 2_000),
-            None
-        );
+        assert_eq!(alerts.adopt(&adopted, 7, 2_000), None);
         let mut queue = alerts.lanes[0].queue.lock().expect("queue");
         let mut left = Vec::new();
         while let Some(alert) = queue.pop() {
@@ -1734,7 +1731,7 @@ mod tests {
         assert_eq!(finished, vec![(incident.clone(), false)]);
         assert!(alerts.settled(&incident, false));
         assert_eq!(seen.lock().expect("seen").len(), 3, "delivered at the third attempt");
-        assert_eq!(alerts.open_incidents()[0].delivered, false);
+        assert!(!alerts.open_incidents()[0].delivered);
         assert_eq!(alerts.mark_delivered(&incident).as_deref(), Some("all_down"));
         assert_eq!(alerts.mark_delivered(&incident), None, "recorded once");
         assert!(alerts.open_incidents()[0].delivered);
