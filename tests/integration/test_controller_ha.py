@@ -982,3 +982,47 @@ def test_a_leader_killed_before_delivering_a_trigger_leaves_it_to_the_next_leade
         assert {b["dedup_key"] for b in pages.paged("trigger")} == {"switchyard/test/all_down"}
     finally:
         receivers.stop()
+
+
+def test_a_resolve_the_killed_leader_did_not_deliver_is_sent_by_the_next_leader(group):
+    """The leader resolved the incident (out of etcd's open incidents) while its webhook
+    answered 500, and was killed: before, nobody ever sent that resolve and the pager stayed
+    open for good. Its list now keeps the resolve until it is delivered, and the next leader
+    sends it again under the same dedup key."""
+    receivers = Receivers()
+    try:
+        group.start("c1", config_extra=alerts_toml(group.tmp, receivers))
+        wait_until("c1 to lead", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+        wait_until("the initial placement", lambda: placed(group, "c1", "us-east-1"), logs=group.logs())
+        group.us.stop()
+        group.eu.stop()
+        entry = wait_until("the delivered incident in etcd",
+                           lambda: (listed(group, "all_down", "c1") or {}).get("delivered") and
+                           listed(group, "all_down", "c1"), logs=group.logs())
+        receivers.hook_status = 500
+        bring_back(group)
+
+        def resolving():
+            return [r for r in (incidents_in_etcd(group) or {}).get("resolving", []) if r["key"] == "all_down"]
+
+        pending = wait_until("the resolve pending in etcd's list", resolving, logs=group.logs())[0]
+        assert pending["incident"] == entry["incident"] and listed(group, "all_down") is None, pending
+        process = group.members["c1"][0]
+        process.kill()
+        process.wait(timeout=10)
+
+        def accepted(action):
+            with receivers.lock:
+                return [b for b in receivers.hook_accepted if b["event"] == "all_down" and b["action"] == action]
+
+        assert not accepted("resolve")
+        receivers.hook_status = 200
+        group.start("c2", config_extra=alerts_toml(group.tmp, receivers))
+        wait_until("c2 to lead", lambda: group.leader(["c2"]), TAKEOVER_DEADLINE_S, group.logs())
+        resolve = wait_until("the all_down resolve from c2", lambda: accepted("resolve"), TAKEOVER_DEADLINE_S,
+                             group.logs())[0]
+        assert resolve["incident"] == entry["incident"], (entry, resolve)
+        wait_until("the resolve out of c2's list", lambda: not resolving()
+                   and (incidents_in_etcd(group) or {}).get("written_by") == "c2", TAKEOVER_DEADLINE_S, group.logs())
+    finally:
+        receivers.stop()

@@ -606,6 +606,9 @@ impl Shared {
                 continue;
             }
             let key = if resolve {
+                // Out of the group's list (with `[controller.ha]`) even when this member's
+                // log does not hold it (a predecessor's, sent again at the takeover).
+                delivered |= self.alerts.resolve_delivered(&incident);
                 match core.audit.checkpoint().resolving.get(&incident) {
                     Some(pending) => pending.key.clone(),
                     None => continue,
@@ -742,6 +745,16 @@ impl Shared {
             }
             core.restored_alerts.insert(open.key, open.message);
         }
+        for resolved in takeover.resolving {
+            tracing::warn!(key = %resolved.key, incident = %resolved.incident, "the resolve of this incident was not delivered by the previous leader: sent again");
+            self.alerts.resend_resolve(
+                &resolved.key,
+                &resolved.incident,
+                "the condition ended (resolve sent again: the previous leader stopped before delivering it)",
+                generation.0,
+                wall_ms(),
+            );
+        }
         for open in takeover.unknown {
             tracing::warn!(key = %open.key, incident = %open.incident, "an incident left open names a condition this controller does not raise (another version's, or gone from its configuration): resolved");
             self.alerts.adopt(&open.as_open(), generation.0, wall_ms());
@@ -771,7 +784,14 @@ impl Shared {
             message: open.message,
             delivered: open.delivered,
         });
-        let list = IncidentList::new(term, ha.name(), wall_ms(), open);
+        let resolving = self.alerts.resolving().into_iter().map(|open| Incident {
+            key: open.key,
+            incident: open.incident,
+            opened_at_ms: open.opened_at_ms,
+            message: open.message,
+            delivered: false,
+        });
+        let list = IncidentList::new(term, ha.name(), wall_ms(), open).with_resolving(resolving);
         out.send_if_modified(|pending| {
             if pending
                 .as_ref()

@@ -806,6 +806,13 @@ impl Alerts {
     /// incidents: a resolve the audit log recorded and not its delivery (the controller died
     /// first), whose pager would otherwise stay open.
     pub fn resend_resolve(&self, key: &str, incident: &str, message: &str, generation: u64, at_ms: u64) {
+        self.incidents().resolving_as(queue::OpenIncident {
+            key: key.to_string(),
+            incident: incident.to_string(),
+            opened_at_ms: at_ms,
+            message: message.to_string(),
+            delivered: false,
+        });
         self.enqueue(Alert {
             key: key.to_string(),
             resolved: true,
@@ -846,6 +853,17 @@ impl Alerts {
     /// delivered yet (the controller then records the delivery).
     pub fn mark_delivered(&self, incident: &str) -> Option<String> {
         self.incidents().mark_delivered(incident)
+    }
+
+    /// The resolve of `incident` finished on every channel; whether it was pending.
+    pub fn resolve_delivered(&self, incident: &str) -> bool {
+        self.incidents().resolve_delivered(incident)
+    }
+
+    /// The resolves sent and not finished on every channel yet, oldest first (for the group's
+    /// list: a leader that dies before delivering one leaves it to its successor).
+    pub fn resolving(&self) -> Vec<queue::OpenIncident> {
+        self.incidents().resolving()
     }
 
     /// Marks the condition `open.key` open under `open.incident` without raising it, replacing

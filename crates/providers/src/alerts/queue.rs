@@ -127,6 +127,9 @@ impl TokenBucket {
 pub struct Incidents {
     open: BTreeMap<String, Open>,
     opened: u64,
+    /// Incidents resolved whose resolve is not known delivered yet, by dedup key (at most
+    /// [`INCIDENTS_MAX`], the oldest forgotten): a leader lists them for its successor.
+    resolving: BTreeMap<String, (u64, OpenIncident)>,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +182,9 @@ impl Incidents {
         if self.open.contains_key(key) {
             return;
         }
+        // A trigger under the dedup key of a resolve still pending follows it on every
+        // channel: that resolve must not be sent again after it.
+        self.resolving.remove(dedup);
         if self.open.len() >= INCIDENTS_MAX
             && let Some(oldest) = self
                 .open
@@ -238,9 +244,46 @@ impl Incidents {
         Some(key.clone())
     }
 
-    /// Closes `key`'s incident; its dedup key, or `None` when none was open.
+    /// Closes `key`'s incident; its dedup key, or `None` when none was open. Its resolve is
+    /// pending until [`Incidents::resolve_delivered`].
     pub fn resolve(&mut self, key: &str) -> Option<String> {
-        self.open.remove(key).map(|open| open.dedup)
+        let open = self.open.remove(key)?;
+        self.resolving_as(OpenIncident {
+            key: key.to_string(),
+            incident: open.dedup.clone(),
+            opened_at_ms: open.opened_at_ms,
+            message: open.message,
+            delivered: false,
+        });
+        Some(open.dedup)
+    }
+
+    /// Marks the resolve of `resolved.incident` pending (one sent again for a predecessor).
+    pub fn resolving_as(&mut self, resolved: OpenIncident) {
+        self.opened += 1;
+        self.resolving
+            .insert(resolved.incident.clone(), (self.opened, resolved));
+        while self.resolving.len() > INCIDENTS_MAX {
+            let oldest = self
+                .resolving
+                .iter()
+                .min_by_key(|(_, (order, _))| *order)
+                .map(|(dedup, _)| dedup.clone());
+            let Some(oldest) = oldest else { break };
+            self.resolving.remove(&oldest);
+        }
+    }
+
+    /// The resolve of `dedup` finished on every channel: no longer pending. Whether it was.
+    pub fn resolve_delivered(&mut self, dedup: &str) -> bool {
+        self.resolving.remove(dedup).is_some()
+    }
+
+    /// The resolves pending, oldest first.
+    pub fn resolving(&self) -> Vec<OpenIncident> {
+        let mut pending: Vec<&(u64, OpenIncident)> = self.resolving.values().collect();
+        pending.sort_by_key(|(order, _)| *order);
+        pending.into_iter().map(|(_, resolved)| resolved.clone()).collect()
     }
 
     /// The dedup key of `key`'s open incident.
@@ -335,6 +378,25 @@ mod tests {
         );
         assert_eq!(incidents.incident("all_down").as_deref(), Some("shop/all_down"));
         assert_eq!(incidents.adopt("all_down", "shop/all_down", 900, "down", true), None);
+    }
+
+    #[test]
+    fn a_resolve_is_pending_until_delivered_or_a_new_trigger_of_its_incident() {
+        let mut incidents = Incidents::default();
+        let fenced = incidents.raise("shop", "fenced", 1, "stale");
+        incidents.raise("shop", "stuck", 2, "stuck");
+        assert_eq!(incidents.mark_delivered(&fenced).as_deref(), Some("fenced"));
+        assert_eq!(incidents.mark_delivered(&fenced), None);
+        incidents.resolve("fenced");
+        incidents.resolve("stuck");
+        let pending: Vec<String> = incidents.resolving().into_iter().map(|r| r.key).collect();
+        assert_eq!(pending, vec!["fenced", "stuck"]);
+        assert!(incidents.resolve_delivered("shop/fenced"));
+        assert!(!incidents.resolve_delivered("shop/fenced"));
+        // Raised again before its resolve was delivered: the trigger follows the resolve.
+        let again = incidents.raise("shop", "stuck", 3, "stuck again");
+        assert!(incidents.resolving().is_empty());
+        assert!(!incidents.open()[0].delivered, "a new incident: {again}");
     }
 
     #[test]
