@@ -860,6 +860,9 @@ def test_a_new_leader_adopts_the_open_incident_and_does_not_page_a_condition_sti
         entry = wait_until("the incident in etcd", lambda: listed(group, "all_down", first), logs=group.logs())
         assert entry["incident"] == trigger["incident"] and entry["opened_at_ms"] > 0, entry
         wait_until("the all_down page", lambda: pages.paged("trigger"), logs=group.logs())
+        # Delivered on every channel, and the list says so (else the next leader pages again).
+        wait_until("the delivery in etcd's list", lambda: (listed(group, "all_down", first) or {}).get("delivered"),
+                   logs=group.logs())
 
         process = group.members[first][0]
         process.kill()
@@ -909,6 +912,8 @@ def test_an_incident_the_old_leader_opened_is_resolved_by_the_next_with_its_dedu
         trigger = wait_until("the all_down trigger", lambda: pages.hook("trigger"), logs=group.logs())[0]
         wait_until("the incident in etcd", lambda: listed(group, "all_down", "c1"), logs=group.logs())
         wait_until("the all_down page", lambda: pages.paged("trigger"), logs=group.logs())
+        wait_until("the delivery in etcd's list", lambda: (listed(group, "all_down", "c1") or {}).get("delivered"),
+                   logs=group.logs())
         process = group.members["c1"][0]
         process.kill()
         process.wait(timeout=10)
@@ -927,5 +932,97 @@ def test_an_incident_the_old_leader_opened_is_resolved_by_the_next_with_its_dedu
         assert "the group's list in etcd" in open(log).read()
         wait_until("the resolved incident out of etcd's list", lambda: listed(group, "all_down", "c2") is None
                    and (incidents_in_etcd(group) or {}).get("written_by") == "c2", logs=group.logs())
+    finally:
+        receivers.stop()
+
+
+def test_a_leader_killed_before_delivering_a_trigger_leaves_it_to_the_next_leader_to_page(group):
+    """The leader opened the incident and wrote it to etcd's list, but its webhook answered 500
+    until it was killed: the list says the trigger was not delivered, and the next leader pages
+    it (same dedup key) instead of adopting it silently. Before, nobody was ever paged."""
+    receivers = Receivers()
+    pages = Pages(receivers)
+    try:
+        group.start("c1", config_extra=alerts_toml(group.tmp, receivers))
+        wait_until("c1 to lead", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+        wait_until("the initial placement", lambda: placed(group, "c1", "us-east-1"), logs=group.logs())
+        receivers.hook_status = 500
+        group.us.stop()
+        group.eu.stop()
+        entry = wait_until("the incident in etcd", lambda: listed(group, "all_down", "c1"), logs=group.logs())
+        assert entry["delivered"] is False, entry
+        wait_until("a failed delivery at the webhook",
+                   lambda: len(receivers.bodies("/hook")) > len(receivers.hook_accepted), logs=group.logs())
+        process = group.members["c1"][0]
+        process.kill()
+        process.wait(timeout=10)
+        with receivers.lock:
+            assert not [b for b in receivers.hook_accepted if b["event"] == "all_down"]
+        receivers.hook_status = 200
+
+        group.start("c2", config_extra=alerts_toml(group.tmp, receivers))
+        wait_until("c2 to lead", lambda: group.leader(["c2"]), TAKEOVER_DEADLINE_S, group.logs())
+
+        def accepted(action):
+            with receivers.lock:
+                return [b for b in receivers.hook_accepted if b["event"] == "all_down" and b["action"] == action]
+
+        trigger = wait_until("the all_down trigger from c2", lambda: accepted("trigger"), TAKEOVER_DEADLINE_S,
+                             group.logs())[0]
+        assert trigger["incident"] == entry["incident"] == "switchyard/test/all_down", (entry, trigger)
+        wait_until("the delivery in c2's list", lambda: (listed(group, "all_down", "c2") or {}).get("delivered"),
+                   TAKEOVER_DEADLINE_S, group.logs())
+        bring_back(group)
+        resolve = wait_until("the all_down resolve", lambda: accepted("resolve"), TAKEOVER_DEADLINE_S,
+                             group.logs())[0]
+        assert resolve["incident"] == trigger["incident"], (trigger, resolve)
+        # In order per channel: a second trigger (c2's engine raising the condition) would
+        # have come before the resolve.
+        assert len(accepted("trigger")) == 1, accepted("trigger")
+        assert {b["dedup_key"] for b in pages.paged("trigger")} == {"switchyard/test/all_down"}
+    finally:
+        receivers.stop()
+
+
+def test_a_resolve_the_killed_leader_did_not_deliver_is_sent_by_the_next_leader(group):
+    """The leader resolved the incident (out of etcd's open incidents) while its webhook
+    answered 500, and was killed: before, nobody ever sent that resolve and the pager stayed
+    open for good. Its list now keeps the resolve until it is delivered, and the next leader
+    sends it again under the same dedup key."""
+    receivers = Receivers()
+    try:
+        group.start("c1", config_extra=alerts_toml(group.tmp, receivers))
+        wait_until("c1 to lead", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+        wait_until("the initial placement", lambda: placed(group, "c1", "us-east-1"), logs=group.logs())
+        group.us.stop()
+        group.eu.stop()
+        entry = wait_until("the delivered incident in etcd",
+                           lambda: (listed(group, "all_down", "c1") or {}).get("delivered") and
+                           listed(group, "all_down", "c1"), logs=group.logs())
+        receivers.hook_status = 500
+        bring_back(group)
+
+        def resolving():
+            return [r for r in (incidents_in_etcd(group) or {}).get("resolving", []) if r["key"] == "all_down"]
+
+        pending = wait_until("the resolve pending in etcd's list", resolving, logs=group.logs())[0]
+        assert pending["incident"] == entry["incident"] and listed(group, "all_down") is None, pending
+        process = group.members["c1"][0]
+        process.kill()
+        process.wait(timeout=10)
+
+        def accepted(action):
+            with receivers.lock:
+                return [b for b in receivers.hook_accepted if b["event"] == "all_down" and b["action"] == action]
+
+        assert not accepted("resolve")
+        receivers.hook_status = 200
+        group.start("c2", config_extra=alerts_toml(group.tmp, receivers))
+        wait_until("c2 to lead", lambda: group.leader(["c2"]), TAKEOVER_DEADLINE_S, group.logs())
+        resolve = wait_until("the all_down resolve from c2", lambda: accepted("resolve"), TAKEOVER_DEADLINE_S,
+                             group.logs())[0]
+        assert resolve["incident"] == entry["incident"], (entry, resolve)
+        wait_until("the resolve out of c2's list", lambda: not resolving()
+                   and (incidents_in_etcd(group) or {}).get("written_by") == "c2", TAKEOVER_DEADLINE_S, group.logs())
     finally:
         receivers.stop()

@@ -40,6 +40,10 @@ class Receivers(Served):
         self.requests = []
         self.lock = threading.Lock()
         self.slack_throttle = 1
+        # What /hook answers (500: a receiver that is down, so delivery keeps retrying), and
+        # the bodies it accepted.
+        self.hook_status = 200
+        self.hook_accepted = []
         receivers = self
 
         class Handler(QuietHandler):
@@ -64,7 +68,11 @@ class Receivers(Served):
                         self.answer(202, json.dumps({"status": "success", "message": "Event processed",
                                                      "dedup_key": body.get("dedup_key")}).encode())
                 else:
-                    self.answer(200, b"{}")
+                    with receivers.lock:
+                        status = receivers.hook_status
+                        if status == 200:
+                            receivers.hook_accepted.append(body)
+                    self.answer(status, b"{}")
 
         super().__init__(Handler)
 
@@ -372,6 +380,9 @@ def test_a_restart_while_the_condition_holds_does_not_page_it_again(setup):
         return [b for b in receivers.bodies("/slack") if f"*switchyard {head}*" in b["text"]]
 
     wait_until("the all_down post on Slack", lambda: slack("all_down"), logs=[log])
+    # Delivered on every channel, and recorded so: a restart before that record pages again.
+    wait_until("the delivery in the audit log", lambda: any(
+        r["kind"] == "delivered" and r["key"] == "all_down" for r in audit_records(tmp)), logs=[log])
     recorded = raises_recorded()
     controller.send_signal(signal.SIGTERM)
     assert controller.wait(timeout=20) == 0, Path(log).read_text()[-3000:]
@@ -387,6 +398,80 @@ def test_a_restart_while_the_condition_holds_does_not_page_it_again(setup):
         assert len(hook("all_down", "trigger")) == 1, hook("all_down", "trigger")
         wait_until("Slack's resolve", lambda: slack("resolved: all_down"), logs=[log])
         assert len(slack("all_down")) == 1, slack("all_down")
+    finally:
+        for app in back:
+            app.stop()
+
+
+def audit_records(tmp):
+    audit = tmp / "audit.jsonl"
+    records = []
+    for line in (audit.read_text().splitlines() if audit.exists() else []):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return records
+
+
+def test_a_controller_killed_before_delivering_a_trigger_pages_it_after_its_restart(setup):
+    """The incident is written to the audit log when it opens, before its alert is delivered.
+    Before, a controller killed in between (crash, kill -9, OOM) adopted the incident at its
+    restart and nobody was ever paged. Now the log records each delivery, and the restart
+    pages again (same dedup key) an incident whose trigger was not recorded delivered: the
+    webhook, down (500) while the condition started, gets the trigger exactly once."""
+    tmp, us, eu, receivers, start = setup
+    runbook = '[[runbook]]\nname = "pointer"\nkind = "pointer"\n'
+    config = controller_config(tmp, us, eu, receivers, None, runbook).replace(
+        "startup_grace_ms = 0", "startup_grace_ms = 60000")
+    receivers.slack_throttle = 0
+    controller, _, log = start(config)
+
+    def accepted(event, action):
+        with receivers.lock:
+            return [b for b in receivers.hook_accepted if b["event"] == event and b["action"] == action]
+
+    def raises(pending=None):
+        return [r for r in audit_records(tmp) if r["kind"] == "alert" and r["key"] == "all_down"
+                and (pending is None or r.get("delivery_pending", False) == pending)]
+
+    wait_until("the decision resolved", lambda: accepted("decision", "resolve"), logs=[log])
+    receivers.hook_status = 500
+    us.stop()
+    eu.stop()
+    # (The failover's decision, before it, keeps failing at the webhook: all_down waits behind.)
+    trigger = wait_until("the raise in the audit log, its delivery pending", lambda: raises(pending=True),
+                         logs=[log])[0]
+    wait_until("a failed delivery at the webhook",
+               lambda: len(receivers.bodies("/hook")) > len(receivers.hook_accepted), logs=[log])
+    assert not any(r["kind"] == "delivered" and r["key"] == "all_down" and not r.get("resolve")
+                   for r in audit_records(tmp)), "the webhook refused it: not delivered"
+    controller.send_signal(signal.SIGKILL)
+    controller.wait(timeout=20)
+    assert not accepted("all_down", "trigger")
+    before_restart = len(raises())
+
+    # Still down at the restart, the webhook back: paged again, once.
+    receivers.hook_status = 200
+    start(config)
+    paged = wait_until("the all_down trigger after the restart", lambda: accepted("all_down", "trigger"),
+                       logs=[log])[0]
+    assert paged["incident"] == trigger["incident"] == "controller/all_down", (trigger, paged)
+    wait_until("its delivery recorded", lambda: any(
+        r["kind"] == "delivered" and r["key"] == "all_down" for r in audit_records(tmp)), logs=[log])
+    # The engine's own raise of the condition (still holding) is recorded, not sent again: two
+    # records since the restart, the page sent again and that raise.
+    wait_until("the engine's raise after the restart", lambda: len(raises()) >= before_restart + 2, logs=[log])
+    back = [App(us.port), App(eu.port)]
+    try:
+        resolve = wait_until("the all_down resolve", lambda: accepted("all_down", "resolve"), logs=[log])[0]
+        assert resolve["incident"] == trigger["incident"], (trigger, resolve)
+        # One queue per channel, in order: a second trigger would have come before the resolve.
+        assert len(accepted("all_down", "trigger")) == 1, accepted("all_down", "trigger")
+        # PagerDuty got the trigger again under the same dedup key (it merges it into the
+        # incident open since the first run).
+        pages = [b for b in receivers.bodies("/pagerduty/v2/enqueue") if b["dedup_key"].endswith("/all_down")]
+        assert {b["dedup_key"] for b in pages} == {"controller/all_down"}, pages
     finally:
         for app in back:
             app.stop()

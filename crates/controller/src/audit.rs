@@ -7,6 +7,15 @@
 //! generation), and the alert incidents still open (`alert` records without a `resolved`
 //! after them: resolved at the next start once their condition no longer holds). Each file
 //! starts with a checkpoint of that state, so rotation loses nothing the restore needs.
+//!
+//! Alerts are delivered asynchronously, after their record is written: the log also says which
+//! were delivered. A raise that opens an incident is written `delivery_pending`, and a
+//! `delivered` record follows once its trigger finished on every channel it goes to; a resolve
+//! is written `delivery_pending` and kept in the checkpoint's `resolving` until its
+//! `delivered` record. A restart pages again an incident whose trigger was not recorded
+//! delivered and sends again a resolve not recorded delivered: a lost page is far worse than a
+//! duplicate. Records written before delivery was recorded (no `delivery_pending`) read as
+//! delivered, so an upgrade does not page every open incident again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -24,6 +33,9 @@ use crate::ha::TRANSITION_TIMES_MAX;
 pub const RECENT_RECORDS_MAX: usize = 1000;
 /// A line longer than this is not a record (torn or foreign) and is skipped on restore.
 pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
+/// Resolves whose delivery is not recorded, kept in the checkpoint at most (the oldest are
+/// forgotten beyond): the alert queue's own bound on open incidents.
+pub const RESOLVES_PENDING_MAX: usize = providers::alerts::queue::INCIDENTS_MAX;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -60,10 +72,14 @@ pub struct Checkpoint {
     /// The alert incidents raised and not resolved, by alert key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub open_alerts: BTreeMap<String, OpenAlert>,
+    /// Resolves written and not recorded delivered, by dedup key (at most
+    /// [`RESOLVES_PENDING_MAX`]): a restart sends them again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolving: BTreeMap<String, PendingResolve>,
 }
 
 /// An alert incident still open, as the audit log recorded its last raise.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenAlert {
     /// Its dedup key (absent in records written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +87,28 @@ pub struct OpenAlert {
     pub generation: Generation,
     pub at_ms: u64,
     pub message: String,
+    /// Whether its trigger was recorded delivered on every channel. Absent in checkpoints
+    /// written before delivery was recorded: read as delivered (an upgrade does not page every
+    /// open incident again).
+    #[serde(default = "delivered_unless_recorded")]
+    pub delivered: bool,
+}
+
+/// A resolve written to the log whose delivery is not recorded yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingResolve {
+    /// The condition it ends.
+    pub key: String,
+    pub generation: Generation,
+    pub at_ms: u64,
+}
+
+fn delivered_unless_recorded() -> bool {
+    true
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,9 +137,29 @@ pub enum Entry {
         /// The incident's dedup key, the same in every channel (PagerDuty's `dedup_key`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         incident: Option<String>,
+        /// This raise opened the incident and its trigger is being delivered: it counts as
+        /// delivered only once a `delivered` record follows. Absent (older records, updates,
+        /// adopted incidents): delivered.
+        #[serde(default, skip_serializing_if = "is_false")]
+        delivery_pending: bool,
     },
     Resolved {
         key: String,
+        /// The resolved incident's dedup key (absent when none was open, and in older records).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incident: Option<String>,
+        /// The resolve is being delivered: a restart sends it again unless a `delivered`
+        /// record follows. Absent in older records: delivered.
+        #[serde(default, skip_serializing_if = "is_false")]
+        delivery_pending: bool,
+    },
+    /// The trigger (`resolve` false) or resolve of incident `incident` of condition `key`
+    /// finished on every channel it goes to: delivered, or given up on.
+    Delivered {
+        key: String,
+        incident: String,
+        #[serde(default)]
+        resolve: bool,
     },
     Verdict {
         region: String,
@@ -321,21 +379,65 @@ fn apply(state: &mut Checkpoint, record: &AuditRecord) {
             },
             _ => {}
         },
-        Entry::Alert { key, message, incident } => {
+        Entry::Alert {
+            key,
+            message,
+            incident,
+            delivery_pending,
+        } => {
             let open = state.open_alerts.entry(key.clone()).or_insert_with(|| OpenAlert {
                 incident: incident.clone(),
                 generation: record.generation,
                 at_ms: record.at_ms,
                 message: String::new(),
+                delivered: !*delivery_pending,
             });
-            // An update keeps the incident it updates.
+            // An update keeps the incident it updates, and whether its trigger was delivered.
             if open.incident.is_none() {
                 open.incident.clone_from(incident);
             }
             open.message.clone_from(message);
+            // A trigger under the dedup key of a resolve still pending follows that resolve on
+            // every channel: the resolve must not be sent again after it (it would close the
+            // incident this trigger opens).
+            if let Some(incident) = incident {
+                state.resolving.remove(incident);
+            }
         }
-        Entry::Resolved { key } => {
+        Entry::Resolved {
+            key,
+            incident,
+            delivery_pending,
+        } => {
             state.open_alerts.remove(key);
+            if let (Some(incident), true) = (incident, *delivery_pending) {
+                state.resolving.insert(
+                    incident.clone(),
+                    PendingResolve {
+                        key: key.clone(),
+                        generation: record.generation,
+                        at_ms: record.at_ms,
+                    },
+                );
+                while state.resolving.len() > RESOLVES_PENDING_MAX {
+                    let oldest = state
+                        .resolving
+                        .iter()
+                        .min_by_key(|(_, pending)| pending.at_ms)
+                        .map(|(incident, _)| incident.clone());
+                    let Some(oldest) = oldest else { break };
+                    state.resolving.remove(&oldest);
+                }
+            }
+        }
+        Entry::Delivered { key, incident, resolve } => {
+            if *resolve {
+                state.resolving.remove(incident);
+            } else if let Some(open) = state.open_alerts.get_mut(key)
+                && open.incident.as_deref() == Some(incident.as_str())
+            {
+                open.delivered = true;
+            }
         }
         _ => {}
     }
@@ -579,6 +681,7 @@ mod tests {
             key: key.into(),
             message: message.into(),
             incident: incident.map(str::to_string),
+            delivery_pending: false,
         };
         {
             let mut log = AuditLog::open(&path, 4096, 2).expect("open");
@@ -603,8 +706,16 @@ mod tests {
                 alert("all_down", "still down", Some("shop/all_down")),
             )
             .expect("append");
-            log.append(2_500, Generation(2), Entry::Resolved { key: "runbook".into() })
-                .expect("append");
+            log.append(
+                2_500,
+                Generation(2),
+                Entry::Resolved {
+                    key: "runbook".into(),
+                    incident: None,
+                    delivery_pending: false,
+                },
+            )
+            .expect("append");
             for g in 3..60u64 {
                 log.append(3_000, Generation(g), Entry::Engine { note: finished(g, "b") })
                     .expect("append");
@@ -619,5 +730,141 @@ mod tests {
         assert_eq!((down.generation, down.at_ms), (Generation(1), 1_000), "opened then");
         assert_eq!(down.message, "still down");
         assert_eq!(open["fenced"].incident, None);
+    }
+
+    fn raised(key: &str, pending: bool) -> Entry {
+        Entry::Alert {
+            key: key.into(),
+            message: format!("{key} holds"),
+            incident: Some(format!("shop/{key}")),
+            delivery_pending: pending,
+        }
+    }
+
+    fn resolved(key: &str) -> Entry {
+        Entry::Resolved {
+            key: key.into(),
+            incident: Some(format!("shop/{key}")),
+            delivery_pending: true,
+        }
+    }
+
+    fn delivered(key: &str, resolve: bool) -> Entry {
+        Entry::Delivered {
+            key: key.into(),
+            incident: format!("shop/{key}"),
+            resolve,
+        }
+    }
+
+    /// What was delivered survives a restart and rotation; what was not is still pending.
+    #[test]
+    fn deliveries_of_triggers_and_resolves_survive_a_restart_and_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        {
+            let mut log = AuditLog::open(&path, 4096, 2).expect("open");
+            // Opened and delivered; opened, its update written, not delivered.
+            log.append(1_000, Generation(1), raised("all_down", true))
+                .expect("append");
+            log.append(1_100, Generation(1), delivered("all_down", false))
+                .expect("append");
+            log.append(1_200, Generation(1), raised("fenced", true))
+                .expect("append");
+            log.append(1_300, Generation(1), raised("fenced", false))
+                .expect("append");
+            // A delivery of another incident of the condition does not count for this one.
+            log.append(
+                1_350,
+                Generation(1),
+                Entry::Delivered {
+                    key: "fenced".into(),
+                    incident: "ctl/fenced/g1-1".into(),
+                    resolve: false,
+                },
+            )
+            .expect("append");
+            // Resolved, the resolve delivered; resolved, the resolve not delivered.
+            log.append(1_400, Generation(1), raised("decision", true))
+                .expect("append");
+            log.append(1_500, Generation(1), resolved("decision")).expect("append");
+            log.append(1_600, Generation(1), delivered("decision", true))
+                .expect("append");
+            log.append(1_700, Generation(1), raised("runbook", true))
+                .expect("append");
+            log.append(1_800, Generation(2), resolved("runbook")).expect("append");
+            // Resolved and raised again before the resolve was delivered: the trigger follows
+            // the resolve on every channel, so the resolve is not sent again after it.
+            log.append(1_900, Generation(2), raised("stuck", true)).expect("append");
+            log.append(2_000, Generation(2), resolved("stuck")).expect("append");
+            log.append(2_100, Generation(2), raised("stuck", true)).expect("append");
+            for g in 3..60u64 {
+                log.append(3_000, Generation(g), Entry::Engine { note: finished(g, "b") })
+                    .expect("append");
+            }
+        }
+        assert!(rotated(&path, 1).exists(), "the log rotated");
+        let log = AuditLog::open(&path, 4096, 2).expect("reopen");
+        let state = log.checkpoint();
+        let open: Vec<(&str, bool)> = state
+            .open_alerts
+            .iter()
+            .map(|(key, open)| (key.as_str(), open.delivered))
+            .collect();
+        assert_eq!(open, vec![("all_down", true), ("fenced", false), ("stuck", false)]);
+        assert_eq!(
+            state.resolving,
+            BTreeMap::from([(
+                "shop/runbook".to_string(),
+                PendingResolve {
+                    key: "runbook".into(),
+                    generation: Generation(2),
+                    at_ms: 1_800
+                }
+            )])
+        );
+        // Each record reads back as written.
+        for entry in [
+            raised("a", true),
+            resolved("a"),
+            delivered("a", true),
+            delivered("a", false),
+        ] {
+            let record = AuditRecord {
+                seq: 1,
+                at_ms: 1,
+                generation: Generation(1),
+                entry,
+            };
+            let line = serde_json::to_string(&record).expect("encode");
+            assert_eq!(
+                serde_json::from_str::<AuditRecord>(&line).expect("decode"),
+                record,
+                "{line}"
+            );
+        }
+    }
+
+    /// A log written before deliveries were recorded has no `delivered` records: its open
+    /// incidents read as delivered (an upgrade pages nothing again), its resolves as sent.
+    #[test]
+    fn records_from_before_deliveries_were_recorded_read_as_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let old = [
+            r#"{"seq":1,"at_ms":1,"generation":1,"kind":"checkpoint","state":{"generation":1,"observed":null,"interrupted":null,"preferred":null,"paused":false,"open_alerts":{"fenced":{"incident":"shop/fenced","generation":1,"at_ms":1,"message":"stale"}}}}"#,
+            r#"{"seq":2,"at_ms":2,"generation":1,"kind":"alert","key":"all_down","message":"down","incident":"shop/all_down"}"#,
+            r#"{"seq":3,"at_ms":3,"generation":1,"kind":"alert","key":"runbook","message":"failed","incident":"shop/runbook"}"#,
+            r#"{"seq":4,"at_ms":4,"generation":1,"kind":"resolved","key":"runbook"}"#,
+        ];
+        std::fs::write(&path, old.join("\n") + "\n").expect("write");
+        let mut log = AuditLog::open(&path, 1 << 20, 2).expect("open");
+        let state = log.checkpoint().clone();
+        assert_eq!(state.open_alerts.keys().collect::<Vec<_>>(), vec!["all_down", "fenced"]);
+        assert!(state.open_alerts.values().all(|open| open.delivered), "{state:?}");
+        assert!(state.resolving.is_empty(), "{state:?}");
+        // A new raise after the upgrade is tracked.
+        log.append(5, Generation(1), raised("stuck", true)).expect("append");
+        assert!(!log.checkpoint().open_alerts["stuck"].delivered);
     }
 }

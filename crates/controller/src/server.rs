@@ -499,10 +499,16 @@ impl Shared {
                 Command::Resolved { key } => {
                     let generation = core.engine.generation();
                     core.adopted.remove(&key);
-                    self.alerts
+                    let incident = self
+                        .alerts
                         .resolve(&key, "the condition ended", generation.0, wall_ms());
                     self.publish_incidents();
-                    if let Err(error) = core.audit.append(wall_ms(), generation, Entry::Resolved { key }) {
+                    let entry = Entry::Resolved {
+                        key,
+                        delivery_pending: incident.is_some(),
+                        incident,
+                    };
+                    if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
                         tracing::error!(%error, "cannot write the audit log");
                     }
                 }
@@ -513,7 +519,9 @@ impl Shared {
     }
 
     /// Raises (or updates) the alert `key` on the channels and records it in the audit log with
-    /// its dedup key: a restart (or this member's next term) knows the incident is open.
+    /// its dedup key: a restart (or this member's next term) knows the incident is open, and,
+    /// until a `delivered` record follows (`record_deliveries`), that its trigger may not have
+    /// reached the pager.
     fn raise_alert(&self, core: &mut Core, key: &str, message: &str, generation: Generation) {
         let adopted = if core.adopted.remove(key) {
             self.alerts.incident_of(key)
@@ -527,10 +535,16 @@ impl Shared {
             }
             None => self.alerts.raise(key, message, generation.0, wall_ms()),
         };
+        let delivery_pending = self
+            .alerts
+            .open_incidents()
+            .iter()
+            .any(|open| open.key == key && !open.delivered);
         let entry = Entry::Alert {
             key: key.to_string(),
             message: message.to_string(),
             incident: Some(incident),
+            delivery_pending,
         };
         if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
             tracing::error!(%error, "cannot write the audit log");
@@ -541,14 +555,18 @@ impl Shared {
     /// Resolves the alert `key` when its incident is open, and records that.
     fn resolve_alert(&self, core: &mut Core, key: &str, message: &str, generation: Generation) {
         core.adopted.remove(key);
-        if self.alerts.resolve(key, message, generation.0, wall_ms()).is_none() {
+        let Some(incident) = self.alerts.resolve(key, message, generation.0, wall_ms()) else {
             return;
-        }
+        };
         self.publish_incidents();
         if key == "stuck" {
             core.stuck_paged = None;
         }
-        let entry = Entry::Resolved { key: key.to_string() };
+        let entry = Entry::Resolved {
+            key: key.to_string(),
+            incident: Some(incident),
+            delivery_pending: true,
+        };
         if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
             tracing::error!(%error, "cannot write the audit log");
         }
@@ -572,8 +590,48 @@ impl Shared {
                 }),
                 opened_at_ms: alert.at_ms,
                 message: alert.message.clone(),
+                delivered: alert.delivered,
             })
             .collect()
+    }
+
+    /// Records in the audit log the triggers and resolves that finished on every channel
+    /// (`Alerts::finished`): one `delivered` record per trigger of an incident (the first
+    /// time only) and per resolve the log holds pending. One still followed by another alert
+    /// of the incident (queued since) is recorded when that one finishes.
+    fn record_deliveries(&self, core: &mut Core, finished: Vec<(String, bool)>) {
+        let mut delivered = false;
+        for (incident, resolve) in finished {
+            if !self.alerts.settled(&incident, resolve) {
+                continue;
+            }
+            let key = if resolve {
+                // Out of the group's list (with `[controller.ha]`) even when this member's
+                // log does not hold it (a predecessor's, sent again at the takeover).
+                delivered |= self.alerts.resolve_delivered(&incident);
+                match core.audit.checkpoint().resolving.get(&incident) {
+                    Some(pending) => pending.key.clone(),
+                    None => continue,
+                }
+            } else {
+                match self.alerts.mark_delivered(&incident) {
+                    Some(key) => {
+                        delivered = true;
+                        key
+                    }
+                    None => continue,
+                }
+            };
+            tracing::debug!(%key, %incident, resolve, "alert finished on every channel: recorded");
+            let generation = core.engine.generation();
+            let entry = Entry::Delivered { key, incident, resolve };
+            if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
+                tracing::error!(%error, "cannot write the audit log");
+            }
+        }
+        if delivered {
+            self.publish_incidents();
+        }
     }
 
     /// At start: marks the incidents the audit log holds open as open again, with their dedup
@@ -585,16 +643,45 @@ impl Shared {
     /// merged it, but a webhook, Slack or a mail got a second trigger). An HA member adopts
     /// at the start of its term instead (`adopt_incidents`): its own log may be older than the
     /// group's list.
+    ///
+    /// A single controller pages again at once (same dedup key: PagerDuty and Opsgenie merge
+    /// it) an incident whose trigger the log does not record delivered — it died between
+    /// opening the incident and delivering it, and adopting it silently would leave nobody
+    /// paged — and sends again a resolve not recorded delivered, which would otherwise leave
+    /// the pager open for good.
     fn restore_alerts(&self, core: &mut Core, now: u64) {
         let single = self.ha.is_none();
+        let generation = core.engine.generation();
         for open in self.own_open_incidents(core) {
             tracing::info!(key = %open.key, incident = %open.incident, "alert incident still open in the audit log: restored");
-            self.alerts
-                .restore(&open.key, &open.incident, open.opened_at_ms, &open.message);
+            self.alerts.restore(
+                &open.key,
+                &open.incident,
+                open.opened_at_ms,
+                &open.message,
+                open.delivered,
+            );
             if single {
+                if !open.delivered {
+                    tracing::warn!(key = %open.key, incident = %open.incident, "the trigger of this incident was not recorded delivered (the controller stopped first): paged again");
+                    self.raise_alert(core, &open.key, &open.message, generation);
+                }
                 core.adopted.insert(open.key.clone());
             }
             core.restored_alerts.insert(open.key, open.message);
+        }
+        if single {
+            let resolving = core.audit.checkpoint().resolving.clone();
+            for (incident, pending) in resolving {
+                tracing::warn!(key = %pending.key, %incident, "the resolve of this incident was not recorded delivered (the controller stopped first): sent again");
+                self.alerts.resend_resolve(
+                    &pending.key,
+                    &incident,
+                    "the condition ended (resolve sent again: the controller stopped before delivering it)",
+                    pending.generation.0,
+                    wall_ms(),
+                );
+            }
         }
         core.reconcile_after_ms = now.saturating_add(self.config.engine.startup_grace_ms);
     }
@@ -644,31 +731,33 @@ impl Shared {
                 "this member's audit log"
             };
             tracing::info!(key = %open.key, incident = %open.incident, from, "alert incident still open: adopted");
-            if let Some(replaced) = self.alerts.adopt(
-                &open.key,
-                &open.incident,
-                open.opened_at_ms,
-                &open.message,
-                generation.0,
-                wall_ms(),
-            ) {
+            if let Some(replaced) = self.alerts.adopt(&open.as_open(), generation.0, wall_ms()) {
                 tracing::info!(key = %open.key, %replaced, incident = %open.incident, "resolved the incident this member held under another dedup key: the group's carries the condition on");
             }
             if adopted.from_group {
+                if !open.delivered {
+                    // The previous leader opened it and stopped before its trigger reached
+                    // every channel: paged again (same dedup key), then adopted.
+                    tracing::warn!(key = %open.key, incident = %open.incident, "the trigger of this incident was not recorded delivered by the previous leader: paged again");
+                    self.raise_alert(core, &open.key, &open.message, generation);
+                }
                 core.adopted.insert(open.key.clone());
             }
             core.restored_alerts.insert(open.key, open.message);
         }
-        for open in takeover.unknown {
-            tracing::warn!(key = %open.key, incident = %open.incident, "an incident left open names a condition this controller does not raise (another version's, or gone from its configuration): resolved");
-            self.alerts.adopt(
-                &open.key,
-                &open.incident,
-                open.opened_at_ms,
-                &open.message,
+        for resolved in takeover.resolving {
+            tracing::warn!(key = %resolved.key, incident = %resolved.incident, "the resolve of this incident was not delivered by the previous leader: sent again");
+            self.alerts.resend_resolve(
+                &resolved.key,
+                &resolved.incident,
+                "the condition ended (resolve sent again: the previous leader stopped before delivering it)",
                 generation.0,
                 wall_ms(),
             );
+        }
+        for open in takeover.unknown {
+            tracing::warn!(key = %open.key, incident = %open.incident, "an incident left open names a condition this controller does not raise (another version's, or gone from its configuration): resolved");
+            self.alerts.adopt(&open.as_open(), generation.0, wall_ms());
             core.restored_alerts.remove(&open.key);
             self.resolve_alert(
                 core,
@@ -693,8 +782,16 @@ impl Shared {
             incident: open.incident,
             opened_at_ms: open.opened_at_ms,
             message: open.message,
+            delivered: open.delivered,
         });
-        let list = IncidentList::new(term, ha.name(), wall_ms(), open);
+        let resolving = self.alerts.resolving().into_iter().map(|open| Incident {
+            key: open.key,
+            incident: open.incident,
+            opened_at_ms: open.opened_at_ms,
+            message: open.message,
+            delivered: false,
+        });
+        let list = IncidentList::new(term, ha.name(), wall_ms(), open).with_resolving(resolving);
         out.send_if_modified(|pending| {
             if pending
                 .as_ref()
@@ -1527,6 +1624,16 @@ pub async fn run(
     }
 
     let mut tasks = Vec::new();
+    {
+        let shared = Arc::clone(&shared);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let finished = shared.alerts.finished().await;
+                let mut core = shared.lock();
+                shared.record_deliveries(&mut core, finished);
+            }
+        }));
+    }
     if let Some(ha) = shared.ha.clone() {
         // The notice callback holds the state weakly: the driver must not keep it alive.
         let notified = Arc::downgrade(&shared);

@@ -3,7 +3,9 @@
 //! dedup key the pager knows, and does not page again a condition that still holds.
 //!
 //! Sans-IO: the value's encoding with its bounds, its checks when read back, and the merge a
-//! new leader makes of that list and its own audit log. The I/O (a transaction conditioned on
+//! new leader makes of that list and its own audit log. Each incident says whether its trigger
+//! was delivered: a leader that died between opening an incident and delivering it left it
+//! undelivered, and the next pages it again (same dedup key) instead of adopting it silently. The I/O (a transaction conditioned on
 //! the leader key's create revision, so a deposed leader cannot overwrite its successor's list)
 //! is in `ha::etcd`; when to write (an incident opened or resolved) in the server.
 
@@ -43,6 +45,28 @@ pub struct Incident {
     /// The last raise's words (a failed runbook's, for the engine to adopt).
     #[serde(default)]
     pub message: String,
+    /// Whether its trigger finished on every channel (delivered or given up on). Absent in
+    /// lists written before it was recorded: read as delivered, so an upgrade does not page
+    /// every open incident again.
+    #[serde(default = "delivered_unless_recorded")]
+    pub delivered: bool,
+}
+
+fn delivered_unless_recorded() -> bool {
+    true
+}
+
+impl Incident {
+    /// As the alert channels keep it open.
+    pub fn as_open(&self) -> providers::alerts::queue::OpenIncident {
+        providers::alerts::queue::OpenIncident {
+            key: self.key.clone(),
+            incident: self.incident.clone(),
+            opened_at_ms: self.opened_at_ms,
+            message: self.message.clone(),
+            delivered: self.delivered,
+        }
+    }
 }
 
 /// The value of `{prefix}/incidents`.
@@ -54,6 +78,11 @@ pub struct IncidentList {
     /// Wall-clock milliseconds of the writer, for operators.
     pub written_at_ms: u64,
     pub incidents: Vec<Incident>,
+    /// Incidents resolved whose resolve was not delivered on every channel yet (at most
+    /// [`INCIDENTS_MAX`]): the next leader sends them again, so no pager stays open because
+    /// a leader died before delivering a resolve. Absent in older lists: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolving: Vec<Incident>,
 }
 
 impl IncidentList {
@@ -78,19 +107,40 @@ impl IncidentList {
             written_by: member.to_string(),
             written_at_ms: at_ms,
             incidents,
+            resolving: Vec::new(),
         }
     }
 
+    /// The list with the resolves not delivered yet, bounded as the incidents are.
+    pub fn with_resolving(mut self, resolving: impl IntoIterator<Item = Incident>) -> IncidentList {
+        let mut resolving: Vec<Incident> = resolving
+            .into_iter()
+            .filter(|i| i.key != MEMBER_OWN_KEY)
+            .map(|mut i| {
+                if i.message.chars().count() > INCIDENT_MESSAGE_CHARS_MAX {
+                    i.message = i.message.chars().take(INCIDENT_MESSAGE_CHARS_MAX).collect();
+                }
+                i
+            })
+            .collect();
+        keep_newest(&mut resolving, INCIDENTS_MAX);
+        self.resolving = resolving;
+        self
+    }
+
     /// Whether `other` holds the same incidents (who wrote it and when aside): a leader
-    /// writes the list only when an incident opened or resolved, not at every update.
+    /// writes the list only when an incident opened, was delivered or resolved, not at every
+    /// update.
     pub fn same_incidents(&self, other: &IncidentList) -> bool {
-        let ids = |list: &IncidentList| -> Vec<(String, String)> {
+        let ids = |list: &IncidentList| -> Vec<(String, String, bool)> {
             list.incidents
                 .iter()
-                .map(|i| (i.key.clone(), i.incident.clone()))
+                .map(|i| (i.key.clone(), i.incident.clone(), i.delivered))
                 .collect()
         };
-        self.term == other.term && ids(self) == ids(other)
+        let resolving =
+            |list: &IncidentList| -> Vec<String> { list.resolving.iter().map(|i| i.incident.clone()).collect() };
+        self.term == other.term && ids(self) == ids(other) && resolving(self) == resolving(other)
     }
 
     /// The value written, at most [`INCIDENTS_BYTES_MAX`] bytes: the oldest incidents are left
@@ -99,11 +149,16 @@ impl IncidentList {
         let mut list = self.clone();
         loop {
             let bytes = serde_json::to_vec(&list).expect("a list of strings and numbers serializes");
-            if bytes.len() <= INCIDENTS_BYTES_MAX || list.incidents.is_empty() {
+            if bytes.len() <= INCIDENTS_BYTES_MAX || (list.incidents.is_empty() && list.resolving.is_empty()) {
                 return bytes;
             }
-            let keep = list.incidents.len() - 1;
-            keep_newest(&mut list.incidents, keep);
+            if list.resolving.is_empty() {
+                let keep = list.incidents.len() - 1;
+                keep_newest(&mut list.incidents, keep);
+            } else {
+                let keep = list.resolving.len() - 1;
+                keep_newest(&mut list.resolving, keep);
+            }
         }
     }
 
@@ -120,26 +175,28 @@ impl IncidentList {
         let mut list: IncidentList = serde_json::from_slice(value)
             .map_err(|e| format!("the list of open incidents in etcd is not readable ({e})"))?;
         let mut problems = Vec::new();
-        list.incidents.retain(|i| {
-            let ok = !i.key.is_empty()
-                && i.key.len() <= INCIDENT_KEY_BYTES_MAX
-                && !i.incident.is_empty()
-                && i.incident.len() <= INCIDENT_ID_BYTES_MAX;
-            if !ok {
+        for (what, incidents) in [("incident", &mut list.incidents), ("resolve", &mut list.resolving)] {
+            incidents.retain(|i| {
+                let ok = !i.key.is_empty()
+                    && i.key.len() <= INCIDENT_KEY_BYTES_MAX
+                    && !i.incident.is_empty()
+                    && i.incident.len() <= INCIDENT_ID_BYTES_MAX;
+                if !ok {
+                    problems.push(format!(
+                        "left out an {what} with key '{}' and dedup key '{}': empty or longer than {INCIDENT_KEY_BYTES_MAX} / {INCIDENT_ID_BYTES_MAX} bytes",
+                        i.key.chars().take(INCIDENT_KEY_BYTES_MAX).collect::<String>(),
+                        i.incident.chars().take(INCIDENT_ID_BYTES_MAX).collect::<String>()
+                    ));
+                }
+                ok
+            });
+            if incidents.len() > INCIDENTS_MAX {
                 problems.push(format!(
-                    "left out an incident with key '{}' and dedup key '{}': empty or longer than {INCIDENT_KEY_BYTES_MAX} / {INCIDENT_ID_BYTES_MAX} bytes",
-                    i.key.chars().take(INCIDENT_KEY_BYTES_MAX).collect::<String>(),
-                    i.incident.chars().take(INCIDENT_ID_BYTES_MAX).collect::<String>()
+                    "the list holds {} entries of kind {what}: kept the newest {INCIDENTS_MAX}",
+                    incidents.len()
                 ));
+                keep_newest(incidents, INCIDENTS_MAX);
             }
-            ok
-        });
-        if list.incidents.len() > INCIDENTS_MAX {
-            problems.push(format!(
-                "the list holds {} incidents: kept the newest {INCIDENTS_MAX}",
-                list.incidents.len()
-            ));
-            keep_newest(&mut list.incidents, INCIDENTS_MAX);
         }
         Ok((list, problems))
     }
@@ -183,8 +240,9 @@ fn keep_newest(incidents: &mut Vec<Incident>, max: usize) {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Adopted {
     pub incident: Incident,
-    /// From the group's list: it is open on the pager, so the condition still holding is not
-    /// paged again. From this member's audit log only: paged as before when it still holds.
+    /// From the group's list: it is open on the pager (if `incident.delivered`; else it is
+    /// paged again at once), so the condition still holding is not paged again. From this
+    /// member's audit log only: paged as before when it still holds.
     pub from_group: bool,
 }
 
@@ -196,6 +254,9 @@ pub struct Takeover {
     /// Conditions this controller does not raise (another version's, or gone from the
     /// config): resolved at once, with their dedup key, so no pager stays open on them.
     pub unknown: Vec<Incident>,
+    /// Resolves the previous leader sent and did not deliver: sent again (none whose dedup key
+    /// is open again).
+    pub resolving: Vec<Incident>,
     /// What the log says about the merge.
     pub notes: Vec<String>,
 }
@@ -245,10 +306,19 @@ pub fn merge(list: Option<&IncidentList>, own: &[Incident], known: impl Fn(&str)
         ));
         adopted.retain(|a| incidents.contains(&a.incident));
     }
+    let open: std::collections::BTreeSet<&str> = adopted.iter().map(|a| a.incident.incident.as_str()).collect();
+    let resolving = list
+        .map(|l| l.resolving.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| !open.contains(r.incident.as_str()))
+        .cloned()
+        .collect();
     let (adopted, unknown): (Vec<Adopted>, Vec<Adopted>) = adopted.into_iter().partition(|a| known(&a.incident.key));
     Takeover {
         adopted,
         unknown: unknown.into_iter().map(|a| a.incident).collect(),
+        resolving,
         notes,
     }
 }
@@ -282,6 +352,7 @@ mod tests {
             incident: id.into(),
             opened_at_ms: at,
             message: format!("{key} holds"),
+            delivered: true,
         }
     }
 
@@ -426,6 +497,66 @@ mod tests {
         assert!(!a.same_incidents(&resolved));
         let next_term = IncidentList::new(term(2), "a", 9, [incident("all_down", "shop/all_down", 1)]);
         assert!(!a.same_incidents(&next_term));
+        // Its trigger delivered (the list said not yet): the next leader must know.
+        let mut undelivered = a.clone();
+        undelivered.incidents[0].delivered = false;
+        assert!(!undelivered.same_incidents(&a));
+    }
+
+    /// A list written before deliveries were recorded reads as delivered (an upgrade pages
+    /// nothing again); a list says which trigger was not delivered, and the merge keeps it.
+    #[test]
+    fn the_delivered_flag_round_trips_and_an_old_list_reads_as_delivered() {
+        let old = br#"{"term":3,"written_by":"a","written_at_ms":5,"incidents":[{"key":"all_down","incident":"shop/all_down","opened_at_ms":1,"message":"down"}]}"#;
+        let (list, problems) = IncidentList::decode(old).expect("decode");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(list.incidents[0].delivered);
+        let pending = Incident {
+            delivered: false,
+            ..incident("fenced", "shop/fenced", 2)
+        };
+        let list = IncidentList::new(
+            term(4),
+            "a",
+            6,
+            [incident("all_down", "shop/all_down", 1), pending.clone()],
+        );
+        let (back, _) = IncidentList::decode(&list.encode()).expect("decode");
+        assert_eq!(back, list);
+        let merged = merge(Some(&back), &[incident("fenced", "shop/fenced", 2)], known);
+        let flags: Vec<(&str, bool, bool)> = merged
+            .adopted
+            .iter()
+            .map(|a| (a.incident.key.as_str(), a.incident.delivered, a.from_group))
+            .collect();
+        assert_eq!(flags, vec![("all_down", true, true), ("fenced", false, true)]);
+    }
+
+    /// The resolves a leader did not deliver are in its list, bounded, and the next leader
+    /// sends them again unless their dedup key is open again; an old list has none.
+    #[test]
+    fn resolves_not_delivered_are_listed_and_handed_to_the_next_leader() {
+        let old = br#"{"term":3,"written_by":"a","written_at_ms":5,"incidents":[]}"#;
+        assert!(IncidentList::decode(old).expect("decode").0.resolving.is_empty());
+        let list = IncidentList::new(term(4), "a", 6, [incident("all_down", "shop/all_down", 1)]).with_resolving([
+            incident("runbook", "shop/runbook", 2),
+            incident("all_down", "shop/all_down", 1),
+            incident(MEMBER_OWN_KEY, "shop/ha", 3),
+        ]);
+        assert_eq!(list.resolving.len(), 2, "never a member's own: {list:?}");
+        let (back, _) = IncidentList::decode(&list.encode()).expect("decode");
+        assert_eq!(back, list);
+        let bare = IncidentList::new(term(4), "a", 6, [incident("all_down", "shop/all_down", 1)]);
+        assert!(!bare.same_incidents(&list), "a resolve delivered is a change to write");
+        let merged = merge(Some(&back), &[], known);
+        let resolving: Vec<&str> = merged.resolving.iter().map(|r| r.incident.as_str()).collect();
+        assert_eq!(
+            resolving,
+            vec!["shop/runbook"],
+            "all_down is open again: its resolve is not sent after"
+        );
+        let many = (0..INCIDENTS_MAX as u64 + 5).map(|i| incident(&format!("k{i}"), &format!("shop/k{i}"), i));
+        assert_eq!(bare.with_resolving(many).resolving.len(), INCIDENTS_MAX);
     }
 
     #[test]

@@ -535,6 +535,13 @@ async fn a_restart_does_not_page_again_for_a_condition_that_still_holds() {
         controller.report(vantage, Down, Down).await;
     }
     wait_for("the all_down trigger", 10_000, || !all_down("trigger").is_empty()).await;
+    // Its delivery is recorded once the webhook took it: a restart before that pages again.
+    wait_for("the delivery in the audit log", 10_000, || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .contains(r#""kind":"delivered","key":"all_down""#)
+    })
+    .await;
     let recorded = raises_recorded();
     controller.stop().await;
 
@@ -558,6 +565,132 @@ async fn a_restart_does_not_page_again_for_a_condition_that_still_holds() {
     assert_eq!(resolves.len(), 1, "{resolves:#?}");
     assert_eq!(resolves[0]["incident"], triggers[0]["incident"], "{resolves:#?}");
     controller.stop().await;
+}
+
+/// A controller that died between opening an incident and delivering its trigger (or its
+/// resolve) leaves the audit log with the raise (or resolve) and no `delivered` record after
+/// it. Its restart pages that incident again, once (the engine's own raise of the condition
+/// still holding is then recorded, not sent), sends the lost resolve again, and adopts
+/// silently the incident whose delivery was recorded.
+#[tokio::test]
+async fn a_restart_pages_again_what_a_crash_left_undelivered_and_only_that() {
+    let dns = Fake::start().await;
+    let hook = Fake::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let config = format!(
+        "{}\n[[alerts]]\nkind = \"webhook\"\nurl = \"{}/alerts\"\n",
+        config_text(&dns.url, &audit),
+        hook.url
+    );
+    let sent = |key: &str, action: &str| -> Vec<serde_json::Value> {
+        hook.seen_on("/alerts")
+            .into_iter()
+            .filter(|s| s.body["key"] == key && s.body["action"] == action)
+            .map(|s| s.body)
+            .collect()
+    };
+    let records = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .collect()
+    };
+    let mut controller = Running::start(&config).await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    controller.wait_active("us-east-1").await;
+    controller.stop().await;
+    for key in ["all_down", "fenced", "runbook"] {
+        assert!(
+            sent(key, "trigger").is_empty() && sent(key, "resolve").is_empty(),
+            "{key}: nothing yet"
+        );
+    }
+
+    // What a kill -9 leaves: all_down raised and not delivered; fenced raised and delivered;
+    // the runbook incident resolved and its resolve not delivered.
+    let crashed = [
+        r#"{"seq":100001,"at_ms":1000,"generation":1,"kind":"alert","key":"all_down","message":"every region is down","incident":"controller/all_down","delivery_pending":true}"#,
+        r#"{"seq":100002,"at_ms":1001,"generation":1,"kind":"alert","key":"fenced","message":"stale","incident":"controller/fenced","delivery_pending":true}"#,
+        r#"{"seq":100003,"at_ms":1002,"generation":1,"kind":"delivered","key":"fenced","incident":"controller/fenced"}"#,
+        r#"{"seq":100004,"at_ms":1003,"generation":1,"kind":"resolved","key":"runbook","incident":"controller/runbook","delivery_pending":true}"#,
+    ];
+    let mut text = std::fs::read_to_string(&audit).expect("the audit log");
+    for line in crashed {
+        text.push_str(line);
+        text.push('\n');
+    }
+    std::fs::write(&audit, text).expect("write the audit log");
+
+    let mut controller = Running::start(&config).await;
+    // Paged again at the start, and the lost resolve sent again, before any report.
+    wait_for("all_down paged again", 10_000, || {
+        !sent("all_down", "trigger").is_empty()
+    })
+    .await;
+    wait_for("the runbook resolve sent again", 10_000, || {
+        !sent("runbook", "resolve").is_empty()
+    })
+    .await;
+    assert_eq!(sent("all_down", "trigger")[0]["incident"], "controller/all_down");
+    assert_eq!(sent("runbook", "resolve")[0]["incident"], "controller/runbook");
+    wait_for("both deliveries recorded", 10_000, || {
+        let delivered: Vec<(String, bool)> = records()
+            .iter()
+            .filter(|r| r["kind"] == "delivered")
+            .map(|r| (r["key"].as_str().unwrap_or("").to_string(), r["resolve"] == true))
+            .collect();
+        delivered.contains(&("all_down".into(), false)) && delivered.contains(&("runbook".into(), true))
+    })
+    .await;
+    let raises = |records: &[serde_json::Value]| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == "alert" && r["key"] == "all_down")
+            .count()
+    };
+    let before = raises(&records());
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Down, Down).await;
+    }
+    // The engine raises all_down, which still holds: recorded, not sent a second time.
+    wait_for("the engine's raise in the audit log", 10_000, || {
+        raises(&records()) > before
+    })
+    .await;
+    for vantage in ["controller", "agent-a", "agent-b"] {
+        controller.report(vantage, Up, Up).await;
+    }
+    wait_for("the all_down resolve", 10_000, || {
+        !sent("all_down", "resolve").is_empty()
+    })
+    .await;
+    // One queue per channel, in order: a second trigger would have come before the resolve.
+    let triggers = sent("all_down", "trigger");
+    assert_eq!(triggers.len(), 1, "{triggers:#?}");
+    assert_eq!(sent("runbook", "resolve").len(), 1);
+    assert!(
+        sent("fenced", "trigger").is_empty(),
+        "delivered before the crash: adopted silently"
+    );
+    // Every delivery recorded (fenced, adopted, was resolved as its condition does not hold):
+    // a next start has nothing to page or resolve again.
+    wait_for("the resolves recorded delivered", 10_000, || {
+        let records = records();
+        ["all_down", "fenced"].iter().all(|key| {
+            records
+                .iter()
+                .any(|r| r["kind"] == "delivered" && r["key"] == *key && r["resolve"] == true)
+        })
+    })
+    .await;
+    controller.stop().await;
+    let log = controller::audit::AuditLog::open(&audit, 1 << 30, 3).expect("reopen the audit log");
+    assert!(log.checkpoint().open_alerts.is_empty(), "{:?}", log.checkpoint());
+    assert!(log.checkpoint().resolving.is_empty(), "{:?}", log.checkpoint());
 }
 
 #[tokio::test]

@@ -19,11 +19,18 @@
 //!   [`RATE_LIMITED_BACKOFF_FIRST_MS`] (PagerDuty asks for "a backoff of a few minutes"), other
 //!   transient failures from [`DELIVERY_BACKOFF_FIRST_MS`], doubling up to
 //!   [`DELIVERY_BACKOFF_MAX_MS`], with jitter; answers that no retry can fix (4xx, SMTP 5xx)
-//!   are not retried; failures are logged with the channel's own text.
+//!   are not retried; failures are logged with the channel's own text;
+//! - each trigger and resolve is tracked until it finished on every channel it goes to
+//!   (delivered, given up on, or dropped from a full queue): [`Alerts::finished`] reports those,
+//!   and the controller records them in its audit log (and the group's list of incidents), so a
+//!   controller that died between opening an incident and delivering it pages it again at its
+//!   restart (or the next leader does) instead of adopting it silently. The tracking holds one
+//!   counter per incident with an alert queued or in delivery: bounded by the queues.
 
 pub mod queue;
 pub mod smtp;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -639,6 +646,66 @@ struct Lane {
     sent: AtomicU64,
     failed: AtomicU64,
     retry: RetryPolicy,
+    tracker: Arc<Tracker>,
+}
+
+/// The triggers and resolves not finished on every channel yet, by (dedup key, resolve): what
+/// the controller needs to record a delivery.
+#[derive(Debug, Default)]
+struct Tracker {
+    state: Mutex<Deliveries>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Deliveries {
+    /// Alerts queued or in delivery, one per channel (a waiting trigger that absorbed an update
+    /// counts once). An entry exists only while its count is above zero.
+    pending: BTreeMap<(String, bool), usize>,
+    /// Those whose last alert finished since [`Alerts::finished`] last took them.
+    finished: BTreeSet<(String, bool)>,
+}
+
+impl Tracker {
+    fn state(&self) -> std::sync::MutexGuard<'_, Deliveries> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queued(&self, alert: &Alert) {
+        *self
+            .state()
+            .pending
+            .entry((alert.incident.clone(), alert.resolved))
+            .or_insert(0) += 1;
+    }
+
+    /// One channel is done with `alert` (delivered, given up on, or dropped).
+    fn done(&self, alert: &Alert) {
+        let id = (alert.incident.clone(), alert.resolved);
+        let mut state = self.state();
+        let Some(count) = state.pending.get_mut(&id) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            state.pending.remove(&id);
+            state.finished.insert(id);
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    /// `alert` went to no channel (none takes its event): finished at once, unless an
+    /// earlier alert of the same incident and kind is still pending.
+    fn went_nowhere(&self, alert: &Alert) {
+        let id = (alert.incident.clone(), alert.resolved);
+        let mut state = self.state();
+        if !state.pending.contains_key(&id) {
+            state.finished.insert(id);
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// The running channels. Sending never waits; dropping this stops the workers once their
@@ -648,6 +715,7 @@ pub struct Alerts {
     incidents: Mutex<Incidents>,
     source: String,
     group: String,
+    tracker: Arc<Tracker>,
 }
 
 impl std::fmt::Debug for Alerts {
@@ -666,6 +734,7 @@ impl Alerts {
 
     /// [`Alerts::start`] with other retry times (tests shorten them).
     pub fn start_with(channels: Vec<Channel>, source: &str, group: &str, retry: RetryPolicy) -> Alerts {
+        let tracker = Arc::new(Tracker::default());
         let lanes: Vec<Arc<Lane>> = channels
             .into_iter()
             .map(|channel| {
@@ -677,6 +746,7 @@ impl Alerts {
                     sent: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
                     retry,
+                    tracker: Arc::clone(&tracker),
                 })
             })
             .collect();
@@ -688,6 +758,7 @@ impl Alerts {
             incidents: Mutex::new(Incidents::default()),
             source: source.to_string(),
             group: group.to_string(),
+            tracker,
         }
     }
 
@@ -725,26 +796,88 @@ impl Alerts {
     /// Marks the condition `key` open under `incident` without sending anything: an incident
     /// a previous run (or term) opened and did not resolve, read back from the audit log. A
     /// later raise updates it, a resolve closes it.
-    pub fn restore(&self, key: &str, incident: &str, opened_at_ms: u64, message: &str) {
-        self.incidents().open_as(key, incident, opened_at_ms, message);
+    /// `delivered` says whether the audit log recorded its trigger delivered.
+    pub fn restore(&self, key: &str, incident: &str, opened_at_ms: u64, message: &str, delivered: bool) {
+        self.incidents()
+            .open_as(key, incident, opened_at_ms, message, delivered);
     }
 
-    /// Marks the condition `key` open under `incident` without raising it, replacing the dedup
-    /// key of an incident open under another: an incident the group's previous leader opened,
-    /// whose original dedup key is the one the pager knows. The incident replaced (restored
-    /// from this member's audit log under an older dedup key) is open on the pager too and
-    /// nothing else would ever close it: a resolve is sent for it (at `generation`, `at_ms`).
-    /// Returns its dedup key, if any.
-    pub fn adopt(
-        &self,
-        key: &str,
-        incident: &str,
-        opened_at_ms: u64,
-        message: &str,
-        generation: u64,
-        at_ms: u64,
-    ) -> Option<String> {
-        let replaced = self.incidents().adopt(key, incident, opened_at_ms, message)?;
+    /// Sends the resolve of `incident` (condition `key`) again, without touching the open
+    /// incidents: a resolve the audit log recorded and not its delivery (the controller died
+    /// first), whose pager would otherwise stay open.
+    pub fn resend_resolve(&self, key: &str, incident: &str, message: &str, generation: u64, at_ms: u64) {
+        self.incidents().resolving_as(queue::OpenIncident {
+            key: key.to_string(),
+            incident: incident.to_string(),
+            opened_at_ms: at_ms,
+            message: message.to_string(),
+            delivered: false,
+        });
+        self.enqueue(Alert {
+            key: key.to_string(),
+            resolved: true,
+            message: message.to_string(),
+            generation,
+            at_ms,
+            incident: incident.to_string(),
+            source: self.source.clone(),
+        });
+    }
+
+    /// Waits until triggers or resolves finished on every channel they went to (delivered,
+    /// given up on after [`DELIVERY_GIVE_UP_MS`], or dropped from a full queue), and returns
+    /// them as (dedup key, resolve), each once however many alerts it took. Check
+    /// [`Alerts::settled`] before recording one: another alert of the incident may have been
+    /// queued since.
+    pub async fn finished(&self) -> Vec<(String, bool)> {
+        loop {
+            let taken = std::mem::take(&mut self.tracker.state().finished);
+            if !taken.is_empty() {
+                return taken.into_iter().collect();
+            }
+            self.tracker.wake.notified().await;
+        }
+    }
+
+    /// Whether no trigger (or update; `resolve` false) or no resolve of `incident` is queued
+    /// or in delivery on any channel.
+    pub fn settled(&self, incident: &str, resolve: bool) -> bool {
+        !self
+            .tracker
+            .state()
+            .pending
+            .contains_key(&(incident.to_string(), resolve))
+    }
+
+    /// Marks the open incident `incident` delivered; its condition key if it was open and not
+    /// delivered yet (the controller then records the delivery).
+    pub fn mark_delivered(&self, incident: &str) -> Option<String> {
+        self.incidents().mark_delivered(incident)
+    }
+
+    /// The resolve of `incident` finished on every channel; whether it was pending.
+    pub fn resolve_delivered(&self, incident: &str) -> bool {
+        self.incidents().resolve_delivered(incident)
+    }
+
+    /// The resolves sent and not finished on every channel yet, oldest first (for the group's
+    /// list: a leader that dies before delivering one leaves it to its successor).
+    pub fn resolving(&self) -> Vec<queue::OpenIncident> {
+        self.incidents().resolving()
+    }
+
+    /// Marks the condition `open.key` open under `open.incident` without raising it, replacing
+    /// the dedup key of an incident open under another: an incident the group's previous
+    /// leader opened, whose original dedup key is the one the pager knows (and whether its
+    /// trigger was delivered, as the group's list says). The incident replaced (restored from
+    /// this member's audit log under an older dedup key) is open on the pager too and nothing
+    /// else would ever close it: a resolve is sent for it (at `generation`, `at_ms`). Returns
+    /// its dedup key, if any.
+    pub fn adopt(&self, open: &queue::OpenIncident, generation: u64, at_ms: u64) -> Option<String> {
+        let (key, incident) = (&open.key, &open.incident);
+        let replaced = self
+            .incidents()
+            .adopt(key, incident, open.opened_at_ms, &open.message, open.delivered)?;
         self.enqueue(Alert {
             key: key.to_string(),
             resolved: true,
@@ -782,21 +915,36 @@ impl Alerts {
     }
 
     fn enqueue(&self, alert: Alert) {
+        let mut taken = false;
         for lane in &self.lanes {
             if let Some(events) = &lane.channel.events
                 && !events.iter().any(|e| e == alert.event())
             {
                 continue;
             }
-            let dropped = lane
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_merging(alert.clone(), coalesced);
+            taken = true;
+            let mut absorbed = false;
+            let dropped = {
+                let mut queue = lane.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let dropped = queue.push_merging(alert.clone(), |waiting, new| {
+                    let merge = coalesced(waiting, new);
+                    absorbed = merge == queue::Merge::Absorbed;
+                    merge
+                });
+                // Counted while the queue is locked: the worker cannot finish it first.
+                if !absorbed {
+                    self.tracker.queued(&alert);
+                }
+                dropped
+            };
             if let Some(dropped) = dropped {
                 tracing::warn!(channel = %lane.channel.name, key = %dropped.key, "alert queue full: dropped the oldest alert");
+                self.tracker.done(&dropped);
             }
             lane.wake.notify_one();
+        }
+        if !taken {
+            self.tracker.went_nowhere(&alert);
         }
     }
 
@@ -865,6 +1013,7 @@ async fn work(lane: Arc<Lane>) {
                 tracing::warn!(channel = %lane.channel.name, key = %alert.key, error = %message, "alert not delivered");
             }
         }
+        lane.tracker.done(&alert);
     }
 }
 
@@ -1526,15 +1675,19 @@ mod tests {
         alerts.raise("fenced", "stale", 1, 0);
         // Restored from this member's audit log under an older key, then adopted under the
         // group's: the older incident is open on the pager and must be closed.
-        alerts.restore("all_down", "ctl/all_down/g1-1000", 1_000, "every region is down");
-        let replaced = alerts.adopt("all_down", "grp/all_down", 900, "every region is down", 7, 2_000);
+        alerts.restore("all_down", "ctl/all_down/g1-1000", 1_000, "every region is down", true);
+        let adopted = queue::OpenIncident {
+            key: "all_down".into(),
+            incident: "grp/all_down".into(),
+            opened_at_ms: 900,
+            message: "every region is down".into(),
+            delivered: true,
+        };
+        let replaced = alerts.adopt(&adopted, 7, 2_000);
         assert_eq!(replaced.as_deref(), Some("ctl/all_down/g1-1000"));
         assert_eq!(alerts.incident_of("all_down").as_deref(), Some("grp/all_down"));
         // The same dedup key again: nothing replaced, nothing sent.
-        assert_eq!(
-            alerts.adopt("all_down", "grp/all_down", 900, "every region is down", 7, 2_000),
-            None
-        );
+        assert_eq!(alerts.adopt(&adopted, 7, 2_000), None);
         let mut queue = alerts.lanes[0].queue.lock().expect("queue");
         let mut left = Vec::new();
         while let Some(alert) = queue.pop() {
@@ -1563,6 +1716,7 @@ mod tests {
             "ctl/all_down/g1-1796501222887",
             1_796_501_222_887,
             "every region is down",
+            true,
         );
         assert!(alerts.is_open("all_down"));
         assert_eq!(
@@ -1572,6 +1726,42 @@ mod tests {
             Some("ctl/all_down/g1-1796501222887")
         );
         assert!(alerts.open_keys().is_empty());
+    }
+
+    /// A trigger is reported finished once every channel it goes to is done with it: one
+    /// channel delivered it after two failed attempts, the other (filtered) never took it.
+    #[tokio::test]
+    async fn a_trigger_is_reported_finished_once_every_channel_it_goes_to_is_done() {
+        let (url, seen) = scripted_http(vec![(500, ""), (503, ""), (200, "")]).await;
+        let alerts = Alerts::start_with(
+            vec![
+                webhook_channel(&url, None),
+                webhook_channel("http://127.0.0.1:1/x", Some(vec!["fenced".into()])),
+            ],
+            "ctl",
+            "grp",
+            SHORT,
+        );
+        let incident = alerts.raise("all_down", "every region is down", 1, 0);
+        assert!(!alerts.settled(&incident, false), "queued, not delivered yet");
+        assert!(alerts.settled(&incident, true), "no resolve of it was sent");
+        let finished = alerts.finished().await;
+        assert_eq!(finished, vec![(incident.clone(), false)]);
+        assert!(alerts.settled(&incident, false));
+        assert_eq!(seen.lock().expect("seen").len(), 3, "delivered at the third attempt");
+        assert!(!alerts.open_incidents()[0].delivered);
+        assert_eq!(alerts.mark_delivered(&incident).as_deref(), Some("all_down"));
+        assert_eq!(alerts.mark_delivered(&incident), None, "recorded once");
+        assert!(alerts.open_incidents()[0].delivered);
+        // A resolve no channel takes (the filtered one only takes `fenced`, the other is
+        // gone): finished at once. Resent after a restart, it is tracked alike.
+        let nowhere = Alerts::start(
+            vec![webhook_channel("http://127.0.0.1:1/x", Some(vec!["fenced".into()]))],
+            "ctl",
+            "grp",
+        );
+        nowhere.resend_resolve("all_down", "grp/all_down", "ended", 2, 0);
+        assert_eq!(nowhere.finished().await, vec![("grp/all_down".to_string(), true)]);
     }
 
     struct Collecting {

@@ -127,6 +127,9 @@ impl TokenBucket {
 pub struct Incidents {
     open: BTreeMap<String, Open>,
     opened: u64,
+    /// Incidents resolved whose resolve is not known delivered yet, by dedup key (at most
+    /// [`INCIDENTS_MAX`], the oldest forgotten): a leader lists them for its successor.
+    resolving: BTreeMap<String, (u64, OpenIncident)>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +138,8 @@ struct Open {
     dedup: String,
     opened_at_ms: u64,
     message: String,
+    /// Whether its trigger reached every channel it goes to (or was given up on).
+    delivered: bool,
 }
 
 /// One open incident, as [`Incidents::open`] lists it (what a later resolve needs).
@@ -146,6 +151,9 @@ pub struct OpenIncident {
     pub opened_at_ms: u64,
     /// The last raise's words.
     pub message: String,
+    /// Whether its trigger was delivered (or given up on) on every channel it goes to: an
+    /// incident not delivered when its controller died is paged again by the next.
+    pub delivered: bool,
 }
 
 /// Open incidents remembered at most; the oldest is forgotten beyond.
@@ -164,16 +172,19 @@ impl Incidents {
             return open.dedup.clone();
         }
         let dedup = dedup_key(group, key);
-        self.open_as(key, &dedup, at_ms, message);
+        self.open_as(key, &dedup, at_ms, message, false);
         dedup
     }
 
     /// Marks `key`'s incident open under `dedup` (restored from the audit log), unless one is
-    /// open already.
-    pub fn open_as(&mut self, key: &str, dedup: &str, opened_at_ms: u64, message: &str) {
+    /// open already; `delivered` says whether its trigger was delivered.
+    pub fn open_as(&mut self, key: &str, dedup: &str, opened_at_ms: u64, message: &str, delivered: bool) {
         if self.open.contains_key(key) {
             return;
         }
+        // A trigger under the dedup key of a resolve still pending follows it on every
+        // channel: that resolve must not be sent again after it.
+        self.resolving.remove(dedup);
         if self.open.len() >= INCIDENTS_MAX
             && let Some(oldest) = self
                 .open
@@ -191,29 +202,88 @@ impl Incidents {
                 dedup: dedup.to_string(),
                 opened_at_ms,
                 message: message.to_string(),
+                delivered,
             },
         );
     }
 
     /// Marks `key`'s incident open under `dedup`, replacing the dedup key of one open under
     /// another (an incident adopted from the group's list: its original key is what the pager
-    /// knows). Returns the dedup key replaced, if it differed.
-    pub fn adopt(&mut self, key: &str, dedup: &str, opened_at_ms: u64, message: &str) -> Option<String> {
+    /// knows), `delivered` as the group's list says. Returns the dedup key replaced, if it
+    /// differed.
+    pub fn adopt(
+        &mut self,
+        key: &str,
+        dedup: &str,
+        opened_at_ms: u64,
+        message: &str,
+        delivered: bool,
+    ) -> Option<String> {
         if let Some(open) = self.open.get_mut(key) {
             if open.dedup == dedup {
+                open.delivered &= delivered;
                 return None;
             }
             let replaced = std::mem::replace(&mut open.dedup, dedup.to_string());
             open.opened_at_ms = opened_at_ms;
+            open.delivered = delivered;
             return Some(replaced);
         }
-        self.open_as(key, dedup, opened_at_ms, message);
+        self.open_as(key, dedup, opened_at_ms, message, delivered);
         None
     }
 
-    /// Closes `key`'s incident; its dedup key, or `None` when none was open.
+    /// Marks the incident open under `dedup` delivered; its condition key, if it was open and
+    /// not delivered yet.
+    pub fn mark_delivered(&mut self, dedup: &str) -> Option<String> {
+        let (key, open) = self.open.iter_mut().find(|(_, open)| open.dedup == dedup)?;
+        if open.delivered {
+            return None;
+        }
+        open.delivered = true;
+        Some(key.clone())
+    }
+
+    /// Closes `key`'s incident; its dedup key, or `None` when none was open. Its resolve is
+    /// pending until [`Incidents::resolve_delivered`].
     pub fn resolve(&mut self, key: &str) -> Option<String> {
-        self.open.remove(key).map(|open| open.dedup)
+        let open = self.open.remove(key)?;
+        self.resolving_as(OpenIncident {
+            key: key.to_string(),
+            incident: open.dedup.clone(),
+            opened_at_ms: open.opened_at_ms,
+            message: open.message,
+            delivered: false,
+        });
+        Some(open.dedup)
+    }
+
+    /// Marks the resolve of `resolved.incident` pending (one sent again for a predecessor).
+    pub fn resolving_as(&mut self, resolved: OpenIncident) {
+        self.opened += 1;
+        self.resolving
+            .insert(resolved.incident.clone(), (self.opened, resolved));
+        while self.resolving.len() > INCIDENTS_MAX {
+            let oldest = self
+                .resolving
+                .iter()
+                .min_by_key(|(_, (order, _))| *order)
+                .map(|(dedup, _)| dedup.clone());
+            let Some(oldest) = oldest else { break };
+            self.resolving.remove(&oldest);
+        }
+    }
+
+    /// The resolve of `dedup` finished on every channel: no longer pending. Whether it was.
+    pub fn resolve_delivered(&mut self, dedup: &str) -> bool {
+        self.resolving.remove(dedup).is_some()
+    }
+
+    /// The resolves pending, oldest first.
+    pub fn resolving(&self) -> Vec<OpenIncident> {
+        let mut pending: Vec<&(u64, OpenIncident)> = self.resolving.values().collect();
+        pending.sort_by_key(|(order, _)| *order);
+        pending.into_iter().map(|(_, resolved)| resolved.clone()).collect()
     }
 
     /// The dedup key of `key`'s open incident.
@@ -235,6 +305,7 @@ impl Incidents {
                 incident: open.dedup.clone(),
                 opened_at_ms: open.opened_at_ms,
                 message: open.message.clone(),
+                delivered: open.delivered,
             })
             .collect()
     }
@@ -294,7 +365,7 @@ mod tests {
         // Another member of the group (or this one after a restart) names it alike.
         assert_eq!(Incidents::default().raise("shop", "fenced", 0, ""), first);
         // A restored incident keeps the dedup key it was opened with.
-        incidents.open_as("all_down", "ctl/all_down/g3-1000", 1000, "down");
+        incidents.open_as("all_down", "ctl/all_down/g3-1000", 1000, "down", true);
         assert_eq!(
             incidents.raise("shop", "all_down", 2000, "down"),
             "ctl/all_down/g3-1000"
@@ -302,11 +373,30 @@ mod tests {
         assert_eq!(incidents.keys(), vec!["all_down".to_string()]);
         // An adopted incident takes the group's dedup key over a restored one.
         assert_eq!(
-            incidents.adopt("all_down", "shop/all_down", 900, "down"),
+            incidents.adopt("all_down", "shop/all_down", 900, "down", true),
             Some("ctl/all_down/g3-1000".to_string())
         );
         assert_eq!(incidents.incident("all_down").as_deref(), Some("shop/all_down"));
-        assert_eq!(incidents.adopt("all_down", "shop/all_down", 900, "down"), None);
+        assert_eq!(incidents.adopt("all_down", "shop/all_down", 900, "down", true), None);
+    }
+
+    #[test]
+    fn a_resolve_is_pending_until_delivered_or_a_new_trigger_of_its_incident() {
+        let mut incidents = Incidents::default();
+        let fenced = incidents.raise("shop", "fenced", 1, "stale");
+        incidents.raise("shop", "stuck", 2, "stuck");
+        assert_eq!(incidents.mark_delivered(&fenced).as_deref(), Some("fenced"));
+        assert_eq!(incidents.mark_delivered(&fenced), None);
+        incidents.resolve("fenced");
+        incidents.resolve("stuck");
+        let pending: Vec<String> = incidents.resolving().into_iter().map(|r| r.key).collect();
+        assert_eq!(pending, vec!["fenced", "stuck"]);
+        assert!(incidents.resolve_delivered("shop/fenced"));
+        assert!(!incidents.resolve_delivered("shop/fenced"));
+        // Raised again before its resolve was delivered: the trigger follows the resolve.
+        let again = incidents.raise("shop", "stuck", 3, "stuck again");
+        assert!(incidents.resolving().is_empty());
+        assert!(!incidents.open()[0].delivered, "a new incident: {again}");
     }
 
     #[test]
