@@ -131,12 +131,6 @@ pub fn running_descendants(root: Pid, except: &[Process]) -> std::io::Result<Vec
         .collect())
 }
 
-/// The children of `parent` now (zombies included).
-pub fn children(parent: Pid) -> std::io::Result<Vec<Process>> {
-    let parent = parent.as_raw_nonzero().get();
-    Ok(scan()?.into_iter().filter(|process| process.parent == parent).collect())
-}
-
 /// Whether the process the scan saw as `process` is still the one with that pid (same start
 /// time) and has not ended.
 fn still_there(process: &Process) -> bool {
