@@ -10,8 +10,10 @@
 //! `lock run` is a child subreaper, and its stops reach every process the command started,
 //! wherever its process group or session ([`crate::procs`]: a walk of its descendants): while
 //! the guard lives they are the guard's descendants; if the guard dies, they are reparented
-//! here. So `lock run` starts no other process, and children it inherited (from a program that
-//! forked before it `exec`ed `lock run`) are noted before the guard starts and never signalled.
+//! here. So `lock run` starts no other process, and the processes it inherited (children of a
+//! program that forked before it `exec`ed `lock run`, and theirs) are noted, pid and start
+//! time, before the guard starts and never signalled nor waited for — but one such a process
+//! starts later and then orphans would be taken for the command's.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
