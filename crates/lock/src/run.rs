@@ -12,7 +12,7 @@
 //! the guard lives they are the guard's descendants; if the guard dies, they are reparented
 //! here. So `lock run` starts no other process, and the processes it inherited (children of a
 //! program that forked before it `exec`ed `lock run`, and theirs) are noted, pid and start
-//! time, before the guard starts and never signalled nor waited for — but one such a process
+//! time, before the guard starts and never signalled nor waited for — but a process one of them
 //! starts later and then orphans would be taken for the command's.
 
 use std::path::PathBuf;
