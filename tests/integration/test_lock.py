@@ -706,7 +706,8 @@ def test_a_grandchild_lock_run_inherited_is_not_taken_for_the_jobs_when_its_pare
     job = ["sh", "-c", f"echo go > {fifo}"]
     command = shlex.join(deployment.lock_command("us-east-1", "cron", job))
     log = tmp_path / "inherited.log"
-    child = f"(sleep 1000 & echo $! > {grandchild_pid}.tmp; mv {grandchild_pid}.tmp {grandchild_pid}; read _ < {fifo})"
+    child = (f"(sleep 1000 & echo $! > {grandchild_pid}.tmp; mv {grandchild_pid}.tmp {grandchild_pid}; "
+             f"read _ < {fifo})")
     holder = subprocess.Popen(
         ["sh", "-c", f"{child} & while [ ! -e {grandchild_pid} ]; do sleep 0.01; done; exec {command}"],
         stdout=subprocess.DEVNULL, stderr=open(log, "ab"), start_new_session=True)
