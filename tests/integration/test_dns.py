@@ -683,6 +683,29 @@ def test_bind_and_dig_transfer_with_an_hmac_sha512_key(tmp_path):
         server.stop()
 
 
+
+def test_a_key_declared_truncated_answers_with_the_requests_mac_length(tmp_path):
+    """A key held as `hmac-sha256-128` accepts a request's full MAC as well as a 128-bit one; the
+    answer's MAC has the request's length (RFC 8945 §5.3.1, as BIND answers), so a client holding
+    the key untruncated (`dig -y hmac-sha256:`) can verify it."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    server = keyed_server(tmp_path, '"127.0.0.1:9"', algorithm="hmac-sha256-128")
+    try:
+        full = server.dig("app.shop.example", "A", "-y", f"hmac-sha256:xfr-key:{TSIG_SECRET}")
+        assert "192.0.2.10" in full and "status: NOERROR" in full, full
+        assert re.search(r"xfr-key\.\s+0\s+ANY\s+TSIG\s+hmac-sha256\. \d+ 300 32 ", full), full
+        assert "tsig verify failure" not in full.lower(), full
+        transfer = server.dig("shop.example", "AXFR", "-y", f"hmac-sha256:xfr-key:{TSIG_SECRET}")
+        assert "app.shop.example." in transfer and "; Transfer failed" not in transfer, transfer[-2000:]
+        assert "tsig verify failure" not in transfer.lower(), transfer[-2000:]
+        truncated = server.dig("app.shop.example", "A", "-y", f"hmac-sha256-128:xfr-key:{TSIG_SECRET}")
+        assert "192.0.2.10" in truncated and "status: NOERROR" in truncated, truncated
+        assert "tsig verify failure" not in truncated.lower(), truncated
+        assert re.search(r"xfr-key\.\s+0\s+ANY\s+TSIG\s+hmac-sha256\. \d+ 300 16 ", truncated), truncated
+    finally:
+        server.stop()
+
 ROUTED_NS_CONFIG = """
 [dns]
 axfr_allow = ["127.0.0.1"]

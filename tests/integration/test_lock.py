@@ -694,3 +694,29 @@ def test_a_stop_sends_sigterm_once_and_leaves_processes_it_did_not_start_alone(d
     assert not alive(pid), log.read_text()
     assert terms.read_text().splitlines() == ["TERM"], "the job got SIGTERM more than once"
     assert alive(inherited), "lock run stopped a process it did not start"
+
+
+def test_a_grandchild_lock_run_inherited_is_not_taken_for_the_jobs_when_its_parent_ends(deployment, tmp_path):
+    # A wrapper forked a child before it exec'd `lock run`, and that child started a process of
+    # its own (here `sleep 1000`). The child ends once the job runs: its process is reparented
+    # to `lock run` (a subreaper), which must not take it for the job's — neither wait for it
+    # with the lease held nor stop it.
+    grandchild_pid, fifo = tmp_path / "grandchild.pid", tmp_path / "go"
+    os.mkfifo(fifo)
+    job = ["sh", "-c", f"echo go > {fifo}"]
+    command = shlex.join(deployment.lock_command("us-east-1", "cron", job))
+    log = tmp_path / "inherited.log"
+    child = (f"(sleep 1000 & echo $! > {grandchild_pid}.tmp; mv {grandchild_pid}.tmp {grandchild_pid}; "
+             f"read _ < {fifo})")
+    holder = subprocess.Popen(
+        ["sh", "-c", f"{child} & while [ ! -e {grandchild_pid} ]; do sleep 0.01; done; exec {command}"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "ab"), start_new_session=True)
+    deployment.processes.append(holder)
+    wait_until("the inherited grandchild to run", grandchild_pid.exists, logs=[log])
+    grandchild = deployment.track(int(grandchild_pid.read_text()))
+    try:
+        status = holder.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"lock run still waits after its job ended: {log.read_text()}") from None
+    assert status == 0, log.read_text()
+    assert alive(grandchild), "lock run stopped a process it did not start"

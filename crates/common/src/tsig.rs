@@ -388,9 +388,22 @@ impl Key {
 
     /// The MAC this key sends: the full one, or its first bytes for a truncated key.
     fn finish(&self, hasher: Hasher) -> Vec<u8> {
+        self.finish_to(hasher, self.mac_bytes)
+    }
+
+    /// The MAC's first `bytes` bytes.
+    fn finish_to(&self, hasher: Hasher, bytes: usize) -> Vec<u8> {
         let mut mac = hasher.finalize();
-        mac.truncate(self.mac_bytes);
+        mac.truncate(bytes);
         mac
+    }
+
+    /// The MAC length of an answer to a request whose MAC had `request_bytes`: the request's
+    /// (RFC 8945 §5.3.1; BIND answers so), so that a client holding this key untruncated
+    /// verifies the answer to its full MAC, and one truncating as this key does gets its length
+    /// back — never shorter than this key takes, never longer than the hash.
+    fn answer_mac_bytes(&self, request_bytes: usize) -> usize {
+        request_bytes.max(self.mac_bytes).min(self.algorithm.mac_bytes())
     }
 
     /// Why a MAC of `length` bytes is not acceptable for this key (`None`: it is): outside the
@@ -613,12 +626,22 @@ fn append_record(message: &[u8], key_wire_name: &[u8], rdata: &[u8]) -> Result<V
     Ok(wire)
 }
 
-/// The length a TSIG record signed with `key` adds to a message (with no other data): what a
-/// server keeps free in a UDP answer to a signed query.
+/// The length a TSIG record signed with `key` adds to a message (with no other data).
 pub fn record_bytes(key: &Key) -> usize {
+    record_bytes_with_mac(key, key.mac_bytes)
+}
+
+/// The length the TSIG record of an answer to a request whose MAC was `request_mac` adds (its
+/// MAC has the request's length, [`ResponseSigner`]): what a server keeps free in a UDP answer
+/// to a signed query.
+pub fn answer_record_bytes(key: &Key, request_mac: &[u8]) -> usize {
+    record_bytes_with_mac(key, key.answer_mac_bytes(request_mac.len()))
+}
+
+fn record_bytes_with_mac(key: &Key, mac_bytes: usize) -> usize {
     // Owner, type, class, TTL, RDLENGTH; algorithm, time (6), fudge, MAC size, MAC, original
     // id, error, other length.
-    key.wire_name.len() + 10 + key.algorithm.wire().len() + 6 + 2 + 2 + key.mac_bytes + 2 + 2 + 2
+    key.wire_name.len() + 10 + key.algorithm.wire().len() + 6 + 2 + 2 + mac_bytes + 2 + 2 + 2
 }
 
 /// A signed request and its MAC (which the response's MAC covers).
@@ -1185,7 +1208,9 @@ impl Refusal<'_> {
                 digest.update(&self.record.mac);
                 digest.update(message);
                 variables.digest_into(&key.wire_name, &mut digest);
-                key.finish(digest)
+                // BADTRUNC: the key's own length (the request's is too short for it); BADTIME:
+                // the request's, as every answer.
+                key.finish_to(digest, key.answer_mac_bytes(self.record.mac.len()))
             }
         };
         append_record(message, &self.record.key_wire_name, &variables.rdata(&mac, id))
@@ -1201,17 +1226,20 @@ pub struct ResponseSigner<'k> {
     prior_mac: Vec<u8>,
     time_signed: u64,
     first: bool,
+    /// Every message's MAC length: the request's ([`Key::answer_mac_bytes`]).
+    mac_bytes: usize,
 }
 
 impl<'k> ResponseSigner<'k> {
     /// Signs with `key` the answer to a request whose MAC was `request_mac`, every message at
-    /// `time_signed` (Unix seconds).
+    /// `time_signed` (Unix seconds), with MACs of the request's length.
     pub fn new(key: &'k Key, request_mac: &[u8], time_signed: u64) -> ResponseSigner<'k> {
         ResponseSigner {
             key,
             prior_mac: request_mac.to_vec(),
             time_signed,
             first: true,
+            mac_bytes: key.answer_mac_bytes(request_mac.len()),
         }
     }
 
@@ -1234,7 +1262,7 @@ impl<'k> ResponseSigner<'k> {
         } else {
             variables.timers_into(&mut digest);
         }
-        let mac = self.key.finish(digest);
+        let mac = self.key.finish_to(digest, self.mac_bytes);
         let wire = append_record(message, &self.key.wire_name, &variables.rdata(&mac, id))?;
         self.first = false;
         self.prior_mac = mac;
@@ -2290,6 +2318,59 @@ mod tests {
             // A truncated key signs truncated MACs.
             assert_eq!(sign(&query(2), &truncated, now).expect("sign").mac.len(), least);
         }
+    }
+
+    #[test]
+    fn an_answer_has_the_requests_mac_length_whatever_the_keys_truncation() {
+        // RFC 8945 §5.3.1, as BIND answers: a server holding `hmac-sha256-128` answers a full
+        // MAC with a full MAC (a client holding the key untruncated, `dig -y hmac-sha256:`,
+        // refuses a shorter one), and a 128-bit one with 128 bits.
+        let now = 1_700_000_000;
+        let held = [Key::parse(SECRET, Some("k"), Some("hmac-sha256-128")).expect("truncated key")];
+        let full = Key::parse(SECRET, Some("k"), None).expect("key");
+        for (client, bytes) in [(&full, 32), (&held[0], 16)] {
+            let request = sign(&query(1), client, now).expect("sign");
+            assert_eq!(request.mac.len(), bytes);
+            let RequestCheck::Verified(verified) = verify_request(&request.wire, &held, now) else {
+                panic!("a {bytes}-byte MAC verifies with the truncated key");
+            };
+            let mut signer = ResponseSigner::new(verified.key, &verified.mac, now);
+            let mut answers = ResponseVerifier::new(client, &request.mac);
+            for _ in 0..3 {
+                let message = signer.sign(&answer_to(&request.wire)).expect("signs");
+                let record = read_record(&message).expect("reads").expect("tsig");
+                assert_eq!(record.mac.len(), bytes, "every message of the answer");
+                assert_eq!(
+                    message.len(),
+                    answer_to(&request.wire).len() + answer_record_bytes(&held[0], &request.mac)
+                );
+                answers.verify_next(&message, now).expect("the client verifies it");
+            }
+            // BADTIME (signed): the request's length too.
+            let RequestCheck::Refused(late) = verify_request(&request.wire, &held, now + 1_000) else {
+                panic!("too late");
+            };
+            assert_eq!(late.error, BADTIME);
+            let answer = late.respond(&answer_to(&request.wire), now + 1_000).expect("answers");
+            assert_eq!(read_record(&answer).expect("reads").expect("tsig").mac.len(), bytes);
+            assert!(matches!(
+                verify(&answer, &request.mac, client, now + 1_000),
+                Err(VerifyError::Server {
+                    error: BADTIME,
+                    signed: true,
+                    ..
+                })
+            ));
+        }
+        // BADTRUNC: the key's own length, the request's being too short for it.
+        let truncated_client = Key::parse(SECRET, Some("k"), Some("hmac-sha256-128")).expect("key");
+        let request = sign(&query(2), &truncated_client, now).expect("sign");
+        let RequestCheck::Refused(refusal) = verify_request(&request.wire, std::slice::from_ref(&full), now) else {
+            panic!("BADTRUNC");
+        };
+        assert_eq!(refusal.error, BADTRUNC);
+        let answer = refusal.respond(&answer_to(&request.wire), now).expect("answers");
+        assert_eq!(read_record(&answer).expect("reads").expect("tsig").mac.len(), 32);
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub fn handle_packet(
             }
             let signed = verified.as_ref().map(|ok| SignedBy {
                 key_name: ok.key.name.to_ascii_lowercase(),
-                record_bytes: tsig::record_bytes(ok.key),
+                record_bytes: tsig::answer_record_bytes(ok.key, &ok.mac),
             });
             let mut response = answer(
                 zones,

@@ -1266,6 +1266,64 @@ mod tests {
         text.parse().expect("address")
     }
 
+    #[test]
+    fn a_view_saved_before_per_zone_serials_keeps_every_zones_serial_and_each_moves_on_alone() {
+        // The state file of a version that counted pushes for every zone at once: no zone's
+        // serial may go back after the upgrade (a secondary holding the higher serial would
+        // never transfer again), and from then on each moves on by its own changes alone,
+        // across a save and a load.
+        let config = crate::config::parse(
+            "[[dns.zones]]\norigin = \"shop.example.\"\nns = [\"ns1.other.example.\"]\n[dns.zones.soa]\nserial = 40\n[[dns.zones.records]]\nname = \"app\"\ntype = \"A\"\npolicy = \"failover\"\n[[dns.zones.records.members]]\nrole = \"primary\"\nvalues = [\"192.0.2.10\"]\nhealth = \"us-east-1\"\n[[dns.zones.records.members]]\nrole = \"secondary\"\nvalues = [\"198.51.100.10\"]\nhealth = \"eu-west-1\"\n[[dns.zones]]\norigin = \"other.example.\"\nns = [\"ns1\"]\n[dns.zones.soa]\nserial = 900\n[[dns.zones.records]]\nname = \"ns1\"\ntype = \"A\"\nvalues = [\"192.0.2.53\"]\n",
+            "t.toml",
+        )
+        .expect("valid");
+        let dir = tempfile::tempdir().expect("a directory");
+        std::fs::write(
+            dir.path().join(VIEW_FILE_NAME),
+            r#"{"generation": 7, "targets": {}, "txt": {}, "changes": 5}"#,
+        )
+        .expect("writes");
+        let serials = |view: &HealthView| -> Vec<u32> {
+            config
+                .zones
+                .iter()
+                .map(|zone| match zone.soa.data() {
+                    hickory_proto::rr::RData::SOA(soa) => view.serial(soa.serial(), &zone.origin),
+                    _ => unreachable!("a zone's SOA"),
+                })
+                .collect()
+        };
+        let old = load_view(dir.path()).expect("the old state file loads");
+        let before = serials(&old);
+        let origins: Vec<String> = config.zones.iter().map(|zone| zone.origin.to_ascii()).collect();
+        let at = |origin: &str| origins.iter().position(|o| o == origin).expect("a zone");
+        assert_eq!(before[at("shop.example.")], 45, "{origins:?}");
+        assert_eq!(before[at("other.example.")], 905);
+        // A failover in shop.example: its serial moves, other.example's holds; then back.
+        let mut down = old
+            .apply_health(
+                crate::view::Generation(8),
+                &[("us-east-1".to_string(), crate::view::Health::Unhealthy)].into(),
+            )
+            .expect("push");
+        crate::answer::count_zone_changes(&config.zones, &old, &mut down);
+        save_view(dir.path(), &down).expect("saves");
+        let down = load_view(dir.path()).expect("loads");
+        let mut up = down
+            .apply_health(
+                crate::view::Generation(9),
+                &[("us-east-1".to_string(), crate::view::Health::Healthy)].into(),
+            )
+            .expect("push");
+        crate::answer::count_zone_changes(&config.zones, &down, &mut up);
+        assert_eq!(serials(&down)[at("shop.example.")], 46);
+        assert_eq!(serials(&down)[at("other.example.")], 905);
+        // Back to the first answers, but not to the first serial: 45 was served with them and
+        // 46 with the failover, so the return is 47 (a serial never names two contents).
+        assert_eq!(serials(&up)[at("shop.example.")], 47);
+        assert_eq!(serials(&up)[at("other.example.")], 905);
+    }
+
     /// `TCP_CONNECTIONS_MAX` connections, one address each, opened a second apart from `start`.
     fn full(start: Instant) -> (TcpSlots, Vec<u64>) {
         let mut slots = TcpSlots::new(TCP_CONNECTIONS_MAX);

@@ -112,11 +112,13 @@ pub fn scan() -> std::io::Result<Vec<Process>> {
     Ok(processes)
 }
 
+/// Reads `/proc/PID/stat` as bytes: the command name is whatever the process chose (`exec` of a
+/// file so named, `prctl(PR_SET_NAME)`), not necessarily UTF-8, and a process whose name made the
+/// read fail would be missing from the scan, with everything it started. Invalid UTF-8 becomes
+/// U+FFFD, which holds no `)` byte; every field after the name is ASCII.
 fn read_stat(pid: &str) -> Option<Process> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .as_deref()
-        .and_then(parse_stat)
+    let bytes = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&String::from_utf8_lossy(&bytes))
 }
 
 /// The running (not zombie) descendants of `root` now, parents first, but for the processes in
@@ -127,12 +129,6 @@ pub fn running_descendants(root: Pid, except: &[Process]) -> std::io::Result<Vec
         .into_iter()
         .filter(|process| !process.zombie)
         .collect())
-}
-
-/// The children of `parent` now (zombies included).
-pub fn children(parent: Pid) -> std::io::Result<Vec<Process>> {
-    let parent = parent.as_raw_nonzero().get();
-    Ok(scan()?.into_iter().filter(|process| process.parent == parent).collect())
 }
 
 /// Whether the process the scan saw as `process` is still the one with that pid (same start
@@ -217,6 +213,48 @@ mod tests {
         ] {
             assert_eq!(parse_stat(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_process_whose_name_is_not_utf8_is_in_the_scan_with_what_it_started() {
+        // A job can name itself anything: here by exec'ing a symlink whose name is not UTF-8 (the
+        // kernel takes the command name from the file name), and that process starts a child.
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("procs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let link = dir.join(std::ffi::OsStr::from_bytes(b"sh\xff) Z 1 1"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/bin/sh", &link).expect("a symlink");
+        let mut child = std::process::Command::new(&link)
+            .arg("-c")
+            .arg("sleep 1000 & echo $! ; wait $!")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh starts");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("the grandchild's pid");
+        let grandchild: i32 = line.trim().parse().expect("a pid");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        let stat = std::fs::read(format!("/proc/{pid}/stat")).expect("its stat");
+        assert!(std::str::from_utf8(&stat).is_err(), "the name is not UTF-8");
+        let me = rustix::process::getpid();
+        let found: Vec<i32> = running_descendants(me, &[])
+            .expect("scan")
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        let named = found.contains(&pid);
+        let below = found.contains(&grandchild);
+        let _ = child.kill();
+        let _ = rustix::process::kill_process(Pid::from_raw(grandchild).expect("a pid"), Signal::KILL);
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(named && below, "{pid} and {grandchild} among {found:?}");
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! `lock run` is a child subreaper, and its stops reach every process the command started,
 //! wherever its process group or session ([`crate::procs`]: a walk of its descendants): while
 //! the guard lives they are the guard's descendants; if the guard dies, they are reparented
-//! here. So `lock run` starts no other process, and children it inherited (from a program that
-//! forked before it `exec`ed `lock run`) are noted before the guard starts and never signalled.
+//! here. So `lock run` starts no other process, and the processes it inherited (children of a
+//! program that forked before it `exec`ed `lock run`, and theirs) are noted, pid and start
+//! time, before the guard starts and never signalled nor waited for — but a process one of them
+//! starts later and then orphans would be taken for the command's.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -412,8 +414,8 @@ fn reap_orphans() {
 struct Job {
     child: tokio::process::Child,
     group: Option<Pid>,
-    /// Children this process had before it started the guard (inherited across the `exec` that
-    /// started `lock run`): not the command's, never signalled.
+    /// Descendants this process had before it started the guard (children inherited across the
+    /// `exec` that started `lock run`, and theirs): not the command's, never signalled.
     inherited: Vec<crate::procs::Process>,
     /// The direct child has ended.
     ended: bool,
@@ -618,8 +620,11 @@ async fn hold_while_running(
         return EXIT_CANNOT_START;
     }
     // Normally none (cron, systemd and a shell's pipeline start `lock run` afresh), but a
-    // process that forked before it exec'd `lock run` left its children here.
-    let inherited = crate::procs::children(rustix::process::getpid()).unwrap_or_default();
+    // process that forked before it exec'd `lock run` left its children here — and theirs: all
+    // of them are noted (pid and start time), since a grandchild whose parent ends is
+    // reparented to this subreaper and would otherwise be taken for the command's (stopped,
+    // and waited for with the lease held).
+    let inherited = crate::procs::running_descendants(rustix::process::getpid(), &[]).unwrap_or_default();
     let child = match tokio::process::Command::new(&options.guard_program)
         .arg("lock")
         .arg(crate::guard::SUBCOMMAND)
