@@ -241,7 +241,11 @@ impl State {
         Arc::clone(&self.view.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Swaps in reloaded zones. Takes `view_writer`, so a reload never lands between a push's
+    /// count of the zones it changes (made against the zones then) and its view being stored:
+    /// a zone the reload changed would otherwise keep its serial under the pushed view.
     pub fn replace_zones(&self, zones: Zones) {
+        let _writer = self.view_writer.lock().unwrap_or_else(|e| e.into_inner());
         *self.zones.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zones);
         self.epoch.fetch_add(1, Ordering::Release);
         self.changed.notify_one();
