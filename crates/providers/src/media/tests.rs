@@ -470,24 +470,37 @@ fn only_entries_both_sides_held_are_deleted_and_the_rest_protected_with_their_fo
     assert_eq!(delete, ["old/h.jpg", "gone.jpg"], "old/ holds a kept upload: it stays");
     // Only what may go is named (risk); everything else is protected, so an entry that
     // appears on the receiver after the dry run is protected too.
-    assert_eq!(rules, ["R /old/h.jpg", "R /gone.jpg", "P *"]);
+    assert_eq!(rules, [b"R /old/h.jpg" as &[u8], b"R /gone.jpg", b"P *"]);
     let (delete, rules) = rsync::split_deletions(&deleting, &Default::default());
     assert!(
         delete.is_empty() && rules.is_empty(),
         "nothing recorded: nothing deleted"
     );
-    // A name no rule can match exactly is kept (and the folder holding it), not a reason to
-    // delete nothing else.
-    let escaped: Vec<String> = ["nl\\#012x", "d/\\#303\\#251.jpg", "d/", "gone.jpg"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    // A name rsync printed escaped is named by its own bytes; one too long for any rule is
+    // kept (and the folder holding it), not a reason to delete nothing else.
+    let long = format!("d/{}", "x".repeat(rsync::RULE_PATTERN_BYTES_MAX));
+    let escaped: Vec<String> = vec![
+        "nl\\#012x".to_string(),
+        "e/\\#303\\#251.jpg".to_string(),
+        "e/".to_string(),
+        long,
+        "d/".to_string(),
+    ];
     let synced: std::collections::HashSet<String> = escaped.iter().cloned().collect();
     assert_eq!(
         rsync::split_deletions(&escaped, &synced),
         (
-            vec!["gone.jpg".to_string()],
-            vec!["R /gone.jpg".to_string(), "P *".to_string()]
+            vec![
+                "nl\\#012x".to_string(),
+                "e/\\#303\\#251.jpg".to_string(),
+                "e/".to_string()
+            ],
+            vec![
+                b"R /nl\nx".to_vec(),
+                "R /e/\u{e9}.jpg".as_bytes().to_vec(),
+                b"R /e/".to_vec(),
+                b"P *".to_vec()
+            ]
         )
     );
 }
@@ -533,10 +546,11 @@ fn an_upload_arriving_after_the_dry_run_is_not_deleted() {
     std::fs::write(target.join("late.jpg"), "late").expect("write");
     std::fs::write(target.join("old/late.jpg"), "late").expect("write");
     let rules_file = root.path().join("rules");
-    std::fs::write(&rules_file, rules.join("\n") + "\n").expect("write");
+    std::fs::write(&rules_file, rsync::rules_file(&rules)).expect("write");
     let status = std::process::Command::new("rsync")
         .arg("-rlptu")
         .arg("--delete")
+        .arg("--from0")
         .arg(format!("--filter=merge {}", rules_file.display()))
         .arg(format!("{}/", source.display()))
         .arg(format!("{}/", target.display()))
@@ -733,22 +747,27 @@ fn a_record_url_is_outside_the_served_folder_and_on_the_same_side() {
 
 #[test]
 fn rule_patterns_match_exactly_one_path() {
-    assert_eq!(rsync::exact_rule_pattern("a/b c.jpg").as_deref(), Some("/a/b c.jpg"));
-    assert_eq!(rsync::exact_rule_pattern("dir/").as_deref(), Some("/dir/"));
+    let pattern = |path: &str| rsync::exact_rule_pattern(path).map(|p| String::from_utf8_lossy(&p).into_owned());
+    assert_eq!(pattern("a/b c.jpg").as_deref(), Some("/a/b c.jpg"));
+    assert_eq!(pattern("dir/").as_deref(), Some("/dir/"));
+    assert_eq!(pattern("we ird*[1]?.jpg").as_deref(), Some("/we ird\\*\\[1]\\?.jpg"));
+    assert_eq!(pattern("back\\slash*.jpg").as_deref(), Some("/back\\\\slash\\*.jpg"));
+    assert_eq!(pattern("back\\slash.jpg").as_deref(), Some("/back\\slash.jpg"));
+    assert_eq!(pattern("**").as_deref(), Some("/\\*\\*"));
+    // Whitespace at either end and a leading `- ` stay in the pattern (rules end at NULs).
+    assert_eq!(pattern(" lead.jpg").as_deref(), Some("/ lead.jpg"));
+    assert_eq!(pattern("trail.jpg ").as_deref(), Some("/trail.jpg "));
+    assert_eq!(pattern("- dash").as_deref(), Some("/- dash"));
+    // The bytes rsync printed escaped, back; a literal backslash before `#` too.
     assert_eq!(
-        rsync::exact_rule_pattern("we ird*[1]?.jpg").as_deref(),
-        Some("/we ird\\*\\[1]\\?.jpg")
+        rsync::exact_rule_pattern("nl\\#012x\\#351"),
+        Some(b"/nl\nx\xe9".to_vec())
     );
-    assert_eq!(
-        rsync::exact_rule_pattern("back\\slash*.jpg").as_deref(),
-        Some("/back\\\\slash\\*.jpg")
-    );
-    assert_eq!(
-        rsync::exact_rule_pattern("back\\slash.jpg").as_deref(),
-        Some("/back\\slash.jpg")
-    );
-    for unprotectable in ["", " lead.jpg", "trail.jpg ", "esc\\#012aped"] {
-        assert_eq!(rsync::exact_rule_pattern(unprotectable), None, "{unprotectable:?}");
+    assert_eq!(pattern("a\\#134#351").as_deref(), Some("/a\\#351"));
+    let longest = "x".repeat(rsync::RULE_PATTERN_BYTES_MAX - 1);
+    assert!(rsync::exact_rule_pattern(&longest).is_some());
+    for unprotectable in [String::new(), format!("{longest}x"), format!("{}*", "x".repeat(4093))] {
+        assert_eq!(rsync::exact_rule_pattern(&unprotectable), None, "{unprotectable:?}");
     }
 }
 
@@ -1143,6 +1162,129 @@ async fn a_partial_file_whose_source_is_gone_is_removed_and_no_other() {
     );
 }
 
+/// The names in `folder`, as bytes, sorted.
+fn names_in(folder: &std::path::Path) -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(folder)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").file_name().as_bytes().to_vec())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The removal's rules are built from names on the receiver: a partial named `*`, `[ab]` or
+/// `?` must not match (delete) another one, a newline or CR in a name must not split its
+/// rule, a leading `- ` or `#` must not read as a prefix or a comment, and a name rsync prints
+/// escaped (non-UTF-8, control bytes) is still removed. Against the real rsync: every hostile
+/// partial whose source is gone goes, in a partial-dir that keeps others and in one it empties
+/// (under a hostile folder name); every partial whose source exists, the names the hostile
+/// ones would match as wildcards among them, and the receiver's own files of the same names,
+/// stay.
+#[tokio::test]
+async fn hostile_partial_names_remove_exactly_themselves() {
+    use std::os::unix::ffi::OsStrExt;
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    let partial = rsync::PARTIAL_DIR;
+    let hostile: Vec<&[u8]> = vec![
+        b"*",
+        b"?",
+        b"[ab]",
+        b"\\",
+        b"back\\slash*",
+        b"**",
+        b"nl\nx",
+        b"cr\rx",
+        b"- dash",
+        b"+ plus",
+        b" lead",
+        b"trail ",
+        b"#hash",
+        b";semi",
+        b"tab\tx",
+        b"pi|pe",
+        b"caf\xe9",
+        "caf\u{e9} \u{1f3a5}.mp4".as_bytes(),
+        b"lit\\#351",
+        b"!",
+    ];
+    // Partials whose source exists: what the hostile names match as wildcards or prefixes, and
+    // hostile names of their own.
+    let kept: Vec<&[u8]> = vec![
+        b"a",
+        b"b",
+        b"q",
+        b"x",
+        b"back\\slashZ",
+        b"nl",
+        b"dash",
+        b"lead",
+        b"trail",
+        b"caf",
+        b"k*[1]?\\ ",
+        b"k\xe9\n",
+    ];
+    let hostile_folder = std::ffi::OsStr::from_bytes(b"[d]*\xe9 \n").to_owned();
+    let write = |path: std::path::PathBuf, text: &[u8]| {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+        std::fs::write(path, text).expect("write");
+    };
+    let os = |name: &[u8]| std::ffi::OsStr::from_bytes(name).to_owned();
+    std::fs::create_dir_all(&source).expect("folder");
+    for name in &kept {
+        write(source.join(os(name)), b"source");
+        write(target.join(partial).join(os(name)), b"kept part");
+    }
+    for name in &hostile {
+        write(target.join(partial).join(os(name)), b"stale part");
+        write(target.join(&hostile_folder).join(partial).join(os(name)), b"stale part");
+        write(target.join(os(name)), b"the receiver's own");
+        write(target.join(&hostile_folder).join(os(name)), b"the receiver's own");
+    }
+    let removed = rsync::remove_stale_partials(
+        &local(&source),
+        &local(&target),
+        &Default::default(),
+        &limits(1000, 1 << 30),
+    )
+    .await
+    .expect("cleanup");
+    assert_eq!(removed, 2 * hostile.len() as u64);
+    let mut expected: Vec<Vec<u8>> = kept.iter().map(|n| n.to_vec()).collect();
+    expected.sort();
+    assert_eq!(names_in(&target.join(partial)), expected, "only the stale parts went");
+    for name in &kept {
+        assert_eq!(
+            std::fs::read(target.join(partial).join(os(name))).expect("kept"),
+            b"kept part"
+        );
+    }
+    assert!(
+        !target.join(&hostile_folder).join(partial).exists(),
+        "a partial-dir of stale parts only goes"
+    );
+    for folder in [target.clone(), target.join(&hostile_folder)] {
+        for name in &hostile {
+            assert_eq!(
+                std::fs::read(folder.join(os(name))).expect("the receiver's own file stays"),
+                b"the receiver's own",
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+    let again = rsync::remove_stale_partials(
+        &local(&source),
+        &local(&target),
+        &Default::default(),
+        &limits(1000, 1 << 30),
+    )
+    .await
+    .expect("cleanup");
+    assert_eq!(again, 0, "nothing stale is left");
+}
+
 #[test]
 fn stale_partials_are_named_exactly_and_everything_else_protected() {
     let partial = rsync::PARTIAL_DIR;
@@ -1158,11 +1300,16 @@ fn stale_partials_are_named_exactly_and_everything_else_protected() {
         "a/c.mp4".to_string(),
         format!("{partial}/"),
         format!("a/{partial}/sub/c.mp4"),
-        format!("a/{partial}/c\\#303.mp4"),
         format!("../{partial}/c.mp4"),
+        format!("{partial}/{}", "x".repeat(rsync::RULE_PATTERN_BYTES_MAX)),
     ] {
         assert_eq!(rsync::partial_source(&not_one), None, "{not_one}");
     }
+    // A name rsync printed escaped is one too (named by its bytes).
+    assert_eq!(
+        rsync::partial_source(&format!("a/{partial}/c\\#303\\#251.mp4")),
+        Some(("a/".to_string(), "a/c\\#303\\#251.mp4".to_string()))
+    );
     let partials = vec![
         format!("v/{partial}/keep.mp4"),
         format!("v/{partial}/gone.mp4"),
@@ -1178,10 +1325,10 @@ fn stale_partials_are_named_exactly_and_everything_else_protected() {
     assert_eq!(
         rules,
         vec![
-            format!("R /v/{partial}/gone.mp4"),
-            format!("R /w/{partial}/"),
-            format!("R /w/{partial}/gone.mp4"),
-            "P *".to_string()
+            format!("R /v/{partial}/gone.mp4").into_bytes(),
+            format!("R /w/{partial}/").into_bytes(),
+            format!("R /w/{partial}/gone.mp4").into_bytes(),
+            b"P *".to_vec()
         ]
     );
     let (remove, _, rules) = rsync::stale_partials(&partials[..1], &sources);
