@@ -522,10 +522,14 @@ fn an_upload_arriving_after_the_dry_run_is_not_deleted() {
         "old/h.jpg",
         "we ird*[1].jpg",
         "we irdX1.jpg",
+        "caf\u{e9}*.jpg",
+        "caf\u{e9}X.jpg",
     ] {
         std::fs::write(target.join(name), name).expect("write");
     }
-    let synced: std::collections::HashSet<String> = ["a.jpg", "gone.jpg", "old/", "old/h.jpg", "we ird*[1].jpg"]
+    // rsync prints a non-ASCII byte escaped (`\#ooo`); the rule names the bytes themselves.
+    let cafe = "caf\\#303\\#251*.jpg";
+    let synced: std::collections::HashSet<String> = ["a.jpg", "gone.jpg", "old/", "old/h.jpg", "we ird*[1].jpg", cafe]
         .into_iter()
         .map(String::from)
         .collect();
@@ -536,12 +540,14 @@ fn an_upload_arriving_after_the_dry_run_is_not_deleted() {
         "old/",
         "we ird*[1].jpg",
         "we irdX1.jpg",
+        cafe,
+        "caf\\#303\\#251X.jpg",
     ]
     .into_iter()
     .map(String::from)
     .collect();
     let (delete, rules) = rsync::split_deletions(&deleting, &synced);
-    assert_eq!(delete.len(), 4, "{delete:?}");
+    assert_eq!(delete.len(), 5, "{delete:?}");
     // Uploaded on the receiver while the copy ran: not in the dry run's listing.
     std::fs::write(target.join("late.jpg"), "late").expect("write");
     std::fs::write(target.join("old/late.jpg"), "late").expect("write");
@@ -562,7 +568,15 @@ fn an_upload_arriving_after_the_dry_run_is_not_deleted() {
     left.sort();
     assert_eq!(
         left,
-        ["a.jpg", "late.jpg", "mine.jpg", "old/", "old/late.jpg", "we irdX1.jpg"],
+        [
+            "a.jpg",
+            "caf\u{e9}X.jpg",
+            "late.jpg",
+            "mine.jpg",
+            "old/",
+            "old/late.jpg",
+            "we irdX1.jpg"
+        ],
         "only the recorded entries the sender lacks are gone"
     );
 }
