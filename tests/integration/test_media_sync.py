@@ -827,6 +827,39 @@ def test_s3_copies_into_an_sse_kms_bucket_verify(tmp_path, moto_s3):
     assert head.get("ServerSideEncryption") == "aws:kms", head
 
 
+def test_s3_an_object_the_standby_wrote_after_the_source_is_counted_and_replaced_by_media_sync(tmp_path, moto_s3):
+    """An object the standby wrote itself after the active side's version (not a copy): before,
+    S3 mode took it as the source's, so the lag said nothing differed and no copy fixed it,
+    while rsync mode counts such a file. Now the lag counts it and `media sync` from the active
+    region replaces it (the runbook step's copy keeps it: the providers' tests)."""
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/banner.webp", Body=b"the active side's")
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/same.jpg", Body=b"same")
+    s3.put_object(Bucket="shop-media-eu", Key="pub/media/same.jpg", Body=b"same")
+    source_time = s3.head_object(Bucket="shop-media-us", Key="pub/media/banner.webp")["LastModified"]
+
+    def written_later():
+        s3.put_object(Bucket="shop-media-eu", Key="pub/media/banner.webp", Body=b"the standby's own, newer")
+        return s3.head_object(Bucket="shop-media-eu", Key="pub/media/banner.webp")["LastModified"] > source_time
+
+    # LastModified counts whole seconds: written again until it is a later one.
+    wait_for("the standby's object to be newer", written_later, 5)
+    config = s3_config(tmp_path, moto_s3)
+    result, [lag] = media("lag", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert lag["lag"]["objects"] == 1 and lag["lag"]["sample"] == ["banner.webp"], lag
+
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["ok"], result.stderr + result.stdout
+    assert synced["copied_objects"] == 1 and synced["remaining"]["objects"] == 0, synced
+    assert s3.get_object(Bucket="shop-media-eu", Key="pub/media/banner.webp")["Body"].read() == b"the active side's"
+    result, [lag] = media("lag", config)
+    assert lag["lag"]["objects"] == 0, lag
+
+
 def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failover(tmp_path, rsync_daemon):
     """The real controller: media_lag in /v1/status, `switchyard status`, /metrics (promtool
     clean) and the dashboard; a failover runs the media_sync step (audited with its

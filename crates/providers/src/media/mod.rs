@@ -12,7 +12,9 @@
 //!   Spaces, MinIO). Both buckets are listed (ListObjectsV2, paginated), what is missing on the
 //!   receiver or differs in size or ETag is copied (GetObject, PutObject), and each copy is
 //!   verified with HeadObject (size, and the ETag or the source ETag recorded in the copy's
-//!   metadata for multipart sources).
+//!   metadata for multipart sources). An object the receiver wrote itself after the source's
+//!   version differs, and is counted, like rsync's newer file; only the runbook step's copy
+//!   leaves it alone.
 //!
 //! As a runbook step it copies from the region that was active (`order.from`) to the new
 //! active region (`order.to`): on a failback that brings the uploads made during the outage
@@ -20,9 +22,9 @@
 //! default (`on_failover = "best_effort"`) a failed copy is reported and the runbook goes on
 //! (also on a retry or a roll-forward, which may be a failover's; only a switchover or a
 //! failback always copies strictly).
-//! A stale controller's copy cannot overwrite newer files: rsync runs with `--update`, and the
-//! S3 mode leaves an object alone that the receiver holds in a newer, different version it
-//! did not get from Switchyard.
+//! A stale controller's copy (the runbook step's) cannot overwrite newer files: rsync runs with
+//! `--update`, and the S3 mode leaves an object alone that the receiver holds in a newer,
+//! different version it did not get from Switchyard; both still count it as differing.
 //!
 //! Every run is bounded: `objects_per_run_max`, `bytes_per_run_max`, `object_bytes_max` (S3),
 //! `concurrency` (S3), `run_timeout_ms` for the whole run, `objects_listed_max` per listing.
@@ -893,13 +895,15 @@ impl MediaSync {
 
     /// Copies what `to` lacks of `from`'s media, within the limits, and verifies it: `from`
     /// is the active region, whose copy is the truth (rsync without `--update`: a file newer
-    /// on the receiver but different, a media restore that kept old times, is replaced).
+    /// on the receiver but different, a media restore that kept old times, is replaced; S3
+    /// likewise replaces an object the receiver wrote itself after the source's version).
     pub async fn sync(&self, from: &str, to: &str) -> Result<SyncReport, Failure> {
         self.sync_as(from, to, false).await
     }
 
-    /// [`Self::sync`]; `keep_newer`: rsync `--update` (the runbook step's copy into the region
-    /// taking over, which may already hold newer uploads of its own).
+    /// [`Self::sync`]; `keep_newer`: rsync `--update`, and S3 keeps the receiver's own newer
+    /// objects (the runbook step's copy into the region taking over, which may already hold
+    /// newer uploads of its own).
     async fn sync_as(&self, from: &str, to: &str, keep_newer: bool) -> Result<SyncReport, Failure> {
         let (source, target) = self.pair(from, to)?;
         let options = rsync::Options {
@@ -916,7 +920,7 @@ impl MediaSync {
                 #[cfg(feature = "aws")]
                 (Location::S3 { .. }, Location::S3 { .. }) => {
                     let delete = self.delete.then_some(self.delete_fraction_max);
-                    s3::sync(source, target, delete, &self.limits).await
+                    s3::sync(source, target, delete, keep_newer, &self.limits).await
                 }
                 _ => Err(Failure::Refused("locations of different modes".into())),
             }

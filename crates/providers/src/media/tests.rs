@@ -136,7 +136,7 @@ fn lag_keeps_the_oldest_age_and_a_short_sample() {
 #[cfg(feature = "aws")]
 #[test]
 fn s3_objects_compare_by_size_etag_and_the_recorded_source() {
-    use super::s3::{Object, same_by_head, same_by_listing};
+    use super::s3::{Object, same_by_head, same_by_listing, written_by_receiver_after};
     let source = Object {
         size: 10,
         etag: "abc".into(),
@@ -154,10 +154,19 @@ fn s3_objects_compare_by_size_etag_and_the_recorded_source() {
         &source,
         &(10, "old".into(), Some("old".into()), Some(200))
     ));
-    // The receiver's own newer object: keep it.
-    assert!(same_by_head(&source, &(7, "own".into(), None, Some(200))));
+    // The receiver's own newer object differs (counted); only the runbook step keeps it.
+    let own_newer = (7, "own".into(), None, Some(200));
+    assert!(!same_by_head(&source, &own_newer));
+    assert!(written_by_receiver_after(&source, &own_newer));
     // The receiver's own older object: the source's is newer.
-    assert!(!same_by_head(&source, &(7, "own".into(), None, Some(50))));
+    let own_older = (7, "own".into(), None, Some(50));
+    assert!(!same_by_head(&source, &own_older));
+    assert!(!written_by_receiver_after(&source, &own_older));
+    // A copy Switchyard made, of an older version, is never "the receiver's own".
+    assert!(!written_by_receiver_after(
+        &source,
+        &(7, "old".into(), Some("old".into()), Some(200))
+    ));
 }
 
 #[test]
@@ -364,7 +373,7 @@ async fn an_s3_object_larger_than_listed_is_neither_read_whole_nor_copied() {
     let (_dir, location) = serve_s3(app).await;
     let mut limits = limits(10, 1_000_000);
     limits.object_bytes_max = 1_000;
-    let error = match super::s3::sync(&location("src"), &location("dst"), None, &limits).await {
+    let error = match super::s3::sync(&location("src"), &location("dst"), None, false, &limits).await {
         Ok(report) => panic!("copied an object above object_bytes_max: {report:?}"),
         Err(Failure::Retryable(error)) => error,
         Err(other) => panic!("expected a retryable failure, got {other:?}"),
@@ -1453,6 +1462,92 @@ async fn a_newer_different_file_on_the_receiver_is_counted_and_replaced_from_the
     assert_eq!(std::fs::read(target.join("banner.webp")).expect("read"), b"banner.webp");
 }
 
+/// An object the receiver wrote itself after the source's version (newer, not a copy): before,
+/// S3 mode took it as the source's, so the lag never counted it and no copy replaced it, while
+/// rsync mode counts such a file. Now, as in rsync mode: the lag counts it, the runbook step's
+/// copy into the region taking over keeps it (counted as still differing, with a note), and a
+/// copy from the active region (`media sync`) replaces it.
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn an_s3_object_the_receiver_wrote_after_the_source_is_counted_kept_by_the_step_and_replaced_by_sync() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+
+    let puts = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&puts);
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+        let puts = Arc::clone(&seen);
+        async move {
+            let copied = puts.load(Ordering::SeqCst) > 0;
+            let path = uri.path().trim_end_matches('/').to_string();
+            let listing = |bucket: &str, modified: &str, etag: &str, size: usize| {
+                format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>{bucket}</Name><Prefix>p/</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated><Contents><Key>p/a.jpg</Key><LastModified>{modified}</LastModified><ETag>"{etag}"</ETag><Size>{size}</Size></Contents></ListBucketResult>"#
+                )
+            };
+            match (method.as_str(), path.as_str()) {
+                ("GET", "/src") => (StatusCode::OK, listing("src", "2026-01-01T00:00:00.000Z", "esrc", 3)).into_response(),
+                ("GET", "/dst") if copied => {
+                    (StatusCode::OK, listing("dst", "2026-07-01T00:00:00.000Z", "esrc", 3)).into_response()
+                }
+                ("GET", "/dst") => (StatusCode::OK, listing("dst", "2026-06-01T00:00:00.000Z", "eown", 5)).into_response(),
+                ("GET", "/src/p/a.jpg") => (StatusCode::OK, [("etag", "\"esrc\"")], "src").into_response(),
+                ("PUT", "/dst/p/a.jpg") => {
+                    puts.fetch_add(1, Ordering::SeqCst);
+                    (StatusCode::OK, [("etag", "\"esrc\"")]).into_response()
+                }
+                ("HEAD", "/dst/p/a.jpg") if copied => (
+                    StatusCode::OK,
+                    [
+                        ("etag", "\"esrc\""),
+                        ("content-length", "3"),
+                        ("last-modified", "Wed, 01 Jul 2026 00:00:00 GMT"),
+                        ("x-amz-meta-switchyard-source-etag", "esrc"),
+                    ],
+                )
+                    .into_response(),
+                // The standby's own upload under that key, newer and of another size.
+                ("HEAD", "/dst/p/a.jpg") => (
+                    StatusCode::OK,
+                    [
+                        ("etag", "\"eown\""),
+                        ("content-length", "5"),
+                        ("last-modified", "Mon, 01 Jun 2026 00:00:00 GMT"),
+                    ],
+                )
+                    .into_response(),
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    });
+    let (_dir, location) = serve_s3(app).await;
+    let mut step = step(OnFailover::Required);
+    step.locations = [("us".to_string(), location("src")), ("eu".to_string(), location("dst"))]
+        .into_iter()
+        .collect();
+    step.limits = limits(100, 1 << 20);
+    let lag = step.lag("us", "eu").await.expect("lag");
+    assert_eq!((lag.objects, lag.sample.clone()), (1, vec!["a.jpg".to_string()]));
+    // The runbook step (a failback into eu, say): kept, and counted.
+    let outcome = step.run(&media_order("failback")).await.expect("the step");
+    assert!(
+        outcome.contains("copied 0 objects") && outcome.contains("verified: 1 objects (3 bytes) still differ"),
+        "{outcome}"
+    );
+    assert!(
+        outcome.contains("kept 1 objects the receiver wrote itself after the source's version"),
+        "{outcome}"
+    );
+    assert_eq!(puts.load(Ordering::SeqCst), 0, "the step never replaces it");
+    // `media sync` from the active region: replaced, and nothing differs any more.
+    let report = step.sync("us", "eu").await.expect("copied");
+    assert_eq!((report.copied_objects, report.remaining.objects), (1, 0), "{report:?}");
+    assert_eq!(puts.load(Ordering::SeqCst), 1);
+}
+
 /// A page that says there is more (IsTruncated=true) without a NextContinuationToken: before,
 /// taken as the end of the listing, and with delete = true every object of the later pages
 /// read as deleted at the source.
@@ -1492,7 +1587,15 @@ async fn an_s3_listing_truncated_without_a_token_is_an_error() {
         }
     });
     let (_dir, location) = serve_s3(app).await;
-    let error = match super::s3::sync(&location("src"), &location("dst"), Some(1.0), &limits(100, 1 << 20)).await {
+    let error = match super::s3::sync(
+        &location("src"),
+        &location("dst"),
+        Some(1.0),
+        false,
+        &limits(100, 1 << 20),
+    )
+    .await
+    {
         Err(Failure::Retryable(error)) => error,
         other => panic!("expected an incomplete listing to fail, got {other:?}"),
     };
@@ -1547,7 +1650,7 @@ async fn an_s3_copy_into_an_sse_kms_bucket_is_verified_by_size_and_the_recorded_
     let (_dir, location) = serve_s3(app).await;
     // The verification after the copy lists the receiver again (empty here), so it still
     // counts a.jpg; what matters is that the copy itself verified.
-    let report = super::s3::sync(&location("src"), &location("dst"), None, &limits(10, 1 << 20))
+    let report = super::s3::sync(&location("src"), &location("dst"), None, false, &limits(10, 1 << 20))
         .await
         .expect("the copy verifies");
     assert_eq!(report.copied_objects, 1, "{report:?}");
