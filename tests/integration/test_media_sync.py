@@ -393,10 +393,13 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     us.mkdir()
     for i in range(3):
         (us / f"removed-{i}.jpg").write_bytes(b"old")
+        # Kept on both sides: the 3 deletions leave half of the receiver's files, within the
+        # deletion bound's floor.
+        (us / f"kept-{i}.jpg").write_bytes(b"kept")
     # A complete sync first: only what both sides held then is ever deleted.
     setup = rsync_config(tmp_path, us, daemon_url, extra="delete = true", name="setup.toml")
     result, [synced] = media("sync", setup)
-    assert result.returncode == 0 and synced["copied_objects"] == 3, synced
+    assert result.returncode == 0 and synced["copied_objects"] == 6, synced
     for i in range(3):
         (us / f"removed-{i}.jpg").unlink()
     (us / "new.jpg").write_bytes(b"new")
@@ -409,7 +412,7 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     result, [second] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
     assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
-    assert sorted(p.name for p in eu.iterdir()) == ["new.jpg"]
+    assert sorted(p.name for p in eu.iterdir()) == ["kept-0.jpg", "kept-1.jpg", "kept-2.jpg", "new.jpg"]
 
 
 def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leaving_the_tree(tmp_path, rsync_daemon):
@@ -732,6 +735,11 @@ def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_pe
     removed = [f"pub/media/removed-{i}.jpg" for i in range(4)]
     for key in removed:
         s3.put_object(Bucket="shop-media-us", Key=key, Body=b"deleted on the active side later")
+    # On both sides throughout: the 4 deletions leave half of the receiver's objects, within
+    # the deletion bound's floor.
+    steady = [f"pub/media/steady-{i}.jpg" for i in range(4)]
+    for key in steady:
+        s3.put_object(Bucket="shop-media-us", Key=key, Body=b"steady")
     s3.put_object(Bucket="shop-media-eu", Key="var/backup.tgz", Body=b"not media")
     own = "pub/media/uploaded-in-eu.jpg"
     s3.put_object(Bucket="shop-media-eu", Key=own, Body=b"an upload made in eu, never copied to us")
@@ -741,7 +749,7 @@ def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_pe
 
     # Copied to the standby, then deleted on the active side.
     result, [kept] = media("sync", s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 10", name="keep.toml"))
-    assert result.returncode == 0 and kept["copied_objects"] == 6 and kept["deleted_objects"] == 0, kept
+    assert result.returncode == 0 and kept["copied_objects"] == 10 and kept["deleted_objects"] == 0, kept
     for key in removed:
         s3.delete_object(Bucket="shop-media-us", Key=key)
     # Without delete, nothing goes.
@@ -762,9 +770,9 @@ def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_pe
     assert result.returncode == 0, result.stderr + result.stdout
     assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
     assert "kept 1 objects the receiver wrote itself" in second["note"], second
-    assert listed("shop-media-eu") == set(source) | {"var/backup.tgz", own}, \
+    assert listed("shop-media-eu") == set(source) | set(steady) | {"var/backup.tgz", own}, \
         "only copies the active side deleted go; the standby's own upload stays"
-    assert listed("shop-media-us") == set(source), "the active bucket is never touched"
+    assert listed("shop-media-us") == set(source) | set(steady), "the active bucket is never touched"
     result, [third] = media("sync", config)
     assert (third["copied_objects"], third["deleted_objects"]) == (0, 0), third
 

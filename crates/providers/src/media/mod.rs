@@ -78,8 +78,11 @@ pub const MISSING_SAMPLE_MAX: usize = 5;
 /// Default of `delete_fraction_max`: one run may delete at most this fraction of the
 /// receiver's synced files.
 pub const DELETE_FRACTION_MAX_DEFAULT: f64 = 0.25;
-/// Deletions of up to this many files are never refused by `delete_fraction_max` (a small
-/// folder deleting a few files is no mass deletion), unless the source lists nothing.
+/// Deletions of up to this many files are not refused by `delete_fraction_max` (a few files
+/// deleted in a small folder are no mass deletion) as long as they leave at least half of the
+/// receiver's synced files: on a receiver of 4 files, deleting 3 is most of the media, the
+/// mark of a source that lost it by mistake, and is refused. Never when the source lists
+/// nothing.
 pub const DELETE_FILES_FLOOR: u64 = 5;
 /// Largest `bwlimit_kib` (10 GiB/s).
 pub const BWLIMIT_KIB_MAX: u64 = 10 * 1024 * 1024;
@@ -99,7 +102,7 @@ pub struct Settings {
     #[serde(default)]
     pub delete: bool,
     /// With `delete`: the largest fraction of the receiver's synced files one run may delete
-    /// (above [`DELETE_FILES_FLOOR`] files); a run that would delete more, or a whole folder
+    /// (above [`DELETE_FILES_FLOOR`] files, or half of them); a run that would delete more, or a whole folder
     /// of more than the floor, deletes nothing and fails. 1 lifts the bound.
     #[serde(default)]
     pub delete_fraction_max: Option<Spanned<f64>>,
@@ -302,9 +305,9 @@ fn folders_of(path: &str) -> impl Iterator<Item = &str> {
 /// `receiver_synced`: how many files the receiver holds as synced; `deleting`: the files the
 /// run would delete (folders left out). Refused when the source lists no file at all, when
 /// more than `fraction_max` of the receiver's synced files would go (and more than
-/// [`DELETE_FILES_FLOOR`]), or when more than the floor would go from one folder of which
-/// the source holds nothing any more (a sub-mount that is not mounted). `fraction_max` 1 lifts
-/// the two bounds, never the first rule.
+/// [`DELETE_FILES_FLOOR`], or more than half of them), or when more than the floor would go
+/// from one folder of which the source holds nothing any more (a sub-mount that is not
+/// mounted). `fraction_max` 1 lifts the two bounds, never the first rule.
 pub fn deletions_refused<'a>(
     source_files: impl IntoIterator<Item = &'a str>,
     receiver_synced: u64,
@@ -338,11 +341,12 @@ pub fn deletions_refused<'a>(
     if fraction_max >= 1.0 {
         return None;
     }
-    let allowed = ((receiver_synced as f64) * fraction_max).floor() as u64;
-    if count > allowed.max(DELETE_FILES_FLOOR) {
+    // A few files may always go, but never most of the receiver's: the floor is at most half.
+    let floor = DELETE_FILES_FLOOR.min(receiver_synced / 2);
+    let allowed = (((receiver_synced as f64) * fraction_max).floor() as u64).max(floor);
+    if count > allowed {
         return Some(format!(
-            "deletions refused: the run would delete {count} of the {receiver_synced} files the receiver holds as synced, more than delete_fraction_max = {fraction_max} allows ({}), like {}; nothing deleted. {fix}",
-            allowed.max(DELETE_FILES_FLOOR),
+            "deletions refused: the run would delete {count} of the {receiver_synced} files the receiver holds as synced, more than delete_fraction_max = {fraction_max} allows ({allowed}: that fraction, or up to {DELETE_FILES_FLOOR} files leaving at least half), like {}; nothing deleted. {fix}",
             examples(&mut deleting.iter())
         ));
     }

@@ -871,12 +871,30 @@ fn mass_deletions_are_refused_before_anything_is_deleted() {
     let refused = deletions_refused(sources(), 100, &paths("other/x", 26), 0.25).expect("refused");
     assert!(
         refused.contains("delete 26 of the 100 files")
-            && refused.contains("delete_fraction_max = 0.25 allows (25)")
+            && refused.contains("delete_fraction_max = 0.25 allows (25: that fraction")
             && refused.contains("like other/x0.jpg, other/x1.jpg, other/x2.jpg, other/x3.jpg, other/x4.jpg;")
             && refused.contains("raise delete_fraction_max"),
         "{refused}"
     );
     assert_eq!(deletions_refused(sources(), 100, &paths("other/x", 26), 1.0), None);
+    // A small site: a few files go while at least half of the receiver's stay; most of its
+    // media (3 of 4, 5 of 6: a source that lost them by mistake) does not, floor or not.
+    assert_eq!(deletions_refused(sources(), 4, &paths("other/x", 2), 0.25), None);
+    assert_eq!(deletions_refused(sources(), 10, &paths("other/x", 5), 0.25), None);
+    for (synced, deleting) in [(4, 3), (6, 5), (1, 1), (3, 2)] {
+        let refused = deletions_refused(sources(), synced, &paths("other/x", deleting), 0.25)
+            .unwrap_or_else(|| panic!("{deleting} of {synced} must be refused"));
+        assert!(
+            refused.contains(&format!("delete {deleting} of the {synced} files"))
+                && refused.contains("up to 5 files leaving at least half"),
+            "{refused}"
+        );
+        assert_eq!(
+            deletions_refused(sources(), synced, &paths("other/x", deleting), 1.0),
+            None,
+            "1 lifts the bound"
+        );
+    }
     // A whole folder the source no longer holds (an unmounted sub-mount), within the fraction.
     let refused = deletions_refused(sources(), 200, &paths("catalog/product/", 6), 0.25).expect("refused");
     assert!(
