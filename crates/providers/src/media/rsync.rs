@@ -12,10 +12,11 @@
 //! `delete = true` records the sender's entries on both sides (in each location's `record_url`,
 //! outside the served folder: the record lists every synced path), and a
 //! later run names each entry it may delete with an `R` (risk) filter rule and protects every
-//! other (`P *`): a file the receiver holds outside that record — an upload made there that
-//! never reached the other side (the old active region's uploads from before a failover it
-//! could not copy, at the failback) — stays, and so does one uploaded there while the copy
-//! runs. Without a usable record nothing is deleted (and the copy still runs).
+//! other (`P *`; the rules in a NUL-terminated file read with `--from0`, each pattern the
+//! entry's own bytes with its wildcards escaped, so it matches that entry only): a file the
+//! receiver holds outside that record — an upload made there that never reached the other
+//! side (the old active region's uploads from before a failover it could not copy, at the
+//! failback) — stays, and so does one uploaded there while the copy runs. Without a usable record nothing is deleted (and the copy still runs).
 //! The lag is the same
 //! command with `--dry-run --itemize-changes --stats`; its `--out-format=%i|%l|%M|%n` lines name
 //! each file rsync would send, its size and its modification time (printed in UTC: the child
