@@ -333,7 +333,14 @@ def test_a_file_too_big_for_one_run_is_resumed_and_never_blocks_the_rest(tmp_pat
             break
         cut += 1
         assert "resumes it" in synced["error"], synced
-        wait_for("the part kept", lambda: (eu / "video/.switchyard-partial/tour.mp4").exists(), 10)
+        # Cut off mid-copy, the part is kept. A run may also be cut off after its copy
+        # completed (in the partial files' clean-up or the verification after it): then the
+        # whole file is in place (rsync renames it there only once complete), and the next run
+        # finds nothing left to copy.
+        part, whole = eu / "video/.switchyard-partial/tour.mp4", eu / "video/tour.mp4"
+        wait_for("the part kept, or the file complete", lambda: part.exists() or whole.exists(), 10)
+        if whole.exists():
+            continue
         # The part is not the file: still missing, and never sent back the other way.
         result, [lag] = media("lag", tmp_path / "slow.toml")
         assert lag["lag"]["objects"] >= 1, lag
@@ -393,10 +400,13 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     us.mkdir()
     for i in range(3):
         (us / f"removed-{i}.jpg").write_bytes(b"old")
+        # Kept on both sides: the 3 deletions leave half of the receiver's files, within the
+        # deletion bound's floor.
+        (us / f"kept-{i}.jpg").write_bytes(b"kept")
     # A complete sync first: only what both sides held then is ever deleted.
     setup = rsync_config(tmp_path, us, daemon_url, extra="delete = true", name="setup.toml")
     result, [synced] = media("sync", setup)
-    assert result.returncode == 0 and synced["copied_objects"] == 3, synced
+    assert result.returncode == 0 and synced["copied_objects"] == 6, synced
     for i in range(3):
         (us / f"removed-{i}.jpg").unlink()
     (us / "new.jpg").write_bytes(b"new")
@@ -409,7 +419,7 @@ def test_rsync_deletions_count_against_objects_per_run_max(tmp_path, rsync_daemo
     result, [second] = media("sync", config)
     assert result.returncode == 0, result.stderr + result.stdout
     assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
-    assert sorted(p.name for p in eu.iterdir()) == ["new.jpg"]
+    assert sorted(p.name for p in eu.iterdir()) == ["kept-0.jpg", "kept-1.jpg", "kept-2.jpg", "new.jpg"]
 
 
 def test_rsync_deletes_nothing_from_an_empty_source_and_copies_no_symlink_leaving_the_tree(tmp_path, rsync_daemon):
@@ -732,6 +742,11 @@ def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_pe
     removed = [f"pub/media/removed-{i}.jpg" for i in range(4)]
     for key in removed:
         s3.put_object(Bucket="shop-media-us", Key=key, Body=b"deleted on the active side later")
+    # On both sides throughout: the 4 deletions leave half of the receiver's objects, within
+    # the deletion bound's floor.
+    steady = [f"pub/media/steady-{i}.jpg" for i in range(4)]
+    for key in steady:
+        s3.put_object(Bucket="shop-media-us", Key=key, Body=b"steady")
     s3.put_object(Bucket="shop-media-eu", Key="var/backup.tgz", Body=b"not media")
     own = "pub/media/uploaded-in-eu.jpg"
     s3.put_object(Bucket="shop-media-eu", Key=own, Body=b"an upload made in eu, never copied to us")
@@ -741,7 +756,7 @@ def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_pe
 
     # Copied to the standby, then deleted on the active side.
     result, [kept] = media("sync", s3_config(tmp_path, moto_s3, extra="objects_per_run_max = 10", name="keep.toml"))
-    assert result.returncode == 0 and kept["copied_objects"] == 6 and kept["deleted_objects"] == 0, kept
+    assert result.returncode == 0 and kept["copied_objects"] == 10 and kept["deleted_objects"] == 0, kept
     for key in removed:
         s3.delete_object(Bucket="shop-media-us", Key=key)
     # Without delete, nothing goes.
@@ -762,9 +777,9 @@ def test_s3_delete_removes_only_copies_the_active_side_deleted_within_objects_pe
     assert result.returncode == 0, result.stderr + result.stdout
     assert (second["copied_objects"], second["deleted_objects"], second["limited"]) == (0, 2, None), second
     assert "kept 1 objects the receiver wrote itself" in second["note"], second
-    assert listed("shop-media-eu") == set(source) | {"var/backup.tgz", own}, \
+    assert listed("shop-media-eu") == set(source) | set(steady) | {"var/backup.tgz", own}, \
         "only copies the active side deleted go; the standby's own upload stays"
-    assert listed("shop-media-us") == set(source), "the active bucket is never touched"
+    assert listed("shop-media-us") == set(source) | set(steady), "the active bucket is never touched"
     result, [third] = media("sync", config)
     assert (third["copied_objects"], third["deleted_objects"]) == (0, 0), third
 
@@ -825,6 +840,39 @@ def test_s3_copies_into_an_sse_kms_bucket_verify(tmp_path, moto_s3):
     assert synced["remaining"]["objects"] == 0, synced
     head = s3.head_object(Bucket="shop-media-eu", Key="pub/media/a.jpg")
     assert head.get("ServerSideEncryption") == "aws:kms", head
+
+
+def test_s3_an_object_the_standby_wrote_after_the_source_is_counted_and_replaced_by_media_sync(tmp_path, moto_s3):
+    """An object the standby wrote itself after the active side's version (not a copy): before,
+    S3 mode took it as the source's, so the lag said nothing differed and no copy fixed it,
+    while rsync mode counts such a file. Now the lag counts it and `media sync` from the active
+    region replaces it (the runbook step's copy keeps it: the providers' tests)."""
+    keys = dict(endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", region_name="us-east-1", **keys)
+    s3.create_bucket(Bucket="shop-media-us")
+    s3.create_bucket(Bucket="shop-media-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/banner.webp", Body=b"the active side's")
+    s3.put_object(Bucket="shop-media-us", Key="pub/media/same.jpg", Body=b"same")
+    s3.put_object(Bucket="shop-media-eu", Key="pub/media/same.jpg", Body=b"same")
+    source_time = s3.head_object(Bucket="shop-media-us", Key="pub/media/banner.webp")["LastModified"]
+
+    def written_later():
+        s3.put_object(Bucket="shop-media-eu", Key="pub/media/banner.webp", Body=b"the standby's own, newer")
+        return s3.head_object(Bucket="shop-media-eu", Key="pub/media/banner.webp")["LastModified"] > source_time
+
+    # LastModified counts whole seconds: written again until it is a later one.
+    wait_for("the standby's object to be newer", written_later, 5)
+    config = s3_config(tmp_path, moto_s3)
+    result, [lag] = media("lag", config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert lag["lag"]["objects"] == 1 and lag["lag"]["sample"] == ["banner.webp"], lag
+
+    result, [synced] = media("sync", config)
+    assert result.returncode == 0 and synced["ok"], result.stderr + result.stdout
+    assert synced["copied_objects"] == 1 and synced["remaining"]["objects"] == 0, synced
+    assert s3.get_object(Bucket="shop-media-eu", Key="pub/media/banner.webp")["Body"].read() == b"the active side's"
+    result, [lag] = media("lag", config)
+    assert lag["lag"]["objects"] == 0, lag
 
 
 def test_the_controller_measures_media_lag_shows_it_and_runs_the_step_on_failover(tmp_path, rsync_daemon):

@@ -44,7 +44,9 @@ enum MediaCommand {
     /// the receiver that differs is replaced, even when it is newer (only a runbook step's copy
     /// into the region taking over keeps newer files, with `--update`); `--delete` only with
     /// `delete = true`. S3: ListObjectsV2 on both buckets, GetObject + PutObject of what is
-    /// missing or differs in size or ETag, HeadObject to verify. Exits 1 when a copy failed.
+    /// missing or differs in size or ETag (an object the receiver wrote itself after the
+    /// source's version too, which only a runbook step's copy keeps), HeadObject to verify.
+    /// Exits 1 when a copy failed.
     /// Run it from cron in the active region only: `SWITCHYARD_REGION=REGION switchyard lock
     /// run --name media-sync -- switchyard media sync --config FILE` (`lock run` needs this
     /// host's region, and the controller's URL unless it is http://127.0.0.1:7400).

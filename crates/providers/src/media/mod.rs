@@ -12,7 +12,9 @@
 //!   Spaces, MinIO). Both buckets are listed (ListObjectsV2, paginated), what is missing on the
 //!   receiver or differs in size or ETag is copied (GetObject, PutObject), and each copy is
 //!   verified with HeadObject (size, and the ETag or the source ETag recorded in the copy's
-//!   metadata for multipart sources).
+//!   metadata for multipart sources). An object the receiver wrote itself after the source's
+//!   version differs, and is counted, like rsync's newer file; only the runbook step's copy
+//!   leaves it alone.
 //!
 //! As a runbook step it copies from the region that was active (`order.from`) to the new
 //! active region (`order.to`): on a failback that brings the uploads made during the outage
@@ -20,9 +22,9 @@
 //! default (`on_failover = "best_effort"`) a failed copy is reported and the runbook goes on
 //! (also on a retry or a roll-forward, which may be a failover's; only a switchover or a
 //! failback always copies strictly).
-//! A stale controller's copy cannot overwrite newer files: rsync runs with `--update`, and the
-//! S3 mode leaves an object alone that the receiver holds in a newer, different version it
-//! did not get from Switchyard.
+//! A stale controller's copy (the runbook step's) cannot overwrite newer files: rsync runs with
+//! `--update`, and the S3 mode leaves an object alone that the receiver holds in a newer,
+//! different version it did not get from Switchyard; both still count it as differing.
 //!
 //! Every run is bounded: `objects_per_run_max`, `bytes_per_run_max`, `object_bytes_max` (S3),
 //! `concurrency` (S3), `run_timeout_ms` for the whole run, `objects_listed_max` per listing.
@@ -76,8 +78,11 @@ pub const MISSING_SAMPLE_MAX: usize = 5;
 /// Default of `delete_fraction_max`: one run may delete at most this fraction of the
 /// receiver's synced files.
 pub const DELETE_FRACTION_MAX_DEFAULT: f64 = 0.25;
-/// Deletions of up to this many files are never refused by `delete_fraction_max` (a small
-/// folder deleting a few files is no mass deletion), unless the source lists nothing.
+/// Deletions of up to this many files are not refused by `delete_fraction_max` (a few files
+/// deleted in a small folder are no mass deletion) as long as they leave at least half of the
+/// receiver's synced files: on a receiver of 4 files, deleting 3 is most of the media, the
+/// mark of a source that lost it by mistake, and is refused. Never when the source lists
+/// nothing.
 pub const DELETE_FILES_FLOOR: u64 = 5;
 /// Largest `bwlimit_kib` (10 GiB/s).
 pub const BWLIMIT_KIB_MAX: u64 = 10 * 1024 * 1024;
@@ -97,7 +102,7 @@ pub struct Settings {
     #[serde(default)]
     pub delete: bool,
     /// With `delete`: the largest fraction of the receiver's synced files one run may delete
-    /// (above [`DELETE_FILES_FLOOR`] files); a run that would delete more, or a whole folder
+    /// (above [`DELETE_FILES_FLOOR`] files, or half of them); a run that would delete more, or a whole folder
     /// of more than the floor, deletes nothing and fails. 1 lifts the bound.
     #[serde(default)]
     pub delete_fraction_max: Option<Spanned<f64>>,
@@ -300,9 +305,9 @@ fn folders_of(path: &str) -> impl Iterator<Item = &str> {
 /// `receiver_synced`: how many files the receiver holds as synced; `deleting`: the files the
 /// run would delete (folders left out). Refused when the source lists no file at all, when
 /// more than `fraction_max` of the receiver's synced files would go (and more than
-/// [`DELETE_FILES_FLOOR`]), or when more than the floor would go from one folder of which
-/// the source holds nothing any more (a sub-mount that is not mounted). `fraction_max` 1 lifts
-/// the two bounds, never the first rule.
+/// [`DELETE_FILES_FLOOR`], or more than half of them), or when more than the floor would go
+/// from one folder of which the source holds nothing any more (a sub-mount that is not
+/// mounted). `fraction_max` 1 lifts the two bounds, never the first rule.
 pub fn deletions_refused<'a>(
     source_files: impl IntoIterator<Item = &'a str>,
     receiver_synced: u64,
@@ -336,11 +341,12 @@ pub fn deletions_refused<'a>(
     if fraction_max >= 1.0 {
         return None;
     }
-    let allowed = ((receiver_synced as f64) * fraction_max).floor() as u64;
-    if count > allowed.max(DELETE_FILES_FLOOR) {
+    // A few files may always go, but never most of the receiver's: the floor is at most half.
+    let floor = DELETE_FILES_FLOOR.min(receiver_synced / 2);
+    let allowed = (((receiver_synced as f64) * fraction_max).floor() as u64).max(floor);
+    if count > allowed {
         return Some(format!(
-            "deletions refused: the run would delete {count} of the {receiver_synced} files the receiver holds as synced, more than delete_fraction_max = {fraction_max} allows ({}), like {}; nothing deleted. {fix}",
-            allowed.max(DELETE_FILES_FLOOR),
+            "deletions refused: the run would delete {count} of the {receiver_synced} files the receiver holds as synced, more than delete_fraction_max = {fraction_max} allows ({allowed}: that fraction, or up to {DELETE_FILES_FLOOR} files leaving at least half), like {}; nothing deleted. {fix}",
             examples(&mut deleting.iter())
         ));
     }
@@ -893,13 +899,15 @@ impl MediaSync {
 
     /// Copies what `to` lacks of `from`'s media, within the limits, and verifies it: `from`
     /// is the active region, whose copy is the truth (rsync without `--update`: a file newer
-    /// on the receiver but different, a media restore that kept old times, is replaced).
+    /// on the receiver but different, a media restore that kept old times, is replaced; S3
+    /// likewise replaces an object the receiver wrote itself after the source's version).
     pub async fn sync(&self, from: &str, to: &str) -> Result<SyncReport, Failure> {
         self.sync_as(from, to, false).await
     }
 
-    /// [`Self::sync`]; `keep_newer`: rsync `--update` (the runbook step's copy into the region
-    /// taking over, which may already hold newer uploads of its own).
+    /// [`Self::sync`]; `keep_newer`: rsync `--update`, and S3 keeps the receiver's own newer
+    /// objects (the runbook step's copy into the region taking over, which may already hold
+    /// newer uploads of its own).
     async fn sync_as(&self, from: &str, to: &str, keep_newer: bool) -> Result<SyncReport, Failure> {
         let (source, target) = self.pair(from, to)?;
         let options = rsync::Options {
@@ -916,7 +924,7 @@ impl MediaSync {
                 #[cfg(feature = "aws")]
                 (Location::S3 { .. }, Location::S3 { .. }) => {
                     let delete = self.delete.then_some(self.delete_fraction_max);
-                    s3::sync(source, target, delete, &self.limits).await
+                    s3::sync(source, target, delete, keep_newer, &self.limits).await
                 }
                 _ => Err(Failure::Refused("locations of different modes".into())),
             }

@@ -12,10 +12,11 @@
 //! `delete = true` records the sender's entries on both sides (in each location's `record_url`,
 //! outside the served folder: the record lists every synced path), and a
 //! later run names each entry it may delete with an `R` (risk) filter rule and protects every
-//! other (`P *`): a file the receiver holds outside that record — an upload made there that
-//! never reached the other side (the old active region's uploads from before a failover it
-//! could not copy, at the failback) — stays, and so does one uploaded there while the copy
-//! runs. Without a usable record nothing is deleted (and the copy still runs).
+//! other (`P *`; the rules in a NUL-terminated file read with `--from0`, each pattern the
+//! entry's own bytes with its wildcards escaped, so it matches that entry only): a file the
+//! receiver holds outside that record — an upload made there that never reached the other
+//! side (the old active region's uploads from before a failover it could not copy, at the
+//! failback) — stays, and so does one uploaded there while the copy runs. Without a usable record nothing is deleted (and the copy still runs).
 //! The lag is the same
 //! command with `--dry-run --itemize-changes --stats`; its `--out-format=%i|%l|%M|%n` lines name
 //! each file rsync would send, its size and its modification time (printed in UTC: the child
@@ -31,6 +32,7 @@
 //! timeouts, SSH's 255, partial transfers) is `Retryable`. The message always carries the end
 //! of rsync's own stderr.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -868,28 +870,58 @@ pub fn deletable(
         .collect()
 }
 
-/// A path rsync printed, as a filter rule pattern that matches exactly it from the top of the
-/// transfer (`/path`, a folder's with its `/`); `None` when no rule can (a name rsync printed
-/// escaped, `\#ooo`, or with whitespace at either end).
-pub fn exact_rule_pattern(path: &str) -> Option<String> {
-    if path.is_empty() || path.contains("\\#") || path.trim() != path || path.contains('\n') {
+/// The longest filter rule pattern rsync keeps, in bytes: it discards one of `MAXPATHLEN`
+/// (4096 on Linux) bytes or more ("discarding over-long filter").
+pub const RULE_PATTERN_BYTES_MAX: usize = 4095;
+
+/// A path rsync printed, as the bytes of a filter rule pattern that matches exactly it from the
+/// top of the transfer (`/path`, a folder's with its `/`); `None` when no rule can (a pattern
+/// longer than [`RULE_PATTERN_BYTES_MAX`]: its entry is then never named, so never deleted).
+///
+/// The name's own bytes come back first ([`unescape_name`]: rsync printed a newline, a CR or a
+/// non-ASCII byte as `\#ooo`), so a rule names `café.jpg` itself. The rules go to rsync in a
+/// file read with `--from0` ([`rules_file`]): each ends at a NUL, which no name holds, so a
+/// newline or CR in a name stays in its pattern, and so does a space at either end (rsync
+/// trims none). The leading `/` anchors the pattern and keeps a name like `- x` or `# x` from
+/// reading as a prefix or a comment. rsync matches a pattern without `*`, `?` or `[` byte for
+/// byte (a backslash in it is literal); one with any of them as a wildcard pattern, where a
+/// backslash escapes the next character: then every `*`, `?`, `[` and `\` is escaped, and the
+/// pattern holds no `**` (each `*` follows a backslash). rsync(1), "PATTERN MATCHING RULES".
+pub fn exact_rule_pattern(path: &str) -> Option<Vec<u8>> {
+    let name = unescape_name(path);
+    if name.is_empty() || name.contains(&0) {
         return None;
     }
-    // Backslashes escape only in a pattern with a wildcard character, and then every one of
-    // `*?[` and `\` must be escaped to be literal.
-    let pattern = if path.contains(['*', '?', '[']) {
-        let mut escaped = String::with_capacity(path.len() + 8);
-        for c in path.chars() {
-            if matches!(c, '*' | '?' | '[' | '\\') {
-                escaped.push('\\');
-            }
-            escaped.push(c);
+    let wildcards = name.iter().any(|b| matches!(b, b'*' | b'?' | b'['));
+    let mut pattern = Vec::with_capacity(name.len() + 8);
+    pattern.push(b'/');
+    for byte in name {
+        if wildcards && matches!(byte, b'*' | b'?' | b'[' | b'\\') {
+            pattern.push(b'\\');
         }
-        escaped
-    } else {
-        path.to_string()
-    };
-    Some(format!("/{pattern}"))
+        pattern.push(byte);
+    }
+    (pattern.len() <= RULE_PATTERN_BYTES_MAX).then_some(pattern)
+}
+
+/// A filter rule: `prefix` (`R`, `P`), a space, the pattern.
+pub fn rule(prefix: &str, pattern: &[u8]) -> Vec<u8> {
+    let mut rule = Vec::with_capacity(prefix.len() + 1 + pattern.len());
+    rule.extend_from_slice(prefix.as_bytes());
+    rule.push(b' ');
+    rule.extend_from_slice(pattern);
+    rule
+}
+
+/// The text of a rules file for `--filter=merge FILE` with `--from0`: each rule ends with a
+/// NUL ([`exact_rule_pattern`]).
+pub fn rules_file(rules: &[Vec<u8>]) -> Vec<u8> {
+    let mut text = Vec::with_capacity(rules.iter().map(|r| r.len() + 1).sum());
+    for rule in rules {
+        text.extend_from_slice(rule);
+        text.push(0);
+    }
+    text
 }
 
 /// What a run with `delete = true` may delete: the receiver's entries the sender lacks that
@@ -898,7 +930,7 @@ pub fn exact_rule_pattern(path: &str) -> Option<String> {
 /// rule for each entry to delete, then `P *`, which protects everything else on the receiver
 /// — the entries the dry run listed as its own, and any that appeared there since the dry run
 /// (an upload arriving while the copy runs is never deleted).
-pub fn split_deletions(deleting: &[String], synced: &std::collections::HashSet<String>) -> (Vec<String>, Vec<String>) {
+pub fn split_deletions(deleting: &[String], synced: &std::collections::HashSet<String>) -> (Vec<String>, Vec<Vec<u8>>) {
     let mut delete = Vec::new();
     let mut keep: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for path in deleting {
@@ -927,18 +959,19 @@ pub fn split_deletions(deleting: &[String], synced: &std::collections::HashSet<S
     if delete.is_empty() {
         return (delete, Vec::new());
     }
-    let mut rules: Vec<String> = delete
+    let mut rules: Vec<Vec<u8>> = delete
         .iter()
-        .filter_map(|path| exact_rule_pattern(path).map(|pattern| format!("R {pattern}")))
+        .filter_map(|path| exact_rule_pattern(path).map(|pattern| rule("R", &pattern)))
         .collect();
-    rules.push("P *".to_string());
+    rules.push(rule("P", b"*"));
     (delete, rules)
 }
 
 /// A partial file's path (`DIR/.switchyard-partial/NAME`, as rsync printed it) split into the
 /// folder holding the partial-dir (`DIR/`, empty at the top) and the source file it belongs to
 /// (`DIR/NAME`); `None` for anything else, and for a path no filter rule can name exactly
-/// (those are never removed).
+/// (longer than [`RULE_PATTERN_BYTES_MAX`]: never removed). Any other name is one: its bytes
+/// are named exactly whatever they hold ([`exact_rule_pattern`]).
 pub fn partial_source(path: &str) -> Option<(String, String)> {
     exact_rule_pattern(path)?;
     let (folder, name) = match path.rsplit_once(&format!("/{PARTIAL_DIR}/")) {
@@ -965,7 +998,7 @@ pub fn partial_source(path: &str) -> Option<(String, String)> {
 pub fn stale_partials(
     partials: &[String],
     source_files: &std::collections::HashSet<String>,
-) -> (Vec<String>, Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<String>, Vec<Vec<u8>>) {
     use std::collections::BTreeMap;
     // Per partial-dir (by the folder holding it): its partials, and whether each is stale.
     let mut dirs: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
@@ -986,7 +1019,7 @@ pub fn stale_partials(
         if stale.len() == entries.len() {
             // The whole partial-dir goes; the folder holding it is walked.
             if let Some(pattern) = exact_rule_pattern(&partial_dir) {
-                rules.push(format!("R {pattern}"));
+                rules.push(rule("R", &pattern));
             }
             folders.push(folder);
         } else {
@@ -994,13 +1027,13 @@ pub fn stale_partials(
         }
         for path in stale {
             if let Some(pattern) = exact_rule_pattern(path) {
-                rules.push(format!("R {pattern}"));
+                rules.push(rule("R", &pattern));
             }
             remove.push(path.clone());
         }
     }
     if !rules.is_empty() {
-        rules.push("P *".to_string());
+        rules.push(rule("P", b"*"));
     }
     (remove, folders, rules)
 }
@@ -1083,12 +1116,14 @@ pub async fn remove_stale_partials(
     // name deleted.
     let tree = temporary()?;
     for folder in &folders {
+        // The folder's own bytes, as rsync printed them escaped (`café/`).
+        let folder = std::ffi::OsStr::from_bytes(&unescape_name(folder)).to_owned();
         std::fs::create_dir_all(tree.path().join(folder))
             .map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
     }
     let rules_dir = temporary()?;
-    let rules_file = rules_dir.path().join("rules");
-    std::fs::write(&rules_file, rules.join("\n") + "\n")
+    let rules_path = rules_dir.path().join("rules");
+    std::fs::write(&rules_path, rules_file(&rules))
         .map_err(|e| Failure::Retryable(format!("cannot write the partial files' rules: {e}")))?;
     let mut args = vec![
         "-r".to_string(),
@@ -1097,7 +1132,9 @@ pub async fn remove_stale_partials(
         "--ignore-existing".to_string(),
         format!("--timeout={IO_TIMEOUT_SECONDS}"),
         "--out-format=%i|%l|%M|%n".to_string(),
-        format!("--filter=merge {}", rules_file.display()),
+        // The rules end at NULs ([`rules_file`]).
+        "--from0".to_string(),
+        format!("--filter=merge {}", rules_path.display()),
     ];
     args.extend(transport_args(&[target.transport], options));
     args.push(format!("{}/", tree.path().display()));
@@ -1220,8 +1257,10 @@ pub async fn sync(
                     let dir = tempfile::tempdir()
                         .map_err(|e| Failure::Retryable(format!("cannot create a temporary folder: {e}")))?;
                     let file = dir.path().join("protect");
-                    std::fs::write(&file, rules.join("\n") + "\n")
+                    std::fs::write(&file, rules_file(&rules))
                         .map_err(|e| Failure::Retryable(format!("cannot write the protect rules: {e}")))?;
+                    // The rules end at NULs ([`rules_file`]); no `--files-from` here.
+                    args.push("--from0".into());
                     args.push(format!("--filter=merge {}", file.display()));
                     rules_dir = Some(dir);
                 }

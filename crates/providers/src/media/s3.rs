@@ -6,9 +6,11 @@
 //! the receiver lacks its key, or holds another size, or another ETag. A different ETag is
 //! looked at once more with HeadObject: a copy Switchyard made records the source's ETag in
 //! `x-amz-meta-switchyard-source-etag` (multipart ETags are not content hashes, so a copy
-//! of a multipart object has another ETag for the same bytes), and an object the receiver
-//! wrote itself after the source's version (newer `LastModified`, no such metadata) is left
-//! alone, like rsync's `--update`.
+//! of a multipart object has another ETag for the same bytes). An object the receiver wrote
+//! itself after the source's version (newer `LastModified`, no such metadata) differs like any
+//! other, in the lag and in a run's "still differ": as in rsync mode, `media sync` (from the
+//! active region, whose copy is the truth) replaces it, and only the runbook step's copy into
+//! the region taking over (`keep_newer`, rsync's `--update`) leaves it alone.
 //!
 //! A copy is GetObject then PutObject (the two buckets may be on different endpoints and
 //! accounts, so no server-side CopyObject), keeping Content-Type, Cache-Control,
@@ -223,17 +225,37 @@ pub fn same_by_listing(source: &Object, target: Option<&Object>) -> Option<bool>
     None
 }
 
-/// With HeadObject's answer: whether the receiver's object needs no copy.
+/// With HeadObject's answer: whether the receiver's object is the source's (a copy recording
+/// the source's ETag, or the same size and ETag). A newer object the receiver wrote itself is
+/// not: it differs ([`written_by_receiver_after`] tells which copy keeps it).
 pub fn same_by_head(source: &Object, head: &(u64, String, Option<String>, Option<u64>)) -> bool {
-    let (size, etag, recorded, modified) = head;
+    let (size, etag, recorded, _) = head;
     if let Some(recorded) = recorded {
         return *recorded == source.etag && *size == source.size;
     }
-    if *size == source.size && *etag == source.etag {
-        return true;
-    }
-    // Written on the receiver itself, after the source's version: newer, keep it.
-    matches!((modified, source.modified_s), (Some(target), Some(source)) if *target > source)
+    *size == source.size && *etag == source.etag
+}
+
+/// With HeadObject's answer on an object that differs: whether the receiver wrote it itself
+/// (no recorded source ETag: not a copy) after the source's version (a newer `LastModified`),
+/// which the runbook step's copy into the region taking over keeps (rsync's `--update`).
+pub fn written_by_receiver_after(source: &Object, head: &(u64, String, Option<String>, Option<u64>)) -> bool {
+    let (_, _, recorded, modified) = head;
+    recorded.is_none() && matches!((modified, source.modified_s), (Some(target), Some(source)) if *target > source)
+}
+
+/// What the receiver lacks or holds differently, from both listings.
+struct Differences {
+    /// The source's objects.
+    objects: BTreeMap<String, Object>,
+    /// The keys the receiver lacks or holds differently.
+    differ: Vec<String>,
+    /// Of those, the objects the receiver wrote itself after the source's version.
+    newer_on_receiver: std::collections::HashSet<String>,
+    /// The keys only the receiver holds.
+    extra: Vec<String>,
+    /// How many objects the receiver holds.
+    receiver_count: u64,
 }
 
 /// Whether the copy HeadObject shows (`head`) is the `size` bytes written from a source with
@@ -252,17 +274,14 @@ pub fn copy_verified(
 }
 
 /// The keys the receiver lacks or holds differently.
-async fn differences(
-    source: &Bucket,
-    target: &Bucket,
-    limits: &Limits,
-) -> Result<(BTreeMap<String, Object>, Vec<String>, Vec<String>, u64), Failure> {
+async fn differences(source: &Bucket, target: &Bucket, limits: &Limits) -> Result<Differences, Failure> {
     let (from, to) = tokio::join!(
         source.list(limits.objects_listed_max, limits.list_page_keys),
         target.list(limits.objects_listed_max, limits.list_page_keys)
     );
     let (from, to) = (from?, to?);
     let mut differ = Vec::new();
+    let mut newer_on_receiver = std::collections::HashSet::new();
     let mut heads = 0u64;
     for (key, object) in &from {
         match same_by_listing(object, to.get(key)) {
@@ -276,19 +295,32 @@ async fn differences(
                     continue;
                 }
                 // Gone since the listing: the receiver lacks it.
-                if !target.head(key).await?.is_some_and(|head| same_by_head(object, &head)) {
-                    differ.push(key.clone());
+                match target.head(key).await? {
+                    Some(head) if same_by_head(object, &head) => {}
+                    Some(head) => {
+                        if written_by_receiver_after(object, &head) {
+                            newer_on_receiver.insert(key.clone());
+                        }
+                        differ.push(key.clone());
+                    }
+                    None => differ.push(key.clone()),
                 }
             }
         }
     }
     let extra = to.keys().filter(|key| !from.contains_key(*key)).cloned().collect();
-    Ok((from, differ, extra, to.len() as u64))
+    Ok(Differences {
+        receiver_count: to.len() as u64,
+        objects: from,
+        differ,
+        newer_on_receiver,
+        extra,
+    })
 }
 
 pub async fn lag(source: &Location, target: &Location, limits: &Limits) -> Result<Lag, Failure> {
     let (source, target) = (Bucket::open(source).await?, Bucket::open(target).await?);
-    let (objects, differ, _, _) = differences(&source, &target, limits).await?;
+    let Differences { objects, differ, .. } = differences(&source, &target, limits).await?;
     let now = now_s();
     let mut lag = Lag::default();
     for key in &differ {
@@ -387,24 +419,37 @@ async fn copy(
 
 /// Copies what `target` lacks of `source`. `delete`: `None`, or `Some(delete_fraction_max)`
 /// (see [`super::deletions_refused`]): deletions that bound refuses fail the run after the
-/// copies, and nothing is deleted.
+/// copies, and nothing is deleted. `keep_newer`: an object the receiver wrote itself after the
+/// source's version is not replaced (and stays in the "still differ" count).
 pub async fn sync(
     source: &Location,
     target: &Location,
     delete: Option<f64>,
+    keep_newer: bool,
     limits: &Limits,
 ) -> Result<SyncReport, Failure> {
     let (source, target) = (
         Arc::new(Bucket::open(source).await?),
         Arc::new(Bucket::open(target).await?),
     );
-    let (objects, differ, extra, receiver_count) = differences(&source, &target, limits).await?;
+    let Differences {
+        objects,
+        differ,
+        newer_on_receiver,
+        extra,
+        receiver_count,
+    } = differences(&source, &target, limits).await?;
     let mut report = SyncReport::default();
     let mut queue = Vec::new();
     let mut bytes = 0u64;
     let mut too_big = Vec::new();
+    let mut kept_newer = 0u64;
     for key in differ {
         let Some(object) = objects.get(&key) else { continue };
+        if keep_newer && newer_on_receiver.contains(&key) {
+            kept_newer += 1;
+            continue;
+        }
         if object.size > limits.object_bytes_max {
             too_big.push(format!("{key} ({} bytes)", object.size));
             continue;
@@ -514,6 +559,11 @@ pub async fn sync(
             too_big.join(", ")
         ));
     }
+    if kept_newer > 0 {
+        notes.push(format!(
+            "kept {kept_newer} objects the receiver wrote itself after the source's version (newer; counted as still differing): a copy from the active region (media sync) replaces them"
+        ));
+    }
     if kept_own > 0 {
         notes.push(format!(
             "kept {kept_own} objects the receiver wrote itself (not copies Switchyard made): delete removes only copies"
@@ -522,7 +572,7 @@ pub async fn sync(
     if !notes.is_empty() {
         report.note = Some(notes.join("; "));
     }
-    let (objects, differ, _, _) = differences(&source, &target, limits).await?;
+    let Differences { objects, differ, .. } = differences(&source, &target, limits).await?;
     let now = now_s();
     for key in &differ {
         if let Some(object) = objects.get(key) {

@@ -136,7 +136,7 @@ fn lag_keeps_the_oldest_age_and_a_short_sample() {
 #[cfg(feature = "aws")]
 #[test]
 fn s3_objects_compare_by_size_etag_and_the_recorded_source() {
-    use super::s3::{Object, same_by_head, same_by_listing};
+    use super::s3::{Object, same_by_head, same_by_listing, written_by_receiver_after};
     let source = Object {
         size: 10,
         etag: "abc".into(),
@@ -154,10 +154,19 @@ fn s3_objects_compare_by_size_etag_and_the_recorded_source() {
         &source,
         &(10, "old".into(), Some("old".into()), Some(200))
     ));
-    // The receiver's own newer object: keep it.
-    assert!(same_by_head(&source, &(7, "own".into(), None, Some(200))));
+    // The receiver's own newer object differs (counted); only the runbook step keeps it.
+    let own_newer = (7, "own".into(), None, Some(200));
+    assert!(!same_by_head(&source, &own_newer));
+    assert!(written_by_receiver_after(&source, &own_newer));
     // The receiver's own older object: the source's is newer.
-    assert!(!same_by_head(&source, &(7, "own".into(), None, Some(50))));
+    let own_older = (7, "own".into(), None, Some(50));
+    assert!(!same_by_head(&source, &own_older));
+    assert!(!written_by_receiver_after(&source, &own_older));
+    // A copy Switchyard made, of an older version, is never "the receiver's own".
+    assert!(!written_by_receiver_after(
+        &source,
+        &(7, "old".into(), Some("old".into()), Some(200))
+    ));
 }
 
 #[test]
@@ -364,7 +373,7 @@ async fn an_s3_object_larger_than_listed_is_neither_read_whole_nor_copied() {
     let (_dir, location) = serve_s3(app).await;
     let mut limits = limits(10, 1_000_000);
     limits.object_bytes_max = 1_000;
-    let error = match super::s3::sync(&location("src"), &location("dst"), None, &limits).await {
+    let error = match super::s3::sync(&location("src"), &location("dst"), None, false, &limits).await {
         Ok(report) => panic!("copied an object above object_bytes_max: {report:?}"),
         Err(Failure::Retryable(error)) => error,
         Err(other) => panic!("expected a retryable failure, got {other:?}"),
@@ -470,24 +479,37 @@ fn only_entries_both_sides_held_are_deleted_and_the_rest_protected_with_their_fo
     assert_eq!(delete, ["old/h.jpg", "gone.jpg"], "old/ holds a kept upload: it stays");
     // Only what may go is named (risk); everything else is protected, so an entry that
     // appears on the receiver after the dry run is protected too.
-    assert_eq!(rules, ["R /old/h.jpg", "R /gone.jpg", "P *"]);
+    assert_eq!(rules, [b"R /old/h.jpg" as &[u8], b"R /gone.jpg", b"P *"]);
     let (delete, rules) = rsync::split_deletions(&deleting, &Default::default());
     assert!(
         delete.is_empty() && rules.is_empty(),
         "nothing recorded: nothing deleted"
     );
-    // A name no rule can match exactly is kept (and the folder holding it), not a reason to
-    // delete nothing else.
-    let escaped: Vec<String> = ["nl\\#012x", "d/\\#303\\#251.jpg", "d/", "gone.jpg"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    // A name rsync printed escaped is named by its own bytes; one too long for any rule is
+    // kept (and the folder holding it), not a reason to delete nothing else.
+    let long = format!("d/{}", "x".repeat(rsync::RULE_PATTERN_BYTES_MAX));
+    let escaped: Vec<String> = vec![
+        "nl\\#012x".to_string(),
+        "e/\\#303\\#251.jpg".to_string(),
+        "e/".to_string(),
+        long,
+        "d/".to_string(),
+    ];
     let synced: std::collections::HashSet<String> = escaped.iter().cloned().collect();
     assert_eq!(
         rsync::split_deletions(&escaped, &synced),
         (
-            vec!["gone.jpg".to_string()],
-            vec!["R /gone.jpg".to_string(), "P *".to_string()]
+            vec![
+                "nl\\#012x".to_string(),
+                "e/\\#303\\#251.jpg".to_string(),
+                "e/".to_string()
+            ],
+            vec![
+                b"R /nl\nx".to_vec(),
+                "R /e/\u{e9}.jpg".as_bytes().to_vec(),
+                b"R /e/".to_vec(),
+                b"P *".to_vec()
+            ]
         )
     );
 }
@@ -509,10 +531,14 @@ fn an_upload_arriving_after_the_dry_run_is_not_deleted() {
         "old/h.jpg",
         "we ird*[1].jpg",
         "we irdX1.jpg",
+        "caf\u{e9}*.jpg",
+        "caf\u{e9}X.jpg",
     ] {
         std::fs::write(target.join(name), name).expect("write");
     }
-    let synced: std::collections::HashSet<String> = ["a.jpg", "gone.jpg", "old/", "old/h.jpg", "we ird*[1].jpg"]
+    // rsync prints a non-ASCII byte escaped (`\#ooo`); the rule names the bytes themselves.
+    let cafe = "caf\\#303\\#251*.jpg";
+    let synced: std::collections::HashSet<String> = ["a.jpg", "gone.jpg", "old/", "old/h.jpg", "we ird*[1].jpg", cafe]
         .into_iter()
         .map(String::from)
         .collect();
@@ -523,20 +549,23 @@ fn an_upload_arriving_after_the_dry_run_is_not_deleted() {
         "old/",
         "we ird*[1].jpg",
         "we irdX1.jpg",
+        cafe,
+        "caf\\#303\\#251X.jpg",
     ]
     .into_iter()
     .map(String::from)
     .collect();
     let (delete, rules) = rsync::split_deletions(&deleting, &synced);
-    assert_eq!(delete.len(), 4, "{delete:?}");
+    assert_eq!(delete.len(), 5, "{delete:?}");
     // Uploaded on the receiver while the copy ran: not in the dry run's listing.
     std::fs::write(target.join("late.jpg"), "late").expect("write");
     std::fs::write(target.join("old/late.jpg"), "late").expect("write");
     let rules_file = root.path().join("rules");
-    std::fs::write(&rules_file, rules.join("\n") + "\n").expect("write");
+    std::fs::write(&rules_file, rsync::rules_file(&rules)).expect("write");
     let status = std::process::Command::new("rsync")
         .arg("-rlptu")
         .arg("--delete")
+        .arg("--from0")
         .arg(format!("--filter=merge {}", rules_file.display()))
         .arg(format!("{}/", source.display()))
         .arg(format!("{}/", target.display()))
@@ -548,7 +577,15 @@ fn an_upload_arriving_after_the_dry_run_is_not_deleted() {
     left.sort();
     assert_eq!(
         left,
-        ["a.jpg", "late.jpg", "mine.jpg", "old/", "old/late.jpg", "we irdX1.jpg"],
+        [
+            "a.jpg",
+            "caf\u{e9}X.jpg",
+            "late.jpg",
+            "mine.jpg",
+            "old/",
+            "old/late.jpg",
+            "we irdX1.jpg"
+        ],
         "only the recorded entries the sender lacks are gone"
     );
 }
@@ -733,22 +770,27 @@ fn a_record_url_is_outside_the_served_folder_and_on_the_same_side() {
 
 #[test]
 fn rule_patterns_match_exactly_one_path() {
-    assert_eq!(rsync::exact_rule_pattern("a/b c.jpg").as_deref(), Some("/a/b c.jpg"));
-    assert_eq!(rsync::exact_rule_pattern("dir/").as_deref(), Some("/dir/"));
+    let pattern = |path: &str| rsync::exact_rule_pattern(path).map(|p| String::from_utf8_lossy(&p).into_owned());
+    assert_eq!(pattern("a/b c.jpg").as_deref(), Some("/a/b c.jpg"));
+    assert_eq!(pattern("dir/").as_deref(), Some("/dir/"));
+    assert_eq!(pattern("we ird*[1]?.jpg").as_deref(), Some("/we ird\\*\\[1]\\?.jpg"));
+    assert_eq!(pattern("back\\slash*.jpg").as_deref(), Some("/back\\\\slash\\*.jpg"));
+    assert_eq!(pattern("back\\slash.jpg").as_deref(), Some("/back\\slash.jpg"));
+    assert_eq!(pattern("**").as_deref(), Some("/\\*\\*"));
+    // Whitespace at either end and a leading `- ` stay in the pattern (rules end at NULs).
+    assert_eq!(pattern(" lead.jpg").as_deref(), Some("/ lead.jpg"));
+    assert_eq!(pattern("trail.jpg ").as_deref(), Some("/trail.jpg "));
+    assert_eq!(pattern("- dash").as_deref(), Some("/- dash"));
+    // The bytes rsync printed escaped, back; a literal backslash before `#` too.
     assert_eq!(
-        rsync::exact_rule_pattern("we ird*[1]?.jpg").as_deref(),
-        Some("/we ird\\*\\[1]\\?.jpg")
+        rsync::exact_rule_pattern("nl\\#012x\\#351"),
+        Some(b"/nl\nx\xe9".to_vec())
     );
-    assert_eq!(
-        rsync::exact_rule_pattern("back\\slash*.jpg").as_deref(),
-        Some("/back\\\\slash\\*.jpg")
-    );
-    assert_eq!(
-        rsync::exact_rule_pattern("back\\slash.jpg").as_deref(),
-        Some("/back\\slash.jpg")
-    );
-    for unprotectable in ["", " lead.jpg", "trail.jpg ", "esc\\#012aped"] {
-        assert_eq!(rsync::exact_rule_pattern(unprotectable), None, "{unprotectable:?}");
+    assert_eq!(pattern("a\\#134#351").as_deref(), Some("/a\\#351"));
+    let longest = "x".repeat(rsync::RULE_PATTERN_BYTES_MAX - 1);
+    assert!(rsync::exact_rule_pattern(&longest).is_some());
+    for unprotectable in [String::new(), format!("{longest}x"), format!("{}*", "x".repeat(4093))] {
+        assert_eq!(rsync::exact_rule_pattern(&unprotectable), None, "{unprotectable:?}");
     }
 }
 
@@ -829,12 +871,30 @@ fn mass_deletions_are_refused_before_anything_is_deleted() {
     let refused = deletions_refused(sources(), 100, &paths("other/x", 26), 0.25).expect("refused");
     assert!(
         refused.contains("delete 26 of the 100 files")
-            && refused.contains("delete_fraction_max = 0.25 allows (25)")
+            && refused.contains("delete_fraction_max = 0.25 allows (25: that fraction")
             && refused.contains("like other/x0.jpg, other/x1.jpg, other/x2.jpg, other/x3.jpg, other/x4.jpg;")
             && refused.contains("raise delete_fraction_max"),
         "{refused}"
     );
     assert_eq!(deletions_refused(sources(), 100, &paths("other/x", 26), 1.0), None);
+    // A small site: a few files go while at least half of the receiver's stay; most of its
+    // media (3 of 4, 5 of 6: a source that lost them by mistake) does not, floor or not.
+    assert_eq!(deletions_refused(sources(), 4, &paths("other/x", 2), 0.25), None);
+    assert_eq!(deletions_refused(sources(), 10, &paths("other/x", 5), 0.25), None);
+    for (synced, deleting) in [(4, 3), (6, 5), (1, 1), (3, 2)] {
+        let refused = deletions_refused(sources(), synced, &paths("other/x", deleting), 0.25)
+            .unwrap_or_else(|| panic!("{deleting} of {synced} must be refused"));
+        assert!(
+            refused.contains(&format!("delete {deleting} of the {synced} files"))
+                && refused.contains("up to 5 files leaving at least half"),
+            "{refused}"
+        );
+        assert_eq!(
+            deletions_refused(sources(), synced, &paths("other/x", deleting), 1.0),
+            None,
+            "1 lifts the bound"
+        );
+    }
     // A whole folder the source no longer holds (an unmounted sub-mount), within the fraction.
     let refused = deletions_refused(sources(), 200, &paths("catalog/product/", 6), 0.25).expect("refused");
     assert!(
@@ -1143,6 +1203,129 @@ async fn a_partial_file_whose_source_is_gone_is_removed_and_no_other() {
     );
 }
 
+/// The names in `folder`, as bytes, sorted.
+fn names_in(folder: &std::path::Path) -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(folder)
+        .expect("read dir")
+        .map(|entry| entry.expect("entry").file_name().as_bytes().to_vec())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The removal's rules are built from names on the receiver: a partial named `*`, `[ab]` or
+/// `?` must not match (delete) another one, a newline or CR in a name must not split its
+/// rule, a leading `- ` or `#` must not read as a prefix or a comment, and a name rsync prints
+/// escaped (non-UTF-8, control bytes) is still removed. Against the real rsync: every hostile
+/// partial whose source is gone goes, in a partial-dir that keeps others and in one it empties
+/// (under a hostile folder name); every partial whose source exists, the names the hostile
+/// ones would match as wildcards among them, and the receiver's own files of the same names,
+/// stay.
+#[tokio::test]
+async fn hostile_partial_names_remove_exactly_themselves() {
+    use std::os::unix::ffi::OsStrExt;
+    let root = tempfile::tempdir().expect("temp dir");
+    let (source, target) = (root.path().join("source"), root.path().join("target"));
+    let partial = rsync::PARTIAL_DIR;
+    let hostile: Vec<&[u8]> = vec![
+        b"*",
+        b"?",
+        b"[ab]",
+        b"\\",
+        b"back\\slash*",
+        b"**",
+        b"nl\nx",
+        b"cr\rx",
+        b"- dash",
+        b"+ plus",
+        b" lead",
+        b"trail ",
+        b"#hash",
+        b";semi",
+        b"tab\tx",
+        b"pi|pe",
+        b"caf\xe9",
+        "caf\u{e9} \u{1f3a5}.mp4".as_bytes(),
+        b"lit\\#351",
+        b"!",
+    ];
+    // Partials whose source exists: what the hostile names match as wildcards or prefixes, and
+    // hostile names of their own.
+    let kept: Vec<&[u8]> = vec![
+        b"a",
+        b"b",
+        b"q",
+        b"x",
+        b"back\\slashZ",
+        b"nl",
+        b"dash",
+        b"lead",
+        b"trail",
+        b"caf",
+        b"k*[1]?\\ ",
+        b"k\xe9\n",
+    ];
+    let hostile_folder = std::ffi::OsStr::from_bytes(b"[d]*\xe9 \n").to_owned();
+    let write = |path: std::path::PathBuf, text: &[u8]| {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+        std::fs::write(path, text).expect("write");
+    };
+    let os = |name: &[u8]| std::ffi::OsStr::from_bytes(name).to_owned();
+    std::fs::create_dir_all(&source).expect("folder");
+    for name in &kept {
+        write(source.join(os(name)), b"source");
+        write(target.join(partial).join(os(name)), b"kept part");
+    }
+    for name in &hostile {
+        write(target.join(partial).join(os(name)), b"stale part");
+        write(target.join(&hostile_folder).join(partial).join(os(name)), b"stale part");
+        write(target.join(os(name)), b"the receiver's own");
+        write(target.join(&hostile_folder).join(os(name)), b"the receiver's own");
+    }
+    let removed = rsync::remove_stale_partials(
+        &local(&source),
+        &local(&target),
+        &Default::default(),
+        &limits(1000, 1 << 30),
+    )
+    .await
+    .expect("cleanup");
+    assert_eq!(removed, 2 * hostile.len() as u64);
+    let mut expected: Vec<Vec<u8>> = kept.iter().map(|n| n.to_vec()).collect();
+    expected.sort();
+    assert_eq!(names_in(&target.join(partial)), expected, "only the stale parts went");
+    for name in &kept {
+        assert_eq!(
+            std::fs::read(target.join(partial).join(os(name))).expect("kept"),
+            b"kept part"
+        );
+    }
+    assert!(
+        !target.join(&hostile_folder).join(partial).exists(),
+        "a partial-dir of stale parts only goes"
+    );
+    for folder in [target.clone(), target.join(&hostile_folder)] {
+        for name in &hostile {
+            assert_eq!(
+                std::fs::read(folder.join(os(name))).expect("the receiver's own file stays"),
+                b"the receiver's own",
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+    let again = rsync::remove_stale_partials(
+        &local(&source),
+        &local(&target),
+        &Default::default(),
+        &limits(1000, 1 << 30),
+    )
+    .await
+    .expect("cleanup");
+    assert_eq!(again, 0, "nothing stale is left");
+}
+
 #[test]
 fn stale_partials_are_named_exactly_and_everything_else_protected() {
     let partial = rsync::PARTIAL_DIR;
@@ -1158,11 +1341,16 @@ fn stale_partials_are_named_exactly_and_everything_else_protected() {
         "a/c.mp4".to_string(),
         format!("{partial}/"),
         format!("a/{partial}/sub/c.mp4"),
-        format!("a/{partial}/c\\#303.mp4"),
         format!("../{partial}/c.mp4"),
+        format!("{partial}/{}", "x".repeat(rsync::RULE_PATTERN_BYTES_MAX)),
     ] {
         assert_eq!(rsync::partial_source(&not_one), None, "{not_one}");
     }
+    // A name rsync printed escaped is one too (named by its bytes).
+    assert_eq!(
+        rsync::partial_source(&format!("a/{partial}/c\\#303\\#251.mp4")),
+        Some(("a/".to_string(), "a/c\\#303\\#251.mp4".to_string()))
+    );
     let partials = vec![
         format!("v/{partial}/keep.mp4"),
         format!("v/{partial}/gone.mp4"),
@@ -1178,10 +1366,10 @@ fn stale_partials_are_named_exactly_and_everything_else_protected() {
     assert_eq!(
         rules,
         vec![
-            format!("R /v/{partial}/gone.mp4"),
-            format!("R /w/{partial}/"),
-            format!("R /w/{partial}/gone.mp4"),
-            "P *".to_string()
+            format!("R /v/{partial}/gone.mp4").into_bytes(),
+            format!("R /w/{partial}/").into_bytes(),
+            format!("R /w/{partial}/gone.mp4").into_bytes(),
+            b"P *".to_vec()
         ]
     );
     let (remove, _, rules) = rsync::stale_partials(&partials[..1], &sources);
@@ -1292,6 +1480,92 @@ async fn a_newer_different_file_on_the_receiver_is_counted_and_replaced_from_the
     assert_eq!(std::fs::read(target.join("banner.webp")).expect("read"), b"banner.webp");
 }
 
+/// An object the receiver wrote itself after the source's version (newer, not a copy): before,
+/// S3 mode took it as the source's, so the lag never counted it and no copy replaced it, while
+/// rsync mode counts such a file. Now, as in rsync mode: the lag counts it, the runbook step's
+/// copy into the region taking over keeps it (counted as still differing, with a note), and a
+/// copy from the active region (`media sync`) replaces it.
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn an_s3_object_the_receiver_wrote_after_the_source_is_counted_kept_by_the_step_and_replaced_by_sync() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::{Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+
+    let puts = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&puts);
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+        let puts = Arc::clone(&seen);
+        async move {
+            let copied = puts.load(Ordering::SeqCst) > 0;
+            let path = uri.path().trim_end_matches('/').to_string();
+            let listing = |bucket: &str, modified: &str, etag: &str, size: usize| {
+                format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>{bucket}</Name><Prefix>p/</Prefix><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated><Contents><Key>p/a.jpg</Key><LastModified>{modified}</LastModified><ETag>"{etag}"</ETag><Size>{size}</Size></Contents></ListBucketResult>"#
+                )
+            };
+            match (method.as_str(), path.as_str()) {
+                ("GET", "/src") => (StatusCode::OK, listing("src", "2026-01-01T00:00:00.000Z", "esrc", 3)).into_response(),
+                ("GET", "/dst") if copied => {
+                    (StatusCode::OK, listing("dst", "2026-07-01T00:00:00.000Z", "esrc", 3)).into_response()
+                }
+                ("GET", "/dst") => (StatusCode::OK, listing("dst", "2026-06-01T00:00:00.000Z", "eown", 5)).into_response(),
+                ("GET", "/src/p/a.jpg") => (StatusCode::OK, [("etag", "\"esrc\"")], "src").into_response(),
+                ("PUT", "/dst/p/a.jpg") => {
+                    puts.fetch_add(1, Ordering::SeqCst);
+                    (StatusCode::OK, [("etag", "\"esrc\"")]).into_response()
+                }
+                ("HEAD", "/dst/p/a.jpg") if copied => (
+                    StatusCode::OK,
+                    [
+                        ("etag", "\"esrc\""),
+                        ("content-length", "3"),
+                        ("last-modified", "Wed, 01 Jul 2026 00:00:00 GMT"),
+                        ("x-amz-meta-switchyard-source-etag", "esrc"),
+                    ],
+                )
+                    .into_response(),
+                // The standby's own upload under that key, newer and of another size.
+                ("HEAD", "/dst/p/a.jpg") => (
+                    StatusCode::OK,
+                    [
+                        ("etag", "\"eown\""),
+                        ("content-length", "5"),
+                        ("last-modified", "Mon, 01 Jun 2026 00:00:00 GMT"),
+                    ],
+                )
+                    .into_response(),
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    });
+    let (_dir, location) = serve_s3(app).await;
+    let mut step = step(OnFailover::Required);
+    step.locations = [("us".to_string(), location("src")), ("eu".to_string(), location("dst"))]
+        .into_iter()
+        .collect();
+    step.limits = limits(100, 1 << 20);
+    let lag = step.lag("us", "eu").await.expect("lag");
+    assert_eq!((lag.objects, lag.sample.clone()), (1, vec!["a.jpg".to_string()]));
+    // The runbook step (a failback into eu, say): kept, and counted.
+    let outcome = step.run(&media_order("failback")).await.expect("the step");
+    assert!(
+        outcome.contains("copied 0 objects") && outcome.contains("verified: 1 objects (3 bytes) still differ"),
+        "{outcome}"
+    );
+    assert!(
+        outcome.contains("kept 1 objects the receiver wrote itself after the source's version"),
+        "{outcome}"
+    );
+    assert_eq!(puts.load(Ordering::SeqCst), 0, "the step never replaces it");
+    // `media sync` from the active region: replaced, and nothing differs any more.
+    let report = step.sync("us", "eu").await.expect("copied");
+    assert_eq!((report.copied_objects, report.remaining.objects), (1, 0), "{report:?}");
+    assert_eq!(puts.load(Ordering::SeqCst), 1);
+}
+
 /// A page that says there is more (IsTruncated=true) without a NextContinuationToken: before,
 /// taken as the end of the listing, and with delete = true every object of the later pages
 /// read as deleted at the source.
@@ -1331,7 +1605,15 @@ async fn an_s3_listing_truncated_without_a_token_is_an_error() {
         }
     });
     let (_dir, location) = serve_s3(app).await;
-    let error = match super::s3::sync(&location("src"), &location("dst"), Some(1.0), &limits(100, 1 << 20)).await {
+    let error = match super::s3::sync(
+        &location("src"),
+        &location("dst"),
+        Some(1.0),
+        false,
+        &limits(100, 1 << 20),
+    )
+    .await
+    {
         Err(Failure::Retryable(error)) => error,
         other => panic!("expected an incomplete listing to fail, got {other:?}"),
     };
@@ -1386,7 +1668,7 @@ async fn an_s3_copy_into_an_sse_kms_bucket_is_verified_by_size_and_the_recorded_
     let (_dir, location) = serve_s3(app).await;
     // The verification after the copy lists the receiver again (empty here), so it still
     // counts a.jpg; what matters is that the copy itself verified.
-    let report = super::s3::sync(&location("src"), &location("dst"), None, &limits(10, 1 << 20))
+    let report = super::s3::sync(&location("src"), &location("dst"), None, false, &limits(10, 1 << 20))
         .await
         .expect("the copy verifies");
     assert_eq!(report.copied_objects, 1, "{report:?}");
