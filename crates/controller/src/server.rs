@@ -505,7 +505,7 @@ impl Shared {
                     self.publish_incidents();
                     let entry = Entry::Resolved {
                         key,
-                        delivery_pending: incident.is_some(),
+                        delivery_pending: incident.as_deref().is_some_and(|i| self.resolve_pending(i)),
                         incident,
                     };
                     if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
@@ -564,8 +564,8 @@ impl Shared {
         }
         let entry = Entry::Resolved {
             key: key.to_string(),
+            delivery_pending: self.resolve_pending(&incident),
             incident: Some(incident),
-            delivery_pending: true,
         };
         if let Err(error) = core.audit.append(wall_ms(), generation, entry) {
             tracing::error!(%error, "cannot write the audit log");
@@ -593,6 +593,12 @@ impl Shared {
                 delivered: alert.delivered,
             })
             .collect()
+    }
+
+    /// Whether the resolve of `incident` just sent waits for a channel's delivery (false when
+    /// no channel takes it: nothing to deliver, so nothing to record later).
+    fn resolve_pending(&self, incident: &str) -> bool {
+        self.alerts.resolving().iter().any(|open| open.incident == incident)
     }
 
     /// Records in the audit log the triggers and resolves that finished on every channel

@@ -695,8 +695,9 @@ impl Tracker {
         }
     }
 
-    /// `alert` went to no channel (none takes its event): finished at once, unless an
-    /// earlier alert of the same incident and kind is still pending.
+    /// A resent resolve went to no channel (none takes its event): finished at once, unless
+    /// an earlier alert of the same incident and kind is still pending. (A first trigger or
+    /// resolve no channel takes is settled where it is sent: nothing is recorded for it.)
     fn went_nowhere(&self, alert: &Alert) {
         let id = (alert.incident.clone(), alert.resolved);
         let mut state = self.state();
@@ -765,7 +766,7 @@ impl Alerts {
     /// Raises (or updates) the condition `key`; returns its incident's dedup key.
     pub fn raise(&self, key: &str, message: &str, generation: u64, at_ms: u64) -> String {
         let incident = self.incidents().raise(&self.group, key, at_ms, message);
-        self.enqueue(Alert {
+        let taken = self.enqueue(Alert {
             key: key.to_string(),
             resolved: false,
             message: message.to_string(),
@@ -774,6 +775,10 @@ impl Alerts {
             incident: incident.clone(),
             source: self.source.clone(),
         });
+        if !taken {
+            // No channel takes its event: there is no delivery to wait for (nor to record).
+            self.incidents().mark_delivered(&incident);
+        }
         incident
     }
 
@@ -781,7 +786,7 @@ impl Alerts {
     /// dedup key, if it was open.
     pub fn resolve(&self, key: &str, message: &str, generation: u64, at_ms: u64) -> Option<String> {
         let incident = self.incidents().resolve(key)?;
-        self.enqueue(Alert {
+        let taken = self.enqueue(Alert {
             key: key.to_string(),
             resolved: true,
             message: message.to_string(),
@@ -790,6 +795,9 @@ impl Alerts {
             incident: incident.clone(),
             source: self.source.clone(),
         });
+        if !taken {
+            self.incidents().resolve_delivered(&incident);
+        }
         Some(incident)
     }
 
@@ -813,7 +821,7 @@ impl Alerts {
             message: message.to_string(),
             delivered: false,
         });
-        self.enqueue(Alert {
+        let alert = Alert {
             key: key.to_string(),
             resolved: true,
             message: message.to_string(),
@@ -821,7 +829,11 @@ impl Alerts {
             at_ms,
             incident: incident.to_string(),
             source: self.source.clone(),
-        });
+        };
+        if !self.enqueue(alert.clone()) {
+            // Reported finished, so the controller records it and the log stops holding it.
+            self.tracker.went_nowhere(&alert);
+        }
     }
 
     /// Waits until triggers or resolves finished on every channel they went to (delivered,
@@ -914,7 +926,8 @@ impl Alerts {
         self.incidents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn enqueue(&self, alert: Alert) {
+    /// Queues `alert` on every channel that takes its event; returns whether any did.
+    fn enqueue(&self, alert: Alert) -> bool {
         let mut taken = false;
         for lane in &self.lanes {
             if let Some(events) = &lane.channel.events
@@ -943,9 +956,7 @@ impl Alerts {
             }
             lane.wake.notify_one();
         }
-        if !taken {
-            self.tracker.went_nowhere(&alert);
-        }
+        taken
     }
 
     pub fn stats(&self) -> Vec<ChannelStats> {
@@ -1762,6 +1773,16 @@ mod tests {
         );
         nowhere.resend_resolve("all_down", "grp/all_down", "ended", 2, 0);
         assert_eq!(nowhere.finished().await, vec![("grp/all_down".to_string(), true)]);
+        // A trigger and a resolve no channel takes are settled where they are sent: the
+        // incident reads delivered, no resolve waits, and nothing is reported to record.
+        let first = nowhere.raise("all_down", "every region is down", 3, 0);
+        assert!(nowhere.open_incidents()[0].delivered, "nothing to deliver");
+        assert_eq!(
+            nowhere.resolve("all_down", "ended", 3, 1).as_deref(),
+            Some(first.as_str())
+        );
+        assert!(nowhere.resolving().is_empty(), "no resolve waits for a channel");
+        assert!(nowhere.tracker.state().finished.is_empty(), "nothing to record");
     }
 
     struct Collecting {
