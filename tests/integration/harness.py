@@ -5,6 +5,7 @@ starting a `switchyard lab` (`running_lab`).
 One place for helpers that more than one test file needs; a test file keeps only what is its
 own."""
 
+import collections
 import contextlib
 import http.server
 import json
@@ -52,11 +53,18 @@ def running_moto(env=None, deadline_s=60):
         elif not line and process.poll() is not None:
             break
     assert url, "moto_server did not print its address"
+    # moto logs every request on stderr: read on, or a full pipe blocks the server (its requests
+    # and its exit alike).
+    threading.Thread(target=lambda: collections.deque(process.stderr, maxlen=0), daemon=True).start()
     try:
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def require_binary():
