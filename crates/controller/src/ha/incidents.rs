@@ -90,17 +90,7 @@ impl IncidentList {
     /// [`MEMBER_OWN_KEY`]), the newest [`INCIDENTS_MAX`], messages cut to
     /// [`INCIDENT_MESSAGE_CHARS_MAX`], by key.
     pub fn new(term: Term, member: &str, at_ms: u64, open: impl IntoIterator<Item = Incident>) -> IncidentList {
-        let mut incidents: Vec<Incident> = open
-            .into_iter()
-            .filter(|i| i.key != MEMBER_OWN_KEY)
-            .map(|mut i| {
-                if i.message.chars().count() > INCIDENT_MESSAGE_CHARS_MAX {
-                    i.message = i.message.chars().take(INCIDENT_MESSAGE_CHARS_MAX).collect();
-                }
-                i
-            })
-            .collect();
-        keep_newest(&mut incidents, INCIDENTS_MAX);
+        let mut incidents = bounded(open);
         incidents.sort_by(|a, b| a.key.cmp(&b.key));
         IncidentList {
             term: term.revision,
@@ -113,18 +103,7 @@ impl IncidentList {
 
     /// The list with the resolves not delivered yet, bounded as the incidents are.
     pub fn with_resolving(mut self, resolving: impl IntoIterator<Item = Incident>) -> IncidentList {
-        let mut resolving: Vec<Incident> = resolving
-            .into_iter()
-            .filter(|i| i.key != MEMBER_OWN_KEY)
-            .map(|mut i| {
-                if i.message.chars().count() > INCIDENT_MESSAGE_CHARS_MAX {
-                    i.message = i.message.chars().take(INCIDENT_MESSAGE_CHARS_MAX).collect();
-                }
-                i
-            })
-            .collect();
-        keep_newest(&mut resolving, INCIDENTS_MAX);
-        self.resolving = resolving;
+        self.resolving = bounded(resolving);
         self
     }
 
@@ -216,6 +195,23 @@ impl IncidentList {
 }
 
 /// Keeps the `max` newest incidents (by `opened_at_ms`, then key), in their order.
+/// `incidents` without the member's own key, each message cut to
+/// [`INCIDENT_MESSAGE_CHARS_MAX`], the newest [`INCIDENTS_MAX`] kept.
+fn bounded(incidents: impl IntoIterator<Item = Incident>) -> Vec<Incident> {
+    let mut incidents: Vec<Incident> = incidents
+        .into_iter()
+        .filter(|i| i.key != MEMBER_OWN_KEY)
+        .map(|mut i| {
+            if i.message.chars().count() > INCIDENT_MESSAGE_CHARS_MAX {
+                i.message = i.message.chars().take(INCIDENT_MESSAGE_CHARS_MAX).collect();
+            }
+            i
+        })
+        .collect();
+    keep_newest(&mut incidents, INCIDENTS_MAX);
+    incidents
+}
+
 fn keep_newest(incidents: &mut Vec<Incident>, max: usize) {
     if incidents.len() <= max {
         return;
