@@ -32,6 +32,21 @@ pub const IP_PROGRAM: &str = "ip";
 /// How often a component looks whether its supervisor still lives.
 pub const SUPERVISOR_WATCH_MS: u64 = 500;
 
+/// Whether this process leads its own process group, read from `/proc/self/stat` (field 5).
+/// Not `getpgrp(2)`: in a container whose group leader is outside the pid namespace it answers 0,
+/// which rustix refuses with a panic. Unreadable: `false` (signal nobody else's group).
+fn leads_own_process_group() -> bool {
+    let Ok(bytes) = std::fs::read("/proc/self/stat") else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let group = text
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(2))
+        .and_then(|field| field.parse::<u32>().ok());
+    group == Some(std::process::id())
+}
+
 /// Called early by every process of the binary: when started by a lab supervisor (the
 /// [`SUPERVISOR_PID_ENV`] variable names our parent), exit as soon as that parent is gone. A lab
 /// killed with SIGKILL (or the OOM killer) cannot stop its components itself; without this they
@@ -60,7 +75,7 @@ pub fn exit_with_supervisor() -> bool {
                     );
                     // A component leads its own process group: take what it started (the
                     // program `lab exec` runs) along.
-                    if rustix::process::getpgrp() == rustix::process::getpid() {
+                    if leads_own_process_group() {
                         let _ = rustix::process::kill_current_process_group(Signal::TERM);
                     }
                     std::process::exit(70);

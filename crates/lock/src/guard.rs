@@ -116,7 +116,10 @@ async fn guard(parent_pid: i32, command: &[String]) -> i32 {
             return crate::EXIT_CANNOT_START;
         }
     };
-    let group = rustix::process::getpgrp();
+    // `lock run` starts the guard as the leader of its own process group (`process_group(0)`),
+    // and the job inherits it: the group's id is the guard's pid. Not `getpgrp(2)`: where the
+    // group's leader is outside the pid namespace it answers 0, which rustix refuses with a panic.
+    let group = rustix::process::getpid();
     let mut leader_status: Option<i32> = None;
     loop {
         // Reap every child that ended (the job, and orphans reparented to this subreaper).
