@@ -132,6 +132,12 @@ fn worker_sockets(udp: std::net::UdpSocket, workers: usize) -> std::io::Result<V
 
 /// File in `--state-dir` that keeps the last applied health view.
 pub const VIEW_FILE_NAME: &str = "dns-view.json";
+/// How far every zone's serial moves at a start that finds the last save of the view did not
+/// complete (its temporary file is still there: a full disk, a crash mid-save). The pushes applied
+/// but never saved were served with serials the loaded view would count again with other
+/// contents, and a secondary that holds such a serial would never transfer the new answers. Far
+/// above any number of pushes one outage makes, far below RFC 1982's 2^31 bound on one step.
+pub const SERIAL_STEP_AFTER_UNSAVED: u64 = 1 << 20;
 
 /// Shared by the DNS listeners and the admin API.
 pub struct State {
@@ -287,9 +293,52 @@ pub fn load_view(dir: &Path) -> Result<HealthView, String> {
     }
 }
 
+/// The view a server starts with from `dir`: the saved one ([`load_view`]), its serials moved on
+/// by [`SERIAL_STEP_AFTER_UNSAVED`] when a save did not complete since (its temporary file is
+/// left: a save that fails leaves it on purpose), and saved again so that the step is taken
+/// once. An unreadable file starts every target healthy, its serials moved on the same way.
+/// Returns the view and whether its serials were moved.
+pub fn load_view_at_start(dir: &Path) -> (HealthView, bool) {
+    let (mut view, unsure) = match load_view(dir) {
+        Ok(view) => {
+            let unsaved = unsaved_path(dir).exists();
+            if unsaved {
+                tracing::warn!(
+                    path = %unsaved_path(dir).display(),
+                    step = SERIAL_STEP_AFTER_UNSAVED,
+                    "the last save of the health view did not complete (a full disk or a crash); \
+                     moving every zone's serial on so that secondaries transfer what is served now"
+                );
+            }
+            (view, unsaved)
+        }
+        Err(e) => {
+            tracing::error!(
+                step = SERIAL_STEP_AFTER_UNSAVED,
+                "{e}; starting with every target healthy and every zone's serial moved on"
+            );
+            (HealthView::default(), true)
+        }
+    };
+    if unsure {
+        view.changes = view.changes.wrapping_add(SERIAL_STEP_AFTER_UNSAVED);
+        if let Err(e) = save_view(dir, &view) {
+            tracing::error!(error = %e, dir = %dir.display(), "could not save the health view; the next start moves the serials on again");
+        }
+    }
+    (view, unsure)
+}
+
+fn unsaved_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(format!("{VIEW_FILE_NAME}.tmp"))
+}
+
+/// Writes `view` to a temporary file, syncs it and renames it over [`VIEW_FILE_NAME`]. A failure
+/// leaves the temporary file: the next start reads it as "a save did not complete"
+/// ([`load_view_at_start`]).
 fn save_view(dir: &Path, view: &HealthView) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let temporary = dir.join(format!("{VIEW_FILE_NAME}.tmp"));
+    let temporary = unsaved_path(dir);
     let bytes = serde_json::to_vec_pretty(view).map_err(std::io::Error::other)?;
     {
         let mut file = std::fs::File::create(&temporary)?;
@@ -400,10 +449,7 @@ pub async fn run(
     let admin_address = sockets.admin.local_addr()?;
     check_exposure(admin_address, options.token.as_deref()).map_err(std::io::Error::other)?;
     let view = match &options.state_dir {
-        Some(dir) => load_view(dir).unwrap_or_else(|e| {
-            tracing::error!("{e}; starting with every target healthy");
-            HealthView::default()
-        }),
+        Some(dir) => load_view_at_start(dir).0,
         None => HealthView::default(),
     };
     if view.generation.0 > 0 {
@@ -1268,6 +1314,43 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("address")
+    }
+
+    #[test]
+    fn a_start_after_a_save_that_did_not_complete_moves_every_serial_on_once() {
+        let origin = hickory_proto::rr::Name::from_ascii("shop.example.").expect("a name");
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut saved = HealthView::default();
+        saved.count_zone_change(&origin);
+        saved.count_zone_change(&origin);
+        save_view(dir.path(), &saved).expect("saves");
+        assert!(
+            !unsaved_path(dir.path()).exists(),
+            "a save that completes leaves no temporary file"
+        );
+        // A clean start keeps the serials.
+        let (clean, moved) = load_view_at_start(dir.path());
+        assert!(!moved);
+        assert_eq!(clean.serial(40, &origin), 42);
+        // Pushes were applied and served (serials 43, 44...) but their saves failed: the
+        // temporary file is left. The next start must not serve 43 again with other answers.
+        std::fs::write(unsaved_path(dir.path()), b"{\"gener").expect("a partial save");
+        let (after, moved) = load_view_at_start(dir.path());
+        assert!(moved);
+        let step = u32::try_from(SERIAL_STEP_AFTER_UNSAVED).expect("fits");
+        assert_eq!(after.serial(40, &origin), 42 + step);
+        assert_eq!(after.generation, saved.generation, "the saved view is kept");
+        // The step is saved: taken once, not at every start.
+        assert!(!unsaved_path(dir.path()).exists());
+        let (again, moved) = load_view_at_start(dir.path());
+        assert!(!moved);
+        assert_eq!(again.serial(40, &origin), 42 + step);
+        // An unreadable view: every target healthy, and the serials still move on.
+        std::fs::write(dir.path().join(VIEW_FILE_NAME), b"not json").expect("writes");
+        let (fresh, moved) = load_view_at_start(dir.path());
+        assert!(moved);
+        assert!(fresh.targets.is_empty());
+        assert_eq!(fresh.serial(40, &origin), 40 + step);
     }
 
     #[test]
