@@ -430,6 +430,19 @@ impl Job {
         self.group.is_some_and(group_alive)
     }
 
+    /// The process group while it is certainly the job's: the guard leads it, and until the
+    /// guard is reaped its pid (the group's id) cannot be handed out again. Once it is reaped, a
+    /// group emptied of the job's processes frees that id, and a stranger that gets the pid and
+    /// makes a group of it would be taken for the job (kept waiting for, signalled). So then
+    /// the scan of this subreaper's descendants decides (every process of the job still running
+    /// descends from it), and the group only while `/proc` cannot be read.
+    fn certain_group(&self) -> Option<Pid> {
+        if self.ended && !self.blind {
+            return None;
+        }
+        self.group
+    }
+
     fn on_exit(&mut self, status: std::io::Result<ExitStatus>) {
         self.ended = true;
         match status {
@@ -453,14 +466,11 @@ impl Job {
             return true;
         }
         reap_orphans();
-        if self.group_alive() {
-            return true;
-        }
         match crate::procs::running_descendants(rustix::process::getpid(), &self.inherited) {
             Ok(left) => !left.is_empty(),
             Err(error) => {
                 self.cannot_scan(&error);
-                has_children()
+                self.group_alive() || has_children()
             }
         }
     }
@@ -470,24 +480,34 @@ impl Job {
     /// many programs, the order to quit without cleaning up. A process started after the scan
     /// (the clean-up a handler runs) is left alone.
     fn signal_all(&mut self, signal: Signal) {
-        if let Some(group) = self.group {
+        let certain = self.certain_group();
+        if let Some(group) = certain {
             let _ = rustix::process::kill_process_group(group, signal);
         }
-        let group = self.group.map(|group| group.as_raw_nonzero().get());
+        let group = certain.map(|group| group.as_raw_nonzero().get());
         match crate::procs::running_descendants(rustix::process::getpid(), &self.inherited) {
             Ok(processes) => {
                 for process in processes.iter().filter(|process| Some(process.group) != group) {
                     crate::procs::signal(process, signal);
                 }
             }
-            Err(error) => self.cannot_scan(&error),
+            Err(error) => {
+                self.cannot_scan(&error);
+                // Blind now: the group is all there is to signal.
+                if certain.is_none() {
+                    if let Some(group) = self.group {
+                        let _ = rustix::process::kill_process_group(group, signal);
+                    }
+                }
+            }
         }
     }
 
     /// One SIGKILL pass: to the process group and to every descendant of this process found.
     /// Returns whether a descendant was found.
     fn kill_pass(&mut self) -> bool {
-        if let Some(group) = self.group {
+        let certain = self.certain_group();
+        if let Some(group) = certain {
             let _ = rustix::process::kill_process_group(group, Signal::KILL);
         }
         if !self.ended {
@@ -497,6 +517,11 @@ impl Job {
             Ok(found) => !found.is_empty(),
             Err(error) => {
                 self.cannot_scan(&error);
+                if certain.is_none() {
+                    if let Some(group) = self.group {
+                        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                    }
+                }
                 false
             }
         }
