@@ -494,10 +494,10 @@ impl Job {
             Err(error) => {
                 self.cannot_scan(&error);
                 // Blind now: the group is all there is to signal.
-                if certain.is_none() {
-                    if let Some(group) = self.group {
-                        let _ = rustix::process::kill_process_group(group, signal);
-                    }
+                if certain.is_none()
+                    && let Some(group) = self.group
+                {
+                    let _ = rustix::process::kill_process_group(group, signal);
                 }
             }
         }
@@ -517,10 +517,10 @@ impl Job {
             Ok(found) => !found.is_empty(),
             Err(error) => {
                 self.cannot_scan(&error);
-                if certain.is_none() {
-                    if let Some(group) = self.group {
-                        let _ = rustix::process::kill_process_group(group, Signal::KILL);
-                    }
+                if certain.is_none()
+                    && let Some(group) = self.group
+                {
+                    let _ = rustix::process::kill_process_group(group, Signal::KILL);
                 }
                 false
             }
