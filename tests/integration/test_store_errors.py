@@ -635,6 +635,18 @@ def test_disabling_ttl_by_another_attribute_names_the_enabled_one(store):
         "TimeToLive is active on a different AttributeName: current AttributeName is expires", 400)
     assert client.describe_time_to_live(TableName=name)["TimeToLiveDescription"] == {
         "TimeToLiveStatus": "ENABLED", "AttributeName": "expires"}
+    # Enabling by another attribute is refused the same way (DynamoDB checks the name before
+    # "already enabled"): the TTL attribute changes only by disabling first.
+    with pytest.raises(ClientError) as excinfo:
+        client.update_time_to_live(TableName=name, TimeToLiveSpecification={"AttributeName": "dog", "Enabled": True})
+    assert error_of(excinfo) == (
+        "ValidationException",
+        "TimeToLive is active on a different AttributeName: current AttributeName is expires", 400)
+    with pytest.raises(ClientError) as excinfo:
+        client.update_time_to_live(TableName=name, TimeToLiveSpecification={"AttributeName": "expires", "Enabled": True})
+    assert error_of(excinfo) == ("ValidationException", "TimeToLive is already enabled", 400)
+    assert client.describe_time_to_live(TableName=name)["TimeToLiveDescription"] == {
+        "TimeToLiveStatus": "ENABLED", "AttributeName": "expires"}
 
 
 def test_update_table_keeps_the_billing_mode_and_refuses_a_throughput_that_does_not_change(store):

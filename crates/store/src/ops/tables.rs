@@ -807,17 +807,18 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
     Ok(json!({"TimeToLiveSpecification": {"Enabled": spec.enabled, "AttributeName": spec.attribute_name}}))
 }
 
-/// Refuses a TTL change DynamoDB refuses: enabling an enabled TTL, disabling a disabled one, or
-/// disabling it by another attribute name.
+/// Refuses a TTL change DynamoDB refuses: any change naming another attribute than an active
+/// TTL's (enabling or disabling; DynamoDB checks the name first), enabling an enabled TTL, and
+/// disabling a disabled one.
 fn check_ttl_change(current: Option<&TtlSpec>, enabled: bool, attribute: &str) -> Result<(), ApiError> {
     match current {
-        Some(current) if current.enabled && enabled => Err(ApiError::validation("TimeToLive is already enabled")),
-        Some(current) if !current.enabled && !enabled => Err(ApiError::validation("TimeToLive is already disabled")),
-        None if !enabled => Err(ApiError::validation("TimeToLive is already disabled")),
-        Some(current) if !enabled && current.attribute != attribute => Err(ApiError::validation(format!(
+        Some(current) if current.enabled && current.attribute != attribute => Err(ApiError::validation(format!(
             "TimeToLive is active on a different AttributeName: current AttributeName is {}",
             current.attribute
         ))),
+        Some(current) if current.enabled && enabled => Err(ApiError::validation("TimeToLive is already enabled")),
+        Some(current) if !current.enabled && !enabled => Err(ApiError::validation("TimeToLive is already disabled")),
+        None if !enabled => Err(ApiError::validation("TimeToLive is already disabled")),
         _ => Ok(()),
     }
 }
