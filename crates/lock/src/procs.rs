@@ -38,6 +38,9 @@ pub struct Process {
     pub parent: i32,
     /// Its process group.
     pub group: i32,
+    /// Its session (read from `/proc`: `getsid(2)` answers 0 where the session's leader is
+    /// outside the pid namespace, as in a container).
+    pub session: i32,
     /// Clock ticks since boot when it started: with the pid, who it is.
     pub start_time: u64,
     /// Ended, not yet reaped by its parent.
@@ -51,15 +54,18 @@ pub fn parse_stat(text: &str) -> Option<Process> {
     let (head, rest) = text.rsplit_once(')')?;
     let pid = head.split_once(" (")?.0.trim().parse().ok()?;
     let mut fields = rest.split_ascii_whitespace();
-    // Fields 3 (state), 4 (parent), 5 (process group); field 22 is the 17th after field 5.
+    // Fields 3 (state), 4 (parent), 5 (process group), 6 (session); field 22 is the 16th after
+    // field 6.
     let state = fields.next()?;
     let parent = fields.next()?.parse().ok()?;
     let group = fields.next()?.parse().ok()?;
-    let start_time = fields.nth(16)?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    let start_time = fields.nth(15)?.parse().ok()?;
     Some(Process {
         pid,
         parent,
         group,
+        session,
         start_time,
         zombie: state == "Z" || state == "X",
     })
@@ -182,6 +188,7 @@ mod tests {
             pid,
             parent,
             group: pid,
+            session: pid,
             start_time: u64::try_from(pid).unwrap_or(0) * 10,
             zombie: false,
         }
@@ -189,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_stat_line_is_read_from_the_last_parenthesis() {
-        let line = "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345678 \
+        let line = "4242 (a) b (c)) S 17 4242 4243 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345678 \
                     300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         assert_eq!(
             parse_stat(line),
@@ -197,6 +204,7 @@ mod tests {
                 pid: 4242,
                 parent: 17,
                 group: 4242,
+                session: 4243,
                 start_time: 987_654,
                 zombie: false
             })
@@ -225,20 +233,7 @@ mod tests {
         let link = dir.join(std::ffi::OsStr::from_bytes(b"sh\xff) Z 1 1"));
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("/bin/sh", &link).expect("a symlink");
-        let mut child = std::process::Command::new(&link)
-            .arg("-c")
-            .arg("sleep 1000 & echo $! ; wait $!")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("sh starts");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("the grandchild's pid");
-        let grandchild: i32 = line.trim().parse().expect("a pid");
+        let (mut child, grandchild) = spawn_reporting_a_pid(&link, "sleep 1000 & echo $! ; wait $!");
         let pid = i32::try_from(child.id()).expect("a pid");
         let stat = std::fs::read(format!("/proc/{pid}/stat")).expect("its stat");
         assert!(std::str::from_utf8(&stat).is_err(), "the name is not UTF-8");
@@ -316,42 +311,19 @@ mod tests {
         assert!(signal(&now, Signal::WINCH));
     }
 
-    /// The session of `pid`, from `/proc/PID/stat` (field 6). Not `getsid(2)`: in a container
-    /// whose session leader lives outside the pid namespace it answers 0, which rustix takes for
-    /// a broken invariant (a panic in debug builds; CI met it).
+    /// The session of `pid` now, from `/proc` ([`Process::session`]).
     fn session_of(pid: i32) -> Option<i32> {
-        let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-        let text = String::from_utf8_lossy(&text);
-        let (_, rest) = text.rsplit_once(')')?;
-        // Fields 3 (state), 4 (parent), 5 (process group), 6 (session).
-        rest.split_ascii_whitespace().nth(3)?.parse().ok()
+        read_stat(&pid.to_string()).map(|process| process.session)
     }
 
-    #[test]
-    fn session_is_read_from_proc() {
-        let own = i32::try_from(std::process::id()).expect("a pid");
-        let text = std::fs::read_to_string(format!("/proc/{own}/stat")).expect("own stat");
-        let expected: i32 = text
-            .rsplit_once(')')
-            .expect("a name")
-            .1
-            .split_whitespace()
-            .nth(3)
-            .expect("field 6")
-            .parse()
-            .expect("a number");
-        assert_eq!(session_of(own), Some(expected));
-        assert_eq!(session_of(-1), None);
-    }
-
-    #[test]
-    fn kill_passes_reach_a_process_that_left_the_group_and_the_session() {
-        // A child that starts a setsid'ed grandchild, as a daemonizing job does, and waits for it.
-        let mut child = std::process::Command::new("sh")
+    /// Starts `program -c script` (a shell), its stdout piped and its stderr dropped (sh reports
+    /// "Killed" there), and reads the first line it prints: the pid of the background process
+    /// `script` starts (`… & echo $!`).
+    fn spawn_reporting_a_pid(program: &std::path::Path, script: &str) -> (std::process::Child, i32) {
+        let mut child = std::process::Command::new(program)
             .arg("-c")
-            .arg("setsid sleep 1000 & echo $! ; wait $!")
+            .arg(script)
             .stdout(std::process::Stdio::piped())
-            // sh reports "Killed" there.
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("sh starts");
@@ -360,8 +332,16 @@ mod tests {
             &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
             &mut line,
         )
-        .expect("the grandchild's pid");
-        let grandchild: i32 = line.trim().parse().expect("a pid");
+        .expect("the background process's pid");
+        let pid = line.trim().parse().expect("a pid");
+        (child, pid)
+    }
+
+    #[test]
+    fn kill_passes_reach_a_process_that_left_the_group_and_the_session() {
+        // A child that starts a setsid'ed grandchild, as a daemonizing job does, and waits for it.
+        let (mut child, grandchild) =
+            spawn_reporting_a_pid(std::path::Path::new("sh"), "setsid sleep 1000 & echo $! ; wait $!");
         let root = Pid::from_raw(i32::try_from(child.id()).expect("a pid")).expect("a pid");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         // Its own session once setsid(1) ran: a signal to sh's process group misses it.
