@@ -14,6 +14,14 @@ use crate::wait_for;
 
 const TOKEN: &str = "test-token-0123456789";
 
+/// [`config_text`] with one `[[alerts]]` webhook posting to `HOOK/alerts`.
+fn config_with_webhook(dns_url: &str, audit: &Path, hook_url: &str) -> String {
+    format!(
+        "{}\n[[alerts]]\nkind = \"webhook\"\nurl = \"{hook_url}/alerts\"\n",
+        config_text(dns_url, audit)
+    )
+}
+
 fn config_text(dns_url: &str, audit: &Path) -> String {
     format!(
         r#"
@@ -454,11 +462,7 @@ async fn every_region_down_keeps_the_placement_and_calls_the_alert_webhook() {
     let dns = Fake::start().await;
     let hook = Fake::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = format!(
-        "{}\n[[alerts]]\nkind = \"webhook\"\nurl = \"{}/alerts\"\n",
-        config_text(&dns.url, &dir.path().join("audit.jsonl")),
-        hook.url
-    );
+    let config = config_with_webhook(&dns.url, &dir.path().join("audit.jsonl"), &hook.url);
     let mut controller = Running::start(&config).await;
     for vantage in ["controller", "agent-a", "agent-b"] {
         controller.report(vantage, Up, Up).await;
@@ -506,11 +510,7 @@ async fn a_restart_does_not_page_again_for_a_condition_that_still_holds() {
     let hook = Fake::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = dir.path().join("audit.jsonl");
-    let config = format!(
-        "{}\n[[alerts]]\nkind = \"webhook\"\nurl = \"{}/alerts\"\n",
-        config_text(&dns.url, &audit),
-        hook.url
-    );
+    let config = config_with_webhook(&dns.url, &audit, &hook.url);
     let all_down = |action: &str| -> Vec<serde_json::Value> {
         hook.seen_on("/alerts")
             .into_iter()
@@ -578,11 +578,7 @@ async fn a_restart_pages_again_what_a_crash_left_undelivered_and_only_that() {
     let hook = Fake::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = dir.path().join("audit.jsonl");
-    let config = format!(
-        "{}\n[[alerts]]\nkind = \"webhook\"\nurl = \"{}/alerts\"\n",
-        config_text(&dns.url, &audit),
-        hook.url
-    );
+    let config = config_with_webhook(&dns.url, &audit, &hook.url);
     let sent = |key: &str, action: &str| -> Vec<serde_json::Value> {
         hook.seen_on("/alerts")
             .into_iter()
