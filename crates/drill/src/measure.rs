@@ -164,7 +164,18 @@ pub struct ProviderMeasure {
 /// Per provider (in order of first reading): the region it pointed at when the fault began,
 /// the first reading after it that points at another region, and (after `heal_ms`) the first
 /// reading that points back at the first region.
-pub fn provider_switches(events: &[Event], fault_ms: Option<u64>, heal_ms: Option<u64>) -> Vec<ProviderMeasure> {
+///
+/// "Pointed at when the fault began" is the last reading naming a region at or before the
+/// fault: a reading naming none (an empty answer, both regions at once) says where the
+/// provider is not, so it neither starts nor ends a switch. A provider never read naming a
+/// region before the fault is taken to point at `active_at_fault` (the controller's region
+/// then), so its first reading after the fault is not a switch merely for naming a region.
+pub fn provider_switches(
+    events: &[Event],
+    fault_ms: Option<u64>,
+    heal_ms: Option<u64>,
+    active_at_fault: Option<&str>,
+) -> Vec<ProviderMeasure> {
     let mut order: Vec<&str> = Vec::new();
     for event in events {
         if let EventKind::Provider { provider, .. } = &event.kind
@@ -194,8 +205,9 @@ pub fn provider_switches(events: &[Event], fault_ms: Option<u64>, heal_ms: Optio
             measure.before = readings
                 .iter()
                 .rev()
-                .find(|(at, _)| *at <= fault)
-                .and_then(|(_, region)| region.cloned());
+                .filter(|(at, _)| *at <= fault)
+                .find_map(|(_, region)| region.cloned())
+                .or_else(|| active_at_fault.map(String::from));
             if let Some((at, region)) = readings
                 .iter()
                 .find(|(at, region)| *at >= fault && region.is_some() && region.cloned() != measure.before)
@@ -412,7 +424,17 @@ pub fn measure(history: &History, events: &[Event], params: &MeasureParams) -> M
         m.false_failovers = m.failovers;
     }
 
-    m.providers = provider_switches(events, m.fault_ms, m.heal_ms);
+    let active_at_fault = m.fault_ms.and_then(|fault| {
+        events
+            .iter()
+            .rev()
+            .filter(|e| e.at_ms <= fault)
+            .find_map(|e| match &e.kind {
+                EventKind::ActiveRegion { region, .. } => Some(region.as_str()),
+                _ => None,
+            })
+    });
+    m.providers = provider_switches(events, m.fault_ms, m.heal_ms, active_at_fault);
 
     // Replication.
     m.lag_max_ms = events

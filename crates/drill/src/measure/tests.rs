@@ -240,18 +240,59 @@ fn a_provider_switch_is_timed_from_the_fault() {
         provider(2_300, Some("eu")),
         provider(9_000, Some("us")),
     ];
-    let switches = provider_switches(&events, Some(1_000), Some(5_000));
+    let switches = provider_switches(&events, Some(1_000), Some(5_000), None);
     assert_eq!(switches.len(), 1);
     assert_eq!(switches[0].before.as_deref(), Some("us"));
     assert_eq!(switches[0].switched_to.as_deref(), Some("eu"));
     assert_eq!(switches[0].rto_ms, Some(1_300));
     assert_eq!(switches[0].back_ms, Some(4_000), "heal at 5 s, back at 9 s");
     assert_eq!(switches[0].last.as_deref(), Some("us"));
-    let unchanged = provider_switches(&events[..3], Some(1_000), None);
+    let unchanged = provider_switches(&events[..3], Some(1_000), None, None);
     assert_eq!(unchanged[0].rto_ms, None);
     // Switched and never back: the provider did not follow the failback.
-    let stuck = provider_switches(&events[..4], Some(1_000), Some(5_000));
+    let stuck = provider_switches(&events[..4], Some(1_000), Some(5_000), None);
     assert_eq!(stuck[0].switched_to.as_deref(), Some("eu"));
     assert_eq!(stuck[0].back_ms, None);
     assert_eq!(stuck[0].last.as_deref(), Some("eu"));
+}
+
+#[test]
+fn a_reading_naming_no_region_neither_starts_nor_ends_a_switch() {
+    let provider = |at_ms: u64, region: Option<&str>| Event {
+        at_ms,
+        kind: EventKind::Provider {
+            provider: "rfc2136".into(),
+            region: region.map(String::from),
+            state: String::new(),
+        },
+    };
+    let fault = Event {
+        at_ms: 1_000,
+        kind: EventKind::FaultStart,
+    };
+    // Pointing nowhere at the fault, then at the region it pointed at before: no switch.
+    let events = vec![
+        provider(100, Some("us")),
+        provider(900, None),
+        fault.clone(),
+        provider(1_300, Some("us")),
+        provider(2_500, Some("eu")),
+    ];
+    let switches = provider_switches(&events, Some(1_000), None, Some("us"));
+    assert_eq!(switches[0].before.as_deref(), Some("us"));
+    assert_eq!(switches[0].switched_to.as_deref(), Some("eu"));
+    assert_eq!(switches[0].rto_ms, Some(1_500));
+    // Never read naming a region before the fault: the controller's region then stands in.
+    let events = vec![
+        provider(100, None),
+        fault,
+        provider(1_300, Some("us")),
+        provider(2_500, Some("eu")),
+    ];
+    let switches = provider_switches(&events, Some(1_000), None, Some("us"));
+    assert_eq!(switches[0].before.as_deref(), Some("us"));
+    assert_eq!(switches[0].rto_ms, Some(1_500));
+    let unknown = provider_switches(&events, Some(1_000), None, None);
+    assert_eq!(unknown[0].before, None);
+    assert_eq!(unknown[0].switched_to.as_deref(), Some("us"), "nothing to compare with");
 }
