@@ -93,6 +93,9 @@ def test_backup_is_a_snapshot_and_restores_with_its_indexes(store):
     active = wait_active(client, "orders-restored")
     summary = active["RestoreSummary"]
     assert summary["RestoreInProgress"] is False and summary["SourceTableArn"] == source["TableArn"]
+    # "Point in time or source backup time": the backup's creation time, not the restore's.
+    assert summary["RestoreDateTime"] == details["BackupCreationDateTime"]
+    assert restored["RestoreSummary"]["RestoreDateTime"] == details["BackupCreationDateTime"]
     assert active["ItemCount"] == 300 and active["TableSizeBytes"] == source["TableSizeBytes"]
 
     key = lambda item: (item["pk"]["S"], item["sk"]["N"])  # noqa: E731
@@ -231,6 +234,30 @@ def test_errors_as_dynamodb_answers(store):
         client.restore_table_to_point_in_time(SourceTableName="errs", TargetTableName="errs-pitr",
                                               UseLatestRestorableTime=True)
     assert error_of(excinfo)[0] == "PointInTimeRecoveryUnavailableException"
+
+
+def test_a_backup_arn_names_its_backup_whole(store):
+    """A BackupArn with a backup's id under another table or region is not that backup: it is
+    not found, and DeleteBackup with it leaves the backup alone."""
+    client = store.client()
+    create_table(client, "exact")
+    put_items(client, "exact", 5, sort=False)
+    arn = client.create_backup(TableName="exact", BackupName="bkp")["BackupDetails"]["BackupArn"]
+    wait_available(client, arn)
+    others = [arn.replace("table/exact/", "table/other-table/"),
+              arn.replace(":us-east-1:", ":eu-west-1:"),
+              arn.replace(":000000000000:", ":111111111111:")]
+    assert all(other != arn for other in others), others
+    for other in others:
+        for call in (lambda: client.describe_backup(BackupArn=other),
+                     lambda: client.delete_backup(BackupArn=other),
+                     lambda: client.restore_table_from_backup(TargetTableName="exact-copy", BackupArn=other)):
+            with pytest.raises(ClientError) as excinfo:
+                call()
+            assert error_of(excinfo)[0] == "BackupNotFoundException", (other, error_of(excinfo))
+    assert "exact-copy" not in client.list_tables()["TableNames"]
+    assert client.describe_backup(BackupArn=arn)["BackupDescription"]["BackupDetails"]["BackupStatus"] == "AVAILABLE"
+    assert [b["BackupArn"] for b in client.list_backups(TableName="exact")["BackupSummaries"]] == [arn]
 
 
 def test_damaged_backup_is_refused(store):

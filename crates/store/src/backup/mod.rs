@@ -342,15 +342,22 @@ impl Backups {
 
     /// The BackupDescription DeleteBackup answers for a finished backup whose description no
     /// longer parses (damaged or hand-edited): what can still be read of it. `None` when the
-    /// description is not there or reads fine.
-    fn damaged_description(&self, id: &str, arn: &str) -> Option<Value> {
+    /// description is not there or reads fine; BackupNotFound when what can be read of it names
+    /// this backup under another ARN than `arn`.
+    fn damaged_description(&self, id: &str, arn: &str) -> Option<Result<Value, ApiError>> {
         let bytes = std::fs::read(self.meta_path(id)).ok()?;
         if parse_description(id, &bytes).is_ok() {
             return None;
         }
         let partial: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let Some(recorded) = partial.get("arn").and_then(Value::as_str)
+            && recorded.ends_with(&format!("/backup/{id}"))
+            && recorded != arn
+        {
+            return Some(Err(backup_not_found_id(id)));
+        }
         let name = partial.get("name").and_then(Value::as_str).unwrap_or(id);
-        Some(json!({
+        Some(Ok(json!({
             "BackupDetails": {
                 "BackupArn": arn,
                 "BackupName": name,
@@ -358,7 +365,7 @@ impl Backups {
                 "BackupType": "USER",
                 "BackupCreationDateTime": backup_id_created_ms(id) as f64 / 1000.0,
             },
-        }))
+        })))
     }
 
     /// Reads the description of a finished backup.
@@ -425,6 +432,18 @@ impl Backups {
             return Ok((meta.clone(), "CREATING"));
         }
         Ok((self.load(id)?, "AVAILABLE"))
+    }
+
+    /// The backup a request's BackupArn names, and its status. The whole ARN must be the
+    /// backup's: one with its id under another table, region or account names no backup here
+    /// (BackupNotFoundException), as in DynamoDB, rather than reaching it by its id alone.
+    fn find_arn(&self, arn: &str) -> Result<(BackupMeta, &'static str), ApiError> {
+        let id = parse_backup_arn(arn)?;
+        let (backup, status) = self.find(&id)?;
+        if backup.arn != arn {
+            return Err(backup_not_found_id(&id));
+        }
+        Ok((backup, status))
     }
 }
 
@@ -817,15 +836,14 @@ pub struct BackupArnRequest {
 }
 
 fn describe_backup(store: &Store, request: BackupArnRequest) -> Result<Value, ApiError> {
-    let id = parse_backup_arn(&request.backup_arn)?;
-    let (backup, status) = store.backups().find(&id)?;
+    let (backup, status) = store.backups().find_arn(&request.backup_arn)?;
     Ok(json!({"BackupDescription": backup.description(status)}))
 }
 
 fn delete_backup(store: &Store, request: BackupArnRequest) -> Result<Value, ApiError> {
     let id = parse_backup_arn(&request.backup_arn)?;
     let backups = store.backups();
-    let (arn, deleted) = match backups.find(&id) {
+    let (arn, deleted) = match backups.find_arn(&request.backup_arn) {
         Ok((backup, "CREATING")) => {
             return Err(ApiError::new(
                 ErrorKind::BackupInUse,
@@ -836,7 +854,8 @@ fn delete_backup(store: &Store, request: BackupArnRequest) -> Result<Value, ApiE
         // A description that no longer reads is deleted all the same: its error names
         // DeleteBackup as the fix.
         Err(error) => match backups.damaged_description(&id, &request.backup_arn) {
-            Some(description) => {
+            Some(Err(not_found)) => return Err(not_found),
+            Some(Ok(description)) => {
                 tracing::warn!(backup = %id, error = %error.message, "deleting a backup whose description cannot be read");
                 (request.backup_arn.clone(), description)
             }
@@ -1097,9 +1116,9 @@ pub(crate) fn restored_table_request(
 
 async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, ApiError> {
     catalog::validate_table_name(&request.target_table_name, "targetTableName")?;
-    let id = parse_backup_arn(&request.backup_arn)?;
     let backups = Arc::clone(store.backups());
-    let (backup, status) = backups.find(&id)?;
+    let (backup, status) = backups.find_arn(&request.backup_arn)?;
+    let id = backup.id.clone();
     if status == "CREATING" {
         return Err(ApiError::new(
             ErrorKind::BackupInUse,
@@ -1126,7 +1145,9 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
     let restore = RestoreSummary {
         source_backup_arn: backup.arn.clone(),
         source_table_arn: backup.table_arn.clone(),
-        restore_date_time_seconds: now,
+        // "Point in time or source backup time": a backup restores its table as it was when
+        // the backup was made.
+        restore_date_time_seconds: backup.created_seconds(),
         in_progress: true,
         point_in_time: None,
     };
