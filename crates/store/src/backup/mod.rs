@@ -480,6 +480,22 @@ fn table_already_exists(name: &str) -> ApiError {
     ApiError::new(ErrorKind::TableAlreadyExists, format!("Table already exists: {name}"))
 }
 
+/// Why a restore cannot create its target, a table named so existing: TableInUseException
+/// while that table is itself being restored (CREATING), as DynamoDB answers for "a target
+/// table with the specified name ... being created or deleted", else TableAlreadyExistsException.
+fn target_taken(existing: &TableMeta) -> ApiError {
+    if existing.restoring() {
+        return ApiError::new(
+            ErrorKind::TableInUse,
+            format!(
+                "Table {} is being created (a restore into it is in progress); restore under another name, or delete it once it is ACTIVE",
+                existing.name
+            ),
+        );
+    }
+    table_already_exists(&existing.name)
+}
+
 /// Creates the table a restore fills, CREATING (with `restore` in progress) until it is full;
 /// `created` is its creation time in seconds.
 async fn create_restoring(
@@ -490,8 +506,8 @@ async fn create_restoring(
 ) -> Result<TableMeta, ApiError> {
     engine
         .write_exclusive(move |context| {
-            if context.current_table_named(&create.table_name) {
-                return Err(table_already_exists(&create.table_name));
+            if let Some(existing) = context.current_table_by_name(&create.table_name) {
+                return Err(target_taken(&existing));
             }
             let id = context.next_table_id()?;
             let mut meta = catalog::table_from_request(&create, id, created)?;
@@ -1128,8 +1144,8 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
             ),
         ));
     }
-    if store.engine().table(&request.target_table_name).is_some() {
-        return Err(table_already_exists(&request.target_table_name));
+    if let Some(existing) = store.engine().table(&request.target_table_name) {
+        return Err(target_taken(&existing));
     }
     let now = store.engine().now_unix_ms() as f64 / 1000.0;
     let create = restored_table_request(&backup.table, &request.target_table_name, &request.overrides)?;

@@ -30,8 +30,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Overrides, create_restoring, drop_restoring, finish_restore, restored_table_request, spawn_fill,
-    table_already_exists, table_not_found, write_restored,
+    Overrides, create_restoring, drop_restoring, finish_restore, restored_table_request, spawn_fill, table_not_found,
+    target_taken, write_restored,
 };
 use crate::catalog::{self, PitrSpec, RestoreSummary, TableMeta};
 use crate::engine::{Engine, HEALTH_TABLE, PitrView, RangeRequest, Snapshot};
@@ -147,11 +147,13 @@ pub async fn update_continuous(store: &Store, request: UpdateContinuousRequest) 
         }
         None
     };
+    // DynamoDB answers a table still being created with ContinuousBackupsUnavailableException
+    // (TableInUseException is not among this operation's errors).
     if table.restoring() {
         return Err(ApiError::new(
-            ErrorKind::TableInUse,
+            ErrorKind::ContinuousBackupsUnavailable,
             format!(
-                "Table {} is being restored (CREATING); change its continuous backups once it is ACTIVE",
+                "Backups have not yet been enabled for this table: table {} is being restored (CREATING); change its continuous backups once it is ACTIVE",
                 table.name
             ),
         ));
@@ -261,8 +263,8 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
         (None, true) => None,
     };
     let source = require_table(store, &source_name)?;
-    if engine.table(&request.target_table_name).is_some() {
-        return Err(table_already_exists(&request.target_table_name));
+    if let Some(existing) = engine.table(&request.target_table_name) {
+        return Err(target_taken(&existing));
     }
     if source.pitr.is_none() || source.restoring() {
         return Err(ApiError::new(

@@ -108,6 +108,41 @@ async fn an_interrupted_restore_is_resumed_and_its_table_refuses_items_until_act
         .await
         .expect_err("no delete of a CREATING table");
     assert_eq!(refused.kind, ErrorKind::ResourceInUse);
+    // UpdateContinuousBackups' errors for a table not yet created: ContinuousBackupsUnavailable.
+    let refused = call(
+        &store,
+        "UpdateContinuousBackups",
+        json!({"TableName": "copy", "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": true}}),
+    )
+    .await
+    .expect_err("no PITR change on a CREATING table");
+    assert_eq!(refused.kind, ErrorKind::ContinuousBackupsUnavailable, "{refused}");
+    // A restore into a name being restored: "a target table with the specified name is either
+    // being created or deleted" (TableInUse), not TableAlreadyExists.
+    let refused = call(
+        &store,
+        "RestoreTableFromBackup",
+        json!({"TargetTableName": "copy", "BackupArn": arn}),
+    )
+    .await
+    .expect_err("the target is being restored");
+    assert_eq!(refused.kind, ErrorKind::TableInUse, "{refused}");
+    let refused = call(
+        &store,
+        "RestoreTableToPointInTime",
+        json!({"SourceTableName": "source", "TargetTableName": "copy", "UseLatestRestorableTime": true}),
+    )
+    .await
+    .expect_err("the target is being restored");
+    assert_eq!(refused.kind, ErrorKind::TableInUse, "{refused}");
+    let refused = call(
+        &store,
+        "RestoreTableFromBackup",
+        json!({"TargetTableName": "source", "BackupArn": arn}),
+    )
+    .await
+    .expect_err("the target exists");
+    assert_eq!(refused.kind, ErrorKind::TableAlreadyExists, "{refused}");
     let refused = call(&store, "DeleteBackup", json!({"BackupArn": arn})).await;
     assert!(
         refused.is_ok(),
