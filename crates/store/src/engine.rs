@@ -870,6 +870,12 @@ impl Engine {
         committed.await.unwrap_or(false)
     }
 
+    /// Whether the writer has stopped taking writes (the store is closing or closed): a write
+    /// refused now was refused for the stop, not for anything it asked.
+    pub fn is_stopping(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// A consistent snapshot for reads.
     pub fn snapshot(&self) -> Result<Snapshot, ApiError> {
         let txn = self

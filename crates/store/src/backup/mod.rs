@@ -1226,6 +1226,11 @@ pub(crate) fn spawn_fill(
             Ok(count) => {
                 tracing::info!(table = %target.name, items = count, %source, "{kind} finished; table ACTIVE")
             }
+            // The store's stop refused the fill's writes: the table stays CREATING and the
+            // restore starts again at the next start (`Backups::recover` resumes it); nothing failed.
+            Err(error) if engine.is_stopping() => {
+                tracing::info!(table = %target.name, %source, error = %error.message, "{kind} interrupted by the store's stop; it resumes at the next start");
+            }
             Err(error) => {
                 tracing::error!(table = %target.name, %source, error = %error.message, "{kind} failed; dropping the half-restored table");
                 store.backups().note_restore_failure(format!(

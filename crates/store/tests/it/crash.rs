@@ -199,8 +199,11 @@ async fn a_closed_engine_leaves_a_file_that_opens_without_a_repair() {
     // No idle checkpoints: the one that counts is close's.
     let store = open(dir.path(), true);
     write_items(&store).await;
+    assert!(!store.engine().is_stopping());
     assert!(store.engine().close().await, "the last checkpoint committed");
     assert!(store.engine().writer_status().checkpointed);
+    // What a background restore asks when its writes are refused: the stop, not a failure.
+    assert!(store.engine().is_stopping());
     let refused = store
         .handle(
             "PutItem",
