@@ -293,6 +293,17 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
     let latest_ms = latest_restorable_ms(now_ms, snapshot.pitr_last_ms()?, lag_ms);
     let at_ms = requested_ms.unwrap_or(latest_ms);
     let earliest_ms = snapshot.pitr_earliest_ms(&source, now_ms)?;
+    if requested_ms.is_none() && latest_ms < earliest_ms {
+        // Enabled less than the restorable lag ago: no time is restorable yet.
+        return Err(ApiError::new(
+            ErrorKind::InvalidRestoreTime,
+            format!(
+                "Invalid restore time specified: no point in time of table '{source_name}' is restorable yet: its EarliestRestorableDateTime ({}) is after its LatestRestorableDateTime ({}), which reaches it within {lag_ms} ms of point-in-time recovery being enabled; try again then",
+                seconds(earliest_ms),
+                seconds(latest_ms)
+            ),
+        ));
+    }
     if at_ms < earliest_ms || at_ms > latest_ms {
         return Err(invalid_restore_time(at_ms, earliest_ms, latest_ms));
     }

@@ -222,6 +222,19 @@ async fn dynamodb_errors() {
 
     h.enable("kept", Some(1)).await;
     let enabled_at = h.now();
+    // Just enabled: the latest restorable time (a second behind) has not reached the earliest,
+    // and the answer says so rather than naming a RestoreDateTime nobody sent.
+    let latest = json!({"SourceTableName": "kept", "TargetTableName": "copy", "UseLatestRestorableTime": true});
+    let error = h.err("RestoreTableToPointInTime", latest).await;
+    assert_eq!(error.kind, ErrorKind::InvalidRestoreTime);
+    assert!(
+        error
+            .message
+            .contains("no point in time of table 'kept' is restorable yet")
+            && !error.message.contains("RestoreDateTime ("),
+        "{}",
+        error.message
+    );
     h.advance(60_000);
     let error = h.restore_at("kept", "plain", h.now() - 2000).await.expect_err("exists");
     assert_eq!(error.kind, ErrorKind::TableAlreadyExists);
