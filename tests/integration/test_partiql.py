@@ -531,3 +531,64 @@ def test_a_mistyped_key_cancels_the_transaction(client, table):
         assert response["CancellationReasons"] == expected, statements
     assert "n" not in client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"N": "2"}})["Item"]
     assert "Item" not in client.get_item(TableName=table, Key={"pk": {"S": "new"}, "sk": {"N": "1"}})
+
+
+def test_sort_key_conditions_narrow_the_range_read_as_a_querys_key_condition(client, table):
+    """DynamoDB runs a SELECT pinning the partition key as a Query: its conditions on the sort
+    key are the key condition, so Limit counts (and capacity is charged for) only the items in
+    that range, not the partition's items before it."""
+    cases = [
+        ("sk > 2", ["3", "4"]), ("2 < sk", ["3", "4"]), ("sk >= 4", ["4", "5"]),
+        ("sk BETWEEN 3 AND 5", ["3", "4"]), ("sk = 5", ["5"]), ("sk > 1 AND sk >= 3 AND sk < 5", ["3", "4"]),
+    ]
+    for condition, expected in cases:
+        page = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND {condition}", Limit=2)
+        assert [i["sk"]["N"] for i in page["Items"]] == expected, condition
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk > 2 ORDER BY sk DESC", Limit=2)["Items"]
+    assert [i["sk"]["N"] for i in items] == ["5", "4"]
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk > 4 AND sk < 2")["Items"]
+    assert items == []
+    # Paging through a narrowed range ends inside it.
+    seen, token = [], None
+    for _ in range(5):
+        page = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk >= 2 AND sk <= 4", Limit=2,
+                   **({"NextToken": token} if token else {}))
+        seen += [i["sk"]["N"] for i in page["Items"]]
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert seen == ["2", "3", "4"]
+    # With IN, each partition's range is narrowed.
+    items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE pk IN ['a', 'b'] AND sk >= 1 AND sk < 2", Limit=2)["Items"]
+    assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("a", "1"), ("b", "1")]
+    # A begins_with on a string sort key.
+    name = create_table(client, next(names), range_key=("s", "S"))
+    for s in ("a1", "b1", "b2", "c1"):
+        client.put_item(TableName=name, Item={"pk": {"S": "p"}, "s": {"S": s}})
+    items = run(client, f"SELECT s FROM \"{name}\" WHERE pk = 'p' AND begins_with(s, 'b')", Limit=2)["Items"]
+    assert [i["s"]["S"] for i in items] == ["b1", "b2"]
+    # Capacity is charged for the range read, not the whole partition.
+    big = create_table(client, next(names), range_key=("sk", "N"))
+    for sk in range(12):
+        client.put_item(TableName=big, Item={"pk": {"S": "p"}, "sk": {"N": str(sk)}, "v": {"S": "x" * 100_000}})
+    page = run(client, f"SELECT sk FROM \"{big}\" WHERE pk = 'p' AND sk = 11", ReturnConsumedCapacity="TOTAL")
+    # One item of ~100 KB read eventually consistent: 25 units of 4 KB, halved; and no page cut
+    # at 1 MB before reaching it.
+    assert page["Items"] == [{"sk": {"N": "11"}}] and "NextToken" not in page
+    assert page["ConsumedCapacity"]["CapacityUnits"] == 12.5
+
+
+def test_a_global_index_refuses_a_projection_of_what_it_does_not_hold(client):
+    name = create_table(
+        client, next(names), range_key=("sk", "N"), extra_attributes={"g": "S"},
+        GlobalSecondaryIndexes=[{
+            "IndexName": "keys", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }],
+    )
+    client.put_item(TableName=name, Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "g": {"S": "x"}, "o": {"S": "v"}})
+    assert failure(client, f'SELECT o, sk FROM "{name}"."keys" WHERE g = \'x\'') == (
+        "ValidationException",
+        "One or more parameter values were invalid: Global secondary index keys does not project [o]")
+    items = run(client, f'SELECT pk, sk FROM "{name}"."keys" WHERE g = \'x\'')["Items"]
+    assert items == [{"pk": {"S": "a"}, "sk": {"N": "1"}}]

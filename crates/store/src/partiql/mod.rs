@@ -18,7 +18,9 @@ use dynamo_protocol::value::{ValueType, number_set, string_set};
 use dynamo_protocol::{ApiError, AttributeValue, Item, Number, NumberError};
 
 use crate::catalog::KeySchema;
-use crate::expr::{Action, Comparator, Condition, Node, Operand, Path, PathElement, SetValue, UpdateExpression};
+use crate::expr::{
+    Action, Comparator, Condition, KeyOperator, Node, Operand, Path, PathElement, SetValue, UpdateExpression,
+};
 pub(crate) use parser::{Assignment, CompareOp, Expr, Literal, Parsed, Returning, Select, Statement, parse};
 
 /// Longest statement DynamoDB accepts, in characters (the API's `Statement` constraint).
@@ -682,6 +684,79 @@ pub(crate) fn partitions(
         return Ok(Some(values));
     }
     Ok(None)
+}
+
+/// The conditions on the sort key among a SELECT's top-level conjuncts (`sk = v`, `sk < v` and
+/// the like either way round, `sk BETWEEN a AND b`, `begins_with(sk, v)`), each with constant
+/// operands of the key's type, as a Query's key condition operators: they narrow the range of
+/// each partition a SELECT reads, as DynamoDB runs such a SELECT as a Query (its Limit counts,
+/// its 1 MB page holds and its capacity is charged for, only the items in that range). The
+/// whole WHERE clause still filters what is read; anything else is left to that filter.
+pub(crate) fn sort_key_operators(
+    expr: Option<&Expr>,
+    schema: &KeySchema,
+    parameters: &Parameters<'_>,
+) -> Vec<KeyOperator> {
+    let (Some(expr), Some(sort)) = (expr, schema.sort.as_ref()) else {
+        return Vec::new();
+    };
+    let on_sort = |expr: &Expr| matches!(expr, Expr::Path(Path(p)) if p.as_slice() == [PathElement::Attribute(sort.name.clone())]);
+    let usable = |constant: &Expr| -> Option<AttributeValue> {
+        if !is_constant(constant) {
+            return None;
+        }
+        let value = value(constant, parameters, "root").ok()?;
+        let empty = matches!(&value, AttributeValue::S(s) if s.is_empty())
+            || matches!(&value, AttributeValue::B(b) if b.is_empty());
+        (sort.value_type.matches(&value) && !empty).then_some(value)
+    };
+    let mut operators = Vec::new();
+    for part in conjuncts(expr) {
+        let operator = match part {
+            Expr::Compare(op, left, right) => {
+                let (op, constant) = if on_sort(left) {
+                    (*op, &**right)
+                } else if on_sort(right) {
+                    // `v < sk` is `sk > v`.
+                    let flipped = match op {
+                        CompareOp::Lt => CompareOp::Gt,
+                        CompareOp::Le => CompareOp::Ge,
+                        CompareOp::Gt => CompareOp::Lt,
+                        CompareOp::Ge => CompareOp::Le,
+                        other => *other,
+                    };
+                    (flipped, &**left)
+                } else {
+                    continue;
+                };
+                let Some(value) = usable(constant) else { continue };
+                match op {
+                    CompareOp::Eq => KeyOperator::Eq(value),
+                    CompareOp::Lt => KeyOperator::Lt(value),
+                    CompareOp::Le => KeyOperator::Le(value),
+                    CompareOp::Gt => KeyOperator::Gt(value),
+                    CompareOp::Ge => KeyOperator::Ge(value),
+                    CompareOp::Ne => continue,
+                }
+            }
+            Expr::Between(subject, low, high) if on_sort(subject) => {
+                let (Some(low), Some(high)) = (usable(low), usable(high)) else {
+                    continue;
+                };
+                KeyOperator::Between(low, high)
+            }
+            Expr::Call(name, arguments) if name == "begins_with" && arguments.len() == 2 && on_sort(&arguments[0]) => {
+                let Some(prefix) = usable(&arguments[1]) else { continue };
+                if !matches!(prefix, AttributeValue::S(_) | AttributeValue::B(_)) {
+                    continue;
+                }
+                KeyOperator::BeginsWith(prefix)
+            }
+            _ => continue,
+        };
+        operators.push(operator);
+    }
+    operators
 }
 
 /// The partition-key values one condition (`pk = v` or `pk IN [...]`) pins, if it is one.
