@@ -592,3 +592,31 @@ def test_a_global_index_refuses_a_projection_of_what_it_does_not_hold(client):
         "One or more parameter values were invalid: Global secondary index keys does not project [o]")
     items = run(client, f'SELECT pk, sk FROM "{name}"."keys" WHERE g = \'x\'')["Items"]
     assert items == [{"pk": {"S": "a"}, "sk": {"N": "1"}}]
+
+
+def test_sort_key_conditions_are_checked_as_a_querys_key_condition(client, table):
+    """Beside a pinned partition key, a condition on the sort key is a Query's key condition:
+    its value must be of the key's type and not empty (DynamoDB refuses the statement)."""
+    typed = ("ValidationException", "Key attribute's data type should match its data type in table's schema: Key sk")
+    for condition in ("sk > 'x'", "'x' < sk", "sk >= ?", "sk BETWEEN 'a' AND 'b'"):
+        kwargs = {"Parameters": [{"S": "1"}]} if "?" in condition else {}
+        assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND {condition}", **kwargs) == typed, condition
+    assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk IN ['a', 'b'] AND sk < 'x'") == typed
+    assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk <= true") == (
+        "ValidationException", "Incorrect operand type for operator or function; operator or function: <=, operand type: BOOL")
+    assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk BETWEEN 1 AND 'b'") == (
+        "ValidationException", "The BETWEEN operator requires same data type for lower and upper bounds; "
+        "lower bound operand: AttributeValue: {N:1}, upper bound operand: AttributeValue: {S:b}")
+    assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk BETWEEN 3 AND 1") == (
+        "ValidationException", "The BETWEEN operator requires upper bound to be greater than or equal to lower bound; "
+        "lower bound operand: AttributeValue: {N:3}, upper bound operand: AttributeValue: {N:1}")
+    name = create_table(client, next(names), range_key=("s", "S"))
+    empty = ("ValidationException", "One or more parameter values are not valid. The AttributeValue for a key "
+             "attribute cannot contain an empty string value. Key: s")
+    for condition in ("s > ''", "s BETWEEN '' AND 'z'", "begins_with(s, '')"):
+        assert failure(client, f"SELECT s FROM \"{name}\" WHERE pk = 'p' AND {condition}") == empty, condition
+    assert failure(client, f"SELECT s FROM \"{name}\" WHERE pk = 'p' AND begins_with(s, 1)") == (
+        "ValidationException", "Incorrect operand type for operator or function; operator or function: begins_with, operand type: N")
+    # Inside an OR it is no key condition: a filter, as before.
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND (sk > 'x' OR sk = 1)")["Items"]
+    assert items == [{"sk": {"N": "1"}}]

@@ -541,8 +541,17 @@ fn check_key_value(schema: &KeySchema, name: &str, value: &AttributeValue) -> Re
     )))
 }
 
-/// Checks the values a SELECT's top-level equalities give the sort key (`sk = v` beside the
-/// partition's): of the key's type and not empty, as for a Query's key condition.
+/// DynamoDB's refusal of an operand of a type `operator` does not take.
+fn incorrect_operand(operator: &str, value: &AttributeValue) -> ApiError {
+    ApiError::validation(format!(
+        "Incorrect operand type for operator or function; operator or function: {operator}, operand type: {}",
+        value.value_type().descriptor()
+    ))
+}
+
+/// Checks the values a SELECT's top-level conditions on the sort key give it (`sk = v`,
+/// `sk < v`, `sk BETWEEN a AND b`, `begins_with(sk, v)` beside the partition's): of the key's
+/// type and not empty, as for a Query's key condition.
 pub(crate) fn check_sort_equalities(
     expr: Option<&Expr>,
     schema: &KeySchema,
@@ -552,19 +561,73 @@ pub(crate) fn check_sort_equalities(
         return Ok(());
     };
     let on_sort = |expr: &Expr| matches!(expr, Expr::Path(Path(p)) if p.as_slice() == [PathElement::Attribute(sort.name.clone())]);
+    // A bound of a key condition: a string, number or binary of the key's type, not empty.
+    let check_bound = |operator: &str, value: &AttributeValue| -> Result<(), ApiError> {
+        if !matches!(
+            value,
+            AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
+        ) {
+            return Err(incorrect_operand(operator, value));
+        }
+        check_key_value(schema, &sort.name, value)
+    };
     for part in conjuncts(expr) {
         if let Some((found, constant)) = key_equality(part)
             && found == sort.name
         {
             check_key_value(schema, found, &value(constant, parameters, "root")?)?;
         }
-        // `sk BETWEEN a AND b` with both bounds given: in order, as a Query's key condition.
+        // `sk < v` (either way round) and the like: a Query's key condition.
+        if let Expr::Compare(op, left, right) = part {
+            let symbol = match op {
+                CompareOp::Lt => "<",
+                CompareOp::Le => "<=",
+                CompareOp::Gt => ">",
+                CompareOp::Ge => ">=",
+                CompareOp::Eq | CompareOp::Ne => "",
+            };
+            let constant = match (&**left, &**right) {
+                (subject, constant) if on_sort(subject) && is_constant(constant) => Some(constant),
+                (constant, subject) if on_sort(subject) && is_constant(constant) => Some(constant),
+                _ => None,
+            };
+            if let Some(constant) = constant
+                && !symbol.is_empty()
+            {
+                check_bound(symbol, &value(constant, parameters, "root")?)?;
+            }
+        }
+        // `begins_with(sk, v)`: a string or binary prefix, not empty.
+        if let Expr::Call(name, arguments) = part
+            && name == "begins_with"
+            && let [subject, prefix] = arguments.as_slice()
+            && on_sort(subject)
+            && is_constant(prefix)
+            && sort.value_type != crate::catalog::KeyType::N
+        {
+            let prefix = value(prefix, parameters, "root")?;
+            if !matches!(prefix, AttributeValue::S(_) | AttributeValue::B(_)) {
+                return Err(incorrect_operand("begins_with", &prefix));
+            }
+            check_key_value(schema, &sort.name, &prefix)?;
+        }
+        // `sk BETWEEN a AND b` with both bounds given: of one type, the key's, and in order, as
+        // a Query's key condition.
         if let Expr::Between(subject, low, high) = part
             && on_sort(subject)
             && is_constant(low)
             && is_constant(high)
         {
             let (low, high) = (value(low, parameters, "root")?, value(high, parameters, "root")?);
+            if low.value_type() != high.value_type() {
+                return Err(ApiError::validation(format!(
+                    "The BETWEEN operator requires same data type for lower and upper bounds; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
+                    crate::expr::render(&low),
+                    crate::expr::render(&high)
+                )));
+            }
+            check_bound("BETWEEN", &low)?;
+            check_bound("BETWEEN", &high)?;
             if low.value_type() == high.value_type() && sort.value_type.matches(&low) {
                 let encode = |v: &AttributeValue| {
                     let mut out = Vec::new();
@@ -574,8 +637,8 @@ pub(crate) fn check_sort_equalities(
                 if encode(&low) > encode(&high) {
                     return Err(ApiError::validation(format!(
                         "The BETWEEN operator requires upper bound to be greater than or equal to lower bound; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
-                        serde_json::to_string(&low).unwrap_or_default(),
-                        serde_json::to_string(&high).unwrap_or_default()
+                        crate::expr::render(&low),
+                        crate::expr::render(&high)
                     )));
                 }
             }
