@@ -620,3 +620,15 @@ def test_sort_key_conditions_are_checked_as_a_querys_key_condition(client, table
     # Inside an OR it is no key condition: a filter, as before.
     items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND (sk > 'x' OR sk = 1)")["Items"]
     assert items == [{"sk": {"N": "1"}}]
+
+
+def test_a_select_from_an_index_consumes_the_indexs_capacity(client, table):
+    """As a Query on the index does: ReturnConsumedCapacity INDEXES names the global index read."""
+    statement = f'SELECT * FROM "{table}"."by-g" WHERE g = \'even\''
+    query = client.query(TableName=table, IndexName="by-g", KeyConditionExpression="g = :g",
+                         ExpressionAttributeValues={":g": {"S": "even"}}, ReturnConsumedCapacity="INDEXES")
+    capacity = run(client, statement, ReturnConsumedCapacity="INDEXES")["ConsumedCapacity"]
+    assert capacity == query["ConsumedCapacity"]
+    assert capacity["GlobalSecondaryIndexes"]["by-g"]["CapacityUnits"] == capacity["CapacityUnits"] > 0
+    assert run(client, statement, ReturnConsumedCapacity="TOTAL")["ConsumedCapacity"] == {
+        "TableName": table, "CapacityUnits": capacity["CapacityUnits"]}

@@ -330,6 +330,7 @@ fn select_page(
     };
     let mut items = Vec::new();
     let mut bytes = 0usize;
+    let mut fetched = 0usize;
     let mut read = 0usize;
     let mut next: Option<Continuation> = None;
     let mut last_key = None;
@@ -371,6 +372,7 @@ fn select_page(
         )?;
         read += page.scanned;
         bytes += page.bytes_read;
+        fetched += page.bytes_fetched;
         items.extend(
             page.items
                 .iter()
@@ -394,7 +396,17 @@ fn select_page(
             response["LastEvaluatedKey"] = item_json(key);
         }
     }
-    if let Some(capacity) = Capacity::table(read_units(bytes, options.consistent)).json(options.mode, &meta.name) {
+    // A read of an index consumes capacity on the index, as Query's does; a local index's
+    // fetches of unprojected attributes are charged to the table.
+    let units = read_units(bytes, options.consistent);
+    let mut capacity = match index {
+        Some(index) => Capacity::index(index, units),
+        None => Capacity::table(units),
+    };
+    if fetched > 0 {
+        capacity.add(&Capacity::table(read_units(fetched, options.consistent)));
+    }
+    if let Some(capacity) = capacity.json(options.mode, &meta.name) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)
