@@ -558,6 +558,15 @@ def test_sort_key_conditions_narrow_the_range_read_as_a_querys_key_condition(cli
         if not token:
             break
     assert seen == ["2", "3", "4"]
+    seen, token = [], None
+    for _ in range(5):
+        page = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk BETWEEN 2 AND 4 ORDER BY sk DESC",
+                   Limit=1, **({"NextToken": token} if token else {}))
+        seen += [i["sk"]["N"] for i in page["Items"]]
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert seen == ["4", "3", "2"]
     # With IN, each partition's range is narrowed.
     items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE pk IN ['a', 'b'] AND sk >= 1 AND sk < 2", Limit=2)["Items"]
     assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("a", "1"), ("b", "1")]
