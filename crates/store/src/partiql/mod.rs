@@ -1039,7 +1039,10 @@ pub fn check_statement(text: &str, parameters: &[AttributeValue], schema: &KeySc
                 check_projection(paths)?;
             }
             where_condition(select.condition.as_ref(), &parameters)?;
-            partitions(select.condition.as_ref(), schema, &parameters)?;
+            if partitions(select.condition.as_ref(), schema, &parameters)?.is_some() {
+                check_sort_equalities(select.condition.as_ref(), schema, &parameters)?;
+                sort_key_operators(select.condition.as_ref(), schema, &parameters);
+            }
         }
         Statement::Update {
             assignments, condition, ..
