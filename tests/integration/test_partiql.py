@@ -641,3 +641,26 @@ def test_a_select_from_an_index_consumes_the_indexs_capacity(client, table):
     assert capacity["GlobalSecondaryIndexes"]["by-g"]["CapacityUnits"] == capacity["CapacityUnits"] > 0
     assert run(client, statement, ReturnConsumedCapacity="TOTAL")["ConsumedCapacity"] == {
         "TableName": table, "CapacityUnits": capacity["CapacityUnits"]}
+
+
+def test_is_tests_the_types_dynamodb_names(client):
+    """IS takes a PartiQL type (DynamoDB's PartiQL operators): BOOLEAN, STRING, NUMERIC, BLOB,
+    LIST, STRUCT/TUPLE besides NULL and MISSING; other PartiQL types are refused by name."""
+    name = create_table(client, next(names))
+    values = {"t": {"BOOL": True}, "s": {"S": "x"}, "n": {"N": "1.5"}, "b": {"B": b"x"}, "l": {"L": []},
+              "m": {"M": {}}, "z": {"NULL": True}, "ss": {"SS": ["a"]}}
+    client.put_item(TableName=name, Item={"pk": {"S": "a"}, **values})
+    expected = {"BOOLEAN": "t", "bool": "t", "STRING": "s", "NUMERIC": "n", "BLOB": "b", "LIST": "l",
+                "STRUCT": "m", "tuple": "m", "NULL": "z"}
+    for type_name, attribute in expected.items():
+        matching = [a for a in values
+                    if run(client, f"SELECT pk FROM \"{name}\" WHERE pk = 'a' AND {a} IS {type_name}")["Items"]]
+        assert matching == [attribute], type_name
+    assert run(client, f"SELECT pk FROM \"{name}\" WHERE pk = 'a' AND nope IS NOT BOOLEAN")["Items"] == [{"pk": {"S": "a"}}]
+    assert run(client, f"SELECT pk FROM \"{name}\" WHERE pk = 'a' AND t IS NOT BOOLEAN")["Items"] == []
+    supported = "Supported data types are [MISSING, NULL, BOOLEAN, BLOB, STRING, NUMERIC, STRUCT, TUPLE, LIST]"
+    for type_name, shown in [("INT", "INTEGER"), ("DECIMAL", "DECIMAL"), ("BAG", "BAG"), ("VARCHAR", "CHARACTER_VARYING")]:
+        assert failure(client, f"SELECT pk FROM \"{name}\" WHERE t IS {type_name}") == (
+            "ValidationException", f"Unsupported data type for IS operator: {shown}. {supported}"), type_name
+    code, message = failure(client, f"SELECT pk FROM \"{name}\" WHERE t IS NUMBER")
+    assert code == "ValidationException" and message.startswith(MALFORMED)

@@ -312,6 +312,7 @@ pub(crate) fn condition(expr: &Expr, parameters: &Parameters<'_>) -> Result<Node
             }
         },
         Expr::IsNull(subject) => Node::Type(Operand::Path(path_argument("IS NULL", subject)?), ValueType::Null),
+        Expr::IsType(subject, value_type) => Node::Type(Operand::Path(path_argument("IS", subject)?), *value_type),
         // Chains of AND and OR are flattened without recursion: a long chain is deep as a tree.
         Expr::And(..) => Node::And(
             conjuncts(expr)

@@ -290,6 +290,12 @@ fn projections_flatten_to_the_last_name() {
 /// Fragments that make up statements, so random sequences reach deep into the grammar.
 const FRAGMENTS: &[&str] = &[
     "SELECT",
+    "BOOLEAN",
+    "CHARACTER",
+    "VARYING",
+    "sk",
+    "<",
+    "BETWEEN",
     "*",
     "FROM",
     "\"t\"",
