@@ -531,3 +531,136 @@ def test_a_mistyped_key_cancels_the_transaction(client, table):
         assert response["CancellationReasons"] == expected, statements
     assert "n" not in client.get_item(TableName=table, Key={"pk": {"S": "a"}, "sk": {"N": "2"}})["Item"]
     assert "Item" not in client.get_item(TableName=table, Key={"pk": {"S": "new"}, "sk": {"N": "1"}})
+
+
+def test_sort_key_conditions_narrow_the_range_read_as_a_querys_key_condition(client, table):
+    """DynamoDB runs a SELECT pinning the partition key as a Query: its conditions on the sort
+    key are the key condition, so Limit counts (and capacity is charged for) only the items in
+    that range, not the partition's items before it."""
+    cases = [
+        ("sk > 2", ["3", "4"]), ("2 < sk", ["3", "4"]), ("sk >= 4", ["4", "5"]),
+        ("sk BETWEEN 3 AND 5", ["3", "4"]), ("sk = 5", ["5"]), ("sk > 1 AND sk >= 3 AND sk < 5", ["3", "4"]),
+    ]
+    for condition, expected in cases:
+        page = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND {condition}", Limit=2)
+        assert [i["sk"]["N"] for i in page["Items"]] == expected, condition
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk > 2 ORDER BY sk DESC", Limit=2)["Items"]
+    assert [i["sk"]["N"] for i in items] == ["5", "4"]
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk > 4 AND sk < 2")["Items"]
+    assert items == []
+    # Paging through a narrowed range ends inside it.
+    seen, token = [], None
+    for _ in range(5):
+        page = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk >= 2 AND sk <= 4", Limit=2,
+                   **({"NextToken": token} if token else {}))
+        seen += [i["sk"]["N"] for i in page["Items"]]
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert seen == ["2", "3", "4"]
+    seen, token = [], None
+    for _ in range(5):
+        page = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk BETWEEN 2 AND 4 ORDER BY sk DESC",
+                   Limit=1, **({"NextToken": token} if token else {}))
+        seen += [i["sk"]["N"] for i in page["Items"]]
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert seen == ["4", "3", "2"]
+    # With IN, each partition's range is narrowed.
+    items = run(client, f"SELECT pk, sk FROM \"{table}\" WHERE pk IN ['a', 'b'] AND sk >= 1 AND sk < 2", Limit=2)["Items"]
+    assert [(i["pk"]["S"], i["sk"]["N"]) for i in items] == [("a", "1"), ("b", "1")]
+    # A begins_with on a string sort key.
+    name = create_table(client, next(names), range_key=("s", "S"))
+    for s in ("a1", "b1", "b2", "c1"):
+        client.put_item(TableName=name, Item={"pk": {"S": "p"}, "s": {"S": s}})
+    items = run(client, f"SELECT s FROM \"{name}\" WHERE pk = 'p' AND begins_with(s, 'b')", Limit=2)["Items"]
+    assert [i["s"]["S"] for i in items] == ["b1", "b2"]
+    # Capacity is charged for the range read, not the whole partition.
+    big = create_table(client, next(names), range_key=("sk", "N"))
+    for sk in range(12):
+        client.put_item(TableName=big, Item={"pk": {"S": "p"}, "sk": {"N": str(sk)}, "v": {"S": "x" * 100_000}})
+    page = run(client, f"SELECT sk FROM \"{big}\" WHERE pk = 'p' AND sk = 11", ReturnConsumedCapacity="TOTAL")
+    # One item of ~100 KB read eventually consistent: 25 units of 4 KB, halved; and no page cut
+    # at 1 MB before reaching it.
+    assert page["Items"] == [{"sk": {"N": "11"}}] and "NextToken" not in page
+    assert page["ConsumedCapacity"]["CapacityUnits"] == 12.5
+
+
+def test_a_global_index_refuses_a_projection_of_what_it_does_not_hold(client):
+    name = create_table(
+        client, next(names), range_key=("sk", "N"), extra_attributes={"g": "S"},
+        GlobalSecondaryIndexes=[{
+            "IndexName": "keys", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }],
+    )
+    client.put_item(TableName=name, Item={"pk": {"S": "a"}, "sk": {"N": "1"}, "g": {"S": "x"}, "o": {"S": "v"}})
+    assert failure(client, f'SELECT o, sk FROM "{name}"."keys" WHERE g = \'x\'') == (
+        "ValidationException",
+        "One or more parameter values were invalid: Global secondary index keys does not project [o]")
+    items = run(client, f'SELECT pk, sk FROM "{name}"."keys" WHERE g = \'x\'')["Items"]
+    assert items == [{"pk": {"S": "a"}, "sk": {"N": "1"}}]
+
+
+def test_sort_key_conditions_are_checked_as_a_querys_key_condition(client, table):
+    """Beside a pinned partition key, a condition on the sort key is a Query's key condition:
+    its value must be of the key's type and not empty (DynamoDB refuses the statement)."""
+    typed = ("ValidationException", "Key attribute's data type should match its data type in table's schema: Key sk")
+    for condition in ("sk > 'x'", "'x' < sk", "sk >= ?", "sk BETWEEN 'a' AND 'b'"):
+        kwargs = {"Parameters": [{"S": "1"}]} if "?" in condition else {}
+        assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND {condition}", **kwargs) == typed, condition
+    assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk IN ['a', 'b'] AND sk < 'x'") == typed
+    assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk <= true") == (
+        "ValidationException", "Incorrect operand type for operator or function; operator or function: <=, operand type: BOOL")
+    assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk BETWEEN 1 AND 'b'") == (
+        "ValidationException", "The BETWEEN operator requires same data type for lower and upper bounds; "
+        "lower bound operand: AttributeValue: {N:1}, upper bound operand: AttributeValue: {S:b}")
+    assert failure(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND sk BETWEEN 3 AND 1") == (
+        "ValidationException", "The BETWEEN operator requires upper bound to be greater than or equal to lower bound; "
+        "lower bound operand: AttributeValue: {N:3}, upper bound operand: AttributeValue: {N:1}")
+    name = create_table(client, next(names), range_key=("s", "S"))
+    empty = ("ValidationException", "One or more parameter values are not valid. The AttributeValue for a key "
+             "attribute cannot contain an empty string value. Key: s")
+    for condition in ("s > ''", "s BETWEEN '' AND 'z'", "begins_with(s, '')"):
+        assert failure(client, f"SELECT s FROM \"{name}\" WHERE pk = 'p' AND {condition}") == empty, condition
+    assert failure(client, f"SELECT s FROM \"{name}\" WHERE pk = 'p' AND begins_with(s, 1)") == (
+        "ValidationException", "Incorrect operand type for operator or function; operator or function: begins_with, operand type: N")
+    # Inside an OR it is no key condition: a filter, as before.
+    items = run(client, f"SELECT sk FROM \"{table}\" WHERE pk = 'a' AND (sk > 'x' OR sk = 1)")["Items"]
+    assert items == [{"sk": {"N": "1"}}]
+
+
+def test_a_select_from_an_index_consumes_the_indexs_capacity(client, table):
+    """As a Query on the index does: ReturnConsumedCapacity INDEXES names the global index read."""
+    statement = f'SELECT * FROM "{table}"."by-g" WHERE g = \'even\''
+    query = client.query(TableName=table, IndexName="by-g", KeyConditionExpression="g = :g",
+                         ExpressionAttributeValues={":g": {"S": "even"}}, ReturnConsumedCapacity="INDEXES")
+    capacity = run(client, statement, ReturnConsumedCapacity="INDEXES")["ConsumedCapacity"]
+    assert capacity == query["ConsumedCapacity"]
+    assert capacity["GlobalSecondaryIndexes"]["by-g"]["CapacityUnits"] == capacity["CapacityUnits"] > 0
+    assert run(client, statement, ReturnConsumedCapacity="TOTAL")["ConsumedCapacity"] == {
+        "TableName": table, "CapacityUnits": capacity["CapacityUnits"]}
+
+
+def test_is_tests_the_types_dynamodb_names(client):
+    """IS takes a PartiQL type (DynamoDB's PartiQL operators): BOOLEAN, STRING, NUMERIC, BLOB,
+    LIST, STRUCT/TUPLE besides NULL and MISSING; other PartiQL types are refused by name."""
+    name = create_table(client, next(names))
+    values = {"t": {"BOOL": True}, "s": {"S": "x"}, "n": {"N": "1.5"}, "b": {"B": b"x"}, "l": {"L": []},
+              "m": {"M": {}}, "z": {"NULL": True}, "ss": {"SS": ["a"]}}
+    client.put_item(TableName=name, Item={"pk": {"S": "a"}, **values})
+    expected = {"BOOLEAN": "t", "bool": "t", "STRING": "s", "NUMERIC": "n", "BLOB": "b", "LIST": "l",
+                "STRUCT": "m", "tuple": "m", "NULL": "z"}
+    for type_name, attribute in expected.items():
+        matching = [a for a in values
+                    if run(client, f"SELECT pk FROM \"{name}\" WHERE pk = 'a' AND {a} IS {type_name}")["Items"]]
+        assert matching == [attribute], type_name
+    assert run(client, f"SELECT pk FROM \"{name}\" WHERE pk = 'a' AND nope IS NOT BOOLEAN")["Items"] == [{"pk": {"S": "a"}}]
+    assert run(client, f"SELECT pk FROM \"{name}\" WHERE pk = 'a' AND t IS NOT BOOLEAN")["Items"] == []
+    supported = "Supported data types are [MISSING, NULL, BOOLEAN, BLOB, STRING, NUMERIC, STRUCT, TUPLE, LIST]"
+    for type_name, shown in [("INT", "INTEGER"), ("DECIMAL", "DECIMAL"), ("BAG", "BAG"), ("VARCHAR", "CHARACTER_VARYING")]:
+        assert failure(client, f"SELECT pk FROM \"{name}\" WHERE t IS {type_name}") == (
+            "ValidationException", f"Unsupported data type for IS operator: {shown}. {supported}"), type_name
+    code, message = failure(client, f"SELECT pk FROM \"{name}\" WHERE t IS NUMBER")
+    assert code == "ValidationException" and message.startswith(MALFORMED)

@@ -23,6 +23,7 @@ mod parser;
 mod projection;
 pub mod reserved;
 mod resolve;
+pub(crate) use resolve::render;
 mod update;
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ fn long_type_name(value_type: ValueType) -> &'static str {
 }
 
 /// A scalar as DynamoDB prints it in messages: `{N:5}`, `{S:text}`.
-fn render(value: &AttributeValue) -> String {
+pub(crate) fn render(value: &AttributeValue) -> String {
     let descriptor = value.value_type().descriptor();
     let inner = match serde_json::to_value(value) {
         Ok(serde_json::Value::Object(map)) => match map.into_iter().next() {

@@ -19,14 +19,16 @@ use sha2::{Digest, Sha256};
 use super::items::{
     ReturnValues, UpdateTarget, parse_return_on_failure, returned_attributes, validate_key, validate_put, write_checked,
 };
-use super::query::{PageRequest, Select as SelectMode, read_page, resolve_index, start_key};
+use super::query::{
+    PageRequest, Select as SelectMode, read_page, refuse_unprojected, resolve_index, sort_bounds, start_key,
+};
 use super::transaction::{self, TxAction, TxStep};
 use super::{
     Capacity, PAGE_BYTES_MAX, Store, TRANSACTION_ITEMS_MAX, TRANSACTION_PAYLOAD_BYTES_MAX, capacity_list, item_json,
     read_units, validate_return_consumed_capacity,
 };
-use crate::catalog::{IndexKind, TableMeta};
-use crate::expr::{Condition, Path, PathElement};
+use crate::catalog::{IndexKind, KeySchema, TableMeta};
+use crate::expr::{Condition, KeyOperator, Path, PathElement};
 use crate::keys;
 use crate::partiql::{self, Expr, Parameters, Parsed, Returning, Select, Statement};
 
@@ -174,6 +176,64 @@ fn single_attribute(path: &Path) -> Option<&str> {
     }
 }
 
+/// The range of one partition (its key prefix) a SELECT reads: the whole partition, or the
+/// part of it every sort-key operator allows (their intersection).
+fn partition_range(prefix: Vec<u8>, schema: &KeySchema, operators: &[KeyOperator]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let mut lower = Bound::Included(prefix.clone());
+    let mut upper = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+    let Some(sort) = schema.sort.as_ref() else {
+        return (lower, upper);
+    };
+    for operator in operators {
+        // An operator the key condition rules refuse stays a filter only.
+        let Ok((low, high)) = sort_bounds(&prefix, sort, operator.clone()) else {
+            continue;
+        };
+        lower = higher_lower(lower, low);
+        upper = lower_upper(upper, high);
+    }
+    (lower, upper)
+}
+
+fn higher_lower(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if y > x || (y == x && matches!(b, Bound::Excluded(_))) {
+                b
+            } else {
+                a
+            }
+        }
+    }
+}
+
+fn lower_upper(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if y < x || (y == x && matches!(b, Bound::Excluded(_))) {
+                b
+            } else {
+                a
+            }
+        }
+    }
+}
+
+/// Whether no key lies between `lower` and `upper`.
+fn range_is_empty(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l > u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u)) | (Bound::Excluded(l), Bound::Included(u)) => {
+            l >= u
+        }
+        _ => false,
+    }
+}
+
 fn select_page(
     store: &Store,
     select: &Select,
@@ -190,6 +250,9 @@ fn select_page(
     let schema = index.map_or(&meta.key, |i| &i.key);
     if let Some(paths) = &select.projection {
         partiql::check_projection(paths)?;
+        if let Some(index) = index {
+            refuse_unprojected(&meta, index, paths)?;
+        }
     }
     let filter = partiql::where_condition(select.condition.as_ref(), parameters)?;
     // A global index with a multi-attribute key is read whole, its WHERE clause a filter: the
@@ -248,15 +311,14 @@ fn select_page(
         Some(c) => (c.partition, c.key),
         None => (0, None),
     };
+    // Each partition's range, narrowed by the conditions on the sort key as a Query's key
+    // condition narrows it (an empty range reads nothing).
+    let sort_operators = partiql::sort_key_operators(select.condition.as_ref(), schema, parameters);
     let ranges: Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)> = match &partitions {
         None => vec![(Bound::Unbounded, Bound::Unbounded)],
         Some(values) => values
             .iter()
-            .map(|value| {
-                let prefix = keys::partition_prefix(meta.key_hash, value);
-                let upper = keys::prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
-                (Bound::Included(prefix), upper)
-            })
+            .map(|value| partition_range(keys::partition_prefix(meta.key_hash, value), schema, &sort_operators))
             .collect(),
     };
     if position > ranges.len() {
@@ -268,6 +330,7 @@ fn select_page(
     };
     let mut items = Vec::new();
     let mut bytes = 0usize;
+    let mut fetched = 0usize;
     let mut read = 0usize;
     let mut next: Option<Continuation> = None;
     let mut last_key = None;
@@ -288,6 +351,10 @@ fn select_page(
         }
         let start = start_item.take().map(|key| start_key(&meta, index, &key)).transpose()?;
         let (lower, upper) = ranges[position].clone();
+        if range_is_empty(&lower, &upper) {
+            position += 1;
+            continue;
+        }
         let page = read_page(
             store,
             PageRequest {
@@ -305,6 +372,7 @@ fn select_page(
         )?;
         read += page.scanned;
         bytes += page.bytes_read;
+        fetched += page.bytes_fetched;
         items.extend(
             page.items
                 .iter()
@@ -328,7 +396,17 @@ fn select_page(
             response["LastEvaluatedKey"] = item_json(key);
         }
     }
-    if let Some(capacity) = Capacity::table(read_units(bytes, options.consistent)).json(options.mode, &meta.name) {
+    // A read of an index consumes capacity on the index, as Query's does; a local index's
+    // fetches of unprojected attributes are charged to the table.
+    let units = read_units(bytes, options.consistent);
+    let mut capacity = match index {
+        Some(index) => Capacity::index(index, units),
+        None => Capacity::table(units),
+    };
+    if fetched > 0 {
+        capacity.add(&Capacity::table(read_units(fetched, options.consistent)));
+    }
+    if let Some(capacity) = capacity.json(options.mode, &meta.name) {
         response["ConsumedCapacity"] = capacity;
     }
     Ok(response)

@@ -183,24 +183,10 @@ pub(crate) fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page,
         }
     }
     if let Some(index) = index
-        && index.kind == IndexKind::Global
         && select == Select::Specific
         && let Some(paths) = projection
     {
-        // A global index cannot read the table: asking for what it does not hold is an error,
-        // as on DynamoDB (a local index fetches it instead).
-        let missing: Vec<&str> = paths
-            .iter()
-            .filter_map(|path| path.top_attribute())
-            .filter(|name| !index.projects(&meta.key, name))
-            .collect();
-        if !missing.is_empty() {
-            return Err(ApiError::validation(format!(
-                "One or more parameter values were invalid: Global secondary index {} does not project [{}]",
-                index.name,
-                missing.join(", ")
-            )));
-        }
+        refuse_unprojected(meta, index, paths)?;
     }
     let snapshot = store.engine().snapshot()?;
     let fetch_from_table =
@@ -272,6 +258,27 @@ pub(crate) fn read_page(store: &Store, request: PageRequest<'_>) -> Result<Page,
         return Err(error);
     }
     Ok(page)
+}
+
+/// A global index cannot read the table: asking it for attributes it does not hold is an
+/// error, as on DynamoDB (a local index fetches them instead).
+pub(crate) fn refuse_unprojected(meta: &TableMeta, index: &IndexMeta, paths: &[Path]) -> Result<(), ApiError> {
+    if index.kind != IndexKind::Global {
+        return Ok(());
+    }
+    let missing: Vec<&str> = paths
+        .iter()
+        .filter_map(|path| path.top_attribute())
+        .filter(|name| !index.projects(&meta.key, name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::validation(format!(
+        "One or more parameter values were invalid: Global secondary index {} does not project [{}]",
+        index.name,
+        missing.join(", ")
+    )))
 }
 
 /// Length of the table-key suffix of an index entry key.
@@ -674,7 +681,7 @@ fn query_bounds(
 /// The bounds of the entries under `base` (a partition prefix, followed for a multi-attribute
 /// key by the encodings of the sort values given with `=`) whose next sort value, of
 /// `sort_attribute`, meets `operator`.
-fn sort_bounds(
+pub(crate) fn sort_bounds(
     base: &[u8],
     sort_attribute: &catalog::KeyAttribute,
     operator: KeyOperator,

@@ -18,7 +18,9 @@ use dynamo_protocol::value::{ValueType, number_set, string_set};
 use dynamo_protocol::{ApiError, AttributeValue, Item, Number, NumberError};
 
 use crate::catalog::KeySchema;
-use crate::expr::{Action, Comparator, Condition, Node, Operand, Path, PathElement, SetValue, UpdateExpression};
+use crate::expr::{
+    Action, Comparator, Condition, KeyOperator, Node, Operand, Path, PathElement, SetValue, UpdateExpression,
+};
 pub(crate) use parser::{Assignment, CompareOp, Expr, Literal, Parsed, Returning, Select, Statement, parse};
 
 /// Longest statement DynamoDB accepts, in characters (the API's `Statement` constraint).
@@ -310,6 +312,7 @@ pub(crate) fn condition(expr: &Expr, parameters: &Parameters<'_>) -> Result<Node
             }
         },
         Expr::IsNull(subject) => Node::Type(Operand::Path(path_argument("IS NULL", subject)?), ValueType::Null),
+        Expr::IsType(subject, value_type) => Node::Type(Operand::Path(path_argument("IS", subject)?), *value_type),
         // Chains of AND and OR are flattened without recursion: a long chain is deep as a tree.
         Expr::And(..) => Node::And(
             conjuncts(expr)
@@ -539,8 +542,17 @@ fn check_key_value(schema: &KeySchema, name: &str, value: &AttributeValue) -> Re
     )))
 }
 
-/// Checks the values a SELECT's top-level equalities give the sort key (`sk = v` beside the
-/// partition's): of the key's type and not empty, as for a Query's key condition.
+/// DynamoDB's refusal of an operand of a type `operator` does not take.
+fn incorrect_operand(operator: &str, value: &AttributeValue) -> ApiError {
+    ApiError::validation(format!(
+        "Incorrect operand type for operator or function; operator or function: {operator}, operand type: {}",
+        value.value_type().descriptor()
+    ))
+}
+
+/// Checks the values a SELECT's top-level conditions on the sort key give it (`sk = v`,
+/// `sk < v`, `sk BETWEEN a AND b`, `begins_with(sk, v)` beside the partition's): of the key's
+/// type and not empty, as for a Query's key condition.
 pub(crate) fn check_sort_equalities(
     expr: Option<&Expr>,
     schema: &KeySchema,
@@ -550,19 +562,73 @@ pub(crate) fn check_sort_equalities(
         return Ok(());
     };
     let on_sort = |expr: &Expr| matches!(expr, Expr::Path(Path(p)) if p.as_slice() == [PathElement::Attribute(sort.name.clone())]);
+    // A bound of a key condition: a string, number or binary of the key's type, not empty.
+    let check_bound = |operator: &str, value: &AttributeValue| -> Result<(), ApiError> {
+        if !matches!(
+            value,
+            AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
+        ) {
+            return Err(incorrect_operand(operator, value));
+        }
+        check_key_value(schema, &sort.name, value)
+    };
     for part in conjuncts(expr) {
         if let Some((found, constant)) = key_equality(part)
             && found == sort.name
         {
             check_key_value(schema, found, &value(constant, parameters, "root")?)?;
         }
-        // `sk BETWEEN a AND b` with both bounds given: in order, as a Query's key condition.
+        // `sk < v` (either way round) and the like: a Query's key condition.
+        if let Expr::Compare(op, left, right) = part {
+            let symbol = match op {
+                CompareOp::Lt => "<",
+                CompareOp::Le => "<=",
+                CompareOp::Gt => ">",
+                CompareOp::Ge => ">=",
+                CompareOp::Eq | CompareOp::Ne => "",
+            };
+            let constant = match (&**left, &**right) {
+                (subject, constant) if on_sort(subject) && is_constant(constant) => Some(constant),
+                (constant, subject) if on_sort(subject) && is_constant(constant) => Some(constant),
+                _ => None,
+            };
+            if let Some(constant) = constant
+                && !symbol.is_empty()
+            {
+                check_bound(symbol, &value(constant, parameters, "root")?)?;
+            }
+        }
+        // `begins_with(sk, v)`: a string or binary prefix, not empty.
+        if let Expr::Call(name, arguments) = part
+            && name == "begins_with"
+            && let [subject, prefix] = arguments.as_slice()
+            && on_sort(subject)
+            && is_constant(prefix)
+            && sort.value_type != crate::catalog::KeyType::N
+        {
+            let prefix = value(prefix, parameters, "root")?;
+            if !matches!(prefix, AttributeValue::S(_) | AttributeValue::B(_)) {
+                return Err(incorrect_operand("begins_with", &prefix));
+            }
+            check_key_value(schema, &sort.name, &prefix)?;
+        }
+        // `sk BETWEEN a AND b` with both bounds given: of one type, the key's, and in order, as
+        // a Query's key condition.
         if let Expr::Between(subject, low, high) = part
             && on_sort(subject)
             && is_constant(low)
             && is_constant(high)
         {
             let (low, high) = (value(low, parameters, "root")?, value(high, parameters, "root")?);
+            if low.value_type() != high.value_type() {
+                return Err(ApiError::validation(format!(
+                    "The BETWEEN operator requires same data type for lower and upper bounds; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
+                    crate::expr::render(&low),
+                    crate::expr::render(&high)
+                )));
+            }
+            check_bound("BETWEEN", &low)?;
+            check_bound("BETWEEN", &high)?;
             if low.value_type() == high.value_type() && sort.value_type.matches(&low) {
                 let encode = |v: &AttributeValue| {
                     let mut out = Vec::new();
@@ -572,8 +638,8 @@ pub(crate) fn check_sort_equalities(
                 if encode(&low) > encode(&high) {
                     return Err(ApiError::validation(format!(
                         "The BETWEEN operator requires upper bound to be greater than or equal to lower bound; lower bound operand: AttributeValue: {}, upper bound operand: AttributeValue: {}",
-                        serde_json::to_string(&low).unwrap_or_default(),
-                        serde_json::to_string(&high).unwrap_or_default()
+                        crate::expr::render(&low),
+                        crate::expr::render(&high)
                     )));
                 }
             }
@@ -682,6 +748,79 @@ pub(crate) fn partitions(
         return Ok(Some(values));
     }
     Ok(None)
+}
+
+/// The conditions on the sort key among a SELECT's top-level conjuncts (`sk = v`, `sk < v` and
+/// the like either way round, `sk BETWEEN a AND b`, `begins_with(sk, v)`), each with constant
+/// operands of the key's type, as a Query's key condition operators: they narrow the range of
+/// each partition a SELECT reads, as DynamoDB runs such a SELECT as a Query (its Limit counts,
+/// its 1 MB page holds and its capacity is charged for, only the items in that range). The
+/// whole WHERE clause still filters what is read; anything else is left to that filter.
+pub(crate) fn sort_key_operators(
+    expr: Option<&Expr>,
+    schema: &KeySchema,
+    parameters: &Parameters<'_>,
+) -> Vec<KeyOperator> {
+    let (Some(expr), Some(sort)) = (expr, schema.sort.as_ref()) else {
+        return Vec::new();
+    };
+    let on_sort = |expr: &Expr| matches!(expr, Expr::Path(Path(p)) if p.as_slice() == [PathElement::Attribute(sort.name.clone())]);
+    let usable = |constant: &Expr| -> Option<AttributeValue> {
+        if !is_constant(constant) {
+            return None;
+        }
+        let value = value(constant, parameters, "root").ok()?;
+        let empty = matches!(&value, AttributeValue::S(s) if s.is_empty())
+            || matches!(&value, AttributeValue::B(b) if b.is_empty());
+        (sort.value_type.matches(&value) && !empty).then_some(value)
+    };
+    let mut operators = Vec::new();
+    for part in conjuncts(expr) {
+        let operator = match part {
+            Expr::Compare(op, left, right) => {
+                let (op, constant) = if on_sort(left) {
+                    (*op, &**right)
+                } else if on_sort(right) {
+                    // `v < sk` is `sk > v`.
+                    let flipped = match op {
+                        CompareOp::Lt => CompareOp::Gt,
+                        CompareOp::Le => CompareOp::Ge,
+                        CompareOp::Gt => CompareOp::Lt,
+                        CompareOp::Ge => CompareOp::Le,
+                        other => *other,
+                    };
+                    (flipped, &**left)
+                } else {
+                    continue;
+                };
+                let Some(value) = usable(constant) else { continue };
+                match op {
+                    CompareOp::Eq => KeyOperator::Eq(value),
+                    CompareOp::Lt => KeyOperator::Lt(value),
+                    CompareOp::Le => KeyOperator::Le(value),
+                    CompareOp::Gt => KeyOperator::Gt(value),
+                    CompareOp::Ge => KeyOperator::Ge(value),
+                    CompareOp::Ne => continue,
+                }
+            }
+            Expr::Between(subject, low, high) if on_sort(subject) => {
+                let (Some(low), Some(high)) = (usable(low), usable(high)) else {
+                    continue;
+                };
+                KeyOperator::Between(low, high)
+            }
+            Expr::Call(name, arguments) if name == "begins_with" && arguments.len() == 2 && on_sort(&arguments[0]) => {
+                let Some(prefix) = usable(&arguments[1]) else { continue };
+                if !matches!(prefix, AttributeValue::S(_) | AttributeValue::B(_)) {
+                    continue;
+                }
+                KeyOperator::BeginsWith(prefix)
+            }
+            _ => continue,
+        };
+        operators.push(operator);
+    }
+    operators
 }
 
 /// The partition-key values one condition (`pk = v` or `pk IN [...]`) pins, if it is one.
@@ -901,7 +1040,10 @@ pub fn check_statement(text: &str, parameters: &[AttributeValue], schema: &KeySc
                 check_projection(paths)?;
             }
             where_condition(select.condition.as_ref(), &parameters)?;
-            partitions(select.condition.as_ref(), schema, &parameters)?;
+            if partitions(select.condition.as_ref(), schema, &parameters)?.is_some() {
+                check_sort_equalities(select.condition.as_ref(), schema, &parameters)?;
+                sort_key_operators(select.condition.as_ref(), schema, &parameters);
+            }
         }
         Statement::Update {
             assignments, condition, ..

@@ -22,6 +22,7 @@
 //! ("Statement wasn't well formed, can't be processed: ...").
 
 use dynamo_protocol::ApiError;
+use dynamo_protocol::value::ValueType;
 
 use super::lexer::{Token, tokens};
 use super::malformed;
@@ -292,6 +293,13 @@ const RESERVED: &[&str] = &[
 ];
 
 /// Whether `word` (any case) is reserved.
+/// DynamoDB's refusal of a PartiQL type name IS does not take.
+fn unsupported_is_type(name: &str) -> ApiError {
+    ApiError::validation(format!(
+        "Unsupported data type for IS operator: {name}. Supported data types are [MISSING, NULL, BOOLEAN, BLOB, STRING, NUMERIC, STRUCT, TUPLE, LIST]"
+    ))
+}
+
 fn reserved(word: &str) -> bool {
     RESERVED.binary_search(&word.to_ascii_lowercase().as_str()).is_ok()
 }
@@ -333,6 +341,8 @@ pub(crate) enum Expr {
     In(Box<Expr>, Vec<Expr>),
     IsMissing(Box<Expr>),
     IsNull(Box<Expr>),
+    /// `IS BOOLEAN`, `IS STRING`, ...: whether the operand is of a DynamoDB type.
+    IsType(Box<Expr>, ValueType),
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
     Not(Box<Expr>),
@@ -874,15 +884,42 @@ impl Parser {
                 Expr::IsMissing(Box::new(left))
             } else if self.eat_word("null") {
                 Expr::IsNull(Box::new(left))
+            } else if let Some(Token::Word(word)) = self.peek() {
+                let word = word.to_ascii_lowercase();
+                let value_type = self.is_type(&word)?;
+                self.at += 1;
+                Expr::IsType(Box::new(left), value_type)
             } else {
-                return Err(match self.peek() {
-                    Some(Token::Word(_)) => malformed("Expected type name"),
-                    _ => self.unexpected("Expected MISSING or NULL"),
-                });
+                return Err(self.unexpected("Expected MISSING or NULL"));
             };
             return Ok(if not { Expr::Not(Box::new(test)) } else { test });
         }
         Ok(left)
+    }
+
+    /// The DynamoDB type a PartiQL type name after IS stands for (`word` in lower case; the
+    /// parser stands on it). DynamoDB takes MISSING, NULL, BOOLEAN, BLOB, STRING, NUMERIC,
+    /// STRUCT, TUPLE and LIST, and refuses PartiQL's other type names by name.
+    fn is_type(&self, word: &str) -> Result<ValueType, ApiError> {
+        let unsupported = match word {
+            "boolean" | "bool" => return Ok(ValueType::Bool),
+            "string" => return Ok(ValueType::S),
+            "numeric" => return Ok(ValueType::N),
+            "blob" => return Ok(ValueType::B),
+            "list" => return Ok(ValueType::L),
+            "struct" | "tuple" => return Ok(ValueType::M),
+            "int" | "integer" => "INTEGER",
+            "double" => "DOUBLE_PRECISION",
+            "varchar" => "CHARACTER_VARYING",
+            "char" | "character" if self.tokens.get(self.at + 1).is_some_and(|t| t.is_word("varying")) => {
+                "CHARACTER_VARYING"
+            }
+            "char" | "character" => "CHARACTER",
+            "decimal" | "float" | "real" | "smallint" | "bag" | "clob" | "symbol" | "sexp" | "timestamp" | "date"
+            | "time" => return Err(unsupported_is_type(&word.to_ascii_uppercase())),
+            _ => return Err(malformed("Expected type name")),
+        };
+        Err(unsupported_is_type(unsupported))
     }
 
     fn list_members(&mut self, close: &str) -> Result<Vec<Expr>, ApiError> {

@@ -290,6 +290,12 @@ fn projections_flatten_to_the_last_name() {
 /// Fragments that make up statements, so random sequences reach deep into the grammar.
 const FRAGMENTS: &[&str] = &[
     "SELECT",
+    "BOOLEAN",
+    "CHARACTER",
+    "VARYING",
+    "sk",
+    "<",
+    "BETWEEN",
     "*",
     "FROM",
     "\"t\"",
@@ -807,4 +813,40 @@ fn an_insert_item_has_each_key_attribute_of_its_type() {
     assert!(!cancels_transaction(&ApiError::validation(
         "Duplicate identifiers in select clause: v"
     )));
+}
+
+fn sort_operators_of(text: &str, parameters: &[AttributeValue]) -> Vec<KeyOperator> {
+    let parsed = parse_statement(text).expect(text);
+    let Statement::Select(select) = parsed.statement else {
+        panic!("a select")
+    };
+    sort_key_operators(select.condition.as_ref(), &schema(), &Parameters(parameters))
+}
+
+#[test]
+fn top_level_sort_key_conditions_become_key_operators() {
+    let n = |v: &str| AttributeValue::N(Number::parse(v).expect("a number"));
+    assert_eq!(
+        sort_operators_of("SELECT * FROM t WHERE pk = 'a' AND sk > 2 AND 5 >= sk", &[]),
+        vec![KeyOperator::Gt(n("2")), KeyOperator::Le(n("5"))]
+    );
+    assert_eq!(
+        sort_operators_of(
+            "SELECT * FROM t WHERE pk = 'a' AND sk BETWEEN ? AND 9 AND sk = 3",
+            &[n("1")]
+        ),
+        vec![KeyOperator::Between(n("1"), n("9")), KeyOperator::Eq(n("3"))]
+    );
+    // Under OR or NOT, of another type, `<>`, or on another attribute: a filter only.
+    for text in [
+        "SELECT * FROM t WHERE pk = 'a' AND (sk > 2 OR sk < 1)",
+        "SELECT * FROM t WHERE pk = 'a' AND NOT sk > 2",
+        "SELECT * FROM t WHERE pk = 'a' AND sk > 'x'",
+        "SELECT * FROM t WHERE pk = 'a' AND sk <> 2",
+        "SELECT * FROM t WHERE pk = 'a' AND x > 2",
+        "SELECT * FROM t WHERE pk = 'a' AND begins_with(sk, '1')",
+        "SELECT * FROM t WHERE pk = 'a' AND sk.x > 2",
+    ] {
+        assert_eq!(sort_operators_of(text, &[]), Vec::new(), "{text}");
+    }
 }
