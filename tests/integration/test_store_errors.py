@@ -825,3 +825,14 @@ def test_a_missing_member_is_named_by_its_whole_path(store):
         kind, message = raw_error(store, operation, body)
         assert (kind, message) == ("ValidationException", f"1 validation error detected: Value null at '{path}' "
                                    "failed to satisfy constraint: Member must not be null"), (operation, message)
+
+
+def test_a_canceled_transaction_spells_its_message_as_dynamodb_does(store):
+    # DynamoDB sends a TransactionCanceledException's text under "Message" (capital M, beside
+    # CancellationReasons), unlike most errors' "message"; SDKs that read only one key see it.
+    body = json.dumps({"TransactItems": [{"ConditionCheck": {
+        "TableName": TABLE, "Key": {"pk": {"S": "survivor"}}, "ConditionExpression": "attribute_not_exists(pk)"}}]})
+    status, response = store.raw("TransactWriteItems", body.encode())
+    assert status == 400 and response["__type"].endswith("#TransactionCanceledException"), response
+    assert "message" not in response and "[ConditionalCheckFailed]" in response["Message"], response
+    assert [r["Code"] for r in response["CancellationReasons"]] == ["ConditionalCheckFailed"], response

@@ -202,11 +202,12 @@ impl ApiError {
         let mut body = serde_json::Map::new();
         body.insert("__type".into(), Value::String(self.type_name()));
         // DynamoDB spells the key "message" for most errors and "Message" for a
-        // SerializationException; botocore reads both. A body that is not JSON at all gets
-        // DynamoDB's bare `{"__type": "...#SerializationException"}`: no message.
+        // SerializationException and a TransactionCanceledException (beside its
+        // CancellationReasons); botocore and the JS SDK read both. A body that is not JSON at
+        // all gets DynamoDB's bare `{"__type": "...#SerializationException"}`: no message.
         match self.kind {
             ErrorKind::Serialization if self.message.is_empty() => {}
-            ErrorKind::Serialization => {
+            ErrorKind::Serialization | ErrorKind::TransactionCanceled => {
                 body.insert("Message".into(), Value::String(self.message.clone()));
             }
             _ => {
@@ -251,7 +252,9 @@ mod tests {
         );
         let body = ApiError::transaction_canceled(vec![CancellationReason::none()]).to_json();
         assert_eq!(body["CancellationReasons"][0]["Code"], "None");
-        assert!(body["message"].as_str().unwrap_or_default().contains("[None]"));
+        // As DynamoDB sends it: "Message" beside the reasons.
+        assert!(body["Message"].as_str().unwrap_or_default().contains("[None]"));
+        assert!(body.get("message").is_none(), "{body}");
     }
 
     #[test]
