@@ -448,6 +448,11 @@ def test_global_table_streams_in_two_regions(tmp_path):
             assert change["OldImage"] == {"id": {"S": "from-south"}, "n": {"N": "2"}}, region.name
             assert change["NewImage"] == {"id": {"S": "from-south"}, "n": {"N": "3"}}, region.name
             assert change["Keys"] == {"id": {"S": "from-south"}}
+        # eventID is globally unique (DynamoDB Streams' Record): the regions number their
+        # streams and records alike, yet two regions' records are different events.
+        ids = [r["eventID"] for region in regions
+               for r in read_all(streams_client(region.url, region.name), arns[region.name])]
+        assert len(ids) == 6 and len(set(ids)) == len(ids), ids
     finally:
         for region in regions:
             region.stop()
