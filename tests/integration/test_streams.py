@@ -458,6 +458,77 @@ def test_global_table_streams_in_two_regions(tmp_path):
             region.stop()
 
 
+def test_a_replica_created_again_streams_into_a_stream_of_its_own(tmp_path):
+    """A replica deleted and created again gets a new stream in its region and records the
+    writes it applies there (it used to take the other region's stream label, which named its
+    earlier replica's stream, disabled and kept: the writes were applied, never recorded).
+    TTL deletes carry the TTL service's userIdentity in the region that expired the item only,
+    as AWS documents for global tables ("won't be set in other regions when the delete is
+    replicated")."""
+    from test_global_tables import Region, free_port
+    from test_store_harness import require_binary
+
+    require_binary()
+    regions = [Region(n, free_port(), tmp_path / n, []) for n in ["us-east-1", "ap-south-1"]]
+    for region in regions:
+        region.data_dir.mkdir()
+        region.peers = [r for r in regions if r is not region]
+    try:
+        for region in regions:
+            region.start()
+        east, south = regions
+        client = east.client()
+        client.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
+                            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+        client.update_time_to_live(TableName="orders",
+                                   TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"})
+        streams = {region.name: streams_client(region.url, region.name) for region in regions}
+
+        def replicas_active():
+            replicas = client.describe_table(TableName="orders")["Table"].get("Replicas", [])
+            return len(replicas) == 2 and all(r["ReplicaStatus"] == "ACTIVE" for r in replicas)
+
+        def keys_in(region, arn):
+            return [(r["eventName"], r["dynamodb"]["Keys"]["id"]["S"]) for r in read_all(streams[region.name], arn)]
+
+        client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": south.name}}])
+        wait_for(replicas_active, REPLICATION_DEADLINE_S, "the replica in ap-south-1")
+        first = wait_for(lambda: _describe(south), REPLICATION_DEADLINE_S, "the replica's stream")["LatestStreamArn"]
+        client.put_item(TableName="orders", Item={"id": {"S": "first"}})
+        client.put_item(TableName="orders", Item={"id": {"S": "expired"}, "expires": {"N": str(int(time.time()) - 10)}})
+        arns = {east.name: _describe(east)["LatestStreamArn"], south.name: first}
+        for region in regions:
+            def removed(region=region):
+                records = read_all(streams[region.name], arns[region.name])
+                return [r for r in records if r["eventName"] == "REMOVE"] or None
+
+            remove = wait_for(removed, REPLICATION_DEADLINE_S, f"the TTL delete in {region.name}'s stream")
+            assert [r["dynamodb"]["Keys"] for r in remove] == [{"id": {"S": "expired"}}]
+            if region is east:
+                assert remove[0]["userIdentity"] == {"PrincipalId": "dynamodb.amazonaws.com", "Type": "Service"}
+            else:
+                assert "userIdentity" not in remove[0], remove[0]
+
+        client.update_table(TableName="orders", ReplicaUpdates=[{"Delete": {"RegionName": south.name}}])
+        wait_for(lambda: not client.describe_table(TableName="orders")["Table"].get("Replicas"),
+                 REPLICATION_DEADLINE_S, "the replica's delete")
+        client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": south.name}}])
+        wait_for(replicas_active, REPLICATION_DEADLINE_S, "the replica created again")
+        second = wait_for(lambda: _describe(south), REPLICATION_DEADLINE_S, "the new replica's stream")["LatestStreamArn"]
+        assert second != first and second.startswith("arn:aws:dynamodb:ap-south-1:")
+        client.put_item(TableName="orders", Item={"id": {"S": "second"}})
+        seen = wait_for(lambda: ("INSERT", "second") in keys_in(south, second) and keys_in(south, second),
+                        REPLICATION_DEADLINE_S, "the write in the new replica's stream")
+        assert seen.count(("INSERT", "second")) == 1, seen
+        assert streams[south.name].describe_stream(StreamArn=first)["StreamDescription"]["StreamStatus"] in (
+            "DISABLING", "DISABLED")
+        assert ("INSERT", "second") not in keys_in(south, first)
+    finally:
+        for region in regions:
+            region.stop()
+
+
 def _describe(region):
     try:
         table = region.client().describe_table(TableName="orders")["Table"]
