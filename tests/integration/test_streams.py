@@ -448,8 +448,210 @@ def test_global_table_streams_in_two_regions(tmp_path):
             assert change["OldImage"] == {"id": {"S": "from-south"}, "n": {"N": "2"}}, region.name
             assert change["NewImage"] == {"id": {"S": "from-south"}, "n": {"N": "3"}}, region.name
             assert change["Keys"] == {"id": {"S": "from-south"}}
+        # eventID is globally unique (DynamoDB Streams' Record): the regions number their
+        # streams and records alike, yet two regions' records are different events.
+        ids = [r["eventID"] for region in regions
+               for r in read_all(streams_client(region.url, region.name), arns[region.name])]
+        assert len(ids) == 6 and len(set(ids)) == len(ids), ids
     finally:
         for region in regions:
+            region.stop()
+
+
+def test_a_replica_created_again_streams_into_a_stream_of_its_own(tmp_path):
+    """A replica deleted and created again gets a new stream in its region and records the
+    writes it applies there (it used to take the other region's stream label, which named its
+    earlier replica's stream, disabled and kept: the writes were applied, never recorded).
+    TTL deletes carry the TTL service's userIdentity in the region that expired the item only,
+    as AWS documents for global tables ("won't be set in other regions when the delete is
+    replicated")."""
+    from test_global_tables import Region, free_port
+    from test_store_harness import require_binary
+
+    require_binary()
+    regions = [Region(n, free_port(), tmp_path / n, []) for n in ["us-east-1", "ap-south-1"]]
+    for region in regions:
+        region.data_dir.mkdir()
+        region.peers = [r for r in regions if r is not region]
+    try:
+        for region in regions:
+            region.start()
+        east, south = regions
+        client = east.client()
+        client.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
+                            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+        client.update_time_to_live(TableName="orders",
+                                   TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"})
+        streams = {region.name: streams_client(region.url, region.name) for region in regions}
+
+        def replicas_active():
+            replicas = client.describe_table(TableName="orders")["Table"].get("Replicas", [])
+            return len(replicas) == 2 and all(r["ReplicaStatus"] == "ACTIVE" for r in replicas)
+
+        def keys_in(region, arn):
+            return [(r["eventName"], r["dynamodb"]["Keys"]["id"]["S"]) for r in read_all(streams[region.name], arn)]
+
+        client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": south.name}}])
+        wait_for(replicas_active, REPLICATION_DEADLINE_S, "the replica in ap-south-1")
+        first = wait_for(lambda: _describe(south), REPLICATION_DEADLINE_S, "the replica's stream")["LatestStreamArn"]
+        client.put_item(TableName="orders", Item={"id": {"S": "first"}})
+        client.put_item(TableName="orders", Item={"id": {"S": "expired"}, "expires": {"N": str(int(time.time()) - 10)}})
+        arns = {east.name: _describe(east)["LatestStreamArn"], south.name: first}
+        for region in regions:
+            def removed(region=region):
+                records = read_all(streams[region.name], arns[region.name])
+                return [r for r in records if r["eventName"] == "REMOVE"] or None
+
+            remove = wait_for(removed, REPLICATION_DEADLINE_S, f"the TTL delete in {region.name}'s stream")
+            assert [r["dynamodb"]["Keys"] for r in remove] == [{"id": {"S": "expired"}}]
+            if region is east:
+                assert remove[0]["userIdentity"] == {"PrincipalId": "dynamodb.amazonaws.com", "Type": "Service"}
+            else:
+                assert "userIdentity" not in remove[0], remove[0]
+
+        client.update_table(TableName="orders", ReplicaUpdates=[{"Delete": {"RegionName": south.name}}])
+        wait_for(lambda: not client.describe_table(TableName="orders")["Table"].get("Replicas"),
+                 REPLICATION_DEADLINE_S, "the replica's delete")
+        client.update_table(TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": south.name}}])
+        wait_for(replicas_active, REPLICATION_DEADLINE_S, "the replica created again")
+        second = wait_for(lambda: _describe(south), REPLICATION_DEADLINE_S, "the new replica's stream")["LatestStreamArn"]
+        assert second != first and second.startswith("arn:aws:dynamodb:ap-south-1:")
+        client.put_item(TableName="orders", Item={"id": {"S": "second"}})
+        seen = wait_for(lambda: ("INSERT", "second") in keys_in(south, second) and keys_in(south, second),
+                        REPLICATION_DEADLINE_S, "the write in the new replica's stream")
+        assert seen.count(("INSERT", "second")) == 1, seen
+        assert streams[south.name].describe_stream(StreamArn=first)["StreamDescription"]["StreamStatus"] in (
+            "DISABLING", "DISABLED")
+        assert ("INSERT", "second") not in keys_in(south, first)
+    finally:
+        for region in regions:
+            region.stop()
+
+
+class HeldLink:
+    """A TCP relay to a region that holds every connection until released: the requests a
+    region sends through it are in flight for as long as the test needs. `arrived` is set when
+    a request for `path` comes (no connection completes a request before the release, so none
+    is reused: each request opens its own and is seen first on it)."""
+
+    def __init__(self, target_port, path):
+        import socket
+        import threading
+
+        self.arrived, self.released = threading.Event(), threading.Event()
+        self.target_port, self.path = target_port, path.encode()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client):
+        import socket
+        import threading
+
+        head = b""
+        try:
+            while b"\r\n" not in head and len(head) < 65536:
+                data = client.recv(65536)
+                if not data:
+                    break
+                head += data
+            if self.path in head.split(b"\r\n", 1)[0]:
+                self.arrived.set()
+            self.released.wait()
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            upstream.sendall(head)
+        except OSError:
+            client.close()
+            return
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.released.set()
+        self.listener.close()
+
+
+def test_a_stream_disabled_while_a_replica_is_being_created_is_enabled_again(tmp_path):
+    """UpdateTable disabling the stream of a table not yet global, committed while that table's
+    first replica was being created (its request in flight to the other region): the table ends
+    global with an enabled stream that records its writes (it used to end global without one,
+    its writes never recorded in its region)."""
+    import threading
+
+    from test_global_tables import Region, free_port
+    from test_store_harness import require_binary
+
+    require_binary()
+    east = Region("us-east-1", free_port(), tmp_path / "us-east-1", [])
+    south = Region("ap-south-1", free_port(), tmp_path / "ap-south-1", [east])
+    link = HeldLink(south.port, "/replication/v1/table")
+
+    class HeldSouth:
+        name, url = south.name, f"http://127.0.0.1:{link.port}"
+
+    east.peers = [HeldSouth]
+    for region in (east, south):
+        region.data_dir.mkdir()
+    try:
+        east.start()
+        south.start()
+        client = east.client()
+        client.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
+                            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"})
+        answers = {}
+
+        def create_replica():
+            answers["create"] = east.client().update_table(
+                TableName="orders", ReplicaUpdates=[{"Create": {"RegionName": south.name}}])
+
+        creating = threading.Thread(target=create_replica)
+        creating.start()
+        assert link.arrived.wait(REPLICATION_DEADLINE_S), "the replica's creation reaching ap-south-1"
+        # Not global yet in us-east-1: the disable is taken.
+        client.update_table(TableName="orders", StreamSpecification={"StreamEnabled": False})
+        link.released.set()
+        creating.join(REPLICATION_DEADLINE_S)
+        assert "create" in answers
+        table = client.describe_table(TableName="orders")["Table"]
+        assert sorted(r["RegionName"] for r in table["Replicas"]) == ["ap-south-1", "us-east-1"]
+        assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"}
+        client.put_item(TableName="orders", Item={"id": {"S": "recorded"}})
+        streams = streams_client(east.url, east.name)
+        records = read_all(streams, table["LatestStreamArn"])
+        assert [(r["eventName"], r["dynamodb"]["Keys"]) for r in records] == [("INSERT", {"id": {"S": "recorded"}})]
+        with pytest.raises(ClientError) as excinfo:
+            client.update_table(TableName="orders", StreamSpecification={"StreamEnabled": False})
+        assert "not allowed" in error_code(excinfo)[1]
+    finally:
+        link.close()
+        for region in (east, south):
             region.stop()
 
 

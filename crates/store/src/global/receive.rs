@@ -3,6 +3,7 @@
 //! `engine::ReplicaWriter`, and feeds the outcome to the watermarks.
 
 use super::*;
+use crate::streams::TableStream;
 
 /// Decodes and checks every change of a batch before anything is applied.
 /// An empty entry stands for a change left out because it originated at the receiver.
@@ -228,6 +229,16 @@ impl Replication {
             .expect("watermark lock is never poisoned")
             .max_direct();
         let made_ms = self.engine.now_unix_ms();
+        // The stream this region gives its replica, where it takes the global table's: a label
+        // of its own (as DynamoDB makes each replica's stream in its region), never the peer's.
+        // The peer's label names the stream it made there; here it may already name a stream
+        // of an earlier replica of this table, disabled with that replica's delete and kept
+        // for its retention, and the replica created again would write to that stream, so
+        // record nothing.
+        let local_stream = table.stream.as_ref().filter(|s| s.enabled).map(|stream| TableStream {
+            label: self.engine.new_stream_label(),
+            ..stream.clone()
+        });
         let joined_below = self
             .engine
             .write_exclusive(move |context| {
@@ -285,8 +296,8 @@ impl Replication {
                         let mut next = (*existing).clone();
                         next.replicas = table.replicas.clone();
                         // The replica gets the global table's stream where it has none.
-                        if next.stream.as_ref().is_none_or(|s| !s.enabled) {
-                            next.stream = table.stream.clone();
+                        if next.stream.as_ref().is_none_or(|s| !s.enabled) && local_stream.is_some() {
+                            next.stream = local_stream;
                         }
                         context.put_table(next)?;
                         for region in &gained {
@@ -299,6 +310,7 @@ impl Replication {
                         let mut created = table.clone();
                         created.id = id;
                         created.ttl = None;
+                        created.stream = local_stream;
                         // Point-in-time recovery is each replica's own setting, as in DynamoDB.
                         created.pitr = None;
                         // Purging waits until the requester's backfill of this replica completes.

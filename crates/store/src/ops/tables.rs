@@ -187,6 +187,9 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
         .collect();
     let recreated = created.clone();
     let made_ms = store.engine().now_unix_ms();
+    // For a stream disabled by an UpdateTable committed while the replicas were being told
+    // (it judged a table that was not yet global): a new stream, not the disabled one again.
+    let fresh_label = store.engine().new_stream_label();
     let committed = store
         .engine()
         .write_exclusive(move |context| {
@@ -195,8 +198,22 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
             // index) is kept.
             let mut latest = (*context.latest_table(&meta)?).clone();
             latest.replicas = published.replicas;
-            if latest.stream.as_ref().is_none_or(|s| !s.enabled) && published.stream != meta.stream {
-                latest.stream = published.stream;
+            // A global table has an enabled stream (the replicas were given this one): the
+            // one made for this request, or, when the table's own stream was disabled since
+            // this request read it, a new one of the view type the replicas got (re-enabling
+            // the disabled stream's label would leave that stream disabled and record nothing).
+            if latest.is_global() && latest.stream.as_ref().is_none_or(|s| !s.enabled) {
+                let made_here = published.stream != meta.stream;
+                latest.stream = match published.stream {
+                    Some(stream) if stream.enabled && made_here => Some(stream),
+                    stream => Some(crate::streams::TableStream {
+                        enabled: true,
+                        view_type: stream
+                            .filter(|s| s.enabled)
+                            .map_or(crate::streams::ViewType::NewAndOldImages, |s| s.view_type),
+                        label: fresh_label,
+                    }),
+                };
             }
             context.put_table(latest.clone())?;
             // Durable with the new replica list: a restart before the backfill finishes

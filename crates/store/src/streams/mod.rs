@@ -413,23 +413,28 @@ pub fn shard_id(created_ms: u64, stream_id: u64, first_seq: u64) -> String {
     format!("shardId-{created_ms:020}-{}", hex::encode(&digest[..4]))
 }
 
-/// An event id: 32 hex digits, unique per stream and sequence number.
+/// An event id: 32 hex digits, unique per region, stream and sequence number.
 #[cfg(test)]
-fn event_id(stream_id: u64, seq: u64) -> String {
+fn event_id(region: &str, stream_id: u64, seq: u64) -> String {
     let mut out = [0u8; EVENT_ID_DIGITS];
-    write_event_id(stream_id, seq, &mut out);
+    write_event_id(region, stream_id, seq, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Hex digits of an event id.
 const EVENT_ID_DIGITS: usize = 32;
 
-/// Writes the event id of `(stream_id, seq)` into `out` (no allocation: a record's id is
-/// written once per change).
-fn write_event_id(stream_id: u64, seq: u64, out: &mut [u8; EVENT_ID_DIGITS]) {
+/// Writes the event id of `(region, stream_id, seq)` into `out` (no allocation: a record's id
+/// is written once per change). DynamoDB's eventID is globally unique: the regions of a global
+/// table number their streams and records alike (the first stream of a store is 1 in every
+/// region, and its records 1, 2, ...), so without the region the records of two different
+/// changes in two regions' streams would share an id.
+fn write_event_id(region: &str, stream_id: u64, seq: u64, out: &mut [u8; EVENT_ID_DIGITS]) {
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();
     hasher.update(b"event");
+    hasher.update((region.len() as u64).to_be_bytes());
+    hasher.update(region.as_bytes());
     hasher.update(stream_id.to_be_bytes());
     hasher.update(seq.to_be_bytes());
     let digest = hasher.finalize();
@@ -529,7 +534,7 @@ pub fn shape_record<'a>(change: &Change<'a>) -> Option<Record<'a>> {
             size_bytes,
             stream_view_type: change.view_type.as_str(),
         },
-        event_id: event_id(change.stream_id, change.seq),
+        event_id: event_id(change.region, change.stream_id, change.seq),
         event_name,
         event_source: "aws:dynamodb",
         event_version: "1.1",
@@ -733,7 +738,7 @@ pub fn render_compact_record(
     out.extend_from_slice(view.as_str().as_bytes());
     out.extend_from_slice(b"\"},\"eventID\":\"");
     let mut id = [0u8; EVENT_ID_DIGITS];
-    write_event_id(stream_id, seq, &mut id);
+    write_event_id(region, stream_id, seq, &mut id);
     out.extend_from_slice(&id);
     out.extend_from_slice(b"\",\"eventName\":\"");
     out.extend_from_slice(event.as_bytes());

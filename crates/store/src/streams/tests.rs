@@ -455,7 +455,13 @@ fn compact_records_render_as_the_record_and_are_much_smaller() {
     let value: serde_json::Value = serde_json::from_slice(&other).expect("JSON");
     assert_eq!(value["awsRegion"], "ap-south-2");
     assert_eq!(value["dynamodb"]["SequenceNumber"], format_sequence(10));
-    assert_eq!(value["eventID"], event_id(9, 10));
+    assert_eq!(value["eventID"], event_id("ap-south-2", 9, 10));
+    // The same stream and number in another region (two regions of a global table number
+    // their streams and records alike) is another event: eventID is globally unique.
+    let mut elsewhere = Vec::new();
+    render_compact_record(9, 10, "us-east-1", &compact, &mut elsewhere).expect("renders");
+    let elsewhere: serde_json::Value = serde_json::from_slice(&elsewhere).expect("JSON");
+    assert_ne!(value["eventID"], elsewhere["eventID"]);
 }
 
 #[test]
