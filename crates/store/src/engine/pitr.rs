@@ -28,7 +28,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
-use crate::config::{overlay, positive_from};
+use crate::config::{overlay, parse_bytes, positive_from};
 
 pub(crate) const PITR_UNDO: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("pitr_undo");
 const PITR_SEQ: &str = "pitr_seq";
@@ -90,10 +90,15 @@ impl PitrLimits {
     }
 
     fn overridden_by(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<PitrLimits, String> {
-        overlay(
-            &mut self.undo_bytes_max,
-            positive_from(&lookup, ENV_PITR_UNDO_BYTES_MAX)?,
-        );
+        // A byte size as the file's `pitr_undo_bytes_max` takes it (units, the same least
+        // bound), so the variable cannot set what the file refuses.
+        if let Some(text) = lookup(ENV_PITR_UNDO_BYTES_MAX) {
+            self.undo_bytes_max = parse_bytes(&text).map_err(|problem| {
+                format!(
+                    "{ENV_PITR_UNDO_BYTES_MAX}={text:?}: {problem}; set it to a byte size such as \"256MiB\" (or unset it for the default)"
+                )
+            })?;
+        }
         overlay(
             &mut self.restorable_lag_ms,
             positive_from(&lookup, ENV_PITR_RESTORABLE_LAG_MS)?,
@@ -437,5 +442,17 @@ mod tests {
         let error = PitrLimits::from_lookup(|name| (name == ENV_PITR_UNDO_BYTES_MAX).then(|| "0".to_string()))
             .expect_err("zero");
         assert!(error.contains(ENV_PITR_UNDO_BYTES_MAX), "{error}");
+        // The variable takes what the file's key takes, and refuses what it refuses.
+        let from_env = |value: &str| {
+            let value = value.to_string();
+            PitrLimits::from_lookup(move |name| (name == ENV_PITR_UNDO_BYTES_MAX).then(|| value.clone()))
+        };
+        assert_eq!(from_env("64MiB").expect("a unit").undo_bytes_max, 64 * 1024 * 1024);
+        assert_eq!(from_env("8192").expect("bytes").undo_bytes_max, 8192);
+        let error = from_env("100").expect_err("below the file's least bound");
+        assert!(
+            error.contains("smallest bound") && error.contains(ENV_PITR_UNDO_BYTES_MAX),
+            "{error}"
+        );
     }
 }
