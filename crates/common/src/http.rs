@@ -199,6 +199,9 @@ pub struct Rendered {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub body: Bytes,
+    /// Further headers the listener's clients expect on every answer (a request id, a body
+    /// checksum); names in lower case.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// How a listener shows a [`Refusal`].
@@ -210,6 +213,7 @@ pub fn render_json(refusal: &Refusal) -> Rendered {
         status: refusal.status(),
         content_type: "application/json",
         body: Bytes::from(serde_json::json!({"__type": refusal.code(), "message": refusal.to_string()}).to_string()),
+        headers: Vec::new(),
     }
 }
 
@@ -220,6 +224,11 @@ pub fn response_of(rendered: Rendered) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(rendered.content_type));
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    for (name, value) in &rendered.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
     response
 }
 
@@ -591,6 +600,14 @@ fn refuse(stream: &TcpStream, rendered: &Rendered) {
         rendered.body.len()
     )
     .into_bytes();
+    // The head ends with the blank line: the extra headers go before it.
+    message.truncate(message.len() - 2);
+    for (name, value) in &rendered.headers {
+        if HeaderValue::from_str(value).is_ok() {
+            message.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+    }
+    message.extend_from_slice(b"\r\n");
     message.extend_from_slice(&rendered.body);
     let _ = stream.try_write(&message);
 }

@@ -1967,6 +1967,7 @@ fn render_refusal(refusal: &common::http::Refusal) -> common::http::Rendered {
         body: json!({"error": refusal.to_string(), "code": snake_case(refusal.code())})
             .to_string()
             .into(),
+        headers: Vec::new(),
     }
 }
 

@@ -319,6 +319,66 @@ pub async fn with_request_head_limits(request: axum::extract::Request, next: axu
     }
 }
 
+/// How many characters a request id has: DynamoDB's are 52 upper-case letters and digits.
+pub const REQUEST_ID_CHARS: usize = 52;
+
+/// A fresh request id in DynamoDB's shape ([`REQUEST_ID_CHARS`] of `A-Z0-9`).
+pub fn request_id() -> String {
+    const ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut random = [0u8; REQUEST_ID_CHARS];
+    if getrandom::fill(&mut random).is_err() {
+        // No entropy: a time-based id is still unique enough to find a request in the log.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        for (i, byte) in random.iter_mut().enumerate() {
+            *byte = (nanos >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+    random
+        .iter()
+        .map(|byte| char::from(ALPHABET[usize::from(*byte) % ALPHABET.len()]))
+        .collect()
+}
+
+/// The headers DynamoDB puts on every answer, errors included: `x-amzn-RequestId` (SDKs report
+/// it as the request's id) and `x-amz-crc32`, the CRC-32 of the body as sent (after any
+/// `Content-Encoding`), which SDKs check to catch a corrupted answer.
+pub fn answer_headers(body: &[u8]) -> [(&'static str, String); 2] {
+    [
+        ("x-amzn-requestid", request_id()),
+        ("x-amz-crc32", crc32fast::hash(body).to_string()),
+    ]
+}
+
+/// Adds [`answer_headers`] to every answer the router gives (the listener's own refusals get
+/// them from the store's rendering).
+pub async fn with_answer_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let (mut parts, body) = response.into_parts();
+    // Every answer is already in memory (JSON, or the health and metrics text).
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(%error, "an answer's body could not be read");
+            parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+            Bytes::from(
+                serde_json::json!({
+                    "__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                    "message": "The answer could not be produced; retry the request",
+                })
+                .to_string(),
+            )
+        }
+    };
+    for (name, value) in answer_headers(&body) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            parts.headers.insert(name, value);
+        }
+    }
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 /// What DynamoDB's endpoints answer in the `Server` header, on every response.
 pub const SERVER_HEADER: &str = "Server";
 

@@ -453,6 +453,7 @@ pub async fn run_with_limits(
         .layer(DefaultBodyLimit::max(limits.request_body_bytes_max))
         .layer(axum::middleware::from_fn(crate::compat::with_request_head_limits))
         .layer(axum::middleware::from_fn(crate::compat::with_server_header))
+        .layer(axum::middleware::from_fn(crate::compat::with_answer_headers))
         .with_state(Arc::clone(&state));
     let closing = engine.clone();
     let sweeper = tokio::spawn(ttl_sweeper(engine));
@@ -723,15 +724,19 @@ fn render_refusal(refusal: &Refusal) -> Rendered {
             refusal.to_string(),
         ),
     };
+    // DynamoDB spells the key "Message" in a SerializationException, "message" elsewhere.
+    let body = Bytes::from(if type_name.ends_with("#SerializationException") {
+        json!({"__type": type_name, "Message": message}).to_string()
+    } else {
+        json!({"__type": type_name, "message": message}).to_string()
+    });
+    let mut headers = vec![("server", crate::compat::SERVER_HEADER.to_string())];
+    headers.extend(crate::compat::answer_headers(&body));
     Rendered {
         status: refusal.status(),
         content_type: CONTENT_TYPE,
-        // DynamoDB spells the key "Message" in a SerializationException, "message" elsewhere.
-        body: Bytes::from(if type_name.ends_with("#SerializationException") {
-            json!({"__type": type_name, "Message": message}).to_string()
-        } else {
-            json!({"__type": type_name, "message": message}).to_string()
-        }),
+        body,
+        headers,
     }
 }
 
@@ -945,10 +950,15 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             Err(response) => return response,
             Ok(body) => match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
                 Err(error) => Err(error),
+                // DynamoDB Streams reads compressed bodies as DynamoDB does (one endpoint).
                 Ok(_) if target.starts_with(crate::streams::api::TARGET_PREFIX) => {
-                    crate::streams::api::handle(state.store.engine(), &operation, &body)
-                        .await
-                        .map(Answer::Body)
+                    match crate::compat::inflate(&headers, body, REQUEST_BODY_BYTES_MAX) {
+                        Err(crate::compat::Inflate::TooLarge(refusal)) => return refusal_response(&refusal),
+                        Err(crate::compat::Inflate::Invalid(error)) => Err(error),
+                        Ok(body) => crate::streams::api::handle(state.store.engine(), &operation, &body)
+                            .await
+                            .map(Answer::Body),
+                    }
                 }
                 Ok(_) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
                     ErrorKind::UnknownOperation,

@@ -1,0 +1,90 @@
+"""The store's HTTP layer as DynamoDB answers it, black box: the headers every answer carries
+(x-amzn-RequestId, x-amz-crc32 of the body as sent) on operations, errors, the listener's own
+refusals and compressed answers; compressed request bodies on the DynamoDB Streams targets."""
+
+import gzip
+import http.client
+import json
+import re
+import zlib
+
+import pytest
+
+from test_store_harness import create_table, store_fixture
+
+pytestmark = [pytest.mark.process]
+
+# DynamoDB's request ids: 52 upper-case letters and digits.
+REQUEST_ID = re.compile(r"^[A-Z0-9]{52}$")
+
+store = store_fixture("http")
+
+
+def exchange(store, method="POST", path="/", body=b"", headers=None):
+    """One request on its own connection; (status, headers with lower-case names, body as sent)."""
+    host, port = store.url.split("://", 1)[1].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def target(operation, prefix="DynamoDB_20120810"):
+    return {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": f"{prefix}.{operation}"}
+
+
+def assert_dynamodb_headers(status, headers, body, what):
+    assert REQUEST_ID.match(headers.get("x-amzn-requestid", "")), (what, status, headers)
+    assert headers.get("x-amz-crc32") == str(zlib.crc32(body)), (what, status, headers)
+
+
+def test_every_answer_carries_a_request_id_and_the_crc32_of_its_body(store):
+    client = store.client()
+    table = create_table(client, "http-headers")
+    ids = {client.list_tables()["ResponseMetadata"]["RequestId"] for _ in range(3)}
+    assert len(ids) == 3 and all(REQUEST_ID.match(i) for i in ids), ids
+
+    exchanges = {
+        "ok": exchange(store, body=b"{}", headers=target("ListTables")),
+        "unknown operation": exchange(store, body=b"{}", headers=target("Nope")),
+        "malformed JSON": exchange(store, body=b"{", headers=target("ListTables")),
+        "no resource": exchange(store, "GET", "/x"),
+        "method": exchange(store, "PUT", "/", b"{}"),
+        "root health": exchange(store, "GET", "/"),
+        "health": exchange(store, "GET", "/health"),
+        "preflight": exchange(store, "OPTIONS", "/", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "POST"}),
+        "head too large": exchange(store, body=b"{}", headers={**target("ListTables"), "X-Pad": "a" * 20000}),
+        # Declared over the 16 MiB limit: the listener refuses it before the router sees it.
+        "body too large": exchange(store, body=b"{" + b" " * (16 * 1024 * 1024) + b"}", headers=target("ListTables")),
+        "gzip bomb": exchange(store, body=gzip.compress(b" " * (17 * 1024 * 1024)),
+                              headers={**target("ListTables"), "Content-Encoding": "gzip"}),
+    }
+    for what, (status, headers, body) in exchanges.items():
+        assert_dynamodb_headers(status, headers, body, what)
+    assert exchanges["body too large"][0] == 413 and exchanges["gzip bomb"][0] == 413
+    assert exchanges["body too large"][1].get("server") == "Server"
+
+    # A compressed answer: the checksum is of the bytes sent, as SDKs check it before inflating.
+    client.put_item(TableName=table, Item={"pk": {"S": "big"}, "v": {"S": "y" * 8000}})
+    get = json.dumps({"TableName": table, "Key": {"pk": {"S": "big"}}}).encode()
+    status, headers, body = exchange(store, body=get, headers={**target("GetItem"), "Accept-Encoding": "gzip"})
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert_dynamodb_headers(status, headers, body, "gzip answer")
+    assert json.loads(gzip.decompress(body))["Item"]["v"]["S"] == "y" * 8000
+
+
+def test_the_streams_targets_read_compressed_bodies(store):
+    for encoding, compress in [("gzip", gzip.compress), ("deflate", zlib.compress)]:
+        status, headers, body = exchange(store, body=compress(b"{}"), headers={
+            **target("ListStreams", "DynamoDBStreams_20120810"), "Content-Encoding": encoding})
+        assert status == 200 and "Streams" in json.loads(body), (encoding, status, body)
+    status, _, body = exchange(store, body=gzip.compress(b" " * (17 * 1024 * 1024)), headers={
+        **target("ListStreams", "DynamoDBStreams_20120810"), "Content-Encoding": "gzip"})
+    assert status == 413, body
+    status, _, body = exchange(store, body=b"not gzip", headers={
+        **target("ListStreams", "DynamoDBStreams_20120810"), "Content-Encoding": "gzip"})
+    assert status == 500 and "not valid gzip" in json.loads(body)["message"], body
