@@ -323,22 +323,53 @@ pub async fn with_request_head_limits(request: axum::extract::Request, next: axu
 pub const REQUEST_ID_CHARS: usize = 52;
 
 /// A fresh request id in DynamoDB's shape ([`REQUEST_ID_CHARS`] of `A-Z0-9`).
+///
+/// Ids must differ, not be secret: each is drawn from a SplitMix64 stream keyed by a process
+/// seed (OS randomness, read once) and a counter, so no id repeats within a process and two
+/// processes' ids differ, without a `getrandom` call per answer on the hot path.
 pub fn request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
     const ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut random = [0u8; REQUEST_ID_CHARS];
-    if getrandom::fill(&mut random).is_err() {
-        // No entropy: a time-based id is still unique enough to find a request in the log.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        for (i, byte) in random.iter_mut().enumerate() {
-            *byte = (nanos >> ((i % 16) * 8)) as u8 ^ i as u8;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            // No entropy: the time and pid still tell this process's ids from another's.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            bytes = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
         }
+        u64::from_le_bytes(bytes)
+    });
+    let mut state = seed
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0xA076_1D64_78BD_642F);
+    let mut next = move || {
+        // SplitMix64 (Steele, Lea, Flood 2014).
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut id = String::with_capacity(REQUEST_ID_CHARS);
+    let mut word = 0u64;
+    let mut left = 0u32;
+    for _ in 0..REQUEST_ID_CHARS {
+        if left == 0 {
+            // Twelve base-36 digits per 64-bit word (36^12 < 2^64).
+            word = next();
+            left = 12;
+        }
+        id.push(char::from(ALPHABET[(word % 36) as usize]));
+        word /= 36;
+        left -= 1;
     }
-    random
-        .iter()
-        .map(|byte| char::from(ALPHABET[usize::from(*byte) % ALPHABET.len()]))
-        .collect()
+    id
 }
 
 /// The headers DynamoDB puts on every answer, errors included: `x-amzn-RequestId` (SDKs report
@@ -407,6 +438,19 @@ pub async fn with_cors(request: axum::extract::Request, next: axum::middleware::
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn request_ids_have_dynamodbs_shape_and_never_repeat() {
+        let ids: std::collections::HashSet<String> = (0..20_000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 20_000, "an id repeated");
+        for id in ids.iter().take(100) {
+            assert_eq!(id.len(), REQUEST_ID_CHARS, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()), "{id}");
+        }
+        // Every character of the alphabet turns up (the digits are not skewed away).
+        let seen: std::collections::HashSet<u8> = ids.iter().flat_map(|id| id.bytes()).collect();
+        assert_eq!(seen.len(), 36);
+    }
 
     fn headers(encoding: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
