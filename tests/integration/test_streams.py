@@ -4,6 +4,7 @@
 fields): every iterator type and view type, shard rollover and retention (with the store's
 test overrides), TTL deletion records, and global-table streams in two regions."""
 
+import contextlib
 import datetime
 import itertools
 import re
@@ -380,20 +381,29 @@ def test_records_survive_a_kill_and_numbering_continues(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # Global tables: two regions
 
-def test_global_table_streams_in_two_regions(tmp_path):
+@contextlib.contextmanager
+def two_regions(tmp_path):
+    """us-east-1 and ap-south-1, each the other's peer, started; stopped on the way out."""
     from test_global_tables import KEY, Region, free_port
     from test_store_harness import require_binary
 
     require_binary()
-    names_ = ["us-east-1", "ap-south-1"]
-    regions = [Region(n, free_port(), tmp_path / n, []) for n in names_]
+    assert KEY
+    regions = [Region(n, free_port(), tmp_path / n, []) for n in ["us-east-1", "ap-south-1"]]
     for region in regions:
         region.data_dir.mkdir()
         region.peers = [r for r in regions if r is not region]
-    assert KEY
     try:
         for region in regions:
             region.start()
+        yield regions
+    finally:
+        for region in regions:
+            region.stop()
+
+
+def test_global_table_streams_in_two_regions(tmp_path):
+    with two_regions(tmp_path) as regions:
         east, south = regions
         client = east.client()
         client.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
@@ -453,9 +463,6 @@ def test_global_table_streams_in_two_regions(tmp_path):
         ids = [r["eventID"] for region in regions
                for r in read_all(streams_client(region.url, region.name), arns[region.name])]
         assert len(ids) == 6 and len(set(ids)) == len(ids), ids
-    finally:
-        for region in regions:
-            region.stop()
 
 
 def test_a_replica_created_again_streams_into_a_stream_of_its_own(tmp_path):
@@ -465,17 +472,7 @@ def test_a_replica_created_again_streams_into_a_stream_of_its_own(tmp_path):
     TTL deletes carry the TTL service's userIdentity in the region that expired the item only,
     as AWS documents for global tables ("won't be set in other regions when the delete is
     replicated")."""
-    from test_global_tables import Region, free_port
-    from test_store_harness import require_binary
-
-    require_binary()
-    regions = [Region(n, free_port(), tmp_path / n, []) for n in ["us-east-1", "ap-south-1"]]
-    for region in regions:
-        region.data_dir.mkdir()
-        region.peers = [r for r in regions if r is not region]
-    try:
-        for region in regions:
-            region.start()
+    with two_regions(tmp_path) as regions:
         east, south = regions
         client = east.client()
         client.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
@@ -524,9 +521,6 @@ def test_a_replica_created_again_streams_into_a_stream_of_its_own(tmp_path):
         assert streams[south.name].describe_stream(StreamArn=first)["StreamDescription"]["StreamStatus"] in (
             "DISABLING", "DISABLED")
         assert ("INSERT", "second") not in keys_in(south, first)
-    finally:
-        for region in regions:
-            region.stop()
 
 
 class HeldLink:

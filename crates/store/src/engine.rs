@@ -2461,17 +2461,6 @@ impl Snapshot {
 }
 
 impl WriteContext<'_> {
-    /// The committed table named `name`, if any.
-    pub fn current_table_by_name(&self, name: &str) -> Option<Arc<TableMeta>> {
-        self.shared
-            .catalog
-            .read()
-            .expect("catalog lock is never poisoned")
-            .tables
-            .get(name)
-            .cloned()
-    }
-
     pub fn current_table_named(&self, name: &str) -> bool {
         self.shared
             .catalog

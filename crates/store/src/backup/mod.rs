@@ -506,7 +506,7 @@ async fn create_restoring(
 ) -> Result<TableMeta, ApiError> {
     engine
         .write_exclusive(move |context| {
-            if let Some(existing) = context.current_table_by_name(&create.table_name) {
+            if let Some(existing) = context.table_named(&create.table_name) {
                 return Err(target_taken(&existing));
             }
             let id = context.next_table_id()?;

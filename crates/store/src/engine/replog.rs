@@ -626,6 +626,7 @@ impl Engine {
 }
 
 impl WriteContext<'_> {
+    /// The committed table named `name`, if any.
     pub fn table_named(&self, name: &str) -> Option<Arc<TableMeta>> {
         self.shared
             .catalog
