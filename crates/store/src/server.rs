@@ -950,26 +950,29 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             Err(response) => return response,
             Ok(body) => match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
                 Err(error) => Err(error),
-                // DynamoDB Streams reads compressed bodies as DynamoDB does (one endpoint).
-                Ok(_) if target.starts_with(crate::streams::api::TARGET_PREFIX) => {
-                    match crate::compat::inflate(&headers, body, REQUEST_BODY_BYTES_MAX) {
-                        Err(crate::compat::Inflate::TooLarge(refusal)) => return refusal_response(&refusal),
-                        Err(crate::compat::Inflate::Invalid(error)) => Err(error),
-                        Ok(body) => crate::streams::api::handle(state.store.engine(), &operation, &body)
-                            .await
-                            .map(Answer::Body),
-                    }
+                Ok(_)
+                    if !target.starts_with(TARGET_PREFIX)
+                        && !target.starts_with(crate::streams::api::TARGET_PREFIX) =>
+                {
+                    Err(ApiError::new(
+                        ErrorKind::UnknownOperation,
+                        format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
+                    ))
                 }
-                Ok(_) if !target.starts_with(TARGET_PREFIX) => Err(ApiError::new(
-                    ErrorKind::UnknownOperation,
-                    format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
-                )),
                 Ok(signature) => {
+                    // One endpoint: DynamoDB Streams reads compressed bodies as DynamoDB does.
                     let result = match crate::compat::inflate(&headers, body, REQUEST_BODY_BYTES_MAX) {
                         Err(crate::compat::Inflate::TooLarge(refusal)) => return refusal_response(&refusal),
                         Err(crate::compat::Inflate::Invalid(error)) => Err(error),
-                        Ok(_) if operation == "DescribeEndpoints" => Ok(crate::compat::describe_endpoints(&headers)),
-                        Ok(body) => state.store.handle(&operation, &body).await,
+                        Ok(body) if target.starts_with(crate::streams::api::TARGET_PREFIX) => {
+                            crate::streams::api::handle(state.store.engine(), &operation, &body)
+                                .await
+                                .map(Answer::Body)
+                        }
+                        Ok(_) if operation == "DescribeEndpoints" => {
+                            Ok(Answer::Json(crate::compat::describe_endpoints(&headers)))
+                        }
+                        Ok(body) => state.store.handle(&operation, &body).await.map(Answer::Json),
                     };
                     if let (Err(error), Some(verified)) = (&result, &signature)
                         && retried_by_clients(error.kind)
@@ -980,7 +983,7 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
                             .expect("replay guard lock is never poisoned")
                             .forget(verified);
                     }
-                    result.map(Answer::Json)
+                    result
                 }
             },
         },
