@@ -11,7 +11,9 @@
    store's user+system time per PutItem, /proc/PID/stat); the medians and their spread
    (min-max over the pairs) are reported, and the bytes the store wrote per PutItem (`wchar`
    of /proc/PID/io: what its write system calls took; in brackets `write_bytes`, what reached
-   the disk). The issue's target: a stream costs at most 10 % of PutItem throughput.
+   the disk). Each round also prints the write requests and flushes the data directory's disk
+   completed per PutItem (/proc/diskstats; the whole disk's, so other writers count too).
+   The issue's target: a stream costs at most 10 % of PutItem throughput.
    On a machine with two or more CPUs the store is pinned to one CPU and wrk to another
    (`taskset`; --no-pin leaves them to the scheduler), so wrk does not take the store's CPU
    and a store that is CPU-bound on its core shows a throughput cost that tracks its CPU
@@ -118,6 +120,18 @@ def io_bytes(pid):
     return int(fields["wchar"]), int(fields["write_bytes"])
 
 
+def device_io(path):
+    """Write requests the disk holding `path` completed, and flush requests (0 where the kernel
+    does not count them), so far (/proc/diskstats: fields 8 and 20 of the device's line)."""
+    dev = os.stat(path).st_dev
+    major, minor = os.major(dev), os.minor(dev)
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if int(fields[0]) == major and int(fields[1]) == minor:
+            return int(fields[7]), int(fields[19]) if len(fields) > 19 else 0
+    return 0, 0
+
+
 def pinning(pin):
     """`taskset` prefixes for the store and for wrk: the first and the second CPU this process
     may run on, when `pin` and there are two; none otherwise."""
@@ -162,12 +176,15 @@ def put_rounds(port, pid, args, wrk_prefix):
                 profiler = subprocess.Popen(
                     ["perf", "record", "-q", "-g", "-F", "999", "-p", str(pid), "-o", str(args.perf / f"{table}.data")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            before, io_before = cpu_seconds(pid), io_bytes(pid)
+            before, io_before, dev_before = cpu_seconds(pid), io_bytes(pid), device_io(args.data_dir)
             result = wrk(port, table, args, wrk_prefix)
             result["cpu_us"] = (cpu_seconds(pid) - before) * 1e6 / max(result["total"], 1)
             io_after = io_bytes(pid)
             result["wchar"] = (io_after[0] - io_before[0]) / max(result["total"], 1)
             result["disk_bytes"] = (io_after[1] - io_before[1]) / max(result["total"], 1)
+            dev_after = device_io(args.data_dir)
+            result["device_writes"] = (dev_after[0] - dev_before[0]) / max(result["total"], 1)
+            result["device_flushes"] = (dev_after[1] - dev_before[1]) / max(result["total"], 1)
             if profiler:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait()
@@ -175,7 +192,8 @@ def put_rounds(port, pid, args, wrk_prefix):
             print(f"{name:26} round {index + 1}: {result['rate']:8.0f}/s p50 {result['p50']:.2f} ms "
                   f"p99 {result['p99']:.2f} ms non-2xx {result['errors']}/{result['total']} "
                   f"CPU {result['cpu_us']:.1f} us/request written {result['wchar']:.0f} B/request "
-                  f"(disk {result['disk_bytes']:.0f} B)", file=sys.stderr, flush=True)
+                  f"(disk {result['disk_bytes']:.0f} B) device writes {result['device_writes']:.2f} "
+                  f"flushes {result['device_flushes']:.2f} per request", file=sys.stderr, flush=True)
     return rounds
 
 
@@ -294,6 +312,7 @@ def main():
     binary = (args.binary or REPO / "target" / "release" / "switchyard").resolve()
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as root:
         root = Path(root)
+        args.data_dir = root
         (root / "switchyard").mkdir()
         command = bench_store.systems(root, binary)["switchyard"]
         port, process = bench_store.start_system("switchyard", lambda port: store_prefix + command(port), root)
