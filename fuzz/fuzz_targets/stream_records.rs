@@ -12,7 +12,7 @@ use store::streams::render_compact_record;
 fuzz_target!(|input: (u8, &[u8])| {
     let (first, body) = input;
     let mut out = Vec::new();
-    if let Ok(count) = render_stored_stream_entry(1, u64::from(first), body, &mut out) {
+    if let Ok(count) = render_stored_stream_entry(7, 1, u64::from(first), body, &mut out) {
         assert!(count > 0);
     }
     let mut record = Vec::new();

@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import itertools
 import re
+import shutil
 import time
 
 from unittest.mock import ANY
@@ -374,6 +375,35 @@ def test_records_survive_a_kill_and_numbering_continues(tmp_path_factory):
         assert records[0] == before[0], "an acknowledged write's record survives SIGKILL"
         assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["before", "after"]
         assert int(records[1]["dynamodb"]["SequenceNumber"]) > int(records[0]["dynamodb"]["SequenceNumber"])
+    finally:
+        store.stop()
+
+
+def test_a_region_rebuilt_on_an_empty_data_directory_does_not_repeat_event_ids(tmp_path_factory):
+    """A store on a new database numbers its streams and records from 1 again; its records'
+    eventIDs (which DynamoDB documents as globally unique, and consumers deduplicate by) must
+    still differ from the ones the wiped database served. Across a plain restart they stay."""
+    store = started_store(tmp_path_factory, name="rebuilt")
+    try:
+        client, streams = store.client(), streams_client(store.url)
+        name, arn = streamed_table(client, "NEW_IMAGE")
+        client.put_item(TableName=name, Item={"pk": {"S": "one"}})
+        before = read_all(streams, arn)
+        store.stop()
+        store.start()
+        assert read_all(streams_client(store.url), arn) == before, "the same database serves the same ids"
+        store.stop()
+        shutil.rmtree(store.data_dir)
+        store.data_dir.mkdir()
+        store.start()
+        client, streams = store.client(), streams_client(store.url)
+        create_table(client, name, StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"})
+        client.put_item(TableName=name, Item={"pk": {"S": "one"}})
+        after = read_all(streams, client.describe_table(TableName=name)["Table"]["LatestStreamArn"])
+        # The same numbers as before the wipe (the new database counts from 1 again) ...
+        assert [r["dynamodb"]["SequenceNumber"] for r in after] == [r["dynamodb"]["SequenceNumber"] for r in before]
+        # ... but other events.
+        assert after[0]["eventID"] != before[0]["eventID"]
     finally:
         store.stop()
 

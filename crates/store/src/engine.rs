@@ -400,6 +400,8 @@ struct Shared {
     sweep_hold: Mutex<SweepHold>,
     /// The key of the MAC in stream iterators (`streams::ShardIterator`).
     iterator_key: [u8; crate::streams::ITERATOR_KEY_BYTES],
+    /// This database's identity (`Engine::store_id`), made from `iterator_key` once.
+    store_id: u64,
     /// `None` while the writer reopens the database after an I/O error.
     db: RwLock<Option<Arc<Database>>>,
     options: EngineOptions,
@@ -602,6 +604,7 @@ impl Engine {
             digest_mismatches: std::sync::atomic::AtomicU64::new(0),
             digest_log: Mutex::new(None),
             wal: Mutex::new(Some(wal)),
+            store_id: store_id_of(&iterator_key),
             iterator_key,
         });
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_JOBS_MAX);
@@ -626,14 +629,10 @@ impl Engine {
     /// This database's identity: made from the random key the store draws when it creates its
     /// database, so it stays the same across restarts and changes only when the database is
     /// new (a wiped or replaced data directory). Peers compare it between marks
-    /// (`global::Replication::observe_peer_store`). Never 0.
+    /// (`global::Replication::observe_peer_store`), and stream records' eventIDs include it
+    /// (`streams::write_event_id`). Never 0.
     pub fn store_id(&self) -> u64 {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::new()
-            .chain_update(b"switchyard-store-id")
-            .chain_update(self.shared.iterator_key)
-            .finalize();
-        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
+        self.shared.store_id
     }
 
     pub fn region(&self) -> &str {
@@ -976,6 +975,16 @@ struct Loaded {
 /// The settings holding the store's stream-iterator key, 8 bytes each (made at the first open
 /// and kept, so iterators stay valid across restarts).
 const ITERATOR_KEY_SETTINGS: [&str; 4] = ["iterator_key_0", "iterator_key_1", "iterator_key_2", "iterator_key_3"];
+
+/// The database identity made from its stream-iterator key (`Engine::store_id`). Never 0.
+fn store_id_of(iterator_key: &[u8; crate::streams::ITERATOR_KEY_BYTES]) -> u64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"switchyard-store-id")
+        .chain_update(iterator_key)
+        .finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
+}
 
 /// The store's stream-iterator key, made from the operating system's randomness the first time.
 fn iterator_key(txn: &LoggedTxn) -> Result<[u8; crate::streams::ITERATOR_KEY_BYTES], String> {

@@ -179,16 +179,16 @@ pub(crate) enum StoredRecord<'a> {
 }
 
 impl StoredRecord<'_> {
-    /// Appends the record as GetRecords returns it (JSON) to `out`, for stream `stream_id` at
-    /// sequence number `seq`.
-    pub(crate) fn write_json(&self, stream_id: u64, seq: u64, out: &mut Vec<u8>) -> Result<(), String> {
+    /// Appends the record as GetRecords returns it (JSON) to `out`, for stream `stream_id` of
+    /// the database `store_id` at sequence number `seq`.
+    pub(crate) fn write_json(&self, store_id: u64, stream_id: u64, seq: u64, out: &mut Vec<u8>) -> Result<(), String> {
         match self {
             StoredRecord::Json(json) => {
                 out.extend_from_slice(json);
                 Ok(())
             }
             StoredRecord::Compact { region, record } => {
-                streams::render_compact_record(stream_id, seq, region, record, out)
+                streams::render_compact_record(store_id, stream_id, seq, region, record, out)
             }
         }
     }
@@ -265,6 +265,7 @@ fn stored_records(first_seq: u64, value: &[u8]) -> Result<Vec<(u64, StoredRecord
 /// rendering each record's JSON into `out` (comma-separated); returns how many it held. For
 /// the fuzz target and tools: any bytes give records or an error naming the damage.
 pub fn render_stored_stream_entry(
+    store_id: u64,
     stream_id: u64,
     first_seq: u64,
     value: &[u8],
@@ -275,7 +276,7 @@ pub fn render_stored_stream_entry(
         if at > 0 {
             out.push(b',');
         }
-        record.write_json(stream_id, *seq, out)?;
+        record.write_json(store_id, stream_id, *seq, out)?;
     }
     Ok(records.len())
 }
@@ -436,6 +437,7 @@ impl WriteContext<'_> {
         }
         let before = open.block.len();
         let change = streams::Change {
+            store_id: self.shared.store_id,
             stream_id: open.stream_id,
             seq,
             view_type: open.view_type,
@@ -882,6 +884,7 @@ impl Snapshot {
     /// GetRecords' cost), separated by commas.
     pub fn read_shard(
         &self,
+        store_id: u64,
         stream_id: u64,
         shard: &ShardMeta,
         position: u64,
@@ -935,7 +938,7 @@ impl Snapshot {
                     out.push(b',');
                 }
                 record
-                    .write_json(stream_id, seq, out)
+                    .write_json(store_id, stream_id, seq, out)
                     .map_err(|e| storage_error("reading stream records", e))?;
                 let len = out.len() - mark;
                 if read.count > 0 && bytes + len > bytes_max {

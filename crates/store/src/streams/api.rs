@@ -424,6 +424,7 @@ fn get_records(engine: &Engine, request: GetRecordsRequest) -> Result<Vec<u8>, A
     let mut body = Vec::with_capacity(limit.saturating_mul(512).min(GET_RECORDS_BYTES_MAX) + 1024);
     body.extend_from_slice(b"{\"Records\":[");
     let read = snapshot.read_shard(
+        engine.store_id(),
         stream.id,
         shard,
         iterator.position,

@@ -413,26 +413,30 @@ pub fn shard_id(created_ms: u64, stream_id: u64, first_seq: u64) -> String {
     format!("shardId-{created_ms:020}-{}", hex::encode(&digest[..4]))
 }
 
-/// An event id: 32 hex digits, unique per region, stream and sequence number.
+/// An event id: 32 hex digits, unique per database, region, stream and sequence number.
 #[cfg(test)]
-fn event_id(region: &str, stream_id: u64, seq: u64) -> String {
+fn event_id(store_id: u64, region: &str, stream_id: u64, seq: u64) -> String {
     let mut out = [0u8; EVENT_ID_DIGITS];
-    write_event_id(region, stream_id, seq, &mut out);
+    write_event_id(store_id, region, stream_id, seq, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Hex digits of an event id.
 const EVENT_ID_DIGITS: usize = 32;
 
-/// Writes the event id of `(region, stream_id, seq)` into `out` (no allocation: a record's id
-/// is written once per change). DynamoDB's eventID is globally unique: the regions of a global
-/// table number their streams and records alike (the first stream of a store is 1 in every
-/// region, and its records 1, 2, ...), so without the region the records of two different
-/// changes in two regions' streams would share an id.
-fn write_event_id(region: &str, stream_id: u64, seq: u64, out: &mut [u8; EVENT_ID_DIGITS]) {
+/// Writes the event id of `(store_id, region, stream_id, seq)` into `out` (no allocation: a
+/// record's id is written once per change). DynamoDB's eventID is globally unique: the regions
+/// of a global table number their streams and records alike (the first stream of a store is 1
+/// in every region, and its records 1, 2, ...), so without the region the records of two
+/// different changes in two regions' streams would share an id; and a region rebuilt on an
+/// empty data directory numbers them from 1 again, so without the database's identity
+/// (`Engine::store_id`, new with every new database) its new records would repeat the ids of
+/// records a consumer read before the rebuild.
+fn write_event_id(store_id: u64, region: &str, stream_id: u64, seq: u64, out: &mut [u8; EVENT_ID_DIGITS]) {
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();
     hasher.update(b"event");
+    hasher.update(store_id.to_be_bytes());
     hasher.update((region.len() as u64).to_be_bytes());
     hasher.update(region.as_bytes());
     hasher.update(stream_id.to_be_bytes());
@@ -447,6 +451,8 @@ fn write_event_id(region: &str, stream_id: u64, seq: u64, out: &mut [u8; EVENT_I
 
 /// One change of an item as the stream records it.
 pub struct Change<'a> {
+    /// The identity of the database the record is stored in (`Engine::store_id`).
+    pub store_id: u64,
     pub stream_id: u64,
     pub seq: u64,
     pub view_type: ViewType,
@@ -534,7 +540,7 @@ pub fn shape_record<'a>(change: &Change<'a>) -> Option<Record<'a>> {
             size_bytes,
             stream_view_type: change.view_type.as_str(),
         },
-        event_id: event_id(change.region, change.stream_id, change.seq),
+        event_id: event_id(change.store_id, change.region, change.stream_id, change.seq),
         event_name,
         event_source: "aws:dynamodb",
         event_version: "1.1",
@@ -557,8 +563,15 @@ pub fn write_record(change: &Change<'_>, new_json: Option<&[u8]>, out: &mut Vec<
     if !write_compact_record(change, new_json, None, &mut compact) {
         return false;
     }
-    render_compact_record(change.stream_id, change.seq, change.region, &compact, out)
-        .expect("a record just written renders");
+    render_compact_record(
+        change.store_id,
+        change.stream_id,
+        change.seq,
+        change.region,
+        &compact,
+        out,
+    )
+    .expect("a record just written renders");
     true
 }
 
@@ -673,11 +686,12 @@ fn write_image(out: &mut Vec<u8>, scratch: &mut Vec<u8>, item: &Item, json: Opti
 }
 
 /// Renders a compact record ([`write_compact_record`]) of stream `stream_id`, sequence number
-/// `seq`, written in `region`, as GetRecords returns it: the bytes [`write_record`] documents.
+/// `seq`, written in `region` into the database `store_id`, as GetRecords returns it: the bytes [`write_record`] documents.
 /// A record whose structure is damaged (flags, numbers, lengths, a field that is not an
 /// object) is an error naming what is wrong. The images' bytes themselves are spliced as the
 /// writer serialised them, not parsed again: on disk the block's CRC-32 guards them.
 pub fn render_compact_record(
+    store_id: u64,
     stream_id: u64,
     seq: u64,
     region: &str,
@@ -738,7 +752,7 @@ pub fn render_compact_record(
     out.extend_from_slice(view.as_str().as_bytes());
     out.extend_from_slice(b"\"},\"eventID\":\"");
     let mut id = [0u8; EVENT_ID_DIGITS];
-    write_event_id(region, stream_id, seq, &mut id);
+    write_event_id(store_id, region, stream_id, seq, &mut id);
     out.extend_from_slice(&id);
     out.extend_from_slice(b"\",\"eventName\":\"");
     out.extend_from_slice(event.as_bytes());

@@ -23,6 +23,7 @@ fn item(id: &str, value: &str) -> Item {
 
 fn change<'a>(key: &'a KeySchema, view_type: ViewType, old: Option<&'a Item>, new: Option<&'a Item>) -> Change<'a> {
     Change {
+        store_id: 77,
         stream_id: 1,
         seq: 42,
         view_type,
@@ -439,7 +440,7 @@ fn compact_records_render_as_the_record_and_are_much_smaller() {
     assert!(write_compact_record(&new_only, None, None, &mut without));
     assert_eq!(with, without);
     let mut rendered = b"[".to_vec();
-    render_compact_record(c.stream_id, c.seq, c.region, &compact, &mut rendered).expect("renders");
+    render_compact_record(c.store_id, c.stream_id, c.seq, c.region, &compact, &mut rendered).expect("renders");
     let reference = serde_json::to_vec(&shape_record(&c).expect("a change")).expect("serialises");
     assert_eq!(&rendered[1..], &reference[..], "appended after what `out` held");
     // What is left out is the ~260 bytes of names and constants around the images.
@@ -451,17 +452,23 @@ fn compact_records_render_as_the_record_and_are_much_smaller() {
     );
     // The same change in another stream, at another number, in another region.
     let mut other = Vec::new();
-    render_compact_record(9, 10, "ap-south-2", &compact, &mut other).expect("renders");
+    render_compact_record(77, 9, 10, "ap-south-2", &compact, &mut other).expect("renders");
     let value: serde_json::Value = serde_json::from_slice(&other).expect("JSON");
     assert_eq!(value["awsRegion"], "ap-south-2");
     assert_eq!(value["dynamodb"]["SequenceNumber"], format_sequence(10));
-    assert_eq!(value["eventID"], event_id("ap-south-2", 9, 10));
+    assert_eq!(value["eventID"], event_id(77, "ap-south-2", 9, 10));
     // The same stream and number in another region (two regions of a global table number
     // their streams and records alike) is another event: eventID is globally unique.
     let mut elsewhere = Vec::new();
-    render_compact_record(9, 10, "us-east-1", &compact, &mut elsewhere).expect("renders");
+    render_compact_record(77, 9, 10, "us-east-1", &compact, &mut elsewhere).expect("renders");
     let elsewhere: serde_json::Value = serde_json::from_slice(&elsewhere).expect("JSON");
     assert_ne!(value["eventID"], elsewhere["eventID"]);
+    // The same region, stream and number in another database (the region rebuilt on an empty
+    // data directory numbers its streams and records from 1 again) is another event too.
+    let mut rebuilt = Vec::new();
+    render_compact_record(78, 9, 10, "ap-south-2", &compact, &mut rebuilt).expect("renders");
+    let rebuilt: serde_json::Value = serde_json::from_slice(&rebuilt).expect("JSON");
+    assert_ne!(value["eventID"], rebuilt["eventID"]);
 }
 
 #[test]
@@ -477,7 +484,7 @@ fn damaged_compact_records_are_errors_that_name_the_damage() {
     ));
     let render = |bytes: &[u8]| {
         let mut out = Vec::new();
-        render_compact_record(1, 2, "r", bytes, &mut out)
+        render_compact_record(1, 1, 2, "r", bytes, &mut out)
     };
     assert!(render(&compact).is_ok());
     assert!(render(&[]).expect_err("empty").contains("empty"));
@@ -506,7 +513,7 @@ proptest::proptest! {
     fn any_bytes_render_as_a_record_or_an_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
         // Never a panic; a record that renders has all its fields.
         let mut out = Vec::new();
-        if render_compact_record(1, 2, "r", &bytes, &mut out).is_ok() {
+        if render_compact_record(1, 1, 2, "r", &bytes, &mut out).is_ok() {
             let complete = out.last() == Some(&b'}') && out.windows(10).any(|w| w == b"\"eventName");
             proptest::prop_assert!(complete, "a rendered record lacks its end");
         }
