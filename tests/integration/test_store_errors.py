@@ -3,12 +3,13 @@
 or a dropped connection — and what was stored before stays intact. Also DynamoDB's limits
 (25 BatchWrite requests, 100 BatchGet keys and transaction items, 400 KB items, nesting)."""
 
+import datetime
 import json
 
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
-from test_store_harness import REGION, create_table, error_of, started_store
+from test_store_harness import REGION, create_table, error_of, started_store, wait_for
 
 pytestmark = [pytest.mark.process]
 
@@ -674,6 +675,37 @@ def test_update_table_keeps_the_billing_mode_and_refuses_a_throughput_that_does_
     described = client.describe_table(TableName=name)["Table"]
     assert described["ProvisionedThroughput"]["ReadCapacityUnits"] == 5
     assert described["BillingModeSummary"]["BillingMode"] == "PROVISIONED"
+
+
+def test_billing_mode_summary_says_when_the_table_last_became_on_demand(store):
+    """DynamoDB's BillingModeSummary: an on-demand table's LastUpdateToPayPerRequestDateTime is
+    when it became on demand (its creation, or the UpdateTable that switched it); a provisioned
+    table keeps the last such time, and one that has never been on demand has no summary."""
+    client = store.client()
+    provisioned = "errors-billing-provisioned"
+    client.create_table(TableName=provisioned, AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                        ProvisionedThroughput={"ReadCapacityUnits": 1, "WriteCapacityUnits": 1})
+    table = client.describe_table(TableName=provisioned)["Table"]
+    assert "BillingModeSummary" not in table, table.get("BillingModeSummary")
+    created = table["CreationDateTime"]
+    # So that the switch's time cannot equal the creation's (milliseconds).
+    wait_for(lambda: datetime.datetime.now(datetime.timezone.utc) > created + datetime.timedelta(milliseconds=20), 5,
+             "the clock to pass the table's creation")
+    client.update_table(TableName=provisioned, BillingMode="PAY_PER_REQUEST")
+    switched = client.describe_table(TableName=provisioned)["Table"]["BillingModeSummary"]
+    assert switched["BillingMode"] == "PAY_PER_REQUEST"
+    assert switched["LastUpdateToPayPerRequestDateTime"] > created
+    client.update_table(TableName=provisioned, BillingMode="PROVISIONED",
+                        ProvisionedThroughput={"ReadCapacityUnits": 2, "WriteCapacityUnits": 2})
+    back = client.describe_table(TableName=provisioned)["Table"]["BillingModeSummary"]
+    assert back == {"BillingMode": "PROVISIONED",
+                    "LastUpdateToPayPerRequestDateTime": switched["LastUpdateToPayPerRequestDateTime"]}
+    on_demand = "errors-billing-on-demand"
+    create_table(client, on_demand)
+    table = client.describe_table(TableName=on_demand)["Table"]
+    assert table["BillingModeSummary"] == {"BillingMode": "PAY_PER_REQUEST",
+                                           "LastUpdateToPayPerRequestDateTime": table["CreationDateTime"]}
 
 
 def test_an_index_query_refuses_a_filter_on_attributes_the_index_does_not_project(store):

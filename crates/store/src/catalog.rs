@@ -246,6 +246,13 @@ pub struct TableMeta {
     /// writes then also keep their before-images in the undo log (`engine::pitr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pitr: Option<PitrSpec>,
+    /// When the table last became on-demand (BillingModeSummary's
+    /// LastUpdateToPayPerRequestDateTime): its creation as PAY_PER_REQUEST, or an UpdateTable
+    /// to PAY_PER_REQUEST. `None` for a table that has only ever been provisioned (DynamoDB then
+    /// leaves BillingModeSummary out), and in catalogs written before this field (an on-demand
+    /// table then shows its creation time, as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_per_request_since_seconds: Option<f64>,
 }
 
 /// A table's point-in-time recovery settings.
@@ -279,6 +286,23 @@ pub struct TableStats {
 }
 
 impl TableMeta {
+    /// BillingModeSummary as DynamoDB describes it: an on-demand table's mode and when it became
+    /// on demand; a provisioned table's only once it has been on demand (a table created
+    /// provisioned and never switched has none).
+    pub fn billing_mode_summary(&self) -> Option<Value> {
+        match (self.throughput, self.pay_per_request_since_seconds) {
+            (None, since) => Some(json!({
+                "BillingMode": "PAY_PER_REQUEST",
+                "LastUpdateToPayPerRequestDateTime": since.unwrap_or(self.created_at_seconds),
+            })),
+            (Some(_), Some(since)) => Some(json!({
+                "BillingMode": "PROVISIONED",
+                "LastUpdateToPayPerRequestDateTime": since,
+            })),
+            (Some(_), None) => None,
+        }
+    }
+
     /// A global table replicates its writes to the other replicas' regions.
     pub fn is_global(&self) -> bool {
         self.replicas.len() > 1
@@ -327,11 +351,9 @@ impl TableMeta {
         table.insert("ItemCount".into(), json!(stats.item_count));
         table.insert("TableSizeBytes".into(), json!(stats.size_bytes));
         table.insert("ProvisionedThroughput".into(), throughput_json(self.throughput));
-        table.insert(
-            "BillingModeSummary".into(),
-            json!({"BillingMode": if self.throughput.is_some() { "PROVISIONED" } else { "PAY_PER_REQUEST" },
-                   "LastUpdateToPayPerRequestDateTime": self.created_at_seconds}),
-        );
+        if let Some(summary) = self.billing_mode_summary() {
+            table.insert("BillingModeSummary".into(), summary);
+        }
         table.insert("DeletionProtectionEnabled".into(), json!(self.deletion_protection));
         crate::streams::describe_into(&mut table, self.stream.as_ref(), region, &self.name);
         if let Some(class) = &self.table_class {
@@ -917,6 +939,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         joined_below: 0,
         restore: None,
         pitr: None,
+        pay_per_request_since_seconds: throughput.is_none().then_some(now_seconds),
     })
 }
 
@@ -1323,6 +1346,12 @@ mod tests {
         let again: Value = serde_json::to_value(&old).expect("serialize");
         let original: Value = serde_json::from_str(OLD_CATALOG_ENTRY).expect("json");
         assert_eq!(again, original);
+        // An on-demand table from before LastUpdateToPayPerRequestDateTime was kept shows its
+        // creation time there, as it did.
+        assert_eq!(
+            old.billing_mode_summary(),
+            Some(json!({"BillingMode": "PAY_PER_REQUEST", "LastUpdateToPayPerRequestDateTime": 1700000000.0}))
+        );
         // A multi-attribute key carries its other attributes, and round-trips.
         let mut multi = old.clone();
         multi.indexes[0].key = global_key(

@@ -425,7 +425,9 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
         .write_exclusive(move |context| {
             let current = context.latest_table(&meta)?;
             refuse_restoring(&current)?;
-            let planned = plan_update(&current, &request, || engine.new_stream_label())?;
+            let planned = plan_update(&current, &request, engine.now_unix_ms() as f64 / 1000.0, || {
+                engine.new_stream_label()
+            })?;
             for name in &planned.deleted {
                 context.drop_index(&current, name)?;
             }
@@ -454,6 +456,7 @@ struct PlannedUpdate {
 fn plan_update(
     base: &TableMeta,
     request: &UpdateTableRequest,
+    now_seconds: f64,
     new_stream_label: impl FnOnce() -> String,
 ) -> Result<PlannedUpdate, ApiError> {
     let mut next = base.clone();
@@ -508,6 +511,13 @@ fn plan_update(
                     "One or more parameter values were invalid: ProvisionedThroughput must be specified when BillingMode is PROVISIONED",
                 ));
             }
+        };
+        // BillingModeSummary's LastUpdateToPayPerRequestDateTime: when it became on demand (a
+        // catalog written before the field held it knew only the creation time).
+        next.pay_per_request_since_seconds = match (base.throughput, next.throughput) {
+            (Some(_), None) => Some(now_seconds),
+            (None, _) => base.pay_per_request_since_seconds.or(Some(base.created_at_seconds)),
+            (Some(_), Some(_)) => base.pay_per_request_since_seconds,
         };
         changed = true;
     }
