@@ -4,11 +4,15 @@
 fields): every iterator type and view type, shard rollover and retention (with the store's
 test overrides), TTL deletion records, and global-table streams in two regions."""
 
+import collections
 import contextlib
 import datetime
 import itertools
+import os
+import random
 import re
 import shutil
+import threading
 import time
 
 from unittest.mock import ANY
@@ -21,6 +25,8 @@ from botocore.exceptions import ClientError
 from test_store_harness import ACCESS_KEY_ID, REGION, SECRET, create_table, started_store, store_fixture, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
+
+SEED = int(os.environ.get("SWITCHYARD_SEED", random.randrange(1 << 32)))
 
 names = (f"streamed-{i}" for i in itertools.count())
 VIEW_TYPES = ["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"]
@@ -375,6 +381,78 @@ def test_records_survive_a_kill_and_numbering_continues(tmp_path_factory):
         assert records[0] == before[0], "an acknowledged write's record survives SIGKILL"
         assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in records] == ["before", "after"]
         assert int(records[1]["dynamodb"]["SequenceNumber"]) > int(records[0]["dynamodb"]["SequenceNumber"])
+    finally:
+        store.stop()
+
+
+KILL_CYCLES = 3
+KILL_WRITERS = 3
+KILL_AFTER_S = (0.3, 1.5)
+
+
+def test_kill_9_under_writers_leaves_each_committed_change_recorded_exactly_once(tmp_path_factory):
+    """Records are written in the same commit as the change they describe: kill -9 under
+    concurrent writers, a few times on the same data, and the stream must still show every
+    change the table holds, once, in order, and no change it does not hold. Each writer increments a counter item and puts unique items; a counter's
+    value is then the number of its committed increments, which its records must match."""
+    rng = random.Random(SEED)
+    print(f"SWITCHYARD_SEED={SEED}")
+    store = started_store(tmp_path_factory, name="killed-streams")
+    try:
+        name, arn = streamed_table(store.client(), "NEW_AND_OLD_IMAGES")
+        acked = set()
+        for cycle in range(KILL_CYCLES):
+            stop = threading.Event()
+
+            def write(index, cycle=cycle):
+                client = store.client(connect_timeout=2, read_timeout=10)
+                sequence = 0
+                try:
+                    while not stop.is_set():
+                        sequence += 1
+                        client.update_item(TableName=name, Key={"pk": {"S": f"counter-{index}"}},
+                                           UpdateExpression="ADD n :one",
+                                           ExpressionAttributeValues={":one": {"N": "1"}})
+                        key = f"c{cycle}-w{index}-{sequence}"
+                        client.put_item(TableName=name, Item={"pk": {"S": key}, "pad": {"S": "x" * 300}})
+                        acked.add(key)
+                except Exception:  # the store died under this request: unacknowledged
+                    return
+
+            writers = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(KILL_WRITERS)]
+            for writer in writers:
+                writer.start()
+            wait_for(lambda: len(acked) > 20 * (cycle + 1), 30, "writes to flow")
+            deadline = time.monotonic() + rng.uniform(*KILL_AFTER_S)
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            store.kill()
+            stop.set()
+            for writer in writers:
+                writer.join(timeout=30)
+                assert not writer.is_alive(), "a writer did not notice the store died"
+            store.start()
+            client = store.client()
+            items, start = {}, None
+            while True:
+                page = client.scan(TableName=name, ConsistentRead=True, **({"ExclusiveStartKey": start} if start else {}))
+                items.update((i["pk"]["S"], i) for i in page["Items"])
+                start = page.get("LastEvaluatedKey")
+                if not start:
+                    break
+            records = read_all(streams_client(store.url), arn)
+            sequence_numbers = [int(r["dynamodb"]["SequenceNumber"]) for r in records]
+            assert sequence_numbers == sorted(set(sequence_numbers)), f"cycle {cycle}: records repeated or out of order"
+            per_key = collections.Counter(r["dynamodb"]["Keys"]["pk"]["S"] for r in records)
+            missing = sorted(acked - per_key.keys())
+            assert not missing, f"cycle {cycle}: acknowledged puts without a record: {missing[:5]}"
+            assert per_key.keys() == items.keys(), (
+                f"cycle {cycle}: records for changes the table does not hold: {sorted(per_key.keys() - items.keys())[:5]}, "
+                f"items without records: {sorted(items.keys() - per_key.keys())[:5]}")
+            for key, item in items.items():
+                expected = int(item["n"]["N"]) if key.startswith("counter-") else 1
+                assert per_key[key] == expected, f"cycle {cycle}: {key} holds {expected} changes, its records {per_key[key]}"
+            print(f"cycle {cycle}: {len(records)} records, {len(items)} items")
     finally:
         store.stop()
 
