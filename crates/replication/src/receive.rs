@@ -17,6 +17,8 @@
 //! - replica definitions: [`check_definition`] refuses any sequence not newer than the last one
 //!   applied from that source (durable, so replays fail after any number of restarts);
 //!   [`join_replica`], [`hand_over_backfill`] and [`complete_backfills`] keep the join state;
+//!   [`setting_applies`]: whether a table setting the definition carries (the TTL) replaces
+//!   the one held here;
 //! - [`backfill_ready`]: when a sender may start the backfill of a peer that joined;
 //! - [`purge_tombstones`]: which tombstones go, and the per-table watermark that stands in for
 //!   them, raised in the same transaction.
@@ -381,6 +383,19 @@ pub fn record_definition<S: ReplicaStorage>(storage: &mut S, source: &str, seque
     storage.set_definition_received(source, sequence)
 }
 
+/// Whether a table setting that follows a global table across its replicas (its TTL), carried
+/// by a peer's replica definition with the `incoming` version of the change that set it,
+/// replaces the setting held here (set by the `held` version's change). A replica being created
+/// takes the peer's setting as it is (a build before versioned settings sends its own one,
+/// unversioned). An existing replica takes it only when it is versioned and newer by last
+/// writer wins on `(hlc, origin)`, as items are: concurrent changes in two regions end the
+/// same everywhere, a stale definition (read before a newer change committed) or one repeated
+/// changes nothing, and an unversioned one, from a previous build that keeps each replica's
+/// setting its own, never undoes a change made here.
+pub fn setting_applies(incoming: Option<&Version>, held: Option<&Version>, creating: bool) -> bool {
+    creating || incoming.is_some_and(|incoming| crate::merge::wins(incoming, held))
+}
+
 /// This region creates its replica of a table at `source`'s request: the join barrier is
 /// everything it may have vouched for in its marks so far (`vouched`, see
 /// [`crate::Watermarks::max_direct`]) or its clock now, whichever is higher; purging waits
@@ -544,6 +559,24 @@ mod tests {
         fn is_tombstone(&self) -> bool {
             self.value.is_none()
         }
+    }
+
+    #[test]
+    fn a_versioned_setting_applies_only_when_newer_and_a_new_replica_takes_any() {
+        let at = |hlc: u64, origin: &str| Version::new(Hlc(hlc), origin);
+        // A replica being created takes the peer's setting, versioned or not.
+        assert!(setting_applies(None, None, true));
+        assert!(setting_applies(Some(&at(5, "a")), None, true));
+        // An unversioned definition (a previous build's) never changes an existing replica's.
+        assert!(!setting_applies(None, None, false));
+        assert!(!setting_applies(None, Some(&at(5, "a")), false));
+        // Versioned: newer wins, the same or older changes nothing, ties broken by region.
+        assert!(setting_applies(Some(&at(5, "a")), None, false));
+        assert!(setting_applies(Some(&at(6, "a")), Some(&at(5, "b")), false));
+        assert!(!setting_applies(Some(&at(5, "a")), Some(&at(5, "a")), false));
+        assert!(!setting_applies(Some(&at(4, "b")), Some(&at(5, "a")), false));
+        assert!(setting_applies(Some(&at(5, "b")), Some(&at(5, "a")), false));
+        assert!(!setting_applies(Some(&at(5, "a")), Some(&at(5, "b")), false));
     }
 
     fn put(key: u8, hlc: u64, origin: &str, value: Option<u32>) -> Option<Put> {

@@ -205,6 +205,31 @@ pub struct Throughput {
 pub struct TtlSpec {
     pub attribute: String,
     pub enabled: bool,
+    /// The change that set it: `(HLC, region)` of its UpdateTimeToLive. A global table's TTL
+    /// follows it across the replicas: a replica takes a definition's TTL only when its version
+    /// is newer (`replication::receive::setting_applies`). Absent in TTLs set before versions
+    /// (left out of the stored JSON then, so catalog entries keep their form) and in what a
+    /// previous build sends, which replicas other than a new one therefore ignore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<(u64, String)>,
+}
+
+impl TtlSpec {
+    /// The attribute whose TTL is active, if any.
+    pub fn active(ttl: Option<&TtlSpec>) -> Option<&str> {
+        ttl.filter(|t| t.enabled).map(|t| t.attribute.as_str())
+    }
+
+    /// The version of the change that set `ttl`, in last-writer-wins form.
+    pub fn version_of(ttl: Option<&TtlSpec>) -> Option<replication::Version> {
+        ttl.and_then(|t| t.version.as_ref())
+            .map(|(hlc, region)| replication::Version::new(replication::Hlc(*hlc), region.clone()))
+    }
+
+    /// The same attribute and state (versions aside).
+    pub fn same_setting(&self, enabled: bool, attribute: &str) -> bool {
+        self.enabled == enabled && self.attribute == attribute
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

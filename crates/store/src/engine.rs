@@ -66,7 +66,7 @@ use replication::digest::{Digest, Range as DigestRange};
 use replication::{Hlc, HlcClock, Version};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::catalog::{self, IndexMeta, KeySchema, TableMeta, TableStats};
+use crate::catalog::{self, IndexMeta, KeySchema, TableMeta, TableStats, TtlSpec};
 use crate::disk::{DiskGuard, DiskStatus, Verdict};
 use crate::keys::{self, KeyHash};
 use crate::record::{self, Record};
@@ -2305,6 +2305,23 @@ impl WriteContext<'_> {
             Ok(count)
         })();
         result.map_err(|e| self.fail("backfilling an index", e))
+    }
+
+    /// Brings the TTL index in line with `next`'s TTL after a change from `previous`: dropped
+    /// when the active TTL attribute changes or TTL is disabled, built from the items when it
+    /// is enabled (on another attribute too); nothing when the active attribute is the same.
+    pub fn align_ttl_index(&mut self, previous: Option<&TtlSpec>, next: &TableMeta) -> Result<(), ApiError> {
+        let (before, after) = (TtlSpec::active(previous), TtlSpec::active(next.ttl.as_ref()));
+        if before == after {
+            return Ok(());
+        }
+        if before.is_some() {
+            self.drop_ttl_index(next)?;
+        }
+        if after.is_some() {
+            self.backfill(next, None)?;
+        }
+        Ok(())
     }
 
     pub fn drop_ttl_index(&mut self, meta: &TableMeta) -> Result<(), ApiError> {

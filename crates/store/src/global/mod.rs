@@ -50,7 +50,7 @@ mod ship;
 mod wire;
 
 use wire::*;
-pub use wire::{TableRequest, sign};
+pub use wire::{DefinitionAnswer, TableRequest, sign};
 
 pub const SIGNATURE_HEADER: &str = "x-switchyard-signature";
 pub const REGION_HEADER: &str = "x-switchyard-region";
@@ -148,6 +148,14 @@ pub fn missing_here_setting(peer: &str) -> String {
 /// (by an UpdateTable here, or a definition received that added it).
 pub fn replica_made_setting(peer: &str, table_id: u64) -> String {
     format!("replica_made:{peer}:{table_id}")
+}
+
+/// The setting that records a TTL change of table `table_id` made here that some replica has
+/// not confirmed yet: the HLC of its version (0, or another HLC than the table's TTL version:
+/// every replica confirmed it, or a newer change replaced it). DescribeTimeToLive then says
+/// ENABLING or DISABLING, and the same UpdateTimeToLive sent here again sends it again.
+pub fn ttl_unaligned_setting(table_id: u64) -> String {
+    format!("ttl_unaligned/{table_id}")
 }
 
 /// The setting that records a backfill of `peer` still to finish (set with the replica

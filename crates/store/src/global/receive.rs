@@ -3,6 +3,7 @@
 //! `engine::ReplicaWriter`, and feeds the outcome to the watermarks.
 
 use super::*;
+use crate::catalog::TtlSpec;
 use crate::streams::TableStream;
 
 /// Decodes and checks every change of a batch before anything is applied.
@@ -239,7 +240,9 @@ impl Replication {
             label: self.engine.new_stream_label(),
             ..stream.clone()
         });
-        let joined_below = self
+        let incoming_ttl = TtlSpec::version_of(table.ttl.as_ref());
+        let taken_hlc = incoming_ttl.as_ref().map(|version| version.hlc.0);
+        let (joined_below, ttl) = self
             .engine
             .write_exclusive(move |context| {
                 // Checked and recorded in the transaction that changes the replica: a request
@@ -256,8 +259,8 @@ impl Replication {
                 // roll its transaction back); the sequence is recorded only with a change.
                 let existing = context.table_named(&table.name);
                 let changed = match (existing, delete) {
-                    (Some(existing), true) => context.drop_table(&existing).map(|()| None),
-                    (None, true) => Ok(None),
+                    (Some(existing), true) => context.drop_table(&existing).map(|()| (None, None)),
+                    (None, true) => Ok((None, None)),
                     (Some(existing), false) => {
                         if existing.key != table.key {
                             return Err(ApiError::new(
@@ -299,17 +302,27 @@ impl Replication {
                         if next.stream.as_ref().is_none_or(|s| !s.enabled) && local_stream.is_some() {
                             next.stream = local_stream;
                         }
+                        // The global table's TTL, when the definition carries a newer one than
+                        // this replica's (a previous build's carries none: its TTL is kept).
+                        let held_ttl = TtlSpec::version_of(existing.ttl.as_ref());
+                        if rules::setting_applies(incoming_ttl.as_ref(), held_ttl.as_ref(), false) {
+                            next.ttl = table.ttl.clone();
+                            context.align_ttl_index(existing.ttl.as_ref(), &next)?;
+                        }
+                        let ttl = next.ttl.clone();
                         context.put_table(next)?;
                         for region in &gained {
                             context.set_setting(&replica_made_setting(region, existing.id), made_ms)?;
                         }
-                        Ok(awaited)
+                        Ok((awaited, ttl))
                     }
                     (None, false) => {
                         let id = context.next_table_id()?;
                         let mut created = table.clone();
                         created.id = id;
-                        created.ttl = None;
+                        // The global table's TTL (as a previous build sends it too: its own),
+                        // with its index, empty until the backfill brings the items.
+                        created.ttl = table.ttl.clone();
                         created.stream = local_stream;
                         // Point-in-time recovery is each replica's own setting, as in DynamoDB.
                         created.pitr = None;
@@ -318,17 +331,25 @@ impl Replication {
                         let joined_below =
                             rules::join_replica(&mut ReplicaWriter::new(context), id, &job_source, vouched, clock)?;
                         created.joined_below = joined_below;
-                        context.put_table(created).map(|()| Some(joined_below))
+                        context.align_ttl_index(None, &created)?;
+                        let ttl = created.ttl.clone();
+                        context.put_table(created).map(|()| (Some(joined_below), ttl))
                     }
                 }?;
                 rules::record_definition(&mut ReplicaWriter::new(context), &job_source, sequence)?;
                 Ok(changed)
             })
             .await?;
-        tracing::info!(%source, table = %name, delete, "replica definition changed by a peer");
-        Ok(match joined_below {
-            Some(joined_below) => serde_json::json!({"joined_below": joined_below}),
-            None => serde_json::json!({}),
+        // Later TTL changes made here are newer than the one taken (within the clock's bound
+        // ahead of the wall clock; `ops::tables::update_ttl` also stamps past the one held).
+        if let Some(hlc) = taken_hlc {
+            self.engine.advance_clock_past(hlc);
+        }
+        tracing::info!(%source, table = %name, delete, ttl = ?ttl, "replica definition changed by a peer");
+        Ok(serde_json::to_value(DefinitionAnswer {
+            joined_below,
+            ttl: Some(ttl),
         })
+        .expect("a definition answer serialises"))
     }
 }

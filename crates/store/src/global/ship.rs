@@ -25,6 +25,19 @@ impl Replication {
         delete: bool,
         joining: bool,
     ) -> Result<Option<u64>, ApiError> {
+        let answer = self.send_definition(region, table, delete, joining).await?;
+        Ok(answer.joined_below)
+    }
+
+    /// [`Replication::send_table`], answering what the peer said: its join barrier, and the
+    /// TTL its replica holds now (`None` from a build before TTL followed global tables).
+    pub async fn send_definition(
+        &self,
+        region: &str,
+        table: &TableMeta,
+        delete: bool,
+        joining: bool,
+    ) -> Result<DefinitionAnswer, ApiError> {
         let peer = self.peer(region).ok_or_else(|| {
             ApiError::validation(format!(
                 "Region {region} is not a peer of this store; start it with --peer {region}=http://HOST:PORT"
@@ -48,9 +61,8 @@ impl Replication {
         })
         .expect("a table definition serialises");
         match self.post(peer, "/replication/v1/table", body).await {
-            Ok((200, body)) => Ok(serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|answer| answer["joined_below"].as_u64())),
+            // An answer that is not JSON (none is) reads as an old build's empty one.
+            Ok((200, body)) => Ok(serde_json::from_slice(&body).unwrap_or_default()),
             Ok((status, body)) => Err(ApiError::validation(format!(
                 "Region {region} refused the replica of {}: HTTP {status}: {}",
                 table.name,

@@ -109,6 +109,27 @@ pub struct TableRequest {
     pub joining: bool,
 }
 
+/// A peer's answer to a [`TableRequest`].
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DefinitionAnswer {
+    /// The receiver created its replica just now, with this join barrier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_below: Option<u64>,
+    /// The TTL the receiver's replica holds after the request (`Some(None)`: none). Absent
+    /// (`None`) from a build before TTL followed global tables, which keeps its own.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Option<crate::catalog::TtlSpec>>,
+}
+
+/// A field that is present deserialises as `Some`, also when it is `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// The signature a peer sends with a replication request (`SIGNATURE_HEADER`): HMAC-SHA256,
 /// with the shared replication key, over the sending region, the region it is for, the request
 /// path, the signing time (`DATE_HEADER`, Unix ms) and the body.
@@ -279,5 +300,86 @@ impl Replication {
             )));
         }
         Ok((region, fresh))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::TtlSpec;
+
+    #[test]
+    fn a_definition_answer_tells_a_previous_build_from_one_without_ttl() {
+        // A previous build answers `{}` or only the join barrier: it keeps its replica's TTL.
+        let old: DefinitionAnswer = serde_json::from_str(r#"{"joined_below":7}"#).expect("valid");
+        assert_eq!((old.joined_below, old.ttl), (Some(7), None));
+        let old: DefinitionAnswer = serde_json::from_str("{}").expect("valid");
+        assert!(old.ttl.is_none());
+        // This build always says what its replica holds, also when that is nothing.
+        let none: DefinitionAnswer = serde_json::from_str(r#"{"ttl":null}"#).expect("valid");
+        assert_eq!(none.ttl, Some(None));
+        let answer = DefinitionAnswer {
+            joined_below: None,
+            ttl: Some(Some(TtlSpec {
+                attribute: "exp".into(),
+                enabled: true,
+                version: Some((42, "eu-west-1".into())),
+            })),
+        };
+        let text = serde_json::to_string(&answer).expect("valid");
+        assert_eq!(
+            text,
+            r#"{"ttl":{"attribute":"exp","enabled":true,"version":[42,"eu-west-1"]}}"#
+        );
+        let back: DefinitionAnswer = serde_json::from_str(&text).expect("valid");
+        assert_eq!(back.ttl, answer.ttl);
+        assert_eq!(
+            serde_json::to_string(&DefinitionAnswer {
+                joined_below: None,
+                ttl: Some(None)
+            })
+            .expect("valid"),
+            r#"{"ttl":null}"#
+        );
+    }
+
+    #[test]
+    fn a_previous_builds_ttl_carries_no_version_and_changes_no_existing_replica() {
+        // What a previous build's definition holds for its TTL (`null`, or its own, unversioned).
+        for (ttl, expected) in [
+            ("null", None),
+            (
+                r#"{"attribute":"exp","enabled":false}"#,
+                Some(TtlSpec {
+                    attribute: "exp".into(),
+                    enabled: false,
+                    version: None,
+                }),
+            ),
+        ] {
+            let parsed: Option<TtlSpec> = serde_json::from_str(ttl).expect("valid");
+            assert_eq!(parsed, expected);
+            let incoming = TtlSpec::version_of(parsed.as_ref());
+            assert!(incoming.is_none());
+            let held = TtlSpec::version_of(Some(&TtlSpec {
+                attribute: "exp".into(),
+                enabled: true,
+                version: Some((1, "us-east-1".into())),
+            }));
+            assert!(!rules::setting_applies(incoming.as_ref(), held.as_ref(), false));
+            assert!(!rules::setting_applies(incoming.as_ref(), None, false));
+            // A replica it creates takes it, as the previous build's own receiver did not.
+            assert!(rules::setting_applies(incoming.as_ref(), None, true));
+        }
+        // And an unversioned TTL is stored as before versions existed.
+        let plain = TtlSpec {
+            attribute: "exp".into(),
+            enabled: true,
+            version: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).expect("valid"),
+            r#"{"attribute":"exp","enabled":true}"#
+        );
     }
 }

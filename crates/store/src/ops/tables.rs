@@ -230,6 +230,15 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
             Ok(latest)
         })
         .await?;
+    // A TTL changed here while the new replicas were being told (it judged a table without
+    // them): they took the TTL of this request's definition, so they get the one committed.
+    if committed.ttl != next.ttl {
+        for peer in &created {
+            if let Err(error) = replication.send_table(peer, &committed, false, false).await {
+                tracing::warn!(table = %next.name, replica = %peer, %error, "the new replica did not get the TTL changed meanwhile; send UpdateTimeToLive again");
+            }
+        }
+    }
     for peer in &created {
         tracing::info!(table = %next.name, replica = %peer, "replica created; backfilling it");
         replication.request_repair(peer);
@@ -815,23 +824,154 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
     }
     let enabled = spec.enabled;
     let attribute = spec.attribute_name.clone();
-    store
+    let region = store.engine().region().to_string();
+    let next = store
         .engine()
         .write_exclusive(move |context| {
             // Checked and changed on the definition as committed now, so a concurrent change
             // (tags, another TTL call) is neither lost nor misjudged.
             let mut next = (*context.latest_table(&meta)?).clone();
-            check_ttl_change(next.ttl.as_ref(), enabled, &attribute)?;
-            next.ttl = Some(TtlSpec { attribute, enabled });
-            if enabled {
-                context.backfill(&next, None)?;
-            } else {
-                context.drop_ttl_index(&next)?;
+            let unaligned = crate::global::ttl_unaligned_setting(next.id);
+            let unconfirmed = next.is_global() && unconfirmed_ttl(next.ttl.as_ref(), context.setting(&unaligned)?);
+            if ttl_change(next.ttl.as_ref(), unconfirmed, enabled, &attribute)? == TtlChange::SendAgain {
+                return Ok(next);
             }
-            context.put_table(next)
+            // Newer than the TTL held (which may be a peer's, stamped by a clock ahead of this
+            // one), so it replaces it in every replica.
+            let held = next
+                .ttl
+                .as_ref()
+                .and_then(|t| t.version.as_ref())
+                .map_or(0, |(hlc, _)| *hlc);
+            let hlc = context.tick_clock().max(held + 1);
+            let previous = next.ttl.take();
+            next.ttl = Some(TtlSpec {
+                attribute,
+                enabled,
+                version: Some((hlc, region)),
+            });
+            context.align_ttl_index(previous.as_ref(), &next)?;
+            if next.is_global() {
+                context.set_setting(&unaligned, hlc)?;
+            }
+            context.put_table(next.clone())?;
+            Ok(next)
         })
         .await?;
+    if next.is_global() {
+        align_ttl(store, &next).await?;
+    }
     Ok(json!({"TimeToLiveSpecification": {"Enabled": spec.enabled, "AttributeName": spec.attribute_name}}))
+}
+
+/// Sends a global table's TTL, just changed here, to every other replica, and clears the mark
+/// that it is unconfirmed (`global::ttl_unaligned_setting`) once every one holds it (or a
+/// newer one). A replica that cannot be reached, or refuses, leaves the mark: this region's
+/// DescribeTimeToLive says ENABLING or DISABLING, and the answer is an error that says to send
+/// the same UpdateTimeToLive again, which then sends it again (the definitions are idempotent:
+/// a replica takes a TTL only when its version is newer than the one it holds).
+async fn align_ttl(store: &Store, next: &TableMeta) -> Result<(), ApiError> {
+    let here = store.engine().region().to_string();
+    let version = TtlSpec::version_of(next.ttl.as_ref());
+    let mut confirmed = Vec::new();
+    let mut failures = Vec::new();
+    let mut unreachable = false;
+    match store.replication() {
+        None => failures.push("this store has no peers configured (--peer REGION=URL)".to_string()),
+        Some(replication) => {
+            for peer in next.replicas.iter().filter(|r| **r != here) {
+                match replication.send_definition(peer, next, false, false).await {
+                    Ok(answer) => match answer.ttl {
+                        None => failures.push(format!(
+                            "region {peer} runs a build that keeps each replica's TTL its own: upgrade it"
+                        )),
+                        Some(held) if TtlSpec::version_of(held.as_ref()) >= version => confirmed.push(peer.clone()),
+                        Some(held) => failures.push(format!(
+                            "region {peer} kept an older TTL ({})",
+                            match held {
+                                Some(TtlSpec { attribute, enabled, .. }) =>
+                                    format!("{attribute}, {}", if enabled { "enabled" } else { "disabled" }),
+                                None => "none".to_string(),
+                            }
+                        )),
+                    },
+                    Err(error) => {
+                        unreachable |= error.kind == ErrorKind::ServiceUnavailable;
+                        failures.push(error.message);
+                    }
+                }
+            }
+        }
+    }
+    let (id, hlc) = (next.id, version.as_ref().map_or(0, |v| v.hlc.0));
+    if failures.is_empty() {
+        store
+            .engine()
+            .write(move |context| {
+                // Only the mark of this change: a newer one made meanwhile keeps its own.
+                let unaligned = crate::global::ttl_unaligned_setting(id);
+                if context.setting(&unaligned)? == hlc {
+                    context.set_setting(&unaligned, 0)?;
+                }
+                Ok(())
+            })
+            .await?;
+        return Ok(());
+    }
+    tracing::warn!(table = %next.name, ?confirmed, ?failures, "TTL changed here and not yet in every replica");
+    let kind = if unreachable {
+        ErrorKind::ServiceUnavailable
+    } else {
+        ErrorKind::Validation
+    };
+    Err(ApiError::new(
+        kind,
+        format!(
+            "TimeToLive of {} changed in {here}{} but not in every replica: {}. Until it is, DescribeTimeToLive in {here} says {}; send the same UpdateTimeToLive to {here} again when they are up",
+            next.name,
+            if confirmed.is_empty() {
+                String::new()
+            } else {
+                format!(" and {}", confirmed.join(", "))
+            },
+            failures.join("; "),
+            if next.ttl.as_ref().is_some_and(|t| t.enabled) {
+                "ENABLING"
+            } else {
+                "DISABLING"
+            }
+        ),
+    ))
+}
+
+/// What an UpdateTimeToLive does.
+#[derive(Debug, PartialEq, Eq)]
+enum TtlChange {
+    /// Change the TTL (here, then in every replica).
+    Change,
+    /// The change the table holds, not yet confirmed by every replica: send it to them again.
+    SendAgain,
+}
+
+/// Whether a global table's TTL is a change made here that some replica has not confirmed:
+/// its version's HLC is the one `global::ttl_unaligned_setting` holds (`unaligned_hlc`).
+fn unconfirmed_ttl(ttl: Option<&TtlSpec>, unaligned_hlc: u64) -> bool {
+    matches!(ttl, Some(TtlSpec { version: Some((hlc, _)), .. }) if unaligned_hlc != 0 && *hlc == unaligned_hlc)
+}
+
+/// Decides an UpdateTimeToLive on a table holding `current`: the same setting again while it is
+/// `unconfirmed` is sent again (DynamoDB's check would refuse it as already enabled or disabled
+/// and leave the regions apart for good); anything else is checked as DynamoDB checks it.
+fn ttl_change(
+    current: Option<&TtlSpec>,
+    unconfirmed: bool,
+    enabled: bool,
+    attribute: &str,
+) -> Result<TtlChange, ApiError> {
+    if unconfirmed && current.is_some_and(|t| t.same_setting(enabled, attribute)) {
+        return Ok(TtlChange::SendAgain);
+    }
+    check_ttl_change(current, enabled, attribute).map(|()| TtlChange::Change)
 }
 
 /// Refuses a TTL change DynamoDB refuses: any change naming another attribute than an active
@@ -852,12 +992,85 @@ fn check_ttl_change(current: Option<&TtlSpec>, enabled: bool, attribute: &str) -
 
 pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, ApiError> {
     let meta = named_table(store, &request.table_name)?;
+    // A global table's TTL changed here and not yet confirmed by every replica is in
+    // transition (DynamoDB's ENABLING / DISABLING).
+    let unconfirmed = meta.is_global()
+        && unconfirmed_ttl(
+            meta.ttl.as_ref(),
+            store
+                .engine()
+                .setting_value(&crate::global::ttl_unaligned_setting(meta.id)),
+        );
     let description = match &meta.ttl {
         Some(TtlSpec {
             attribute,
             enabled: true,
-        }) => json!({"TimeToLiveStatus": "ENABLED", "AttributeName": attribute}),
+            ..
+        }) => json!({"TimeToLiveStatus": if unconfirmed { "ENABLING" } else { "ENABLED" }, "AttributeName": attribute}),
+        Some(TtlSpec {
+            attribute,
+            enabled: false,
+            ..
+        }) if unconfirmed => json!({"TimeToLiveStatus": "DISABLING", "AttributeName": attribute}),
         _ => json!({"TimeToLiveStatus": "DISABLED"}),
     };
     Ok(json!({"TimeToLiveDescription": description}))
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::*;
+
+    fn ttl(attribute: &str, enabled: bool, hlc: Option<u64>) -> TtlSpec {
+        TtlSpec {
+            attribute: attribute.into(),
+            enabled,
+            version: hlc.map(|hlc| (hlc, "us-east-1".into())),
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_ttl_is_the_one_whose_version_the_mark_names() {
+        assert!(unconfirmed_ttl(Some(&ttl("exp", true, Some(9))), 9));
+        // Confirmed (mark cleared), replaced by a newer change (a peer's), or never versioned.
+        assert!(!unconfirmed_ttl(Some(&ttl("exp", true, Some(9))), 0));
+        assert!(!unconfirmed_ttl(Some(&ttl("exp", true, Some(10))), 9));
+        assert!(!unconfirmed_ttl(Some(&ttl("exp", true, None)), 9));
+        assert!(!unconfirmed_ttl(None, 9));
+    }
+
+    #[test]
+    fn the_same_change_again_is_sent_again_only_while_unconfirmed() {
+        let enabled = ttl("exp", true, Some(9));
+        let disabled = ttl("exp", false, Some(9));
+        assert_eq!(
+            ttl_change(Some(&enabled), true, true, "exp").expect("valid"),
+            TtlChange::SendAgain
+        );
+        assert_eq!(
+            ttl_change(Some(&disabled), true, false, "exp").expect("valid"),
+            TtlChange::SendAgain
+        );
+        // Confirmed everywhere: DynamoDB's check, in its words.
+        let refused = ttl_change(Some(&enabled), false, true, "exp").expect_err("refused");
+        assert_eq!(refused.message, "TimeToLive is already enabled");
+        let refused = ttl_change(Some(&disabled), false, false, "exp").expect_err("refused");
+        assert_eq!(refused.message, "TimeToLive is already disabled");
+        // Unconfirmed, but another change: checked as any change is.
+        assert_eq!(
+            ttl_change(Some(&enabled), true, false, "exp").expect("valid"),
+            TtlChange::Change
+        );
+        assert_eq!(
+            ttl_change(Some(&disabled), true, true, "exp").expect("valid"),
+            TtlChange::Change
+        );
+        let refused = ttl_change(Some(&enabled), true, true, "other").expect_err("refused");
+        assert!(
+            refused.message.contains("different AttributeName"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(ttl_change(None, false, true, "exp").expect("valid"), TtlChange::Change);
+    }
 }
