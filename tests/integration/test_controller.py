@@ -148,8 +148,10 @@ def test_config_check_checks_store_and_fault_proxy_files_as_they_are_read(tmp_pa
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
     good = tmp_path / "store.toml"
+    (tmp_path / "replication.key").write_text("a shared secret of 32 bytes.....\n")
     good.write_text('[store]\nregion = "eu-west-1"\nlisten = "127.0.0.1:8001"\ndata_dir = "data"\n'
-                    'cache_bytes = "256MiB"\n\n[store.peers]\nus-east-1 = "http://127.0.0.1:8000"\n')
+                    'cache_bytes = "256MiB"\nreplication_key_file = "replication.key"\n\n'
+                    '[store.peers]\nus-east-1 = "http://127.0.0.1:8000"\n')
     checked = run_cli("config", "check", str(good))
     assert checked.returncode == 0, checked.stderr
     assert "a `switchyard store` configuration: region eu-west-1, listening on 127.0.0.1:8001" in checked.stdout
@@ -161,6 +163,20 @@ def test_config_check_checks_store_and_fault_proxy_files_as_they_are_read(tmp_pa
     assert "cache_bytes" in checked.stderr and "line 3" in checked.stderr, checked.stderr
     assert "unknown field `store`" not in checked.stderr, checked.stderr
     assert "checked as a `switchyard store` configuration" in checked.stderr, checked.stderr
+    # What the store refuses at start, the check refuses too: a file it passes starts.
+    env = {k: v for k, v in os.environ.items() if k != "SWITCHYARD_REPLICATION_KEY"}
+    for body, said in [
+        ('listen = "0.0.0.0:8001"\n', "refusing to listen on 0.0.0.0:8001 without credentials"),
+        ('credentials = "missing-credentials"\n', "read credentials file"),
+        ('\n[store.peers]\nus-east-1 = "http://127.0.0.1:8000"\n', "peers need a replication key"),
+        ('tls_cert = "missing.pem"\ntls_key = "missing.key"\n', "missing.pem"),
+    ]:
+        bad.write_text('[store]\nregion = "eu-west-1"\n' + body)
+        checked = subprocess.run([str(BINARY), "config", "check", str(bad)], env=env, capture_output=True,
+                                 text=True, timeout=30)
+        assert checked.returncode == 1, (body, checked.stdout)
+        assert said in checked.stderr, (body, checked.stderr)
+        assert "checked as a `switchyard store` configuration" in checked.stderr, checked.stderr
     # The fault proxy's file (`switchyard fault-proxy --config FILE`, a [fault_proxy] section) too.
     faults = tmp_path / "faults.toml"
     faults.write_text('[fault_proxy]\nlisten = "127.0.0.1:8474"\n\n[[fault_proxy.proxies]]\nname = "store-eu"\n'

@@ -683,6 +683,13 @@ impl<'t> LineIndex<'t> {
     fn problem_from_toml(&self, error: &toml::de::Error) -> Problem {
         let (line, column) = error.span().map(|s| self.position(s.start)).unwrap_or((0, 0));
         let message = error.message().to_string();
+        if message.contains("expected a borrowed string")
+            && let Some(problem) = error
+                .span()
+                .and_then(|span| self.table_without_header(span.start, line, column))
+        {
+            return problem;
+        }
         let fix = if message.contains("unknown field") {
             "remove the key or fix its spelling (the message lists the expected keys)"
         } else if message.contains("missing field") {
@@ -698,6 +705,29 @@ impl<'t> LineIndex<'t> {
             message,
             fix: fix.into(),
         }
+    }
+}
+
+impl LineIndex<'_> {
+    /// toml's message when a table that only its sub-tables' headers define (`[runbook.media_sync.locations]`
+    /// with no `[runbook.media_sync]`) is read where the file's position of it is wanted:
+    /// "invalid type: string \"locations\", expected a borrowed string". Says which header is missing.
+    fn table_without_header(&self, offset: usize, line: usize, column: usize) -> Option<Problem> {
+        let start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
+        let header = self.text[start..end].split('#').next()?.trim();
+        let inner = header.trim_start_matches('[').trim_end_matches(']').trim();
+        if !header.starts_with('[') || inner.is_empty() {
+            return None;
+        }
+        let (parent, _) = inner.rsplit_once('.')?;
+        let parent = parent.trim();
+        Some(Problem {
+            line,
+            column,
+            message: format!("[{inner}] has no [{parent}] header above it, so [{parent}] has none of its own keys"),
+            fix: format!("write [{parent}] with its keys (see the README's example) before [{inner}]"),
+        })
     }
 }
 

@@ -368,10 +368,16 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
             }
         }
         ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::Store) => {
-            // As `switchyard store --config FILE` reads it, without flags or variables.
+            // As `switchyard store --config FILE` reads it, without flags, and with what it
+            // refuses before opening its database (credentials, exposure, replication key,
+            // peers, TLS files), so a file that passes starts.
             let checked = store::config::load(&file)
                 .map_err(anyhow::Error::from)
-                .and_then(|keys| Ok(store::settings::Settings::merge(keys, Default::default())?));
+                .and_then(|keys| Ok(store::settings::Settings::merge(keys, Default::default())?))
+                .and_then(|settings| {
+                    crate::store_files(&settings, false)?;
+                    Ok(settings)
+                });
             match checked {
                 Ok(settings) => {
                     println!(

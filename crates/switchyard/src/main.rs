@@ -344,10 +344,11 @@ impl TlsArgs {
 /// Limits applied to every connection before authentication (see the README's security model).
 #[derive(clap::Args)]
 struct ListenerLimitArgs {
-    /// Open connections at most; more are answered 503 and closed [default: 1024].
+    /// Open connections at most; a new one beyond closes the keep-alive connection idle the
+    /// longest, or, with none idle, is answered 503 and closed [default: 1024].
     #[arg(long, value_name = "N", env = "SWITCHYARD_CONNECTIONS_MAX")]
     connections_max: Option<usize>,
-    /// Open connections from one client IP address at most [default: 256].
+    /// Open connections from one client IP address (IPv6: its /64) at most [default: 256].
     #[arg(long, value_name = "N", env = "SWITCHYARD_CONNECTIONS_PER_CLIENT_MAX")]
     connections_per_client_max: Option<usize>,
     /// Milliseconds a client may take to send a request head, from its first byte [default: 10000].
@@ -564,27 +565,14 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     if compact {
         return compact_store(&args).await;
     }
-    let credentials = match &args.credentials {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("read credentials file {}", path.display()))?;
-            let credentials = Credentials::parse_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            if credentials.is_empty() {
-                bail!(
-                    "{} holds no credentials: add lines of `ACCESS_KEY_ID SECRET`",
-                    path.display()
-                );
-            }
-            Some(credentials)
-        }
-        None => None,
-    };
+    let StoreFiles {
+        credentials,
+        replication,
+        tls,
+    } = store_files(&args, trusted_network)?;
     if trusted_network && credentials.is_none() && !args.listen.ip().is_loopback() {
         tracing::warn!(address = %args.listen, "--trusted-network: unsigned requests accepted on a non-loopback address; the network must keep everyone else out");
-    } else {
-        store::server::check_exposure(args.listen, credentials.as_ref())?;
     }
-    let replication = args.replication(std::env::var("SWITCHYARD_REPLICATION_KEY").ok())?;
     let engine = store::Engine::open_with(
         &args.data_dir,
         &args.region,
@@ -619,14 +607,9 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         std::fs::write(path, address.to_string()).with_context(|| format!("write ready file {}", path.display()))?;
     }
     tracing::info!(%address, region = %args.region, data_dir = %args.data_dir.display(), authenticated = credentials.is_some(), "store listening");
-    let tls = match &args.tls {
-        Some(files) => {
-            let tls = Arc::new(common::http::Tls::load(files.clone()).map_err(anyhow::Error::msg)?);
-            tokio::spawn(common::http::reload_on_hangup(Arc::clone(&tls), "store"));
-            Some(tls)
-        }
-        None => None,
-    };
+    if let Some(tls) = &tls {
+        tokio::spawn(common::http::reload_on_hangup(Arc::clone(tls), "store"));
+    }
     store::server::run_with_limits(
         listener,
         engine,
@@ -642,6 +625,48 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     .context("serve the API")?;
     tracing::info!("store stopped");
     Ok(())
+}
+
+/// What `switchyard store` reads and refuses before it opens its database: the credentials
+/// file, an address open to the network without them, the replication key and peers, and the
+/// TLS files. `config check` runs it too, so a file it passes is one the store starts with.
+pub(crate) struct StoreFiles {
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) replication: Option<store::global::ReplicationConfig>,
+    pub(crate) tls: Option<Arc<common::http::Tls>>,
+}
+
+pub(crate) fn store_files(args: &store::settings::Settings, trusted_network: bool) -> anyhow::Result<StoreFiles> {
+    let credentials = match &args.credentials {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("read credentials file {}", path.display()))?;
+            let credentials = Credentials::parse_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if credentials.is_empty() {
+                bail!(
+                    "{} holds no credentials: add lines of `ACCESS_KEY_ID SECRET`",
+                    path.display()
+                );
+            }
+            Some(credentials)
+        }
+        None => None,
+    };
+    if !(trusted_network && credentials.is_none() && !args.listen.ip().is_loopback()) {
+        store::server::check_exposure(args.listen, credentials.as_ref())?;
+    }
+    let replication = args.replication(std::env::var("SWITCHYARD_REPLICATION_KEY").ok())?;
+    let tls = match &args.tls {
+        Some(files) => Some(Arc::new(
+            common::http::Tls::load(files.clone()).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    Ok(StoreFiles {
+        credentials,
+        replication,
+        tls,
+    })
 }
 
 /// `switchyard store --compact`.

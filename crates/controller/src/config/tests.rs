@@ -821,3 +821,27 @@ fn a_media_sync_step_with_mistakes_is_still_a_media_sync_step_for_the_failback_g
     let found = problems(&text);
     problem_with(&found, "no runbook step has kind = \"media_sync\"");
 }
+
+#[test]
+fn a_sub_table_without_its_tables_header_names_the_missing_header() {
+    // `[runbook.media_sync.locations]` with no `[runbook.media_sync]` (its `mode`) above it:
+    // toml reports "invalid type: string \"locations\", expected a borrowed string".
+    let text = format!(
+        "{MINIMAL}\n[[runbook]]\nname = \"media\"\nkind = \"media_sync\"\n\n[runbook.media_sync.locations]\na = {{ url = \"/srv/media/\" }}\n"
+    );
+    let found = problems(&text);
+    let problem = problem_with(
+        &found,
+        "[runbook.media_sync.locations] has no [runbook.media_sync] header",
+    );
+    assert_eq!(
+        problem.line,
+        line_of(&text, "[runbook.media_sync.locations]"),
+        "{found:#?}"
+    );
+    assert!(problem.fix.contains("write [runbook.media_sync]"), "{found:#?}");
+    assert!(
+        !found.iter().any(|p| p.message.contains("borrowed string")),
+        "{found:#?}"
+    );
+}
