@@ -177,6 +177,11 @@ def test_config_check_checks_store_and_fault_proxy_files_as_they_are_read(tmp_pa
         assert checked.returncode == 1, (body, checked.stdout)
         assert said in checked.stderr, (body, checked.stderr)
         assert "checked as a `switchyard store` configuration" in checked.stderr, checked.stderr
+    # A store meant for `--trusted-network` is checked as it starts: with the same flag.
+    bad.write_text('[store]\nregion = "eu-west-1"\nlisten = "0.0.0.0:8001"\n')
+    trusted = subprocess.run([str(BINARY), "config", "check", "--trusted-network", str(bad)], env=env,
+                             capture_output=True, text=True, timeout=30)
+    assert trusted.returncode == 0, trusted.stderr
     # The fault proxy's file (`switchyard fault-proxy --config FILE`, a [fault_proxy] section) too.
     faults = tmp_path / "faults.toml"
     faults.write_text('[fault_proxy]\nlisten = "127.0.0.1:8474"\n\n[[fault_proxy.proxies]]\nname = "store-eu"\n'

@@ -69,6 +69,10 @@ enum ConfigCommand {
     Check {
         /// The TOML file.
         file: PathBuf,
+        /// A store file: check it as `switchyard store --trusted-network --config FILE` reads
+        /// it (unsigned requests on a non-loopback `listen` without `credentials` allowed).
+        #[arg(long)]
+        trusted_network: bool,
     },
 }
 
@@ -332,7 +336,7 @@ fn config_kind(file: &std::path::Path) -> ConfigKind {
 
 pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
     match args.command {
-        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::Dns) => {
+        ConfigCommand::Check { file, .. } if matches!(config_kind(&file), ConfigKind::Dns) => {
             match dns::config::load(&file) {
                 Ok(config) => {
                     println!(
@@ -350,7 +354,7 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                 ),
             }
         }
-        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::Proxy) => {
+        ConfigCommand::Check { file, .. } if matches!(config_kind(&file), ConfigKind::Proxy) => {
             match proxy::config::load(&file) {
                 Ok(config) => {
                     println!(
@@ -367,7 +371,7 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                 ),
             }
         }
-        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::Store) => {
+        ConfigCommand::Check { file, trusted_network } if matches!(config_kind(&file), ConfigKind::Store) => {
             // As `switchyard store --config FILE` reads it, without flags, and with what it
             // refuses before opening its database (credentials, exposure, replication key,
             // peers, TLS files), so a file that passes starts.
@@ -375,7 +379,7 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
                 .and_then(|keys| Ok(store::settings::Settings::merge(keys, Default::default())?))
                 .and_then(|settings| {
-                    crate::store_files(&settings, false)?;
+                    crate::store_files(&settings, trusted_network)?;
                     Ok(settings)
                 });
             match checked {
@@ -396,7 +400,7 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                 ),
             }
         }
-        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::FaultProxy) => {
+        ConfigCommand::Check { file, .. } if matches!(config_kind(&file), ConfigKind::FaultProxy) => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
             match faultproxy::config::from_toml(&text, &file.display().to_string()) {
                 Ok(config) => {
@@ -414,7 +418,7 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                 ),
             }
         }
-        ConfigCommand::Check { file } if matches!(config_kind(&file), ConfigKind::DrillTargets) => {
+        ConfigCommand::Check { file, .. } if matches!(config_kind(&file), ConfigKind::DrillTargets) => {
             match drill::runtime::deployment::Deployment::load(&file) {
                 Ok(deployment) => {
                     println!(
@@ -434,7 +438,7 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        ConfigCommand::Check { file } => match controller::config::check_file(&file) {
+        ConfigCommand::Check { file, .. } => match controller::config::check_file(&file) {
             Ok(config) => {
                 for warning in &config.warnings {
                     let place = if warning.line == 0 {
