@@ -10,8 +10,9 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
+from global_helpers import REPLICATION_DEADLINE_S, create_table, error_code, make_global, two_regions
 from test_store_harness import wait_for
-from test_streams import REPLICATION_DEADLINE_S, TTL_DEADLINE_S, error_code, two_regions
+from test_streams import TTL_DEADLINE_S
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -19,25 +20,6 @@ TABLE = "sessions"
 # Seconds ahead an item's TTL is set when the test must see it in both regions before it
 # expires (replication on loopback takes milliseconds; the TTL sweep runs every second).
 EXPIRES_IN_S = 6
-
-
-def create_global(east, south):
-    client = east.client()
-    client.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
-                        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-                        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
-
-
-def make_global(east, south):
-    east.client().update_table(TableName=TABLE, ReplicaUpdates=[{"Create": {"RegionName": south.name}}])
-    wait_for(lambda: table_in(south), REPLICATION_DEADLINE_S, f"the replica in {south.name}")
-
-
-def table_in(region):
-    try:
-        return region.client().describe_table(TableName=TABLE)["Table"]
-    except ClientError:
-        return None
 
 
 def ttl_of(region):
@@ -63,10 +45,10 @@ DISABLED = {"TimeToLiveStatus": "DISABLED"}
 
 def test_a_replica_made_after_ttl_was_enabled_has_it_and_expires_items(tmp_path):
     with two_regions(tmp_path) as (east, south):
-        create_global(east, south)
+        create_table(east, TABLE)
         set_ttl(east, True)
         put(east, "long-lived", time.time() + 3600)
-        make_global(east, south)
+        make_global(east, south, TABLE)
         assert ttl_of(south) == ENABLED
         assert ttl_of(east) == ENABLED
         wait_for(lambda: item_in(south, "long-lived"), REPLICATION_DEADLINE_S, "the backfilled item in the new replica")
@@ -87,8 +69,8 @@ def test_a_replica_made_after_ttl_was_enabled_has_it_and_expires_items(tmp_path)
 
 def test_update_ttl_on_a_global_table_changes_every_region(tmp_path):
     with two_regions(tmp_path) as (east, south):
-        create_global(east, south)
-        make_global(east, south)
+        create_table(east, TABLE)
+        make_global(east, south, TABLE)
         assert ttl_of(east) == DISABLED and ttl_of(south) == DISABLED
         # Enabled from the replica's region: both regions have it when the call answers.
         assert set_ttl(south, True)["TimeToLiveSpecification"] == {"Enabled": True, "AttributeName": "exp"}
@@ -131,8 +113,8 @@ def test_update_ttl_on_a_global_table_changes_every_region(tmp_path):
 
 def test_a_region_down_during_update_ttl_fails_clearly_and_a_retry_finishes(tmp_path):
     with two_regions(tmp_path) as (east, south):
-        create_global(east, south)
-        make_global(east, south)
+        create_table(east, TABLE)
+        make_global(east, south, TABLE)
         south.stop()
         with pytest.raises(ClientError) as excinfo:
             set_ttl(east, True)

@@ -17,8 +17,8 @@
 //! - replica definitions: [`check_definition`] refuses any sequence not newer than the last one
 //!   applied from that source (durable, so replays fail after any number of restarts);
 //!   [`join_replica`], [`hand_over_backfill`] and [`complete_backfills`] keep the join state;
-//!   [`setting_applies`]: whether a table setting the definition carries (the TTL) replaces
-//!   the one held here;
+//!   [`setting_applies`]: whether a table setting the definition carries (the TTL, a global
+//!   index's creation or deletion) replaces the one held here;
 //! - [`backfill_ready`]: when a sender may start the backfill of a peer that joined;
 //! - [`purge_tombstones`]: which tombstones go, and the per-table watermark that stands in for
 //!   them, raised in the same transaction.
@@ -383,7 +383,8 @@ pub fn record_definition<S: ReplicaStorage>(storage: &mut S, source: &str, seque
     storage.set_definition_received(source, sequence)
 }
 
-/// Whether a table setting that follows a global table across its replicas (its TTL), carried
+/// Whether a table setting that follows a global table across its replicas (its TTL; each of
+/// its global indexes, judged name by name: its creation or deletion), carried
 /// by a peer's replica definition with the `incoming` version of the change that set it,
 /// replaces the setting held here (set by the `held` version's change). A replica being created
 /// takes the peer's setting as it is (a build before versioned settings sends its own one,

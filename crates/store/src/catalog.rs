@@ -3,7 +3,7 @@
 //! A `TableMeta` is immutable once published; schema operations build a new one and the engine
 //! swaps it in after the change is durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dynamo_protocol::{ApiError, AttributeValue, Item};
 use serde::{Deserialize, Serialize};
@@ -164,9 +164,23 @@ pub struct IndexMeta {
     pub throughput: Option<Throughput>,
     /// True while existing items are being copied into a GSI created by UpdateTable.
     pub backfilling: bool,
+    /// A global index's: the change that created it (in `TableMeta::indexes`) or deleted it
+    /// (in `TableMeta::deleted_indexes`), `(HLC, region)` of its UpdateTable. A global table's
+    /// indexes follow it across the replicas: a replica takes a definition's index change only
+    /// when it is newer (`TableMeta::align_indexes`). Absent in indexes made before versions,
+    /// made with the table (CreateTable) and in what a previous build sends (left out of the
+    /// stored JSON then, so catalog entries keep their form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<SettingVersion>,
 }
 
 impl IndexMeta {
+    /// The same index for its entries: kind, key schema and projection (throughput, which stays
+    /// each replica's own, and versions aside).
+    pub fn same_definition(&self, other: &IndexMeta) -> bool {
+        self.kind == other.kind && self.key == other.key && self.projection == other.projection
+    }
+
     /// The attributes an index entry carries: index keys, table keys, projected attributes.
     pub fn project(&self, table_key: &KeySchema, item: &Item) -> Item {
         match &self.projection {
@@ -201,6 +215,31 @@ pub struct Throughput {
     pub write: u64,
 }
 
+/// The version of a change to a setting that follows a global table across its replicas (its
+/// TTL, the creation or deletion of a global index): `(HLC, region)` of the request that made
+/// it. A replica takes a peer's setting only when the peer's version wins by last writer wins
+/// (`replication::receive::setting_applies`), as items do.
+pub type SettingVersion = (u64, String);
+
+/// `version` in last-writer-wins form.
+pub fn setting_version(version: Option<&SettingVersion>) -> Option<replication::Version> {
+    version.map(|(hlc, region)| replication::Version::new(replication::Hlc(*hlc), region.clone()))
+}
+
+/// The version of a change made now in `region` (`tick`: a fresh stamp of its clock) to a
+/// setting whose held version is `held`: above it, so it replaces it in every replica also when
+/// `held` is a peer's, stamped by a clock ahead of this one.
+pub fn next_setting_version(held: Option<&SettingVersion>, tick: u64, region: &str) -> SettingVersion {
+    (tick.max(held.map_or(0, |(hlc, _)| hlc + 1)), region.to_string())
+}
+
+/// Whether a setting at `version` is a change made here that some replica has not confirmed:
+/// its HLC is the one its durable mark (`global::Followed::mark`) holds (`mark_hlc`; 0 once
+/// every replica confirmed it, another HLC once a newer change replaced it).
+pub fn unconfirmed(version: Option<&SettingVersion>, mark_hlc: u64) -> bool {
+    matches!(version, Some((hlc, _)) if mark_hlc != 0 && *hlc == mark_hlc)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TtlSpec {
     pub attribute: String,
@@ -211,7 +250,7 @@ pub struct TtlSpec {
     /// (left out of the stored JSON then, so catalog entries keep their form) and in what a
     /// previous build sends, which replicas other than a new one therefore ignore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<(u64, String)>,
+    pub version: Option<SettingVersion>,
 }
 
 impl TtlSpec {
@@ -222,8 +261,7 @@ impl TtlSpec {
 
     /// The version of the change that set `ttl`, in last-writer-wins form.
     pub fn version_of(ttl: Option<&TtlSpec>) -> Option<replication::Version> {
-        ttl.and_then(|t| t.version.as_ref())
-            .map(|(hlc, region)| replication::Version::new(replication::Hlc(*hlc), region.clone()))
+        setting_version(ttl.and_then(|t| t.version.as_ref()))
     }
 
     /// The same attribute and state (versions aside).
@@ -278,6 +316,32 @@ pub struct TableMeta {
     /// table then shows its creation time, as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pay_per_request_since_seconds: Option<f64>,
+    /// Global indexes deleted from a global table, each with the version of its delete
+    /// (`IndexMeta::version`), so the delete follows the table across its replicas and a stale
+    /// definition that still holds the index does not bring it back (`align_indexes`). One per
+    /// name at most; a name created again leaves this list. Left out of the stored JSON when
+    /// empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted_indexes: Vec<IndexMeta>,
+}
+
+/// What a replica does to take a peer's global indexes (`TableMeta::align_indexes`).
+#[derive(Debug, Default, PartialEq)]
+pub struct IndexAlignment {
+    /// The table's indexes after it.
+    pub indexes: Vec<IndexMeta>,
+    pub deleted_indexes: Vec<IndexMeta>,
+    pub attribute_definitions: Vec<(String, KeyType)>,
+    /// Indexes whose storage goes (deleted, or replaced by another definition of the name).
+    pub dropped: Vec<String>,
+    /// Indexes to build from the items (created, or the replacing definition).
+    pub created: Vec<String>,
+}
+
+impl IndexAlignment {
+    pub fn changes_nothing(&self, held: &TableMeta) -> bool {
+        self.indexes == held.indexes && self.deleted_indexes == held.deleted_indexes
+    }
 }
 
 /// A table's point-in-time recovery settings.
@@ -337,6 +401,128 @@ impl TableMeta {
         self.indexes.iter().find(|i| i.name == name)
     }
 
+    /// The version of the last change of global index `name` held here: its creation when the
+    /// table has it, else its deletion, if either is versioned.
+    pub fn index_version(&self, name: &str) -> Option<&SettingVersion> {
+        self.indexes
+            .iter()
+            .chain(&self.deleted_indexes)
+            .find(|i| i.name == name && i.kind == IndexKind::Global)
+            .and_then(|i| i.version.as_ref())
+    }
+
+    /// Every versioned global index change held here, by index name (what a replica answers
+    /// a definition with).
+    pub fn index_versions(&self) -> BTreeMap<String, SettingVersion> {
+        self.indexes
+            .iter()
+            .chain(&self.deleted_indexes)
+            .filter(|i| i.kind == IndexKind::Global)
+            .filter_map(|i| i.version.clone().map(|v| (i.name.clone(), v)))
+            .collect()
+    }
+
+    /// The highest HLC of the versioned settings this definition carries (TTL, index changes).
+    pub fn newest_setting_hlc(&self) -> Option<u64> {
+        let ttl = self.ttl.as_ref().and_then(|t| t.version.as_ref());
+        let indexes = self
+            .indexes
+            .iter()
+            .chain(&self.deleted_indexes)
+            .filter_map(|i| i.version.as_ref());
+        ttl.into_iter().chain(indexes).map(|(hlc, _)| *hlc).max()
+    }
+
+    /// The global indexes this replica holds after taking those of a peer's definition
+    /// (`incoming`), index name by index name: a name whose last change there (its creation,
+    /// or its deletion in `deleted_indexes`) is newer than here by
+    /// `replication::receive::setting_applies` takes the peer's state: created (to be built
+    /// from the items), deleted, or replaced when the definitions differ; any other name, and
+    /// every local index, stays as it is. So concurrent changes to different indexes all
+    /// land, changes to one index end the same everywhere (last writer wins), a stale or
+    /// repeated definition changes nothing, and an unversioned one (a previous build's, which
+    /// keeps each replica's indexes its own) never creates or drops an index here.
+    pub fn align_indexes(&self, incoming: &TableMeta) -> IndexAlignment {
+        let global_names = |meta: &TableMeta| -> Vec<String> {
+            meta.indexes
+                .iter()
+                .chain(&meta.deleted_indexes)
+                .filter(|i| i.kind == IndexKind::Global)
+                .map(|i| i.name.clone())
+                .collect()
+        };
+        let names: BTreeSet<String> = global_names(self).into_iter().chain(global_names(incoming)).collect();
+        let mut out = IndexAlignment {
+            indexes: self.indexes.clone(),
+            deleted_indexes: self.deleted_indexes.clone(),
+            ..IndexAlignment::default()
+        };
+        for name in names {
+            // A local index of that name is this table's own (made with it); left alone.
+            if self
+                .indexes
+                .iter()
+                .any(|i| i.name == name && i.kind == IndexKind::Local)
+            {
+                continue;
+            }
+            let held = setting_version(self.index_version(&name));
+            let theirs = setting_version(incoming.index_version(&name));
+            if !replication::receive::setting_applies(theirs.as_ref(), held.as_ref(), false) {
+                continue;
+            }
+            let live_there = incoming
+                .indexes
+                .iter()
+                .find(|i| i.name == name && i.kind == IndexKind::Global);
+            let live_here = out.indexes.iter().position(|i| i.name == name);
+            out.deleted_indexes.retain(|i| i.name != name);
+            match (live_here, live_there) {
+                (Some(at), Some(index)) if out.indexes[at].same_definition(index) => {
+                    out.indexes[at].version = index.version.clone();
+                }
+                (Some(at), Some(index)) => {
+                    out.dropped.push(name.clone());
+                    out.created.push(name.clone());
+                    out.indexes[at] = IndexMeta {
+                        backfilling: false,
+                        ..index.clone()
+                    };
+                }
+                (None, Some(index)) => {
+                    out.created.push(name.clone());
+                    out.indexes.push(IndexMeta {
+                        backfilling: false,
+                        ..index.clone()
+                    });
+                }
+                (live_here, None) => {
+                    if let Some(at) = live_here {
+                        out.dropped.push(name.clone());
+                        out.indexes.remove(at);
+                    }
+                    // Its deletion there is the newer change: kept here too, so a stale
+                    // definition does not bring the index back.
+                    let deleted = incoming.deleted_indexes.iter().find(|i| i.name == name);
+                    out.deleted_indexes.extend(deleted.cloned());
+                }
+            }
+        }
+        // The attributes the indexes' keys use are defined (a created index's as the peer
+        // defines them), and only those.
+        let mut definitions = self.attribute_definitions.clone();
+        for (name, value_type) in &incoming.attribute_definitions {
+            if !definitions.iter().any(|(n, _)| n == name) {
+                definitions.push((name.clone(), *value_type));
+            }
+        }
+        let used =
+            |name: &str| self.key.is_key_attribute(name) || out.indexes.iter().any(|i| i.key.is_key_attribute(name));
+        definitions.retain(|(name, _)| used(name));
+        out.attribute_definitions = definitions;
+        out
+    }
+
     /// A restore is still copying items in: the table is CREATING.
     pub fn restoring(&self) -> bool {
         self.restore.as_ref().is_some_and(|r| r.in_progress)
@@ -346,13 +532,16 @@ impl TableMeta {
         format!("arn:aws:dynamodb:{region}:000000000000:table/{}", self.name)
     }
 
-    /// The DescribeTable shape.
+    /// The DescribeTable shape. `unconfirmed`: whether a global index's change (its creation,
+    /// or its deletion in `deleted_indexes`) was made here and some replica has not confirmed
+    /// it: the index is then CREATING, or listed as DELETING.
     pub fn describe(
         &self,
         region: &str,
         status: &str,
         stats: TableStats,
         index_stats: &dyn Fn(&str) -> TableStats,
+        unconfirmed: &dyn Fn(&IndexMeta) -> bool,
     ) -> Value {
         let mut table = serde_json::Map::new();
         table.insert("TableName".into(), json!(self.name));
@@ -406,7 +595,8 @@ impl TableMeta {
                 "IndexArn": format!("{}/index/{}", self.arn(region), index.name),
             });
             if index.kind == IndexKind::Global {
-                out["IndexStatus"] = json!(if index.backfilling { "CREATING" } else { "ACTIVE" });
+                let creating = index.backfilling || unconfirmed(index);
+                out["IndexStatus"] = json!(if creating { "CREATING" } else { "ACTIVE" });
                 if index.backfilling {
                     // DynamoDB shows the flag only while the index is being filled.
                     out["Backfilling"] = json!(true);
@@ -415,12 +605,26 @@ impl TableMeta {
             }
             out
         };
-        let globals: Vec<Value> = self
+        let mut globals: Vec<Value> = self
             .indexes
             .iter()
             .filter(|i| i.kind == IndexKind::Global)
             .map(describe_index)
             .collect();
+        // A global index deleted here and not yet in every replica: DELETING until it is (its
+        // storage here is gone: no items).
+        for index in self.deleted_indexes.iter().filter(|i| unconfirmed(i)) {
+            globals.push(json!({
+                "IndexName": index.name,
+                "KeySchema": index.key.to_json(),
+                "Projection": index.projection.to_json(),
+                "IndexStatus": "DELETING",
+                "IndexSizeBytes": 0,
+                "ItemCount": 0,
+                "IndexArn": format!("{}/index/{}", self.arn(region), index.name),
+                "ProvisionedThroughput": throughput_json(index.throughput),
+            }));
+        }
         let locals: Vec<Value> = self
             .indexes
             .iter()
@@ -852,6 +1056,7 @@ pub fn parse_global_index(
             &format!(" for index: {}", request.index_name),
         )?,
         backfilling: false,
+        version: None,
     })
 }
 
@@ -909,6 +1114,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
             projection: parse_projection(&request.projection, &request.index_name)?,
             throughput: None,
             backfilling: false,
+            version: None,
         });
     }
     for (i, index) in indexes.iter().enumerate() {
@@ -965,6 +1171,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         restore: None,
         pitr: None,
         pay_per_request_since_seconds: throughput.is_none().then_some(now_seconds),
+        deleted_indexes: Vec::new(),
     })
 }
 
@@ -1354,6 +1561,228 @@ mod tests {
             "{}",
             one.message
         );
+    }
+
+    /// A global index on `attribute` (S), versioned `(hlc, region)` when `hlc` is given.
+    fn global_index(name: &str, attribute: &str, version: Option<(u64, &str)>) -> IndexMeta {
+        IndexMeta {
+            name: name.into(),
+            kind: IndexKind::Global,
+            key: KeySchema::simple(
+                KeyAttribute {
+                    name: attribute.into(),
+                    value_type: KeyType::S,
+                },
+                None,
+            ),
+            projection: Projection::All,
+            throughput: None,
+            backfilling: false,
+            version: version.map(|(hlc, region)| (hlc, region.to_string())),
+        }
+    }
+
+    /// `created()` (key `pk`) with these global indexes and deleted ones, attributes defined.
+    fn with_indexes(live: Vec<IndexMeta>, deleted: Vec<IndexMeta>) -> TableMeta {
+        let mut table = created();
+        for index in &live {
+            table
+                .attribute_definitions
+                .push((index.key.partition.name.clone(), KeyType::S));
+        }
+        table.indexes = live;
+        table.deleted_indexes = deleted;
+        table
+    }
+
+    /// What a replica holding `held` holds after taking `incoming`'s indexes.
+    fn take(held: &TableMeta, incoming: &TableMeta) -> (TableMeta, IndexAlignment) {
+        let aligned = held.align_indexes(incoming);
+        let mut next = held.clone();
+        next.indexes = aligned.indexes.clone();
+        next.deleted_indexes = aligned.deleted_indexes.clone();
+        next.attribute_definitions = aligned.attribute_definitions.clone();
+        (next, aligned)
+    }
+
+    fn names(table: &TableMeta) -> Vec<&str> {
+        table.indexes.iter().map(|i| i.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_newer_index_creation_or_deletion_is_taken_and_a_stale_one_changes_nothing() {
+        let east = with_indexes(vec![global_index("by_day", "day", Some((10, "us-east-1")))], vec![]);
+        let south = with_indexes(vec![], vec![]);
+        // Created there: created here, to be built from the items, its key attribute defined.
+        let (south, aligned) = take(&south, &east);
+        assert_eq!(
+            (aligned.created.as_slice(), aligned.dropped.is_empty()),
+            (&["by_day".to_string()][..], true)
+        );
+        assert_eq!(names(&south), ["by_day"]);
+        assert!(south.attribute_definitions.contains(&("day".to_string(), KeyType::S)));
+        assert_eq!(south.index_version("by_day"), Some(&(10, "us-east-1".to_string())));
+        // The same definition again (a replay, or sent again): nothing.
+        let again = south.align_indexes(&east);
+        assert!(again.changes_nothing(&south) && again.created.is_empty() && again.dropped.is_empty());
+
+        // Deleted in south later: east drops it and keeps the delete.
+        let deleted = global_index("by_day", "day", Some((20, "ap-south-1")));
+        let south = with_indexes(vec![], vec![deleted]);
+        let (east, aligned) = take(&east, &south);
+        assert_eq!(
+            (aligned.created.is_empty(), aligned.dropped.as_slice()),
+            (true, &["by_day".to_string()][..])
+        );
+        assert!(east.indexes.is_empty());
+        assert!(
+            !east.attribute_definitions.iter().any(|(n, _)| n == "day"),
+            "no index uses it"
+        );
+        assert_eq!(east.index_version("by_day"), Some(&(20, "ap-south-1".to_string())));
+        // A stale definition that still holds the index (sent before the delete) does not
+        // bring it back.
+        let stale = with_indexes(vec![global_index("by_day", "day", Some((10, "us-east-1")))], vec![]);
+        let after = east.align_indexes(&stale);
+        assert!(after.changes_nothing(&east) && after.created.is_empty());
+    }
+
+    #[test]
+    fn an_unversioned_definition_a_previous_builds_never_creates_or_drops_an_index() {
+        let held = with_indexes(vec![global_index("by_day", "day", Some((10, "us-east-1")))], vec![]);
+        // A previous build's definition: without the index, or with another one, unversioned.
+        for incoming in [
+            with_indexes(vec![], vec![]),
+            with_indexes(vec![global_index("by_shop", "shop", None)], vec![]),
+        ] {
+            let aligned = held.align_indexes(&incoming);
+            assert!(aligned.changes_nothing(&held), "{aligned:?}");
+            assert!(aligned.created.is_empty() && aligned.dropped.is_empty());
+        }
+        // Nor an unversioned index of the replica (made with the table) is dropped by a
+        // versioned definition that lacks it without a delete.
+        let held = with_indexes(vec![global_index("by_day", "day", None)], vec![]);
+        let incoming = with_indexes(vec![global_index("by_shop", "shop", Some((3, "us-east-1")))], vec![]);
+        let (next, aligned) = take(&held, &incoming);
+        assert_eq!(names(&next), ["by_day", "by_shop"]);
+        assert_eq!(aligned.created, ["by_shop"]);
+    }
+
+    #[test]
+    fn concurrent_index_changes_in_two_regions_converge() {
+        // Different indexes created at once in two regions: both everywhere.
+        let east = with_indexes(vec![global_index("by_day", "day", Some((10, "us-east-1")))], vec![]);
+        let south = with_indexes(vec![global_index("by_shop", "shop", Some((10, "ap-south-1")))], vec![]);
+        let (east_after, _) = take(&east, &south);
+        let (south_after, _) = take(&south, &east);
+        let sorted = |t: &TableMeta| {
+            let mut n: Vec<String> = t.indexes.iter().map(|i| i.name.clone()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(sorted(&east_after), ["by_day", "by_shop"]);
+        assert_eq!(sorted(&south_after), sorted(&east_after));
+        assert_eq!(east_after.index_versions(), south_after.index_versions());
+
+        // One index created with two definitions at once: the later change wins everywhere
+        // (here a tie of clocks, broken by region: us-east-1 > ap-south-1), the replaced one
+        // rebuilt from the items.
+        let east = with_indexes(vec![global_index("by_day", "day", Some((10, "us-east-1")))], vec![]);
+        let south = with_indexes(vec![global_index("by_day", "date", Some((10, "ap-south-1")))], vec![]);
+        let (east_after, aligned) = take(&east, &south);
+        assert!(aligned.changes_nothing(&east) && aligned.created.is_empty() && aligned.dropped.is_empty());
+        let (south_after, aligned) = take(&south, &east);
+        let by_day = ["by_day".to_string()];
+        assert_eq!(
+            (aligned.dropped.as_slice(), aligned.created.as_slice()),
+            (&by_day[..], &by_day[..])
+        );
+        assert_eq!(east_after.indexes, south_after.indexes);
+        assert_eq!(
+            south_after.index("by_day").map(|i| i.key.partition.name.as_str()),
+            Some("day")
+        );
+        assert!(
+            south_after
+                .attribute_definitions
+                .contains(&("day".to_string(), KeyType::S))
+        );
+        assert!(!south_after.attribute_definitions.iter().any(|(name, _)| name == "date"));
+
+        // Created in one region, deleted in the other at once: the later change wins.
+        let gone = global_index("by_day", "day", Some((12, "ap-south-1")));
+        let south = with_indexes(vec![], vec![gone]);
+        let east = with_indexes(vec![global_index("by_day", "day", Some((11, "us-east-1")))], vec![]);
+        let (east_after, _) = take(&east, &south);
+        let (south_after, _) = take(&south, &east);
+        assert!(east_after.indexes.is_empty() && south_after.indexes.is_empty());
+        assert_eq!(east_after.deleted_indexes, south_after.deleted_indexes);
+
+        // The same definition made in two regions: kept, nothing rebuilt, one version.
+        let east = with_indexes(vec![global_index("by_day", "day", Some((10, "us-east-1")))], vec![]);
+        let south = with_indexes(vec![global_index("by_day", "day", Some((11, "ap-south-1")))], vec![]);
+        let (east_after, aligned) = take(&east, &south);
+        assert!(aligned.created.is_empty() && aligned.dropped.is_empty());
+        assert_eq!(
+            east_after.index_version("by_day"),
+            Some(&(11, "ap-south-1".to_string()))
+        );
+    }
+
+    #[test]
+    fn an_index_change_not_yet_in_every_replica_is_described_in_transition() {
+        let mut table = with_indexes(
+            vec![global_index("by_day", "day", Some((10, "us-east-1")))],
+            vec![global_index("by_shop", "shop", Some((11, "us-east-1")))],
+        );
+        table.replicas = vec!["ap-south-1".into(), "us-east-1".into()];
+        let statuses = |unconfirmed: &dyn Fn(&IndexMeta) -> bool| -> Vec<(String, String)> {
+            let description = table.describe(
+                "us-east-1",
+                "ACTIVE",
+                TableStats::default(),
+                &|_| TableStats::default(),
+                unconfirmed,
+            );
+            description["GlobalSecondaryIndexes"]
+                .as_array()
+                .map(|indexes| {
+                    indexes
+                        .iter()
+                        .map(|i| {
+                            (
+                                i["IndexName"].as_str().unwrap_or_default().to_string(),
+                                i["IndexStatus"].as_str().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let pair = |name: &str, status: &str| (name.to_string(), status.to_string());
+        // Confirmed everywhere: the live index is ACTIVE, the deleted one is not shown.
+        assert_eq!(statuses(&|_| false), [pair("by_day", "ACTIVE")]);
+        // Not yet: CREATING, and the deleted one DELETING.
+        assert_eq!(
+            statuses(&|_| true),
+            [pair("by_day", "CREATING"), pair("by_shop", "DELETING")]
+        );
+    }
+
+    #[test]
+    fn local_indexes_are_never_aligned() {
+        let mut held = with_indexes(vec![], vec![]);
+        let mut local = global_index("by_sort", "pk", None);
+        local.kind = IndexKind::Local;
+        held.indexes.push(local.clone());
+        let mut incoming = with_indexes(vec![], vec![]);
+        let mut deleted = local;
+        deleted.kind = IndexKind::Global;
+        deleted.version = Some((99, "us-east-1".into()));
+        incoming.deleted_indexes.push(deleted);
+        let aligned = held.align_indexes(&incoming);
+        assert_eq!(aligned.indexes, held.indexes);
+        assert!(aligned.dropped.is_empty());
     }
 
     /// A table definition as the catalog held it before multi-attribute keys existed (a GSI

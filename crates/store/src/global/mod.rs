@@ -150,12 +150,49 @@ pub fn replica_made_setting(peer: &str, table_id: u64) -> String {
     format!("replica_made:{peer}:{table_id}")
 }
 
-/// The setting that records a TTL change of table `table_id` made here that some replica has
-/// not confirmed yet: the HLC of its version (0, or another HLC than the table's TTL version:
-/// every replica confirmed it, or a newer change replaced it). DescribeTimeToLive then says
-/// ENABLING or DISABLING, and the same UpdateTimeToLive sent here again sends it again.
-pub fn ttl_unaligned_setting(table_id: u64) -> String {
-    format!("ttl_unaligned/{table_id}")
+/// A setting of a global table that follows it across its replicas, versioned
+/// (`catalog::SettingVersion`): its TTL, or one of its global indexes (created or deleted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Followed<'a> {
+    Ttl,
+    Index(&'a str),
+}
+
+impl Followed<'_> {
+    /// The setting that records a change of it in table `table_id` made here that some replica
+    /// has not confirmed yet: the HLC of the change's version (0, or another HLC than the
+    /// version held: every replica confirmed it, or a newer change replaced it). Until then the
+    /// TTL says ENABLING or DISABLING, the index CREATING or DELETING, and the same request sent
+    /// here again sends it again instead of being refused as changing nothing.
+    pub fn mark(self, table_id: u64) -> String {
+        match self {
+            Followed::Ttl => format!("ttl_unaligned/{table_id}"),
+            Followed::Index(name) => format!("index_unaligned/{table_id}/{name}"),
+        }
+    }
+
+    /// The version of the change `meta` holds.
+    pub fn version(self, meta: &TableMeta) -> Option<&crate::catalog::SettingVersion> {
+        match self {
+            Followed::Ttl => meta.ttl.as_ref().and_then(|t| t.version.as_ref()),
+            Followed::Index(name) => meta.index_version(name),
+        }
+    }
+
+    /// The version a peer's replica holds after a definition, from its answer: `None` from a
+    /// build before this setting followed global tables (it keeps its own).
+    pub fn held_by(self, answer: &DefinitionAnswer) -> Option<Option<replication::Version>> {
+        match self {
+            Followed::Ttl => answer
+                .ttl
+                .as_ref()
+                .map(|ttl| crate::catalog::TtlSpec::version_of(ttl.as_ref())),
+            Followed::Index(name) => answer
+                .index_versions
+                .as_ref()
+                .map(|versions| crate::catalog::setting_version(versions.get(name))),
+        }
+    }
 }
 
 /// The setting that records a backfill of `peer` still to finish (set with the replica

@@ -241,8 +241,8 @@ impl Replication {
             ..stream.clone()
         });
         let incoming_ttl = TtlSpec::version_of(table.ttl.as_ref());
-        let taken_hlc = incoming_ttl.as_ref().map(|version| version.hlc.0);
-        let (joined_below, ttl) = self
+        let taken_hlc = table.newest_setting_hlc();
+        let (joined_below, ttl, index_versions) = self
             .engine
             .write_exclusive(move |context| {
                 // Checked and recorded in the transaction that changes the replica: a request
@@ -259,8 +259,8 @@ impl Replication {
                 // roll its transaction back); the sequence is recorded only with a change.
                 let existing = context.table_named(&table.name);
                 let changed = match (existing, delete) {
-                    (Some(existing), true) => context.drop_table(&existing).map(|()| (None, None)),
-                    (None, true) => Ok((None, None)),
+                    (Some(existing), true) => context.drop_table(&existing).map(|()| (None, None, BTreeMap::new())),
+                    (None, true) => Ok((None, None, BTreeMap::new())),
                     (Some(existing), false) => {
                         if existing.key != table.key {
                             return Err(ApiError::new(
@@ -309,12 +309,31 @@ impl Replication {
                             next.ttl = table.ttl.clone();
                             context.align_ttl_index(existing.ttl.as_ref(), &next)?;
                         }
+                        // The global table's indexes: each one whose last change (creation
+                        // or deletion) the definition carries newer than this replica's,
+                        // created (built from the items here, as a local create builds it),
+                        // dropped or replaced; a previous build's (unversioned) changes none.
+                        let aligned = existing.align_indexes(&table);
+                        if !aligned.changes_nothing(&existing) {
+                            tracing::info!(source = %job_source, table = %table.name, created = ?aligned.created, dropped = ?aligned.dropped, "global indexes changed by a peer");
+                        }
+                        for index in &aligned.dropped {
+                            context.drop_index(&existing, index)?;
+                        }
+                        next.indexes = aligned.indexes;
+                        next.deleted_indexes = aligned.deleted_indexes;
+                        next.attribute_definitions = aligned.attribute_definitions;
                         let ttl = next.ttl.clone();
-                        context.put_table(next)?;
+                        let index_versions = next.index_versions();
+                        context.put_table(next.clone())?;
+                        for name in &aligned.created {
+                            let index = next.index(name).expect("the index was just added");
+                            context.backfill(&next, Some(index))?;
+                        }
                         for region in &gained {
                             context.set_setting(&replica_made_setting(region, existing.id), made_ms)?;
                         }
-                        Ok((awaited, ttl))
+                        Ok((awaited, ttl, index_versions))
                     }
                     (None, false) => {
                         let id = context.next_table_id()?;
@@ -332,23 +351,31 @@ impl Replication {
                             rules::join_replica(&mut ReplicaWriter::new(context), id, &job_source, vouched, clock)?;
                         created.joined_below = joined_below;
                         context.align_ttl_index(None, &created)?;
+                        // Its global indexes are the definition's, as its TTL (a previous
+                        // build's too): empty until the backfill brings the items, which are
+                        // indexed as they are applied.
                         let ttl = created.ttl.clone();
-                        context.put_table(created).map(|()| (Some(joined_below), ttl))
+                        let index_versions = created.index_versions();
+                        context
+                            .put_table(created)
+                            .map(|()| (Some(joined_below), ttl, index_versions))
                     }
                 }?;
                 rules::record_definition(&mut ReplicaWriter::new(context), &job_source, sequence)?;
                 Ok(changed)
             })
             .await?;
-        // Later TTL changes made here are newer than the one taken (within the clock's bound
-        // ahead of the wall clock; `ops::tables::update_ttl` also stamps past the one held).
+        // Later TTL and index changes made here are newer than the ones taken (within the
+        // clock's bound ahead of the wall clock; `catalog::next_setting_version` also stamps
+        // past the one held).
         if let Some(hlc) = taken_hlc {
             self.engine.advance_clock_past(hlc);
         }
-        tracing::info!(%source, table = %name, delete, ttl = ?ttl, "replica definition changed by a peer");
+        tracing::info!(%source, table = %name, delete, ttl = ?ttl, indexes = ?index_versions, "replica definition changed by a peer");
         Ok(serde_json::to_value(DefinitionAnswer {
             joined_below,
             ttl: Some(ttl),
+            index_versions: Some(index_versions),
         })
         .expect("a definition answer serialises"))
     }

@@ -119,6 +119,11 @@ pub struct DefinitionAnswer {
     /// (`None`) from a build before TTL followed global tables, which keeps its own.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Option<crate::catalog::TtlSpec>>,
+    /// The version of every versioned global index change the receiver's replica holds after
+    /// the request (`TableMeta::index_versions`). Absent (`None`) from a build before indexes
+    /// followed global tables, which keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_versions: Option<BTreeMap<String, crate::catalog::SettingVersion>>,
 }
 
 /// A field that is present deserialises as `Some`, also when it is `null`.
@@ -325,6 +330,7 @@ mod tests {
                 enabled: true,
                 version: Some((42, "eu-west-1".into())),
             })),
+            index_versions: None,
         };
         let text = serde_json::to_string(&answer).expect("valid");
         assert_eq!(
@@ -336,11 +342,38 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&DefinitionAnswer {
                 joined_below: None,
-                ttl: Some(None)
+                ttl: Some(None),
+                index_versions: None,
             })
             .expect("valid"),
             r#"{"ttl":null}"#
         );
+    }
+
+    #[test]
+    fn a_definition_answer_tells_a_build_keeping_its_own_indexes_from_one_without_any() {
+        // The TTL build before this one, and those before it, answer no index versions.
+        let old: DefinitionAnswer = serde_json::from_str(r#"{"ttl":null}"#).expect("valid");
+        assert!(old.index_versions.is_none());
+        assert_eq!(Followed::Index("by_day").held_by(&old), None);
+        assert_eq!(Followed::Ttl.held_by(&old), Some(None));
+        // This build always answers them, also when there are none.
+        let none = DefinitionAnswer {
+            joined_below: None,
+            ttl: Some(None),
+            index_versions: Some(BTreeMap::new()),
+        };
+        let text = serde_json::to_string(&none).expect("valid");
+        assert_eq!(text, r#"{"ttl":null,"index_versions":{}}"#);
+        let back: DefinitionAnswer = serde_json::from_str(&text).expect("valid");
+        assert_eq!(Followed::Index("by_day").held_by(&back), Some(None));
+        let held: DefinitionAnswer =
+            serde_json::from_str(r#"{"ttl":null,"index_versions":{"by_day":[42,"eu-west-1"]}}"#).expect("valid");
+        assert_eq!(
+            Followed::Index("by_day").held_by(&held),
+            Some(Some(replication::Version::new(replication::Hlc(42), "eu-west-1")))
+        );
+        assert_eq!(Followed::Index("other").held_by(&held), Some(None));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::{LIST_TABLES_LIMIT_MAX, Store};
 use crate::catalog::{
     self, CreateTableRequest, IndexKind, IndexRequest, TableMeta, TagRequest, ThroughputRequest, TtlSpec,
 };
+use crate::global::Followed;
 
 /// A table being restored from a backup is CREATING: DynamoDB refuses to change or delete it.
 fn refuse_restoring(meta: &TableMeta) -> Result<(), ApiError> {
@@ -37,9 +38,23 @@ fn not_found(name: &str) -> ApiError {
 
 pub(crate) fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
     let engine = store.engine();
-    let mut description = meta.describe(engine.region(), status, engine.stats(meta.id, None), &|index| {
-        engine.stats(meta.id, Some(index))
-    });
+    // A global index created or deleted here that some replica has not confirmed yet is
+    // CREATING or DELETING (see `align`).
+    let unconfirmed = |index: &catalog::IndexMeta| {
+        meta.is_global()
+            && index.version.is_some()
+            && catalog::unconfirmed(
+                index.version.as_ref(),
+                engine.setting_value(&Followed::Index(&index.name).mark(meta.id)),
+            )
+    };
+    let mut description = meta.describe(
+        engine.region(),
+        status,
+        engine.stats(meta.id, None),
+        &|index| engine.stats(meta.id, Some(index)),
+        &unconfirmed,
+    );
     if meta.is_global() {
         description["GlobalTableVersion"] = json!("2019.11.21");
         description["Replicas"] = match store.replication() {
@@ -230,12 +245,16 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
             Ok(latest)
         })
         .await?;
-    // A TTL changed here while the new replicas were being told (it judged a table without
-    // them): they took the TTL of this request's definition, so they get the one committed.
-    if committed.ttl != next.ttl {
+    // A TTL or global index changed here while the new replicas were being told (it judged a
+    // table without them): they took this request's definition, so they get the one committed
+    // (they take each change by its version).
+    let followed_changed = committed.ttl != next.ttl
+        || committed.indexes != next.indexes
+        || committed.deleted_indexes != next.deleted_indexes;
+    if followed_changed {
         for peer in &created {
             if let Err(error) = replication.send_table(peer, &committed, false, false).await {
-                tracing::warn!(table = %next.name, replica = %peer, %error, "the new replica did not get the TTL changed meanwhile; send UpdateTimeToLive again");
+                tracing::warn!(table = %next.name, replica = %peer, %error, "the new replica did not get the TTL or index changed meanwhile; send that UpdateTimeToLive or UpdateTable again");
             }
         }
     }
@@ -429,44 +448,102 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     // the table is kept, and the checks (an index that exists, a stream already enabled) judge
     // the table as it is.
     let engine = store.engine().clone();
-    let result = store
+    let region = engine.region().to_string();
+    let (result, followed) = store
         .engine()
         .write_exclusive(move |context| {
             let current = context.latest_table(&meta)?;
             refuse_restoring(&current)?;
-            let planned = plan_update(&current, &request, engine.now_unix_ms() as f64 / 1000.0, || {
-                engine.new_stream_label()
-            })?;
+            // Which of the global indexes this request creates or deletes were changed here
+            // and are not yet confirmed by every replica (read in this job, with the table).
+            let mut unconfirmed_names = Vec::new();
+            if current.is_global() {
+                for name in online_index_names(&request) {
+                    let mark = context.setting(&Followed::Index(name).mark(current.id))?;
+                    if catalog::unconfirmed(current.index_version(name), mark) {
+                        unconfirmed_names.push(name.to_string());
+                    }
+                }
+            }
+            let planned = plan_update(
+                &current,
+                &request,
+                engine.now_unix_ms() as f64 / 1000.0,
+                || engine.new_stream_label(),
+                &|name| unconfirmed_names.iter().any(|n| n == name),
+                |held| catalog::next_setting_version(held, context.tick_clock(), &region),
+            )?;
             for name in &planned.deleted {
                 context.drop_index(&current, name)?;
             }
             let next = planned.next;
-            context.put_table(next.clone())?;
+            // Only an index change sent again changes nothing here.
+            if next != *current {
+                context.put_table(next.clone())?;
+            }
             for name in &planned.created {
                 let index = next.index(name).expect("the index was just added");
                 context.backfill(&next, Some(index))?;
             }
-            Ok(next)
+            // A global table's index change is unconfirmed until every replica holds it,
+            // recorded in the transaction that makes it.
+            if let Some(name) = planned.followed.as_deref()
+                && !planned.sent_again
+                && next.is_global()
+            {
+                let hlc = next.index_version(name).map_or(0, |(hlc, _)| *hlc);
+                context.set_setting(&Followed::Index(name).mark(next.id), hlc)?;
+            }
+            Ok((next, planned.followed))
         })
         .await?;
+    if let Some(name) = followed.as_deref()
+        && result.is_global()
+    {
+        align(store, &result, Followed::Index(name)).await?;
+    }
     Ok(json!({"TableDescription": describe(store, &result, "ACTIVE")}))
+}
+
+/// The global indexes an UpdateTable creates or deletes.
+fn online_index_names(request: &UpdateTableRequest) -> Vec<&str> {
+    let updates = request.global_secondary_index_updates.iter().flatten();
+    updates
+        .filter_map(|update| match (&update.create, &update.delete) {
+            (Some(create), _) => Some(create.index_name.as_str()),
+            (None, Some(delete)) => Some(delete.index_name.as_str()),
+            (None, None) => None,
+        })
+        .collect()
 }
 
 /// The definition an UpdateTable makes of `base`, with the global indexes it creates and
 /// deletes.
+#[derive(Debug)]
 struct PlannedUpdate {
     next: TableMeta,
     created: Vec<String>,
     deleted: Vec<String>,
+    /// The global index created or deleted (at most one per call), whose change a global
+    /// table's other replicas are sent.
+    followed: Option<String>,
+    /// That change is the one the table holds already, not yet confirmed by every replica:
+    /// sent to them again, nothing changed here.
+    sent_again: bool,
 }
 
 /// Applies UpdateTable's changes (all but ReplicaUpdates) to `base`, refusing what DynamoDB
-/// refuses.
+/// refuses. A global index created or deleted gets a version (`new_version`, given the one
+/// held for its name), and a deleted one of a global table is kept in `deleted_indexes` with
+/// it. The same Create or Delete again while that change is `unconfirmed` (made here, not yet
+/// in every replica) is sent again instead of refused as an index that exists or does not.
 fn plan_update(
     base: &TableMeta,
     request: &UpdateTableRequest,
     now_seconds: f64,
     new_stream_label: impl FnOnce() -> String,
+    unconfirmed: &dyn Fn(&str) -> bool,
+    mut new_version: impl FnMut(Option<&catalog::SettingVersion>) -> catalog::SettingVersion,
 ) -> Result<PlannedUpdate, ApiError> {
     let mut next = base.clone();
     let mut changed = false;
@@ -585,32 +662,65 @@ fn plan_update(
     }
     let mut created = Vec::new();
     let mut deleted = Vec::new();
+    let mut followed = None;
+    let mut sent_again = false;
     for update in request.global_secondary_index_updates.iter().flatten() {
         match (&update.create, &update.delete, &update.update) {
             (Some(create), None, None) => {
-                if next.index(&create.index_name).is_some() {
-                    return Err(ApiError::validation(format!(
-                        "One or more parameter values were invalid: Index {} already exists",
-                        create.index_name
-                    )));
+                if let Some(existing) = next.index(&create.index_name) {
+                    // DynamoDB's check, unless this is the Create the index came from, sent
+                    // again to finish it in every replica (the same definition).
+                    let again = existing.kind == IndexKind::Global
+                        && unconfirmed(&create.index_name)
+                        && catalog::parse_global_index(create, &requested, next.throughput.is_none())
+                            .is_ok_and(|index| index.same_definition(existing));
+                    if !again {
+                        return Err(ApiError::validation(format!(
+                            "One or more parameter values were invalid: Index {} already exists",
+                            create.index_name
+                        )));
+                    }
+                    sent_again = true;
+                } else {
+                    let mut index = catalog::parse_global_index(create, &requested, next.throughput.is_none())?;
+                    index.version = Some(new_version(base.index_version(&index.name)));
+                    next.deleted_indexes.retain(|i| i.name != index.name);
+                    created.push(index.name.clone());
+                    next.indexes.push(index);
                 }
-                let index = catalog::parse_global_index(create, &requested, next.throughput.is_none())?;
-                created.push(index.name.clone());
-                next.indexes.push(index);
+                followed = Some(create.index_name.clone());
             }
             (None, Some(delete), None) => {
                 let position = next
                     .indexes
                     .iter()
                     .position(|i| i.name == delete.index_name && i.kind == IndexKind::Global);
-                let Some(position) = position else {
-                    return Err(ApiError::resource_not_found(format!(
-                        "Requested resource not found: Index: {} not found",
-                        delete.index_name
-                    )));
-                };
-                next.indexes.remove(position);
-                deleted.push(delete.index_name.clone());
+                match position {
+                    Some(position) => {
+                        let mut gone = next.indexes.remove(position);
+                        deleted.push(delete.index_name.clone());
+                        // A global table remembers the delete, so it reaches every replica and
+                        // a stale definition does not bring the index back.
+                        if base.is_global() {
+                            gone.version = Some(new_version(base.index_version(&gone.name)));
+                            next.deleted_indexes.retain(|i| i.name != gone.name);
+                            next.deleted_indexes.push(gone);
+                        }
+                    }
+                    // The Delete the index went by, sent again to finish it in every replica.
+                    None if unconfirmed(&delete.index_name)
+                        && next.deleted_indexes.iter().any(|i| i.name == delete.index_name) =>
+                    {
+                        sent_again = true;
+                    }
+                    None => {
+                        return Err(ApiError::resource_not_found(format!(
+                            "Requested resource not found: Index: {} not found",
+                            delete.index_name
+                        )));
+                    }
+                }
+                followed = Some(delete.index_name.clone());
             }
             (None, None, Some(update)) => {
                 let Some(index) = next.indexes.iter_mut().find(|i| i.name == update.index_name) else {
@@ -643,7 +753,13 @@ fn plan_update(
         |name: &str| next.key.is_key_attribute(name) || next.indexes.iter().any(|i| i.key.is_key_attribute(name));
     definitions.retain(|(name, _)| used(name));
     next.attribute_definitions = definitions;
-    Ok(PlannedUpdate { next, created, deleted })
+    Ok(PlannedUpdate {
+        next,
+        created,
+        deleted,
+        followed,
+        sent_again,
+    })
 }
 
 pub fn describe_endpoints() -> Value {
@@ -831,24 +947,21 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
             // Checked and changed on the definition as committed now, so a concurrent change
             // (tags, another TTL call) is neither lost nor misjudged.
             let mut next = (*context.latest_table(&meta)?).clone();
-            let unaligned = crate::global::ttl_unaligned_setting(next.id);
-            let unconfirmed = next.is_global() && unconfirmed_ttl(next.ttl.as_ref(), context.setting(&unaligned)?);
+            let unaligned = Followed::Ttl.mark(next.id);
+            let unconfirmed =
+                next.is_global() && catalog::unconfirmed(Followed::Ttl.version(&next), context.setting(&unaligned)?);
             if ttl_change(next.ttl.as_ref(), unconfirmed, enabled, &attribute)? == TtlChange::SendAgain {
                 return Ok(next);
             }
             // Newer than the TTL held (which may be a peer's, stamped by a clock ahead of this
             // one), so it replaces it in every replica.
-            let held = next
-                .ttl
-                .as_ref()
-                .and_then(|t| t.version.as_ref())
-                .map_or(0, |(hlc, _)| *hlc);
-            let hlc = context.tick_clock().max(held + 1);
+            let version = catalog::next_setting_version(Followed::Ttl.version(&next), context.tick_clock(), &region);
+            let hlc = version.0;
             let previous = next.ttl.take();
             next.ttl = Some(TtlSpec {
                 attribute,
                 enabled,
-                version: Some((hlc, region)),
+                version: Some(version),
             });
             context.align_ttl_index(previous.as_ref(), &next)?;
             if next.is_global() {
@@ -859,39 +972,46 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
         })
         .await?;
     if next.is_global() {
-        align_ttl(store, &next).await?;
+        align(store, &next, Followed::Ttl).await?;
     }
     Ok(json!({"TimeToLiveSpecification": {"Enabled": spec.enabled, "AttributeName": spec.attribute_name}}))
 }
 
-/// Sends a global table's TTL, just changed here, to every other replica, and clears the mark
-/// that it is unconfirmed (`global::ttl_unaligned_setting`) once every one holds it (or a
-/// newer one). A replica that cannot be reached, or refuses, leaves the mark: this region's
-/// DescribeTimeToLive says ENABLING or DISABLING, and the answer is an error that says to send
-/// the same UpdateTimeToLive again, which then sends it again (the definitions are idempotent:
-/// a replica takes a TTL only when its version is newer than the one it holds).
-async fn align_ttl(store: &Store, next: &TableMeta) -> Result<(), ApiError> {
+/// Sends a global table's definition to every other replica after a change here of a setting
+/// that follows it (`followed`: its TTL, or one of its global indexes created or deleted), and
+/// clears the mark that the change is unconfirmed (`global::Followed::mark`) once every one
+/// holds it (or a newer one). A replica that cannot be reached, or refuses, leaves the mark:
+/// this region then says the change is in transition (DescribeTimeToLive ENABLING or DISABLING,
+/// the index CREATING or DELETING in DescribeTable), and the answer is an error that names the
+/// region and says to send the same request again, which then sends it again (definitions
+/// are idempotent: a replica takes a setting only when its version is newer than its own).
+async fn align(store: &Store, next: &TableMeta, followed: Followed<'_>) -> Result<(), ApiError> {
     let here = store.engine().region().to_string();
-    let version = TtlSpec::version_of(next.ttl.as_ref());
+    let version = catalog::setting_version(followed.version(next));
     let mut confirmed = Vec::new();
     let mut failures = Vec::new();
     let mut unreachable = false;
+    let (what, held_what) = match followed {
+        Followed::Ttl => ("TTL".to_string(), "TTL"),
+        Followed::Index(name) => (format!("index {name}"), "indexes"),
+    };
     match store.replication() {
         None => failures.push("this store has no peers configured (--peer REGION=URL)".to_string()),
         Some(replication) => {
             for peer in next.replicas.iter().filter(|r| **r != here) {
                 match replication.send_definition(peer, next, false, false).await {
-                    Ok(answer) => match answer.ttl {
+                    Ok(answer) => match followed.held_by(&answer) {
                         None => failures.push(format!(
-                            "region {peer} runs a build that keeps each replica's TTL its own: upgrade it"
+                            "region {peer} runs a build that keeps each replica's {held_what} its own: upgrade it"
                         )),
-                        Some(held) if TtlSpec::version_of(held.as_ref()) >= version => confirmed.push(peer.clone()),
-                        Some(held) => failures.push(format!(
-                            "region {peer} kept an older TTL ({})",
-                            match held {
-                                Some(TtlSpec { attribute, enabled, .. }) =>
-                                    format!("{attribute}, {}", if enabled { "enabled" } else { "disabled" }),
-                                None => "none".to_string(),
+                        Some(held) if held >= version => confirmed.push(peer.clone()),
+                        Some(_) => failures.push(format!(
+                            "region {peer} kept an older {what}{}",
+                            match (followed, &answer.ttl) {
+                                (Followed::Ttl, Some(Some(TtlSpec { attribute, enabled, .. }))) =>
+                                    format!(" ({attribute}, {})", if *enabled { "enabled" } else { "disabled" }),
+                                (Followed::Ttl, _) => " (none)".to_string(),
+                                (Followed::Index(_), _) => String::new(),
                             }
                         )),
                     },
@@ -904,30 +1024,56 @@ async fn align_ttl(store: &Store, next: &TableMeta) -> Result<(), ApiError> {
         }
     }
     let (id, hlc) = (next.id, version.as_ref().map_or(0, |v| v.hlc.0));
+    let mark = followed.mark(id);
     if failures.is_empty() {
         store
             .engine()
             .write(move |context| {
                 // Only the mark of this change: a newer one made meanwhile keeps its own.
-                let unaligned = crate::global::ttl_unaligned_setting(id);
-                if context.setting(&unaligned)? == hlc {
-                    context.set_setting(&unaligned, 0)?;
+                if context.setting(&mark)? == hlc {
+                    context.set_setting(&mark, 0)?;
                 }
                 Ok(())
             })
             .await?;
         return Ok(());
     }
-    tracing::warn!(table = %next.name, ?confirmed, ?failures, "TTL changed here and not yet in every replica");
+    tracing::warn!(table = %next.name, setting = %what, ?confirmed, ?failures, "changed here and not yet in every replica");
     let kind = if unreachable {
         ErrorKind::ServiceUnavailable
     } else {
         ErrorKind::Validation
     };
+    let (changed, status, request) = match followed {
+        Followed::Ttl => (
+            "TimeToLive".to_string(),
+            format!(
+                "DescribeTimeToLive in {here} says {}",
+                if next.ttl.as_ref().is_some_and(|t| t.enabled) {
+                    "ENABLING"
+                } else {
+                    "DISABLING"
+                }
+            ),
+            "UpdateTimeToLive",
+        ),
+        Followed::Index(name) => (
+            format!("Index {name}"),
+            format!(
+                "DescribeTable in {here} shows its IndexStatus as {}",
+                if next.index(name).is_some() {
+                    "CREATING"
+                } else {
+                    "DELETING"
+                }
+            ),
+            "UpdateTable",
+        ),
+    };
     Err(ApiError::new(
         kind,
         format!(
-            "TimeToLive of {} changed in {here}{} but not in every replica: {}. Until it is, DescribeTimeToLive in {here} says {}; send the same UpdateTimeToLive to {here} again when they are up",
+            "{changed} of {} changed in {here}{} but not in every replica: {}. Until it is, {status}; send the same {request} to {here} again when they are up",
             next.name,
             if confirmed.is_empty() {
                 String::new()
@@ -935,11 +1081,6 @@ async fn align_ttl(store: &Store, next: &TableMeta) -> Result<(), ApiError> {
                 format!(" and {}", confirmed.join(", "))
             },
             failures.join("; "),
-            if next.ttl.as_ref().is_some_and(|t| t.enabled) {
-                "ENABLING"
-            } else {
-                "DISABLING"
-            }
         ),
     ))
 }
@@ -951,12 +1092,6 @@ enum TtlChange {
     Change,
     /// The change the table holds, not yet confirmed by every replica: send it to them again.
     SendAgain,
-}
-
-/// Whether a global table's TTL is a change made here that some replica has not confirmed:
-/// its version's HLC is the one `global::ttl_unaligned_setting` holds (`unaligned_hlc`).
-fn unconfirmed_ttl(ttl: Option<&TtlSpec>, unaligned_hlc: u64) -> bool {
-    matches!(ttl, Some(TtlSpec { version: Some((hlc, _)), .. }) if unaligned_hlc != 0 && *hlc == unaligned_hlc)
 }
 
 /// Decides an UpdateTimeToLive on a table holding `current`: the same setting again while it is
@@ -995,11 +1130,9 @@ pub fn describe_ttl(store: &Store, request: TableNameRequest) -> Result<Value, A
     // A global table's TTL changed here and not yet confirmed by every replica is in
     // transition (DynamoDB's ENABLING / DISABLING).
     let unconfirmed = meta.is_global()
-        && unconfirmed_ttl(
-            meta.ttl.as_ref(),
-            store
-                .engine()
-                .setting_value(&crate::global::ttl_unaligned_setting(meta.id)),
+        && catalog::unconfirmed(
+            Followed::Ttl.version(&meta),
+            store.engine().setting_value(&Followed::Ttl.mark(meta.id)),
         );
     let description = match &meta.ttl {
         Some(TtlSpec {
@@ -1027,6 +1160,10 @@ mod ttl_tests {
             enabled,
             version: hlc.map(|hlc| (hlc, "us-east-1".into())),
         }
+    }
+
+    fn unconfirmed_ttl(ttl: Option<&TtlSpec>, mark_hlc: u64) -> bool {
+        catalog::unconfirmed(ttl.and_then(|t| t.version.as_ref()), mark_hlc)
     }
 
     #[test]
@@ -1072,5 +1209,140 @@ mod ttl_tests {
             refused.message
         );
         assert_eq!(ttl_change(None, false, true, "exp").expect("valid"), TtlChange::Change);
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    fn table(global: bool) -> TableMeta {
+        let request: CreateTableRequest = serde_json::from_value(json!({
+            "TableName": "orders",
+            "AttributeDefinitions": [
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "day", "AttributeType": "S"}
+            ],
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": [{
+                "IndexName": "by_day",
+                "KeySchema": [{"AttributeName": "day", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"}
+            }],
+            "BillingMode": "PAY_PER_REQUEST"
+        }))
+        .expect("request");
+        let mut table = catalog::table_from_request(&request, 7, 0.0).expect("valid table");
+        if global {
+            table.replicas = vec!["ap-south-1".into(), "us-east-1".into()];
+        }
+        table
+    }
+
+    fn create(name: &str, attribute: &str) -> UpdateTableRequest {
+        serde_json::from_value(json!({
+            "TableName": "orders",
+            "AttributeDefinitions": [{"AttributeName": attribute, "AttributeType": "S"}],
+            "GlobalSecondaryIndexUpdates": [{"Create": {
+                "IndexName": name,
+                "KeySchema": [{"AttributeName": attribute, "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"}
+            }}]
+        }))
+        .expect("request")
+    }
+
+    fn delete(name: &str) -> UpdateTableRequest {
+        serde_json::from_value(json!({
+            "TableName": "orders",
+            "GlobalSecondaryIndexUpdates": [{"Delete": {"IndexName": name}}]
+        }))
+        .expect("request")
+    }
+
+    /// Plans `request` on `base` with the clock at `tick` in us-east-1, `unconfirmed` naming
+    /// the index changes made here that some replica has not confirmed.
+    fn plan(
+        base: &TableMeta,
+        request: &UpdateTableRequest,
+        tick: u64,
+        unconfirmed: &[&str],
+    ) -> Result<PlannedUpdate, ApiError> {
+        plan_update(
+            base,
+            request,
+            0.0,
+            || "label".to_string(),
+            &|name| unconfirmed.contains(&name),
+            |held| catalog::next_setting_version(held, tick, "us-east-1"),
+        )
+    }
+
+    #[test]
+    fn an_index_created_or_deleted_gets_a_version_above_the_one_held() {
+        let base = table(true);
+        let created = plan(&base, &create("by_shop", "shop"), 50, &[]).expect("valid");
+        assert_eq!(
+            (created.followed.as_deref(), created.sent_again),
+            (Some("by_shop"), false)
+        );
+        assert_eq!(created.created, ["by_shop"]);
+        assert_eq!(
+            created.next.index_version("by_shop"),
+            Some(&(50, "us-east-1".to_string()))
+        );
+        // Deleted: remembered with its version in a global table, so the delete follows it.
+        let deleted = plan(&created.next, &delete("by_shop"), 60, &[]).expect("valid");
+        assert_eq!(deleted.deleted, ["by_shop"]);
+        assert!(deleted.next.index("by_shop").is_none());
+        assert_eq!(
+            deleted.next.index_version("by_shop"),
+            Some(&(60, "us-east-1".to_string()))
+        );
+        // Created again with a clock behind a peer's delete: still above it, and not deleted.
+        let mut peers = deleted.next.clone();
+        peers.deleted_indexes[0].version = Some((900, "ap-south-1".into()));
+        let again = plan(&peers, &create("by_shop", "shop"), 70, &[]).expect("valid");
+        assert_eq!(
+            again.next.index_version("by_shop"),
+            Some(&(901, "us-east-1".to_string()))
+        );
+        assert!(again.next.deleted_indexes.is_empty());
+        // A regional table keeps no deletes.
+        let regional = plan(&table(false), &delete("by_day"), 10, &[]).expect("valid");
+        assert!(regional.next.deleted_indexes.is_empty() && regional.next.indexes.is_empty());
+    }
+
+    #[test]
+    fn the_same_index_change_again_is_sent_again_only_while_unconfirmed() {
+        let base = plan(&table(true), &create("by_shop", "shop"), 50, &[])
+            .expect("valid")
+            .next;
+        // Confirmed everywhere: DynamoDB's check.
+        let refused = plan(&base, &create("by_shop", "shop"), 51, &[]).expect_err("exists");
+        assert!(
+            refused.message.contains("Index by_shop already exists"),
+            "{}",
+            refused.message
+        );
+        // Unconfirmed: the same Create is sent again, nothing changed here.
+        let again = plan(&base, &create("by_shop", "shop"), 51, &["by_shop"]).expect("sent again");
+        assert_eq!((again.followed.as_deref(), again.sent_again), (Some("by_shop"), true));
+        assert!(again.created.is_empty());
+        assert_eq!(again.next, base);
+        // Unconfirmed, but another definition of the name: refused as DynamoDB refuses it.
+        let other = plan(&base, &create("by_shop", "store"), 51, &["by_shop"]).expect_err("exists");
+        assert!(other.message.contains("already exists"), "{}", other.message);
+
+        let gone = plan(&base, &delete("by_shop"), 60, &[]).expect("valid").next;
+        let refused = plan(&gone, &delete("by_shop"), 61, &[]).expect_err("not found");
+        assert_eq!(refused.kind, ErrorKind::ResourceNotFound);
+        let again = plan(&gone, &delete("by_shop"), 61, &["by_shop"]).expect("sent again");
+        assert_eq!((again.followed.as_deref(), again.sent_again), (Some("by_shop"), true));
+        assert!(again.deleted.is_empty());
+        assert_eq!(again.next, gone);
+        // An index that never existed is not found, unconfirmed or not.
+        let never = plan(&gone, &delete("by_nothing"), 61, &["by_nothing"]).expect_err("not found");
+        assert_eq!(never.kind, ErrorKind::ResourceNotFound);
     }
 }
