@@ -89,13 +89,18 @@ def test_a_new_replica_has_the_tables_indexes_with_its_items_indexed(tmp_path):
         assert query(south, "paris") == ["paris-1"]
 
 
+def global_table_with_an_item_from_each(east, south):
+    """TABLE, global over both regions, with one item written in each (replicated)."""
+    create_table(east, TABLE)
+    make_global(east, south, TABLE)
+    put(east, "from-east", "lyon")
+    put(south, "from-south", "lyon")
+    wait_replicated([east, south], ["from-east", "from-south"])
+
+
 def test_an_index_created_or_deleted_in_one_region_follows_in_every_region(tmp_path):
     with two_regions(tmp_path) as (east, south):
-        create_table(east, TABLE)
-        make_global(east, south, TABLE)
-        put(east, "from-east", "lyon")
-        put(south, "from-south", "lyon")
-        wait_replicated([east, south], ["from-east", "from-south"])
+        global_table_with_an_item_from_each(east, south)
 
         # Created in east: south has it, built from its items, when the call answers.
         created = create_index(east)["TableDescription"]
@@ -136,11 +141,7 @@ def test_an_index_created_or_deleted_in_one_region_follows_in_every_region(tmp_p
 
 def test_a_region_down_during_an_index_change_fails_clearly_and_a_retry_finishes(tmp_path):
     with two_regions(tmp_path) as (east, south):
-        create_table(east, TABLE)
-        make_global(east, south, TABLE)
-        put(east, "from-east", "lyon")
-        put(south, "from-south", "lyon")
-        wait_replicated([east, south], ["from-east", "from-south"])
+        global_table_with_an_item_from_each(east, south)
 
         south.stop()
         with pytest.raises(ClientError) as excinfo:
