@@ -139,7 +139,10 @@ def test_an_index_created_or_deleted_in_one_region_follows_in_every_region(tmp_p
         assert query(east, "lyon") == ["from-east", "from-south", "later-east", "later-south"]
 
 
-def test_a_region_down_during_an_index_change_fails_clearly_and_a_retry_finishes(tmp_path):
+def test_a_region_down_during_an_index_change_fails_clearly_and_a_retry_finishes(tmp_path, monkeypatch):
+    # The store's own resending (every 10 s by default) is put off, so that the region that was
+    # down is seen to have missed the change and the retry is what brings it there.
+    monkeypatch.setenv("SWITCHYARD_ALIGN_RETRY_INTERVAL_MS", str(3_600_000))
     with two_regions(tmp_path) as (east, south):
         global_table_with_an_item_from_each(east, south)
 
@@ -187,3 +190,31 @@ def test_a_region_down_during_an_index_change_fails_clearly_and_a_retry_finishes
         assert index_in(east) is None
         assert index_in(south) is None
         query_refused(south)
+
+
+def test_a_region_back_after_missing_index_and_ttl_changes_gets_them_without_a_resend(tmp_path, monkeypatch):
+    """The store sends unconfirmed changes again by itself (SWITCHYARD_ALIGN_RETRY_INTERVAL_MS,
+    short here): once the region that was down is back, it gets the index (built from its
+    items) and the TTL, and the region that took the calls says both are done."""
+    monkeypatch.setenv("SWITCHYARD_ALIGN_RETRY_INTERVAL_MS", "300")
+    with two_regions(tmp_path) as (east, south):
+        global_table_with_an_item_from_each(east, south)
+        south.stop()
+        with pytest.raises(ClientError) as excinfo:
+            create_index(east)
+        assert error_code(excinfo)[0] == "ServiceUnavailable"
+        with pytest.raises(ClientError) as excinfo:
+            east.client().update_time_to_live(TableName=TABLE,
+                                              TimeToLiveSpecification={"Enabled": True, "AttributeName": "exp"})
+        assert error_code(excinfo)[0] == "ServiceUnavailable"
+        assert status_in(east) == "CREATING"
+        south.start()
+        wait_for(lambda: status_in(south) == "ACTIVE", REPLICATION_DEADLINE_S, "the index in the region that was down")
+        assert query(south, "lyon") == ["from-east", "from-south"]
+        wait_for(lambda: status_in(east) == "ACTIVE", REPLICATION_DEADLINE_S, "the index confirmed where it was made")
+        ttl = lambda region: region.client().describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
+        wait_for(lambda: ttl(south).get("TimeToLiveStatus") == "ENABLED", REPLICATION_DEADLINE_S,
+                 "the TTL in the region that was down")
+        wait_for(lambda: ttl(east).get("TimeToLiveStatus") == "ENABLED", REPLICATION_DEADLINE_S,
+                 "the TTL confirmed where it was set")
+        assert ttl(south) == {"TimeToLiveStatus": "ENABLED", "AttributeName": "exp"}

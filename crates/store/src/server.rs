@@ -457,11 +457,20 @@ pub async fn run_with_limits(
         .with_state(Arc::clone(&state));
     let closing = engine.clone();
     let sweeper = tokio::spawn(ttl_sweeper(engine));
+    let align_interval_ms =
+        crate::ops::align_retry_interval_ms(std::env::var(crate::ops::ALIGN_RETRY_INTERVAL_ENV).ok().as_deref())
+            .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
+    let aligner = replication
+        .is_some()
+        .then(|| tokio::spawn(align_loop(state.store.clone(), align_interval_ms)));
     let options = common::http::Options::new("store", limits)
         .render(Arc::new(render_refusal))
         .tls(tls);
     let result = common::http::serve(listener, options, app, shutdown).await;
     sweeper.abort();
+    if let Some(aligner) = aligner {
+        aligner.abort();
+    }
     for task in replication_tasks {
         task.abort();
     }
@@ -653,6 +662,24 @@ fn replication_health(store: &Store) -> serde_json::Value {
             "waiting": engine.tombstone_entries(),
         },
     })
+}
+
+/// Sends again, every `interval_ms` (`ops::ALIGN_RETRY_INTERVAL_MS` unless set), the TTL and
+/// index changes of global tables made here that some replica has not confirmed: a region down
+/// during the change gets it soon after it is back.
+async fn align_loop(store: Store, interval_ms: u64) {
+    let mut interval = tokio::time::interval(Duration::from_millis(interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let left = store.align_unconfirmed().await;
+        if left > 0 {
+            tracing::debug!(
+                left,
+                "TTL or index changes not yet in every replica; sending them again later"
+            );
+        }
+    }
 }
 
 async fn ttl_sweeper(engine: Engine) {

@@ -82,6 +82,8 @@ pub const OPERATIONS: &[&str] = &[
     "UpdateTimeToLive",
 ];
 
+pub use tables::{ALIGN_RETRY_INTERVAL_ENV, ALIGN_RETRY_INTERVAL_MS, align_retry_interval_ms};
+
 /// The store's operation layer; shared by every connection.
 #[derive(Clone)]
 pub struct Store {
@@ -92,6 +94,12 @@ pub struct Store {
 }
 
 impl Store {
+    /// Sends again the TTL and index changes of global tables made here that some replica has
+    /// not confirmed (see `tables::align_unconfirmed`); returns how many are still unconfirmed.
+    pub async fn align_unconfirmed(&self) -> usize {
+        tables::align_unconfirmed(self).await
+    }
+
     /// A store keeping its backups in [`Engine::backup_dir`].
     pub fn new(engine: Engine) -> Store {
         let backups = Arc::new(crate::backup::Backups::new(engine.backup_dir()));

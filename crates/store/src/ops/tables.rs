@@ -977,6 +977,65 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
     Ok(json!({"TimeToLiveSpecification": {"Enabled": spec.enabled, "AttributeName": spec.attribute_name}}))
 }
 
+/// How often the store sends again the TTL and index changes made here that some replica has
+/// not confirmed (`align_unconfirmed`): a region that was down during the change gets it soon
+/// after it is back, without the request being sent again.
+pub const ALIGN_RETRY_INTERVAL_MS: u64 = 10_000;
+/// The variable that sets another interval (milliseconds, at least
+/// [`ALIGN_RETRY_INTERVAL_MS_MIN`]).
+pub const ALIGN_RETRY_INTERVAL_ENV: &str = "SWITCHYARD_ALIGN_RETRY_INTERVAL_MS";
+/// The shortest interval [`ALIGN_RETRY_INTERVAL_ENV`] takes.
+pub const ALIGN_RETRY_INTERVAL_MS_MIN: u64 = 100;
+
+/// The interval from [`ALIGN_RETRY_INTERVAL_ENV`]'s value (`None`: unset, the default).
+pub fn align_retry_interval_ms(value: Option<&str>) -> Result<u64, String> {
+    let Some(value) = value else {
+        return Ok(ALIGN_RETRY_INTERVAL_MS);
+    };
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms >= ALIGN_RETRY_INTERVAL_MS_MIN)
+        .ok_or_else(|| {
+            format!(
+                "{ALIGN_RETRY_INTERVAL_ENV}={value:?}: expected milliseconds, at least {ALIGN_RETRY_INTERVAL_MS_MIN} (unset: {ALIGN_RETRY_INTERVAL_MS})"
+            )
+        })
+}
+
+/// Sends again every TTL or index change of a global table made here that some replica has not
+/// confirmed yet (its mark is set: `global::Followed::mark`), as the same request sent again
+/// would; clears each mark once every replica holds the change. Returns the changes still
+/// unconfirmed (a replica still down, or refusing).
+pub async fn align_unconfirmed(store: &Store) -> usize {
+    let mut left = 0;
+    for table in store.engine().tables().iter().filter(|t| t.is_global()) {
+        let names: Vec<String> = table
+            .indexes
+            .iter()
+            .chain(&table.deleted_indexes)
+            .filter(|i| i.kind == IndexKind::Global)
+            .map(|i| i.name.clone())
+            .collect();
+        let followed = std::iter::once(Followed::Ttl).chain(names.iter().map(|n| Followed::Index(n)));
+        for followed in followed {
+            let mark = store.engine().setting_value(&followed.mark(table.id));
+            let held = catalog::setting_version(followed.version(table)).map_or(0, |v| v.hlc.0);
+            // Set, and for the change the table holds (a mark of a change since replaced is
+            // cleared by that change's own alignment).
+            if mark == 0 || mark != held {
+                continue;
+            }
+            if let Err(error) = align(store, table, followed).await {
+                left += 1;
+                tracing::debug!(table = %table.name, %error, "a TTL or index change is still not in every replica; sending it again later");
+            }
+        }
+    }
+    left
+}
+
 /// Sends a global table's definition to every other replica after a change here of a setting
 /// that follows it (`followed`: its TTL, or one of its global indexes created or deleted), and
 /// clears the mark that the change is unconfirmed (`global::Followed::mark`) once every one
@@ -1344,5 +1403,23 @@ mod index_tests {
         // An index that never existed is not found, unconfirmed or not.
         let never = plan(&gone, &delete("by_nothing"), 61, &["by_nothing"]).expect_err("not found");
         assert_eq!(never.kind, ErrorKind::ResourceNotFound);
+    }
+}
+
+#[cfg(test)]
+mod align_interval_tests {
+    use super::*;
+
+    #[test]
+    fn the_align_interval_is_milliseconds_with_a_floor() {
+        assert_eq!(align_retry_interval_ms(None), Ok(ALIGN_RETRY_INTERVAL_MS));
+        assert_eq!(align_retry_interval_ms(Some("250")), Ok(250));
+        for bad in ["", "10", "ten", "-5", "1.5"] {
+            let error = align_retry_interval_ms(Some(bad)).expect_err(bad);
+            assert!(
+                error.contains(ALIGN_RETRY_INTERVAL_ENV) && error.contains("at least 100"),
+                "{error}"
+            );
+        }
     }
 }
