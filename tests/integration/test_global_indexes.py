@@ -1,7 +1,8 @@
 """Global secondary indexes follow a global table across its replicas, as in DynamoDB global
 tables of version 2019.11.21: two real `switchyard store` processes (`two_regions`), boto3
 clients. A new replica has the table's indexes, its items indexed; an UpdateTable that creates
-or deletes a global index in one region does so in every region before it answers (so after
+or deletes a global index in one region does so in every region before it answers (each region
+then fills it from its items in the background) (so after
 a failover the application's queries on the index work in the other region); a region that is
 down makes it fail with an error that names it (the index is then CREATING or DELETING where
 it was sent), and the same UpdateTable sent again once the region is up finishes it."""
@@ -41,6 +42,11 @@ def index_in(region):
 def status_in(region):
     index = index_in(region)
     return index and index["IndexStatus"]
+
+
+def wait_active(region):
+    """Waits until `region`'s index is filled from its items (DynamoDB's CREATING, Backfilling)."""
+    wait_for(lambda: status_in(region) == "ACTIVE", REPLICATION_DEADLINE_S, f"the index ACTIVE in {region.name}")
 
 
 def put(region, key, shop, day="2026-12-06"):
@@ -102,11 +108,15 @@ def test_an_index_created_or_deleted_in_one_region_follows_in_every_region(tmp_p
     with two_regions(tmp_path) as (east, south):
         global_table_with_an_item_from_each(east, south)
 
-        # Created in east: south has it, built from its items, when the call answers.
+        # Created in east: south has it when the call answers, and both fill it from their
+        # items in the background (CREATING, Backfilling, as DynamoDB shows it).
         created = create_index(east)["TableDescription"]
         assert [i["IndexName"] for i in created["GlobalSecondaryIndexes"]] == [INDEX]
-        assert status_in(east) == "ACTIVE"
-        assert status_in(south) == "ACTIVE"
+        assert created["GlobalSecondaryIndexes"][0]["IndexStatus"] == "CREATING"
+        assert created["GlobalSecondaryIndexes"][0]["Backfilling"] is True
+        assert status_in(south) in ("CREATING", "ACTIVE")
+        wait_active(east)
+        wait_active(south)
         assert index_in(south)["KeySchema"] == CREATE["Create"]["KeySchema"]
         for region in (east, south):
             assert query(region, "lyon") == ["from-east", "from-south"], region.name
@@ -135,7 +145,7 @@ def test_an_index_created_or_deleted_in_one_region_follows_in_every_region(tmp_p
 
         # Created again, from south this time: in both again, with every item.
         create_index(south)
-        assert status_in(east) == "ACTIVE"
+        wait_active(east)
         assert query(east, "lyon") == ["from-east", "from-south", "later-east", "later-south"]
 
 
@@ -169,8 +179,8 @@ def test_a_region_down_during_an_index_change_fails_clearly_and_a_retry_finishes
         south.start()
         assert index_in(south) is None, "the region that was down missed the change"
         create_index(east)
-        assert status_in(east) == "ACTIVE"
-        assert status_in(south) == "ACTIVE"
+        wait_active(east)
+        wait_active(south)
         assert query(south, "lyon") == ["from-east", "from-south"]
 
         # The same for a delete.

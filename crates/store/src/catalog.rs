@@ -485,14 +485,14 @@ impl TableMeta {
                     out.dropped.push(name.clone());
                     out.created.push(name.clone());
                     out.indexes[at] = IndexMeta {
-                        backfilling: false,
+                        backfilling: true,
                         ..index.clone()
                     };
                 }
                 (None, Some(index)) => {
                     out.created.push(name.clone());
                     out.indexes.push(IndexMeta {
-                        backfilling: false,
+                        backfilling: true,
                         ..index.clone()
                     });
                 }
@@ -1697,7 +1697,19 @@ mod tests {
             (aligned.dropped.as_slice(), aligned.created.as_slice()),
             (&by_day[..], &by_day[..])
         );
-        assert_eq!(east_after.indexes, south_after.indexes);
+        // The same definitions; the replaced one is filled again from the items here.
+        let settled = |t: &TableMeta| -> Vec<IndexMeta> {
+            t.indexes
+                .iter()
+                .map(|i| IndexMeta {
+                    backfilling: false,
+                    ..i.clone()
+                })
+                .collect()
+        };
+        assert_eq!(settled(&east_after), settled(&south_after));
+        assert!(south_after.index("by_day").is_some_and(|i| i.backfilling));
+        assert!(east_after.index("by_day").is_some_and(|i| !i.backfilling));
         assert_eq!(
             south_after.index("by_day").map(|i| i.key.partition.name.as_str()),
             Some("day")

@@ -23,6 +23,7 @@
 
 mod clock_watch;
 mod digests;
+mod index_backfill;
 mod pitr;
 mod recovery;
 mod replog;
@@ -31,6 +32,7 @@ mod wal;
 
 pub use clock_watch::{CLOCK_STEP_MS_MIN, ClockStatus};
 pub use digests::{DIGEST_BUCKET_BITS, DigestCursor, ScrubReport};
+pub use index_backfill::{BackfillStep, INDEX_BACKFILL_BYTES_PER_JOB, INDEX_BACKFILL_ITEMS_PER_JOB};
 use replog::*;
 pub use replog::{
     LOG_BLOCK_BYTES_MAX, LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX,
@@ -113,6 +115,8 @@ fn run_end(joins_next: &[bool], start: usize) -> usize {
 }
 /// TTL sweeps run this often.
 pub const TTL_SWEEP_INTERVAL_MS: u64 = 1000;
+/// A failed index backfill job (a full disk, an I/O error) is tried again after this long.
+pub const INDEX_BACKFILL_RETRY_MS: u64 = 1000;
 /// Expired items deleted per table per sweep at most.
 pub const TTL_DELETES_PER_SWEEP_MAX: usize = 1000;
 /// Items whose TTL lies further than this in the past are not expired (DynamoDB's rule).
@@ -434,6 +438,8 @@ struct Shared {
     /// The write-ahead log (`wal`); `None` while the writer reopens the database. Only the
     /// writer thread locks it.
     wal: Mutex<Option<Wal>>,
+    /// Wakes the index backfill loop (`Engine::run_index_backfills`) when an index is created.
+    index_backfill_wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -604,6 +610,7 @@ impl Engine {
             digest_mismatches: std::sync::atomic::AtomicU64::new(0),
             digest_log: Mutex::new(None),
             wal: Mutex::new(Some(wal)),
+            index_backfill_wake: tokio::sync::Notify::new(),
             store_id: store_id_of(&iterator_key),
             iterator_key,
         });
@@ -2110,21 +2117,31 @@ impl WriteContext<'_> {
             let new_entry = new.and_then(|item| index_entry_key(table.key_hash, index, item, key));
             let name = index_table_name(table.id, &index.name);
             let mut entries = self.txn.open_table(bytes_table(&name))?;
+            // The old entry counts only if the storage held it: an index still being
+            // backfilled (`index_backfill`) has no entry yet for an item it has not reached.
+            let mut old_held = false;
             if let Some(old_entry) = &old_entry
                 && new_entry.as_ref() != Some(old_entry)
             {
-                entries.remove(old_entry.as_slice())?;
+                old_held = entries.remove(old_entry.as_slice())?.is_some();
             }
-            let projected_old = old_entry.as_ref().and(old).map(|i| index.project(&table.key, i));
             let projected_new = match (&new_entry, new) {
                 (Some(entry), Some(item)) => {
                     let projected = index.project(&table.key, item);
                     let bytes = serde_json::to_vec(&projected).expect("serialising an item cannot fail");
-                    entries.insert(entry.as_slice(), bytes.as_slice())?;
+                    let replaced = entries.insert(entry.as_slice(), bytes.as_slice())?.is_some();
+                    if old_entry.as_ref() == Some(entry) {
+                        old_held = replaced;
+                    }
                     Some(projected)
                 }
                 _ => None,
             };
+            let projected_old = old_entry
+                .as_ref()
+                .filter(|_| old_held)
+                .and(old)
+                .map(|i| index.project(&table.key, i));
             let stats = self.stats.entry(stats_key(table.id, Some(&index.name))).or_default();
             stats.0 += i64::from(projected_new.is_some()) - i64::from(projected_old.is_some());
             stats.1 += size(projected_new.as_ref()) - size(projected_old.as_ref());
@@ -2234,6 +2251,9 @@ impl WriteContext<'_> {
                     .delete_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
                 stats.remove(stats_key(meta.id, Some(&index.name)).as_str())?;
             }
+            for index in &meta.indexes {
+                index_backfill::forget(self.txn, meta.id, &index.name)?;
+            }
             let mut settings = self.txn.open_table(SETTINGS)?;
             settings.remove(purged_below_key(meta.id).as_str())?;
             let awaiting: Vec<String> = awaiting_backfills(&*settings)?
@@ -2255,21 +2275,13 @@ impl WriteContext<'_> {
         Ok(())
     }
 
-    /// Fills a new index (or the TTL index) from the table's items.
-    pub fn backfill(&mut self, meta: &TableMeta, index: Option<&IndexMeta>) -> Result<u64, ApiError> {
+    /// Fills the TTL index from the table's items (a global index is filled in the background:
+    /// `index_backfill`).
+    pub fn backfill_ttl(&mut self, meta: &TableMeta) -> Result<u64, ApiError> {
         let result = (|| -> Result<u64, redb::Error> {
-            let name = data_table_name(meta.id);
-            let data = self.txn.open_table(bytes_table(&name))?;
+            let data = self.txn.open_table(bytes_table(&data_table_name(meta.id)))?;
+            let mut target = self.txn.open_table(bytes_table(&ttl_table_name(meta.id)))?;
             let mut count = 0;
-            let (target_name, stats_name) = match index {
-                Some(index) => (
-                    index_table_name(meta.id, &index.name),
-                    Some(stats_key(meta.id, Some(&index.name))),
-                ),
-                None => (ttl_table_name(meta.id), None),
-            };
-            let mut target = self.txn.open_table(bytes_table(&target_name))?;
-            let mut added = (0i64, 0i64);
             for entry in data.iter()? {
                 let (key, value) = entry?;
                 let Ok(record) = record::decode(value.value()) else {
@@ -2278,33 +2290,14 @@ impl WriteContext<'_> {
                 if record.tombstone {
                     continue;
                 }
-                match index {
-                    Some(index) => {
-                        if let Some(entry_key) = index_entry_key(meta.key_hash, index, &record.item, key.value()) {
-                            let projected = index.project(&meta.key, &record.item);
-                            added.0 += 1;
-                            added.1 += item_size_bytes(&projected) as i64;
-                            let bytes = serde_json::to_vec(&projected).expect("serialising an item cannot fail");
-                            target.insert(entry_key.as_slice(), bytes.as_slice())?;
-                            count += 1;
-                        }
-                    }
-                    None => {
-                        if let Some(seconds) = ttl_seconds(meta, &record.item) {
-                            target.insert(ttl_entry_key(seconds, key.value()).as_slice(), &[][..])?;
-                            count += 1;
-                        }
-                    }
+                if let Some(seconds) = ttl_seconds(meta, &record.item) {
+                    target.insert(ttl_entry_key(seconds, key.value()).as_slice(), &[][..])?;
+                    count += 1;
                 }
-            }
-            if let Some(stats_name) = stats_name {
-                let entry = self.stats.entry(stats_name).or_default();
-                entry.0 += added.0;
-                entry.1 += added.1;
             }
             Ok(count)
         })();
-        result.map_err(|e| self.fail("backfilling an index", e))
+        result.map_err(|e| self.fail("backfilling the TTL index", e))
     }
 
     /// Brings the TTL index in line with `next`'s TTL after a change from `previous`: dropped
@@ -2319,7 +2312,7 @@ impl WriteContext<'_> {
             self.drop_ttl_index(next)?;
         }
         if after.is_some() {
-            self.backfill(next, None)?;
+            self.backfill_ttl(next)?;
         }
         Ok(())
     }
@@ -2332,6 +2325,7 @@ impl WriteContext<'_> {
     pub fn drop_index(&mut self, meta: &TableMeta, index: &str) -> Result<(), ApiError> {
         let result = (|| -> Result<(), redb::Error> {
             self.txn.delete_table(bytes_table(&index_table_name(meta.id, index)))?;
+            index_backfill::forget(self.txn, meta.id, index)?;
             self.txn
                 .open_table(STATS)?
                 .remove(stats_key(meta.id, Some(index)).as_str())?;

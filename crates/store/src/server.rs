@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::disk::DiskStatus;
-use crate::engine::{Engine, TTL_SWEEP_INTERVAL_MS, WriterState, WriterStatus};
+use crate::engine::{Engine, INDEX_BACKFILL_RETRY_MS, TTL_SWEEP_INTERVAL_MS, WriterState, WriterStatus};
 use crate::global::{Replication, ReplicationConfig};
 use crate::ops::Store;
 
@@ -456,6 +456,10 @@ pub async fn run_with_limits(
         .layer(axum::middleware::from_fn(crate::compat::with_answer_headers))
         .with_state(Arc::clone(&state));
     let closing = engine.clone();
+    let backfiller = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run_index_backfills(INDEX_BACKFILL_RETRY_MS).await })
+    };
     let sweeper = tokio::spawn(ttl_sweeper(engine));
     let align_interval_ms =
         crate::ops::align_retry_interval_ms(std::env::var(crate::ops::ALIGN_RETRY_INTERVAL_ENV).ok().as_deref())
@@ -468,6 +472,7 @@ pub async fn run_with_limits(
         .tls(tls);
     let result = common::http::serve(listener, options, app, shutdown).await;
     sweeper.abort();
+    backfiller.abort();
     if let Some(aligner) = aligner {
         aligner.abort();
     }

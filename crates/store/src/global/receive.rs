@@ -327,8 +327,7 @@ impl Replication {
                         let index_versions = next.index_versions();
                         context.put_table(next.clone())?;
                         for name in &aligned.created {
-                            let index = next.index(name).expect("the index was just added");
-                            context.backfill(&next, Some(index))?;
+                            context.start_index_backfill(&next, name)?;
                         }
                         for region in &gained {
                             context.set_setting(&replica_made_setting(region, existing.id), made_ms)?;
@@ -354,6 +353,9 @@ impl Replication {
                         // Its global indexes are the definition's, as its TTL (a previous
                         // build's too): empty until the backfill brings the items, which are
                         // indexed as they are applied.
+                        for index in &mut created.indexes {
+                            index.backfilling = false;
+                        }
                         let ttl = created.ttl.clone();
                         let index_versions = created.index_versions();
                         context
@@ -365,6 +367,8 @@ impl Replication {
                 Ok(changed)
             })
             .await?;
+        // An index created here by the definition is filled in the background.
+        self.engine.wake_index_backfill();
         // Later TTL and index changes made here are newer than the ones taken (within the
         // clock's bound ahead of the wall clock; `catalog::next_setting_version` also stamps
         // past the one held).

@@ -75,10 +75,16 @@ fn parse_select(text: Option<&str>, has_projection: bool, index: Option<&IndexMe
 pub(crate) fn resolve_index<'a>(meta: &'a TableMeta, name: Option<&str>) -> Result<Option<&'a IndexMeta>, ApiError> {
     match name {
         None => Ok(None),
-        Some(name) => meta
-            .index(name)
-            .map(Some)
-            .ok_or_else(|| ApiError::validation(format!("The table does not have the specified index: {name}"))),
+        Some(name) => match meta.index(name) {
+            None => Err(ApiError::validation(format!(
+                "The table does not have the specified index: {name}"
+            ))),
+            // DynamoDB's answer while a GSI created by UpdateTable is being filled.
+            Some(index) if index.backfilling => Err(ApiError::validation(format!(
+                "Cannot read from backfilling global secondary index: {name}"
+            ))),
+            Some(index) => Ok(Some(index)),
+        },
     }
 }
 

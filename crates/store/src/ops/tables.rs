@@ -482,8 +482,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                 context.put_table(next.clone())?;
             }
             for name in &planned.created {
-                let index = next.index(name).expect("the index was just added");
-                context.backfill(&next, Some(index))?;
+                context.start_index_backfill(&next, name)?;
             }
             // A global table's index change is unconfirmed until every replica holds it,
             // recorded in the transaction that makes it.
@@ -497,6 +496,9 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
             Ok((next, planned.followed))
         })
         .await?;
+    if result.indexes.iter().any(|i| i.backfilling) {
+        store.engine().wake_index_backfill();
+    }
     if let Some(name) = followed.as_deref()
         && result.is_global()
     {
@@ -660,6 +662,24 @@ fn plan_update(
             "Subscriber limit exceeded: Only 1 online index can be created or deleted simultaneously per table",
         ));
     }
+    // Nor while another index of the table is still being backfilled (deleting that one, or
+    // sending its Create again, is allowed).
+    if let Some(busy) = next.indexes.iter().find(|i| i.backfilling) {
+        let other = request.global_secondary_index_updates.iter().flatten().any(|update| {
+            let name = match (&update.create, &update.delete) {
+                (Some(create), _) => &create.index_name,
+                (None, Some(delete)) => &delete.index_name,
+                (None, None) => return false,
+            };
+            *name != busy.name
+        });
+        if other {
+            return Err(ApiError::new(
+                ErrorKind::LimitExceeded,
+                "Subscriber limit exceeded: Only 1 online index can be created or deleted simultaneously per table",
+            ));
+        }
+    }
     let mut created = Vec::new();
     let mut deleted = Vec::new();
     let mut followed = None;
@@ -684,6 +704,9 @@ fn plan_update(
                 } else {
                     let mut index = catalog::parse_global_index(create, &requested, next.throughput.is_none())?;
                     index.version = Some(new_version(base.index_version(&index.name)));
+                    // Live for writes at once; the items already there are copied in the
+                    // background (`engine::index_backfill`).
+                    index.backfilling = true;
                     next.deleted_indexes.retain(|i| i.name != index.name);
                     created.push(index.name.clone());
                     next.indexes.push(index);

@@ -671,19 +671,27 @@ async fn a_write_queued_before_an_index_was_created_is_indexed() {
     h.ok("CreateTable", on_demand_table("late", "pk")).await;
     let engine = h.store.engine().clone();
     let stale = engine.table("late").expect("table");
-    h.ok(
-        "UpdateTable",
-        json!({
-            "TableName": "late",
-            "AttributeDefinitions": [{"AttributeName": "g", "AttributeType": "S"}],
-            "GlobalSecondaryIndexUpdates": [{"Create": {
-                "IndexName": "by_g",
-                "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
-                "Projection": {"ProjectionType": "ALL"}
-            }}]
-        }),
-    )
-    .await;
+    let created = h
+        .ok(
+            "UpdateTable",
+            json!({
+                "TableName": "late",
+                "AttributeDefinitions": [{"AttributeName": "g", "AttributeType": "S"}],
+                "GlobalSecondaryIndexUpdates": [{"Create": {
+                    "IndexName": "by_g",
+                    "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": "ALL"}
+                }}]
+            }),
+        )
+        .await;
+    // Filled in the background, as DynamoDB fills it: CREATING, Backfilling, until then.
+    let index = &created["TableDescription"]["GlobalSecondaryIndexes"][0];
+    assert_eq!(
+        (&index["IndexStatus"], &index["Backfilling"]),
+        (&json!("CREATING"), &json!(true))
+    );
+    engine.finish_index_backfills().await.expect("backfill");
     assert!(
         stale.indexes.is_empty(),
         "the definition read before the index has none"
@@ -879,6 +887,7 @@ mod compact;
 mod crash;
 mod disk;
 mod global;
+mod index_backfill;
 mod multi_key;
 mod pitr;
 mod replication_fuzz;

@@ -172,6 +172,7 @@ async fn a_data_directory_from_before_multi_attribute_keys_opens_and_gains_one()
             }),
         )
         .await;
+        h.store.engine().finish_index_backfills().await.expect("backfill");
         // Backfilled: m4 lacks the key attributes and is left out; (final, 1) < (semi, 1) < (semi, 2).
         assert_eq!(
             ids(&h.ok("Query", by_round_query("", json!({}))).await),

@@ -1,0 +1,207 @@
+//! Online backfill of a global secondary index created by UpdateTable: the index is live for
+//! writes at once (every write maintains it, and its key types are enforced), and the items
+//! that were there before are copied into it in bounded jobs, so a table of any size never
+//! holds the writer for longer than one job. Reads of the index are refused until it is
+//! filled, as DynamoDB refuses them ("Cannot read from backfilling global secondary index").
+//!
+//! Invariants:
+//! - an index with `IndexMeta::backfilling` has, in [`INDEX_BACKFILLS`], the stored key of the
+//!   last item copied (empty: none yet), written in the job that copied it; a missing entry
+//!   means "from the first item" (a catalog from a backup, say), never "done";
+//! - a job copies at most [`INDEX_BACKFILL_ITEMS_PER_JOB`] items and
+//!   [`INDEX_BACKFILL_BYTES_PER_JOB`] bytes, in key order, after the recorded key, and the job
+//!   that reaches the table's end clears the flag and the entry in the same transaction;
+//! - copying is idempotent and counted once: an entry a write already made for an item (the
+//!   item changed after the index was created) is written again with the same content and not
+//!   counted again, because the write path counts an index entry by what the storage held
+//!   (`WriteContext::store_beside`), not by what the items imply;
+//! - dropping the index or its table drops its entry here in the same transaction.
+
+use super::*;
+
+/// Where each backfilling index is: `x{table id}/{index}` (the index's storage name) → the
+/// stored key of the last item copied into it.
+pub(super) const INDEX_BACKFILLS: TableDefinition<&str, &[u8]> = TableDefinition::new("index_backfills");
+/// Items one backfill job copies at most: a job holds the writer for a few milliseconds.
+pub const INDEX_BACKFILL_ITEMS_PER_JOB: usize = 1_000;
+/// Bytes of items one backfill job reads at most.
+pub const INDEX_BACKFILL_BYTES_PER_JOB: usize = 4 << 20;
+
+/// What one backfill job did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackfillStep {
+    /// Copied this many items; more remain.
+    Copied(usize),
+    /// Copied this many items and reached the table's end: the index is ACTIVE.
+    Finished(usize),
+    /// The table or the index is gone, or the index is no longer backfilling.
+    Gone,
+}
+
+/// Forgets where the backfill of `index` of table `table_id` is (the index is dropped, or
+/// filled).
+pub(super) fn forget(txn: &LoggedTxn, table_id: u64, index: &str) -> Result<(), redb::Error> {
+    let key = index_table_name(table_id, index);
+    txn.open_table(INDEX_BACKFILLS)?.remove(key.as_str())?;
+    Ok(())
+}
+
+impl WriteContext<'_> {
+    /// Records that `index` of `meta` (just put with `backfilling`) starts from the first item.
+    pub fn start_index_backfill(&mut self, meta: &TableMeta, index: &str) -> Result<(), ApiError> {
+        let key = index_table_name(meta.id, index);
+        let result = self
+            .txn
+            .open_table(INDEX_BACKFILLS)
+            .and_then(|mut t| t.insert(key.as_str(), &[][..]).map(|_| ()).map_err(Into::into));
+        result.map_err(|e| self.fail("starting an index backfill", e))
+    }
+
+    /// Copies the next items of `meta`'s table into its backfilling index `index` (see the
+    /// module's invariants). Runs in an exclusive job: the definition is read as committed.
+    pub fn backfill_index_step(&mut self, meta: &TableMeta, index: &str) -> Result<BackfillStep, ApiError> {
+        let Ok(current) = self.latest_table(meta) else {
+            return Ok(BackfillStep::Gone);
+        };
+        let Some(definition) = current.index(index).filter(|i| i.backfilling).cloned() else {
+            return Ok(BackfillStep::Gone);
+        };
+        self.check_room()?;
+        self.mutations += 1;
+        let target_name = index_table_name(current.id, index);
+        let result = (|| -> Result<(usize, Option<Vec<u8>>, (i64, i64)), redb::Error> {
+            let after = self
+                .txn
+                .open_table(INDEX_BACKFILLS)?
+                .get(target_name.as_str())?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            let data = self.txn.open_table(bytes_table(&data_table_name(current.id)))?;
+            let mut target = self.txn.open_table(bytes_table(&target_name))?;
+            let from = if after.is_empty() {
+                Bound::Unbounded
+            } else {
+                Bound::Excluded(after.as_slice())
+            };
+            let (mut copied, mut bytes, mut added) = (0usize, 0usize, (0i64, 0i64));
+            let mut last = None;
+            for entry in data.range::<&[u8]>((from, Bound::Unbounded))? {
+                if copied >= INDEX_BACKFILL_ITEMS_PER_JOB || bytes >= INDEX_BACKFILL_BYTES_PER_JOB {
+                    return Ok((copied, last, added));
+                }
+                let (key, value) = entry?;
+                copied += 1;
+                bytes += value.value().len();
+                last = Some(key.value().to_vec());
+                let Ok(record) = record::decode(value.value()) else {
+                    continue;
+                };
+                if record.tombstone {
+                    continue;
+                }
+                // An item the index cannot hold (no key attribute, another type, a key too
+                // long) is left out, as DynamoDB leaves it out.
+                let Some(entry_key) = index_entry_key(current.key_hash, &definition, &record.item, key.value()) else {
+                    continue;
+                };
+                let projected = definition.project(&current.key, &record.item);
+                let encoded = serde_json::to_vec(&projected).expect("serialising an item cannot fail");
+                if target.insert(entry_key.as_slice(), encoded.as_slice())?.is_none() {
+                    added.0 += 1;
+                    added.1 += item_size_bytes(&projected) as i64;
+                }
+            }
+            Ok((copied, None, added))
+        })();
+        let (copied, last, added) = result.map_err(|e| self.fail("backfilling an index", e))?;
+        let stats = self.stats.entry(stats_key(current.id, Some(index))).or_default();
+        stats.0 += added.0;
+        stats.1 += added.1;
+        match last {
+            Some(last) => {
+                let result = self.txn.open_table(INDEX_BACKFILLS).and_then(|mut t| {
+                    t.insert(target_name.as_str(), last.as_slice())
+                        .map(|_| ())
+                        .map_err(Into::into)
+                });
+                result.map_err(|e| self.fail("recording an index backfill's progress", e))?;
+                Ok(BackfillStep::Copied(copied))
+            }
+            None => {
+                let mut next = (*current).clone();
+                if let Some(index) = next.indexes.iter_mut().find(|i| i.name == index) {
+                    index.backfilling = false;
+                }
+                self.put_table(next)?;
+                forget(self.txn, current.id, index).map_err(|e| self.fail("finishing an index backfill", e))?;
+                Ok(BackfillStep::Finished(copied))
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// The indexes being backfilled now: `(table, index)`.
+    pub fn backfilling_indexes(&self) -> Vec<(Arc<TableMeta>, String)> {
+        self.tables()
+            .into_iter()
+            .flat_map(|table| {
+                let names: Vec<String> = table
+                    .indexes
+                    .iter()
+                    .filter(|i| i.backfilling)
+                    .map(|i| i.name.clone())
+                    .collect();
+                names.into_iter().map(move |name| (Arc::clone(&table), name))
+            })
+            .collect()
+    }
+
+    /// Runs one backfill job for every backfilling index; returns how many are still
+    /// backfilling after it.
+    pub async fn backfill_indexes_once(&self) -> Result<usize, ApiError> {
+        let mut left = 0;
+        for (table, index) in self.backfilling_indexes() {
+            let name = index.clone();
+            let step = self
+                .write_exclusive(move |context| context.backfill_index_step(&table, &name))
+                .await?;
+            match step {
+                BackfillStep::Copied(_) => left += 1,
+                BackfillStep::Finished(_) => tracing::info!(index = %index, "index backfilled; it is ACTIVE"),
+                BackfillStep::Gone => {}
+            }
+        }
+        Ok(left)
+    }
+
+    /// Backfills every backfilling index to its end (tests, and the loop's inner step).
+    pub async fn finish_index_backfills(&self) -> Result<(), ApiError> {
+        while self.backfill_indexes_once().await? > 0 {}
+        Ok(())
+    }
+
+    /// Wakes the backfill loop: an index to backfill was just created.
+    pub fn wake_index_backfill(&self) {
+        self.shared.index_backfill_wake.notify_one();
+    }
+
+    /// Backfills indexes as they are created, forever: the store's background task. A failed
+    /// job (a full disk, an I/O error) is tried again after `retry_ms`.
+    pub async fn run_index_backfills(&self, retry_ms: u64) {
+        loop {
+            match self.backfill_indexes_once().await {
+                Ok(0) => {
+                    let wake = self.shared.index_backfill_wake.notified();
+                    // Also a slow tick: an index restored or received while nobody woke us.
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(retry_ms.max(1_000)), wake).await;
+                }
+                Ok(_) => tokio::task::yield_now().await,
+                Err(error) => {
+                    tracing::warn!(%error, "index backfill failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(retry_ms)).await;
+                }
+            }
+        }
+    }
+}

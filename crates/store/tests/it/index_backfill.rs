@@ -1,0 +1,334 @@
+//! A global secondary index created by UpdateTable on a table with items: live for writes at
+//! once, filled in bounded background jobs, unreadable until filled, counted exactly, and
+//! resumed where it was after a restart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynamo_protocol::{ApiError, ErrorKind};
+use serde_json::{Value, json};
+use store::engine::{BackfillStep, INDEX_BACKFILL_ITEMS_PER_JOB};
+use store::{Engine, Store, SystemClock};
+
+use crate::support::Calls;
+
+struct Opened {
+    store: Store,
+}
+
+impl Calls for Opened {
+    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
+        self.store.handle(operation, body.to_string().as_bytes()).await
+    }
+}
+
+/// Opens the data directory, waiting (bounded) for an engine dropped just before to let go of it.
+fn open(dir: &std::path::Path) -> Opened {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Engine::open(dir, "us-east-1", Arc::new(SystemClock)) {
+            Ok(engine) => {
+                return Opened {
+                    store: Store::new(engine),
+                };
+            }
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Items in the table before the index: more than two backfill jobs' worth.
+const ITEMS: usize = INDEX_BACKFILL_ITEMS_PER_JOB * 2 + 500;
+
+/// `shop` of item `n`: every third item has none (left out of the index), every fifth a number
+/// (the wrong type: left out too).
+fn shop_of(n: usize) -> Option<Value> {
+    match n {
+        n if n % 3 == 0 => None,
+        n if n % 5 == 0 => Some(json!({"N": n.to_string()})),
+        n => Some(json!({"S": format!("shop-{}", n % 7)})),
+    }
+}
+
+async fn fill(h: &Opened) {
+    h.ok(
+        "CreateTable",
+        json!({
+            "TableName": "orders",
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST"
+        }),
+    )
+    .await;
+    for chunk in (0..ITEMS).collect::<Vec<_>>().chunks(25) {
+        let requests: Vec<Value> = chunk
+            .iter()
+            .map(|&n| {
+                let mut item = json!({"id": {"S": format!("order-{n:05}")}, "total": {"N": n.to_string()}});
+                if let Some(shop) = shop_of(n) {
+                    item["shop"] = shop;
+                }
+                json!({"PutRequest": {"Item": item}})
+            })
+            .collect();
+        h.ok("BatchWriteItem", json!({"RequestItems": {"orders": requests}}))
+            .await;
+    }
+}
+
+fn create_by_shop() -> Value {
+    json!({
+        "TableName": "orders",
+        "AttributeDefinitions": [{"AttributeName": "shop", "AttributeType": "S"}],
+        "GlobalSecondaryIndexUpdates": [{"Create": {
+            "IndexName": "by_shop",
+            "KeySchema": [{"AttributeName": "shop", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "ALL"}
+        }}]
+    })
+}
+
+async fn index_description(h: &Opened) -> Value {
+    let described = h.ok("DescribeTable", json!({"TableName": "orders"})).await;
+    described["Table"]["GlobalSecondaryIndexes"][0].clone()
+}
+
+/// Every item the index holds, by a paginated Scan of it: `(id, shop)`.
+async fn scan_index(h: &Opened) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut start: Option<Value> = None;
+    loop {
+        let mut request = json!({"TableName": "orders", "IndexName": "by_shop"});
+        if let Some(start) = start.take() {
+            request["ExclusiveStartKey"] = start;
+        }
+        let page = h.ok("Scan", request).await;
+        for item in page["Items"].as_array().expect("Items") {
+            let id = item["id"]["S"].as_str().expect("id").to_string();
+            let shop = item["shop"]["S"].as_str().expect("shop").to_string();
+            out.push((id, shop));
+        }
+        match page.get("LastEvaluatedKey") {
+            Some(key) => start = Some(key.clone()),
+            None => break,
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every item of the table whose `shop` the index holds (a string), by a Scan of the table.
+async fn expected_entries(h: &Opened) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut start: Option<Value> = None;
+    loop {
+        let mut request = json!({"TableName": "orders"});
+        if let Some(start) = start.take() {
+            request["ExclusiveStartKey"] = start;
+        }
+        let page = h.ok("Scan", request).await;
+        for item in page["Items"].as_array().expect("Items") {
+            if let Some(shop) = item["shop"]["S"].as_str() {
+                out.push((item["id"]["S"].as_str().expect("id").to_string(), shop.to_string()));
+            }
+        }
+        match page.get("LastEvaluatedKey") {
+            Some(key) => start = Some(key.clone()),
+            None => break,
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn step(h: &Opened) -> BackfillStep {
+    let engine = h.store.engine().clone();
+    let table = engine.table("orders").expect("table");
+    engine
+        .write_exclusive(move |context| context.backfill_index_step(&table, "by_shop"))
+        .await
+        .expect("a backfill job")
+}
+
+fn put(id: &str, shop: Option<&str>) -> Value {
+    let mut item = json!({"id": {"S": id}, "total": {"N": "1"}});
+    if let Some(shop) = shop {
+        item["shop"] = json!({"S": shop});
+    }
+    json!({"TableName": "orders", "Item": item})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_is_filled_in_bounded_jobs_while_writes_go_on_and_counts_each_item_once() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let h = open(dir.path());
+    fill(&h).await;
+
+    let answer = h.ok("UpdateTable", create_by_shop()).await;
+    let created = &answer["TableDescription"]["GlobalSecondaryIndexes"][0];
+    assert_eq!(created["IndexStatus"], "CREATING");
+    assert_eq!(created["Backfilling"], true);
+
+    // Unreadable until filled, with DynamoDB's answer; the key type holds for writes at once.
+    let query = json!({"TableName": "orders", "IndexName": "by_shop",
+        "KeyConditionExpression": "shop = :s", "ExpressionAttributeValues": {":s": {"S": "shop-1"}}});
+    let refused = h.err("Query", query.clone()).await;
+    assert_eq!(refused.kind, ErrorKind::Validation);
+    assert_eq!(
+        refused.message,
+        "Cannot read from backfilling global secondary index: by_shop"
+    );
+    let refused = h
+        .err("Scan", json!({"TableName": "orders", "IndexName": "by_shop"}))
+        .await;
+    assert!(refused.message.contains("backfilling"), "{}", refused.message);
+    let wrong = h
+        .err(
+            "PutItem",
+            json!({"TableName": "orders", "Item": {"id": {"S": "x"}, "shop": {"N": "1"}}}),
+        )
+        .await;
+    assert!(wrong.message.contains("mismatch"), "{}", wrong.message);
+
+    // One job copies one job's worth, in key order, and the index stays CREATING.
+    assert_eq!(step(&h).await, BackfillStep::Copied(INDEX_BACKFILL_ITEMS_PER_JOB));
+    assert_eq!(index_description(&h).await["IndexStatus"], "CREATING");
+
+    // Writes between jobs, spread over the key space (stored keys are in hash order), so on
+    // both sides of where the backfill is: changed, emptied, deleted and new items.
+    for n in (0..ITEMS).step_by(12) {
+        h.ok(
+            "PutItem",
+            put(&format!("order-{n:05}"), Some(&format!("moved-{}", n % 4))),
+        )
+        .await;
+    }
+    for n in (1..ITEMS).step_by(12) {
+        h.ok("PutItem", put(&format!("order-{n:05}"), None)).await;
+    }
+    for n in (2..ITEMS).step_by(12) {
+        h.ok(
+            "DeleteItem",
+            json!({"TableName": "orders", "Key": {"id": {"S": format!("order-{n:05}")}}}),
+        )
+        .await;
+    }
+    for n in 0..100 {
+        h.ok("PutItem", put(&format!("new-{n}"), Some("shop-1"))).await;
+    }
+
+    let mut steps = 1;
+    loop {
+        match step(&h).await {
+            BackfillStep::Copied(n) => assert!(n <= INDEX_BACKFILL_ITEMS_PER_JOB),
+            BackfillStep::Finished(_) => break,
+            BackfillStep::Gone => panic!("the index went away"),
+        }
+        steps += 1;
+        assert!(steps < 10, "the backfill does not end");
+    }
+    assert_eq!(step(&h).await, BackfillStep::Gone, "nothing left to do once ACTIVE");
+
+    let described = index_description(&h).await;
+    assert_eq!(described["IndexStatus"], "ACTIVE");
+    assert!(described.get("Backfilling").is_none(), "{described}");
+    let held = scan_index(&h).await;
+    let expected = expected_entries(&h).await;
+    assert_eq!(held, expected);
+    assert!(held.contains(&("order-00012".into(), "moved-0".into())));
+    assert!(!held.iter().any(|(id, _)| id == "order-00013" || id == "order-00014"));
+    // Counted once each, whether the backfill or a write put it there first.
+    assert_eq!(described["ItemCount"], json!(expected.len()));
+    assert_eq!(
+        h.ok("Query", query).await["Count"],
+        json!(expected.iter().filter(|(_, s)| s == "shop-1").count())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_resumes_after_a_restart_where_it_was() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    {
+        let h = open(dir.path());
+        fill(&h).await;
+        h.ok("UpdateTable", create_by_shop()).await;
+        assert_eq!(step(&h).await, BackfillStep::Copied(INDEX_BACKFILL_ITEMS_PER_JOB));
+        assert!(h.store.engine().close().await);
+    }
+    let h = open(dir.path());
+    assert_eq!(index_description(&h).await["Backfilling"], true);
+    // What is left is what the first job did not copy: the restart goes on from there.
+    assert_eq!(step(&h).await, BackfillStep::Copied(INDEX_BACKFILL_ITEMS_PER_JOB));
+    assert_eq!(
+        step(&h).await,
+        BackfillStep::Finished(ITEMS - 2 * INDEX_BACKFILL_ITEMS_PER_JOB)
+    );
+    let expected = expected_entries(&h).await;
+    assert_eq!(scan_index(&h).await, expected);
+    assert_eq!(index_description(&h).await["ItemCount"], json!(expected.len()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_index_change_at_a_time_and_a_backfilling_index_can_be_deleted() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let h = open(dir.path());
+    fill(&h).await;
+    h.ok("UpdateTable", create_by_shop()).await;
+    assert_eq!(step(&h).await, BackfillStep::Copied(INDEX_BACKFILL_ITEMS_PER_JOB));
+
+    // Another index while this one fills: DynamoDB's LimitExceededException.
+    let other = json!({
+        "TableName": "orders",
+        "AttributeDefinitions": [{"AttributeName": "total", "AttributeType": "N"}],
+        "GlobalSecondaryIndexUpdates": [{"Create": {
+            "IndexName": "by_total",
+            "KeySchema": [{"AttributeName": "total", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"}
+        }}]
+    });
+    let refused = h.err("UpdateTable", other.clone()).await;
+    assert_eq!(refused.kind, ErrorKind::LimitExceeded);
+
+    // The filling index itself can go (DynamoDB: while Backfilling is true); its job ends.
+    h.ok(
+        "UpdateTable",
+        json!({"TableName": "orders", "GlobalSecondaryIndexUpdates": [{"Delete": {"IndexName": "by_shop"}}]}),
+    )
+    .await;
+    assert_eq!(step(&h).await, BackfillStep::Gone);
+
+    // Made again under the same name, it starts from the first item, not where the old one was.
+    h.ok("UpdateTable", create_by_shop()).await;
+    h.store.engine().finish_index_backfills().await.expect("backfill");
+    let expected = expected_entries(&h).await;
+    assert_eq!(scan_index(&h).await, expected);
+    assert_eq!(index_description(&h).await["ItemCount"], json!(expected.len()));
+
+    // And once it is ACTIVE the other index may come.
+    h.ok("UpdateTable", other).await;
+
+    // A table deleted while an index fills: its job finds nothing to do.
+    h.store.engine().finish_index_backfills().await.expect("backfill");
+    h.ok(
+        "UpdateTable",
+        json!({"TableName": "orders", "GlobalSecondaryIndexUpdates": [{"Delete": {"IndexName": "by_total"}}]}),
+    )
+    .await;
+    h.ok(
+        "UpdateTable",
+        json!({"TableName": "orders", "GlobalSecondaryIndexUpdates": [{"Delete": {"IndexName": "by_shop"}}]}),
+    )
+    .await;
+    h.ok("UpdateTable", create_by_shop()).await;
+    let table = h.store.engine().table("orders").expect("table");
+    h.ok("DeleteTable", json!({"TableName": "orders"})).await;
+    assert!(h.store.engine().backfilling_indexes().is_empty());
+    let engine = h.store.engine().clone();
+    let step = engine
+        .write_exclusive(move |context| context.backfill_index_step(&table, "by_shop"))
+        .await
+        .expect("a backfill job");
+    assert_eq!(step, BackfillStep::Gone);
+}
