@@ -440,6 +440,9 @@ struct Shared {
     wal: Mutex<Option<Wal>>,
     /// Wakes the index backfill loop (`Engine::run_index_backfills`) when an index is created.
     index_backfill_wake: tokio::sync::Notify,
+    /// Set when a TTL index may have a backfill to do (at open, and when one starts); cleared
+    /// by the backfill job that finds none.
+    ttl_backfill_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -611,6 +614,7 @@ impl Engine {
             digest_log: Mutex::new(None),
             wal: Mutex::new(Some(wal)),
             index_backfill_wake: tokio::sync::Notify::new(),
+            ttl_backfill_pending: std::sync::atomic::AtomicBool::new(true),
             store_id: store_id_of(&iterator_key),
             iterator_key,
         });
@@ -2244,6 +2248,7 @@ impl WriteContext<'_> {
             catalog.remove(meta.name.as_str())?;
             self.txn.delete_table(bytes_table(&data_table_name(meta.id)))?;
             self.txn.delete_table(bytes_table(&ttl_table_name(meta.id)))?;
+            index_backfill::forget_key(self.txn, &ttl_table_name(meta.id))?;
             let mut stats = self.txn.open_table(STATS)?;
             stats.remove(stats_key(meta.id, None).as_str())?;
             for index in &meta.indexes {
@@ -2275,31 +2280,6 @@ impl WriteContext<'_> {
         Ok(())
     }
 
-    /// Fills the TTL index from the table's items (a global index is filled in the background:
-    /// `index_backfill`).
-    pub fn backfill_ttl(&mut self, meta: &TableMeta) -> Result<u64, ApiError> {
-        let result = (|| -> Result<u64, redb::Error> {
-            let data = self.txn.open_table(bytes_table(&data_table_name(meta.id)))?;
-            let mut target = self.txn.open_table(bytes_table(&ttl_table_name(meta.id)))?;
-            let mut count = 0;
-            for entry in data.iter()? {
-                let (key, value) = entry?;
-                let Ok(record) = record::decode(value.value()) else {
-                    continue;
-                };
-                if record.tombstone {
-                    continue;
-                }
-                if let Some(seconds) = ttl_seconds(meta, &record.item) {
-                    target.insert(ttl_entry_key(seconds, key.value()).as_slice(), &[][..])?;
-                    count += 1;
-                }
-            }
-            Ok(count)
-        })();
-        result.map_err(|e| self.fail("backfilling the TTL index", e))
-    }
-
     /// Brings the TTL index in line with `next`'s TTL after a change from `previous`: dropped
     /// when the active TTL attribute changes or TTL is disabled, built from the items when it
     /// is enabled (on another attribute too); nothing when the active attribute is the same.
@@ -2312,14 +2292,19 @@ impl WriteContext<'_> {
             self.drop_ttl_index(next)?;
         }
         if after.is_some() {
-            self.backfill_ttl(next)?;
+            // Filled from the items in the background (`index_backfill`); writes keep it
+            // from now on.
+            self.start_ttl_backfill(next)?;
         }
         Ok(())
     }
 
     pub fn drop_ttl_index(&mut self, meta: &TableMeta) -> Result<(), ApiError> {
-        let result = self.txn.delete_table(bytes_table(&ttl_table_name(meta.id)));
-        result.map(|_| ()).map_err(|e| self.fail("dropping the TTL index", e))
+        let result = (|| -> Result<(), redb::Error> {
+            self.txn.delete_table(bytes_table(&ttl_table_name(meta.id)))?;
+            index_backfill::forget_key(self.txn, &ttl_table_name(meta.id))
+        })();
+        result.map_err(|e| self.fail("dropping the TTL index", e))
     }
 
     pub fn drop_index(&mut self, meta: &TableMeta, index: &str) -> Result<(), ApiError> {

@@ -1,4 +1,5 @@
-//! Online backfill of a global secondary index created by UpdateTable: the index is live for
+//! Online backfill of a global secondary index created by UpdateTable, and of the TTL index
+//! when TTL is enabled on a table with items: the index is live for
 //! writes at once (every write maintains it, and its key types are enforced), and the items
 //! that were there before are copied into it in bounded jobs, so a table of any size never
 //! holds the writer for longer than one job. Reads of the index are refused until it is
@@ -15,7 +16,9 @@
 //!   item changed after the index was created) is written again with the same content and not
 //!   counted again, because the write path counts an index entry by what the storage held
 //!   (`WriteContext::store_beside`), not by what the items imply;
-//! - dropping the index or its table drops its entry here in the same transaction.
+//! - dropping the index or its table drops its entry here in the same transaction;
+//! - a TTL index being filled has its entry `t{table id}` the same way (no flag in the catalog:
+//!   DynamoDB shows the TTL ENABLED at once); an item not yet reached expires once reached.
 
 use super::*;
 
@@ -41,12 +44,112 @@ pub enum BackfillStep {
 /// Forgets where the backfill of `index` of table `table_id` is (the index is dropped, or
 /// filled).
 pub(super) fn forget(txn: &LoggedTxn, table_id: u64, index: &str) -> Result<(), redb::Error> {
-    let key = index_table_name(table_id, index);
-    txn.open_table(INDEX_BACKFILLS)?.remove(key.as_str())?;
+    forget_key(txn, &index_table_name(table_id, index))
+}
+
+/// Forgets the backfill of the index stored as `storage_name` (a global index's, or a TTL
+/// index's `t{table id}`).
+pub(super) fn forget_key(txn: &LoggedTxn, storage_name: &str) -> Result<(), redb::Error> {
+    txn.open_table(INDEX_BACKFILLS)?.remove(storage_name)?;
     Ok(())
 }
 
+/// The TTL indexes' entries in [`INDEX_BACKFILLS`]: `t{table id}` (a global index's start
+/// with `x`).
+const TTL_BACKFILLS: std::ops::Range<&str> = "t".."u";
+
 impl WriteContext<'_> {
+    /// Records that the TTL index of `meta` (its TTL just enabled) is to be filled from the
+    /// first item. The TTL's status stays ENABLED, as DynamoDB shows it at once; an item not yet
+    /// reached expires once the fill reaches it.
+    pub fn start_ttl_backfill(&mut self, meta: &TableMeta) -> Result<(), ApiError> {
+        let key = ttl_table_name(meta.id);
+        let result = self
+            .txn
+            .open_table(INDEX_BACKFILLS)
+            .and_then(|mut t| t.insert(key.as_str(), &[][..]).map(|_| ()).map_err(Into::into));
+        result.map_err(|e| self.fail("starting a TTL index backfill", e))?;
+        self.shared
+            .ttl_backfill_pending
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Copies the next items of one table whose TTL index is being filled into it; `None` when
+    /// no TTL index is. Runs in an exclusive job.
+    pub fn backfill_ttl_step(&mut self) -> Result<Option<BackfillStep>, ApiError> {
+        let found = (|| -> Result<Option<(String, Vec<u8>)>, redb::Error> {
+            let table = self.txn.open_table(INDEX_BACKFILLS)?;
+            let first = table.range::<&str>(TTL_BACKFILLS)?.next().transpose()?;
+            Ok(first.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+        })();
+        let Some((storage_name, after)) = found.map_err(|e| self.fail("reading TTL index backfills", e))? else {
+            return Ok(None);
+        };
+        let table = {
+            let catalog = self.shared.catalog.read().expect("catalog lock is never poisoned");
+            catalog
+                .tables
+                .values()
+                .find(|t| ttl_table_name(t.id) == storage_name)
+                .cloned()
+        };
+        let Some(table) = table.filter(|t| TtlSpec::active(t.ttl.as_ref()).is_some()) else {
+            // The table is gone or its TTL is off: nothing to fill.
+            forget_key(self.txn, &storage_name).map_err(|e| self.fail("forgetting a TTL index backfill", e))?;
+            return Ok(Some(BackfillStep::Gone));
+        };
+        self.check_room()?;
+        self.mutations += 1;
+        let result = (|| -> Result<(usize, Option<Vec<u8>>), redb::Error> {
+            let data = self.txn.open_table(bytes_table(&data_table_name(table.id)))?;
+            let mut target = self.txn.open_table(bytes_table(&storage_name))?;
+            let from = if after.is_empty() {
+                Bound::Unbounded
+            } else {
+                Bound::Excluded(after.as_slice())
+            };
+            let (mut copied, mut bytes, mut last) = (0usize, 0usize, None);
+            for entry in data.range::<&[u8]>((from, Bound::Unbounded))? {
+                if copied >= INDEX_BACKFILL_ITEMS_PER_JOB || bytes >= INDEX_BACKFILL_BYTES_PER_JOB {
+                    return Ok((copied, last));
+                }
+                let (key, value) = entry?;
+                copied += 1;
+                bytes += value.value().len();
+                last = Some(key.value().to_vec());
+                let Ok(record) = record::decode(value.value()) else {
+                    continue;
+                };
+                if record.tombstone {
+                    continue;
+                }
+                if let Some(seconds) = ttl_seconds(&table, &record.item) {
+                    target.insert(ttl_entry_key(seconds, key.value()).as_slice(), &[][..])?;
+                }
+            }
+            Ok((copied, None))
+        })();
+        let (copied, last) = result.map_err(|e| self.fail("backfilling a TTL index", e))?;
+        let result = match &last {
+            Some(last) => self
+                .txn
+                .open_table(INDEX_BACKFILLS)
+                .map_err(redb::Error::from)
+                .and_then(|mut t| {
+                    t.insert(storage_name.as_str(), last.as_slice())
+                        .map(|_| ())
+                        .map_err(Into::into)
+                }),
+            None => forget_key(self.txn, &storage_name),
+        };
+        result.map_err(|e| self.fail("recording a TTL index backfill's progress", e))?;
+        Ok(Some(match last {
+            Some(_) => BackfillStep::Copied(copied),
+            None => BackfillStep::Finished(copied),
+        }))
+    }
+
     /// Records that `index` of `meta` (just put with `backfilling`) starts from the first item.
     pub fn start_index_backfill(&mut self, meta: &TableMeta, index: &str) -> Result<(), ApiError> {
         let key = index_table_name(meta.id, index);
@@ -171,6 +274,31 @@ impl Engine {
                 BackfillStep::Finished(_) => tracing::info!(index = %index, "index backfilled; it is ACTIVE"),
                 BackfillStep::Gone => {}
             }
+        }
+        if self
+            .shared
+            .ttl_backfill_pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let step = self
+                .write_exclusive(|context| {
+                    let step = context.backfill_ttl_step()?;
+                    if step.is_none() {
+                        // In the job, so a backfill started by an earlier job was seen, and
+                        // one started by a later job sets the flag again.
+                        context
+                            .shared
+                            .ttl_backfill_pending
+                            .store(false, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(step)
+                })
+                .await?;
+            if let Some(BackfillStep::Finished(_)) = step {
+                tracing::info!("a TTL index backfilled");
+            }
+            // One more pass: another TTL index may be waiting (the next job finds none).
+            left += usize::from(step.is_some());
         }
         Ok(left)
     }

@@ -994,6 +994,8 @@ pub async fn update_ttl(store: &Store, request: UpdateTtlRequest) -> Result<Valu
             Ok(next)
         })
         .await?;
+    // A TTL enabled on a table with items is filled in the background.
+    store.engine().wake_index_backfill();
     if next.is_global() {
         align(store, &next, Followed::Ttl).await?;
     }

@@ -332,3 +332,82 @@ async fn one_index_change_at_a_time_and_a_backfilling_index_can_be_deleted() {
         .expect("a backfill job");
     assert_eq!(step, BackfillStep::Gone);
 }
+
+async fn ttl_step(h: &Opened) -> Option<BackfillStep> {
+    h.store
+        .engine()
+        .write_exclusive(|context| context.backfill_ttl_step())
+        .await
+        .expect("a TTL backfill job")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_enabled_on_a_table_with_items_is_filled_in_bounded_jobs_and_expires_them() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let h = open(dir.path());
+    fill(&h).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // Every other item expired a minute ago; the rest expire in a day.
+    for n in 0..ITEMS {
+        let exp = if n % 2 == 0 { now - 60 } else { now + 86_400 };
+        h.ok(
+            "UpdateItem",
+            json!({"TableName": "orders", "Key": {"id": {"S": format!("order-{n:05}")}},
+                   "UpdateExpression": "SET exp = :e", "ExpressionAttributeValues": {":e": {"N": exp.to_string()}}}),
+        )
+        .await;
+    }
+    // Nothing to fill before TTL is on.
+    assert_eq!(ttl_step(&h).await, None);
+    let ttl = |enabled: bool| json!({"TableName": "orders", "TimeToLiveSpecification": {"Enabled": enabled, "AttributeName": "exp"}});
+    h.ok("UpdateTimeToLive", ttl(true)).await;
+    let described = h.ok("DescribeTimeToLive", json!({"TableName": "orders"})).await;
+    assert_eq!(described["TimeToLiveDescription"]["TimeToLiveStatus"], "ENABLED");
+
+    // One job reaches one job's worth of items: only those can expire yet.
+    assert_eq!(
+        ttl_step(&h).await,
+        Some(BackfillStep::Copied(INDEX_BACKFILL_ITEMS_PER_JOB))
+    );
+    let engine = h.store.engine().clone();
+    let mut expired = 0;
+    loop {
+        match engine.expire_once().await.expect("sweep") {
+            0 => break,
+            n => expired += n,
+        }
+    }
+    assert!(
+        expired > 0 && expired <= INDEX_BACKFILL_ITEMS_PER_JOB,
+        "{expired} expired after one job"
+    );
+    loop {
+        match ttl_step(&h).await {
+            Some(BackfillStep::Copied(_)) => {}
+            Some(BackfillStep::Finished(_)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ttl_step(&h).await, None);
+    while engine.expire_once().await.expect("sweep") > 0 {}
+    let left = h.ok("Scan", json!({"TableName": "orders", "Select": "COUNT"})).await;
+    assert_eq!(left["Count"], json!(ITEMS / 2), "every expired item deleted, no other");
+
+    // Disabled while a fill is under way: the fill is dropped with the index.
+    h.ok("UpdateTimeToLive", ttl(false)).await;
+    h.ok(
+        "UpdateTimeToLive",
+        json!({"TableName": "orders", "TimeToLiveSpecification": {"Enabled": true, "AttributeName": "total"}}),
+    )
+    .await;
+    assert!(matches!(ttl_step(&h).await, Some(BackfillStep::Copied(_))));
+    h.ok(
+        "UpdateTimeToLive",
+        json!({"TableName": "orders", "TimeToLiveSpecification": {"Enabled": false, "AttributeName": "total"}}),
+    )
+    .await;
+    assert_eq!(ttl_step(&h).await, None);
+}
