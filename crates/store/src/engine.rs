@@ -2248,7 +2248,6 @@ impl WriteContext<'_> {
             catalog.remove(meta.name.as_str())?;
             self.txn.delete_table(bytes_table(&data_table_name(meta.id)))?;
             self.txn.delete_table(bytes_table(&ttl_table_name(meta.id)))?;
-            index_backfill::forget_key(self.txn, &ttl_table_name(meta.id))?;
             let mut stats = self.txn.open_table(STATS)?;
             stats.remove(stats_key(meta.id, None).as_str())?;
             for index in &meta.indexes {
@@ -2256,9 +2255,7 @@ impl WriteContext<'_> {
                     .delete_table(bytes_table(&index_table_name(meta.id, &index.name)))?;
                 stats.remove(stats_key(meta.id, Some(&index.name)).as_str())?;
             }
-            for index in &meta.indexes {
-                index_backfill::forget(self.txn, meta.id, &index.name)?;
-            }
+            index_backfill::forget_table(self.txn, meta.id)?;
             let mut settings = self.txn.open_table(SETTINGS)?;
             settings.remove(purged_below_key(meta.id).as_str())?;
             let awaiting: Vec<String> = awaiting_backfills(&*settings)?

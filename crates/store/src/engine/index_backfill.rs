@@ -54,6 +54,23 @@ pub(super) fn forget_key(txn: &LoggedTxn, storage_name: &str) -> Result<(), redb
     Ok(())
 }
 
+/// Forgets every backfill of table `table_id`'s indexes (the table is dropped): by the
+/// storage names' prefix, so an index the caller's definition does not list yet goes too.
+pub(super) fn forget_table(txn: &LoggedTxn, table_id: u64) -> Result<(), redb::Error> {
+    let prefix = index_table_name(table_id, "");
+    let mut table = txn.open_table(INDEX_BACKFILLS)?;
+    let keys: Vec<String> = table
+        .range::<&str>(prefix.as_str()..)?
+        .map(|entry| entry.map(|(k, _)| k.value().to_string()))
+        .take_while(|key| key.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+        .collect::<Result<_, _>>()?;
+    for key in keys {
+        table.remove(key.as_str())?;
+    }
+    table.remove(ttl_table_name(table_id).as_str())?;
+    Ok(())
+}
+
 /// The TTL indexes' entries in [`INDEX_BACKFILLS`]: `t{table id}` (a global index's start
 /// with `x`).
 const TTL_BACKFILLS: std::ops::Range<&str> = "t".."u";

@@ -331,6 +331,27 @@ async fn one_index_change_at_a_time_and_a_backfilling_index_can_be_deleted() {
         .await
         .expect("a backfill job");
     assert_eq!(step, BackfillStep::Gone);
+
+    // Nothing of the dropped table's backfill is left in storage.
+    assert!(h.store.engine().close().await);
+    drop((h, engine));
+    let database = open_raw(dir.path());
+    let read = redb::ReadableDatabase::begin_read(&database).expect("read");
+    let backfills = read.open_table(INDEX_BACKFILLS).expect("index_backfills");
+    assert_eq!(redb::ReadableTableMetadata::len(&backfills).expect("len"), 0);
+}
+
+const INDEX_BACKFILLS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("index_backfills");
+
+fn open_raw(dir: &std::path::Path) -> redb::Database {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match redb::Database::open(dir.join("store.redb")) {
+            Ok(database) => return database,
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 async fn ttl_step(h: &Opened) -> Option<BackfillStep> {
