@@ -449,7 +449,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     // the table as it is.
     let engine = store.engine().clone();
     let region = engine.region().to_string();
-    let (result, followed) = store
+    let (result, followed, created) = store
         .engine()
         .write_exclusive(move |context| {
             let current = context.latest_table(&meta)?;
@@ -493,7 +493,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                 let hlc = next.index_version(name).map_or(0, |(hlc, _)| *hlc);
                 context.set_setting(&Followed::Index(name).mark(next.id), hlc)?;
             }
-            Ok((next, planned.followed))
+            Ok((next, planned.followed, planned.created))
         })
         .await?;
     if result.indexes.iter().any(|i| i.backfilling) {
@@ -504,7 +504,19 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     {
         align(store, &result, Followed::Index(name)).await?;
     }
-    Ok(json!({"TableDescription": describe(store, &result, "ACTIVE")}))
+    let mut description = describe(store, &result, "ACTIVE");
+    // The index this call creates is answered as DynamoDB answers it: CREATING, in its first
+    // phase (resources), Backfilling false; DescribeTable shows the copy under way after it.
+    for index in description["GlobalSecondaryIndexes"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if created.iter().any(|name| index["IndexName"] == name.as_str()) && index.get("Backfilling").is_some() {
+            index["Backfilling"] = json!(false);
+        }
+    }
+    Ok(json!({"TableDescription": description}))
 }
 
 /// The global indexes an UpdateTable creates or deletes.

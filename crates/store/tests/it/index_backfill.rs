@@ -168,8 +168,14 @@ async fn an_index_is_filled_in_bounded_jobs_while_writes_go_on_and_counts_each_i
 
     let answer = h.ok("UpdateTable", create_by_shop()).await;
     let created = &answer["TableDescription"]["GlobalSecondaryIndexes"][0];
+    // As DynamoDB answers: CREATING, Backfilling false (its first phase); then the copy.
     assert_eq!(created["IndexStatus"], "CREATING");
-    assert_eq!(created["Backfilling"], true);
+    assert_eq!(created["Backfilling"], false);
+    let described = index_description(&h).await;
+    assert_eq!(
+        (&described["IndexStatus"], &described["Backfilling"]),
+        (&json!("CREATING"), &json!(true))
+    );
 
     // Unreadable until filled, with DynamoDB's answer; the key type holds for writes at once.
     let query = json!({"TableName": "orders", "IndexName": "by_shop",
