@@ -535,6 +535,20 @@ impl TableMeta {
     /// The DescribeTable shape. `unconfirmed`: whether a global index's change (its creation,
     /// or its deletion in `deleted_indexes`) was made here and some replica has not confirmed
     /// it: the index is then CREATING, or listed as DELETING.
+    /// A global index being deleted, as DescribeTable lists it (its storage is gone: no items).
+    pub fn deleting_index_json(&self, index: &IndexMeta, region: &str) -> Value {
+        json!({
+            "IndexName": index.name,
+            "KeySchema": index.key.to_json(),
+            "Projection": index.projection.to_json(),
+            "IndexStatus": "DELETING",
+            "IndexSizeBytes": 0,
+            "ItemCount": 0,
+            "IndexArn": format!("{}/index/{}", self.arn(region), index.name),
+            "ProvisionedThroughput": throughput_json(index.throughput),
+        })
+    }
+
     pub fn describe(
         &self,
         region: &str,
@@ -614,16 +628,7 @@ impl TableMeta {
         // A global index deleted here and not yet in every replica: DELETING until it is (its
         // storage here is gone: no items).
         for index in self.deleted_indexes.iter().filter(|i| unconfirmed(i)) {
-            globals.push(json!({
-                "IndexName": index.name,
-                "KeySchema": index.key.to_json(),
-                "Projection": index.projection.to_json(),
-                "IndexStatus": "DELETING",
-                "IndexSizeBytes": 0,
-                "ItemCount": 0,
-                "IndexArn": format!("{}/index/{}", self.arn(region), index.name),
-                "ProvisionedThroughput": throughput_json(index.throughput),
-            }));
+            globals.push(self.deleting_index_json(index, region));
         }
         let locals: Vec<Value> = self
             .indexes

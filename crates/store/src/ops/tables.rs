@@ -449,7 +449,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     // the table as it is.
     let engine = store.engine().clone();
     let region = engine.region().to_string();
-    let (result, followed, created) = store
+    let (result, followed, created, deleted) = store
         .engine()
         .write_exclusive(move |context| {
             let current = context.latest_table(&meta)?;
@@ -473,8 +473,10 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                 &|name| unconfirmed_names.iter().any(|n| n == name),
                 |held| catalog::next_setting_version(held, context.tick_clock(), &region),
             )?;
+            let mut deleted = Vec::new();
             for name in &planned.deleted {
                 context.drop_index(&current, name)?;
+                deleted.extend(current.index(name).cloned());
             }
             let next = planned.next;
             // Only an index change sent again changes nothing here.
@@ -493,7 +495,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                 let hlc = next.index_version(name).map_or(0, |(hlc, _)| *hlc);
                 context.set_setting(&Followed::Index(name).mark(next.id), hlc)?;
             }
-            Ok((next, planned.followed, planned.created))
+            Ok((next, planned.followed, planned.created, deleted))
         })
         .await?;
     if result.indexes.iter().any(|i| i.backfilling) {
@@ -514,6 +516,21 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     {
         if created.iter().any(|name| index["IndexName"] == name.as_str()) && index.get("Backfilling").is_some() {
             index["Backfilling"] = json!(false);
+        }
+    }
+    // The index this call deletes is answered DELETING, as DynamoDB answers (its storage is
+    // already gone here: DescribeTable no longer lists it).
+    let region = store.engine().region().to_string();
+    for index in &deleted {
+        let listed = description["GlobalSecondaryIndexes"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|i| i["IndexName"] == index.name.as_str()));
+        if !listed {
+            let entry = result.deleting_index_json(index, &region);
+            match description["GlobalSecondaryIndexes"].as_array_mut() {
+                Some(all) => all.push(entry),
+                None => description["GlobalSecondaryIndexes"] = json!([entry]),
+            }
         }
     }
     Ok(json!({"TableDescription": description}))
