@@ -43,6 +43,7 @@ import importlib.util
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -443,9 +444,10 @@ def run_one(label, binary, args, root):
             log(f"  index checked: ItemCount {count:,}, Query g0 finds {expected_g0}")
         result["disk_mb"] = scale.disk_bytes(store.data) / 1e6
     finally:
+        # The store first: a load thread waiting on an answer then gets its error at once.
+        store.stop()
         if put_load is not None:
             put_load.stop()
-        store.stop()
     return result
 
 
@@ -455,6 +457,10 @@ def fmt_ms(value):
     if value >= 1000:
         return f"{value:,.0f}"
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def fmt_rate(value):
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
 
 
 def fmt_errors(errors):
@@ -481,7 +487,7 @@ def section(args, results, command_line, machine):
             p = r["phases"][name]
             head = (f"| {r['label']} | {fmt_ms(r['update_s'] * 1000)} ms | {r['active_s']:.1f} s"
                     if n == 0 else "| | |")
-            lines.append(f"{head} | {name} ({p['duration_s']:.1f} s) | {p['rate']:,.0f} | {fmt_ms(p['p50'])} | "
+            lines.append(f"{head} | {name} ({p['duration_s']:.1f} s) | {fmt_rate(p['rate'])} | {fmt_ms(p['p50'])} | "
                          f"{fmt_ms(p['p99'])} | {fmt_ms(p['max'])} | {fmt_errors(p['errors'])} |")
     lines += ["", "| build | longest gap between successful PutItems | it began | index ItemCount after "
               "| Query of g0 | load items/s |",
@@ -566,7 +572,11 @@ def main():
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed to load the table (apt-get install wrk)")
     scale.own_autogroup()
-    command_line = "scripts/bench-index-backfill.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
+    # A SIGTERM (or the SIGHUP of a closed terminal) ends the run through its `finally`
+    # blocks, which stop the stores.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, lambda received, _frame: sys.exit(f"stopped by signal {received}"))
+    command_line = "scripts/bench-index-backfill.py " + shlex.join(a for a in sys.argv[1:] if a != "--write")
     parent = args.dir or scale.WORK
     parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="index-backfill-", dir=parent))
