@@ -32,7 +32,9 @@ mod wal;
 
 pub use clock_watch::{CLOCK_STEP_MS_MIN, ClockStatus};
 pub use digests::{DIGEST_BUCKET_BITS, DigestCursor, ScrubReport};
-pub use index_backfill::{BackfillStep, INDEX_BACKFILL_BYTES_PER_JOB, INDEX_BACKFILL_ITEMS_PER_JOB};
+pub use index_backfill::{
+    BackfillStep, INDEX_BACKFILL_BYTES_PER_JOB, INDEX_BACKFILL_ITEMS_PER_JOB, INDEX_BACKFILL_WRITER_SHARE_PERCENT,
+};
 use replog::*;
 pub use replog::{
     LOG_BLOCK_BYTES_MAX, LOG_TRIM_CHANGES_PER_JOB_MAX, ReceivedChange, ReplicaWriter, TOMBSTONE_PURGES_PER_JOB_MAX,

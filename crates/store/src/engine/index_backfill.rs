@@ -25,10 +25,16 @@ use super::*;
 /// Where each backfilling index is: `x{table id}/{index}` (the index's storage name) → the
 /// stored key of the last item copied into it.
 pub(super) const INDEX_BACKFILLS: TableDefinition<&str, &[u8]> = TableDefinition::new("index_backfills");
-/// Items one backfill job copies at most: a job holds the writer for a few milliseconds.
-pub const INDEX_BACKFILL_ITEMS_PER_JOB: usize = 1_000;
+/// Items one backfill job copies at most. A job is one durable commit of the index pages it
+/// dirtied, and writes that arrive meanwhile wait for it: 1,000 items of ~1 KB took ~39 ms
+/// (BENCHMARKS.md, "Online index backfill"), 256 take about a quarter of that.
+pub const INDEX_BACKFILL_ITEMS_PER_JOB: usize = 256;
 /// Bytes of items one backfill job reads at most.
-pub const INDEX_BACKFILL_BYTES_PER_JOB: usize = 4 << 20;
+pub const INDEX_BACKFILL_BYTES_PER_JOB: usize = 1 << 20;
+/// While other writes wait for the writer, the backfill takes at most this share of its time:
+/// after a job, the next one waits as long again (so writes keep at least half the writer,
+/// and an idle store fills at full speed).
+pub const INDEX_BACKFILL_WRITER_SHARE_PERCENT: u32 = 50;
 
 /// What one backfill job did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +266,16 @@ impl WriteContext<'_> {
     }
 }
 
+/// How long the backfill waits after a job that took `took`, with `queued` write jobs waiting,
+/// to take at most `share_percent` of the writer: none when nothing waits.
+pub fn backfill_pause(took: std::time::Duration, queued: usize, share_percent: u32) -> std::time::Duration {
+    if queued == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let share = share_percent.clamp(1, 100);
+    took * (100 - share) / share
+}
+
 impl Engine {
     /// The indexes being backfilled now: `(table, index)`.
     pub fn backfilling_indexes(&self) -> Vec<(Arc<TableMeta>, String)> {
@@ -277,6 +293,30 @@ impl Engine {
             .collect()
     }
 
+    /// Write jobs waiting for the writer (not counting the batch it is running).
+    fn queued_write_jobs(&self) -> usize {
+        self.sender.max_capacity().saturating_sub(self.sender.capacity())
+    }
+
+    /// Runs `job` as an exclusive write; then, if other writes waited meanwhile, waits so that
+    /// the backfill takes at most [`INDEX_BACKFILL_WRITER_SHARE_PERCENT`] of the writer.
+    async fn backfill_job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let started = std::time::Instant::now();
+        let result = self.write_exclusive(job).await;
+        let pause = backfill_pause(
+            started.elapsed(),
+            self.queued_write_jobs(),
+            INDEX_BACKFILL_WRITER_SHARE_PERCENT,
+        );
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        result
+    }
+
     /// Runs one backfill job for every backfilling index; returns how many are still
     /// backfilling after it.
     pub async fn backfill_indexes_once(&self) -> Result<usize, ApiError> {
@@ -284,7 +324,7 @@ impl Engine {
         for (table, index) in self.backfilling_indexes() {
             let name = index.clone();
             let step = self
-                .write_exclusive(move |context| context.backfill_index_step(&table, &name))
+                .backfill_job(move |context| context.backfill_index_step(&table, &name))
                 .await?;
             match step {
                 BackfillStep::Copied(_) => left += 1,
@@ -298,7 +338,7 @@ impl Engine {
             .load(std::sync::atomic::Ordering::SeqCst)
         {
             let step = self
-                .write_exclusive(|context| {
+                .backfill_job(|context| {
                     let step = context.backfill_ttl_step()?;
                     if step.is_none() {
                         // In the job, so a backfill started by an earlier job was seen, and
@@ -348,5 +388,27 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backfill_pause;
+    use std::time::Duration;
+
+    #[test]
+    fn the_backfill_yields_the_writer_only_to_waiting_writes_and_by_its_share() {
+        let took = Duration::from_millis(12);
+        assert_eq!(
+            backfill_pause(took, 0, 50),
+            Duration::ZERO,
+            "an idle store fills at full speed"
+        );
+        assert_eq!(backfill_pause(took, 3, 50), took, "half the writer: as long again");
+        assert_eq!(backfill_pause(took, 1, 25), took * 3);
+        assert_eq!(backfill_pause(took, 1, 100), Duration::ZERO);
+        // Out-of-range shares are clamped, never a division by zero.
+        assert_eq!(backfill_pause(took, 1, 0), took * 99);
+        assert_eq!(backfill_pause(took, 1, 250), Duration::ZERO);
     }
 }

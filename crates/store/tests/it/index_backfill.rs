@@ -39,7 +39,7 @@ fn open(dir: &std::path::Path) -> Opened {
 }
 
 /// Items in the table before the index: more than two backfill jobs' worth.
-const ITEMS: usize = INDEX_BACKFILL_ITEMS_PER_JOB * 2 + 500;
+const ITEMS: usize = INDEX_BACKFILL_ITEMS_PER_JOB * 5 / 2;
 
 /// `shop` of item `n`: every third item has none (left out of the index), every fifth a number
 /// (the wrong type: left out too).
