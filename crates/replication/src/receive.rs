@@ -384,7 +384,8 @@ pub fn record_definition<S: ReplicaStorage>(storage: &mut S, source: &str, seque
 }
 
 /// Whether a table setting that follows a global table across its replicas (its TTL; each of
-/// its global indexes, judged name by name: its creation or deletion), carried
+/// its global indexes, judged name by name: its creation or deletion; its billing mode and
+/// write capacity, judged together), carried
 /// by a peer's replica definition with the `incoming` version of the change that set it,
 /// replaces the setting held here (set by the `held` version's change). A replica being created
 /// takes the peer's setting as it is (a build before versioned settings sends its own one,

@@ -323,6 +323,25 @@ pub struct TableMeta {
     /// empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted_indexes: Vec<IndexMeta>,
+    /// The change that last set the table's capacity as it follows a global table across its
+    /// replicas (`TableMeta::follows_capacity`): its billing mode, its provisioned write
+    /// capacity and each global index's, `(HLC, region)` of the UpdateTable that made it. A
+    /// replica takes a definition's capacity only when this version is newer
+    /// (`TableMeta::align_capacity`); read capacity stays each replica's own. Absent in tables
+    /// whose capacity was never changed since versions existed and in what a previous build
+    /// sends (left out of the stored JSON then, so catalog entries keep their form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_version: Option<SettingVersion>,
+}
+
+/// The part of a table's capacity that follows a global table across its replicas, as DynamoDB
+/// global tables of version 2019.11.21 keep it the same in every replica: the billing mode
+/// (`None`: PAY_PER_REQUEST), the table's provisioned write capacity, and the write capacity of
+/// each global index (by name; `None`: none set). Read capacity is each replica's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowedCapacity {
+    pub write: Option<u64>,
+    pub index_writes: BTreeMap<String, Option<u64>>,
 }
 
 /// What a replica does to take a peer's global indexes (`TableMeta::align_indexes`).
@@ -422,7 +441,8 @@ impl TableMeta {
             .collect()
     }
 
-    /// The highest HLC of the versioned settings this definition carries (TTL, index changes).
+    /// The highest HLC of the versioned settings this definition carries (TTL, index changes,
+    /// capacity).
     pub fn newest_setting_hlc(&self) -> Option<u64> {
         let ttl = self.ttl.as_ref().and_then(|t| t.version.as_ref());
         let indexes = self
@@ -430,7 +450,90 @@ impl TableMeta {
             .iter()
             .chain(&self.deleted_indexes)
             .filter_map(|i| i.version.as_ref());
-        ttl.into_iter().chain(indexes).map(|(hlc, _)| *hlc).max()
+        ttl.into_iter()
+            .chain(indexes)
+            .chain(self.capacity_version.as_ref())
+            .map(|(hlc, _)| *hlc)
+            .max()
+    }
+
+    /// The table's capacity as it follows a global table (`FollowedCapacity`).
+    pub fn follows_capacity(&self) -> FollowedCapacity {
+        FollowedCapacity {
+            write: self.throughput.map(|t| t.write),
+            index_writes: self
+                .indexes
+                .iter()
+                .filter(|i| i.kind == IndexKind::Global)
+                .map(|i| (i.name.clone(), i.throughput.map(|t| t.write)))
+                .collect(),
+        }
+    }
+
+    /// Whether `next` (this table changed by an UpdateTable) holds another capacity that
+    /// follows a global table: another billing mode, another write capacity of the table or of
+    /// a global index both hold. Read capacity alone, and an index created or deleted (its own
+    /// change, `IndexMeta::version`), are not.
+    pub fn capacity_changed(&self, next: &TableMeta) -> bool {
+        let (before, after) = (self.follows_capacity(), next.follows_capacity());
+        before.write != after.write
+            || before
+                .index_writes
+                .iter()
+                .any(|(name, write)| after.index_writes.get(name).is_some_and(|w| w != write))
+    }
+
+    /// Takes the capacity of a peer's definition (`incoming`) when its version is newer than
+    /// the one held by `replication::receive::setting_applies` (last writer wins; a stale,
+    /// repeated or unversioned definition, a previous build's, changes nothing). Returns whether
+    /// it was taken. The billing mode and the write capacities become the peer's (of the table,
+    /// and of each global index both hold; one only this replica holds keeps its own); read
+    /// capacity stays this replica's own where it has one, and is the peer's where this replica
+    /// had none (it was on demand), as DynamoDB uses the source table's read capacity unless a
+    /// replica overrides it. On demand, the global indexes have no provisioned throughput.
+    /// BillingModeSummary's LastUpdateToPayPerRequestDateTime stays the latest the two know of
+    /// (this replica's creation when it was on demand until now).
+    pub fn align_capacity(&mut self, incoming: &TableMeta) -> bool {
+        let held = setting_version(self.capacity_version.as_ref());
+        let theirs = setting_version(incoming.capacity_version.as_ref());
+        if !replication::receive::setting_applies(theirs.as_ref(), held.as_ref(), false) {
+            return false;
+        }
+        let follow = |theirs: Option<Throughput>, ours: Option<Throughput>| match (theirs, ours) {
+            (None, _) => None,
+            (Some(theirs), None) => Some(theirs),
+            (Some(theirs), Some(ours)) => Some(Throughput {
+                read: ours.read,
+                write: theirs.write,
+            }),
+        };
+        let on_demand_since = self
+            .throughput
+            .is_none()
+            .then(|| self.pay_per_request_since_seconds.unwrap_or(self.created_at_seconds));
+        self.pay_per_request_since_seconds = [
+            self.pay_per_request_since_seconds,
+            on_demand_since,
+            incoming.pay_per_request_since_seconds,
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
+        self.throughput = follow(incoming.throughput, self.throughput);
+        for index in self.indexes.iter_mut().filter(|i| i.kind == IndexKind::Global) {
+            let peer = incoming
+                .indexes
+                .iter()
+                .find(|i| i.name == index.name && i.kind == IndexKind::Global);
+            index.throughput = match (self.throughput, peer) {
+                // An on-demand table's indexes have no provisioned throughput.
+                (None, _) => None,
+                (Some(_), Some(peer)) => follow(peer.throughput, index.throughput),
+                (Some(_), None) => index.throughput,
+            };
+        }
+        self.capacity_version = incoming.capacity_version.clone();
+        true
     }
 
     /// The global indexes this replica holds after taking those of a peer's definition
@@ -1177,6 +1280,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         pitr: None,
         pay_per_request_since_seconds: throughput.is_none().then_some(now_seconds),
         deleted_indexes: Vec::new(),
+        capacity_version: None,
     })
 }
 
@@ -1802,6 +1906,156 @@ mod tests {
         assert!(aligned.dropped.is_empty());
     }
 
+    /// `created()` provisioned at `read`/`write` (`None`: on demand) with a global index
+    /// `by_day` provisioned at `index`, its capacity versioned `(hlc, region)` when given.
+    fn with_capacity(
+        throughput: Option<(u64, u64)>,
+        index: Option<(u64, u64)>,
+        version: Option<(u64, &str)>,
+    ) -> TableMeta {
+        let mut table = with_indexes(vec![global_index("by_day", "day", None)], vec![]);
+        let throughput_of = |(read, write): (u64, u64)| Throughput { read, write };
+        table.throughput = throughput.map(throughput_of);
+        table.indexes[0].throughput = index.map(throughput_of);
+        table.capacity_version = version.map(|(hlc, region)| (hlc, region.to_string()));
+        table.pay_per_request_since_seconds = throughput.is_none().then_some(table.created_at_seconds);
+        table
+    }
+
+    fn capacity(table: &TableMeta) -> (Option<Throughput>, Option<Throughput>) {
+        (table.throughput, table.indexes[0].throughput)
+    }
+
+    fn units(read: u64, write: u64) -> Option<Throughput> {
+        Some(Throughput { read, write })
+    }
+
+    #[test]
+    fn a_newer_capacity_change_is_taken_and_read_capacity_stays_the_replicas_own() {
+        let east = with_capacity(Some((5, 10)), Some((3, 4)), Some((10, "us-east-1")));
+        let mut south = with_capacity(Some((7, 1)), Some((9, 1)), None);
+        assert!(south.align_capacity(&east));
+        // The peer's write capacity, of the table and of the index; this replica's reads.
+        assert_eq!(capacity(&south), (units(7, 10), units(9, 4)));
+        assert_eq!(south.capacity_version, Some((10, "us-east-1".to_string())));
+        // The same definition again (a replay, or sent again): nothing.
+        let before = south.clone();
+        assert!(!south.align_capacity(&east));
+        assert_eq!(south, before);
+        // A stale definition (sent before the change it lost to) changes nothing.
+        let stale = with_capacity(Some((5, 99)), Some((3, 99)), Some((9, "us-east-1")));
+        assert!(!south.align_capacity(&stale));
+        assert_eq!(south, before);
+        // An index only this replica holds keeps its own.
+        let mut lone = with_capacity(Some((7, 1)), Some((9, 1)), None);
+        lone.indexes[0].name = "by_shop".into();
+        assert!(lone.align_capacity(&east));
+        assert_eq!(capacity(&lone), (units(7, 10), units(9, 1)));
+    }
+
+    #[test]
+    fn an_unversioned_definition_a_previous_builds_never_changes_the_capacity() {
+        // A previous build's definition carries no capacity version: on demand, or another
+        // throughput, it changes neither a replica with a versioned capacity nor one without.
+        for incoming in [
+            with_capacity(None, None, None),
+            with_capacity(Some((50, 50)), Some((50, 50)), None),
+        ] {
+            for held in [
+                with_capacity(Some((5, 10)), Some((3, 4)), Some((10, "us-east-1"))),
+                with_capacity(Some((5, 10)), Some((3, 4)), None),
+            ] {
+                let mut next = held.clone();
+                assert!(!next.align_capacity(&incoming));
+                assert_eq!(next, held);
+            }
+        }
+    }
+
+    #[test]
+    fn a_billing_mode_switch_follows_with_when_the_table_became_on_demand() {
+        // Created provisioned everywhere, never on demand: no BillingModeSummary.
+        let mut south = with_capacity(Some((7, 2)), Some((9, 2)), None);
+        assert_eq!(south.billing_mode_summary(), None);
+        // Switched to on demand in east at 500.
+        let mut east = with_capacity(None, None, Some((20, "us-east-1")));
+        east.pay_per_request_since_seconds = Some(500.0);
+        assert!(south.align_capacity(&east));
+        assert_eq!(capacity(&south), (None, None));
+        assert_eq!(
+            south.billing_mode_summary(),
+            Some(json!({"BillingMode": "PAY_PER_REQUEST", "LastUpdateToPayPerRequestDateTime": 500.0}))
+        );
+        // Back to provisioned in east: south, which had no read capacity of its own while on
+        // demand, takes east's; it shows when it was last on demand, as east does.
+        let mut east = with_capacity(Some((5, 6)), Some((3, 6)), Some((30, "us-east-1")));
+        east.pay_per_request_since_seconds = Some(500.0);
+        assert!(south.align_capacity(&east));
+        assert_eq!(capacity(&south), (units(5, 6), units(3, 6)));
+        assert_eq!(south.billing_mode_summary(), east.billing_mode_summary());
+        assert_eq!(
+            south.billing_mode_summary(),
+            Some(json!({"BillingMode": "PROVISIONED", "LastUpdateToPayPerRequestDateTime": 500.0}))
+        );
+        // A replica on demand since its creation (an older catalog: no date kept) that becomes
+        // provisioned shows its creation as when it was last on demand.
+        let mut old = with_capacity(None, None, None);
+        old.pay_per_request_since_seconds = None;
+        assert!(old.align_capacity(&with_capacity(Some((1, 1)), Some((1, 1)), Some((5, "us-east-1")))));
+        assert_eq!(
+            old.billing_mode_summary(),
+            Some(json!({"BillingMode": "PROVISIONED", "LastUpdateToPayPerRequestDateTime": old.created_at_seconds}))
+        );
+    }
+
+    #[test]
+    fn concurrent_capacity_changes_in_two_regions_converge() {
+        // East raised its write capacity while south switched to on demand, at the same clock:
+        // the tie is broken by region (us-east-1 > ap-south-1), the same way in both.
+        let east = with_capacity(Some((5, 20)), Some((3, 20)), Some((10, "us-east-1")));
+        let south = with_capacity(None, None, Some((10, "ap-south-1")));
+        let (mut east_after, mut south_after) = (east.clone(), south.clone());
+        assert!(!east_after.align_capacity(&south));
+        assert!(south_after.align_capacity(&east));
+        assert_eq!(east_after.follows_capacity(), south_after.follows_capacity());
+        assert_eq!(east_after.capacity_version, south_after.capacity_version);
+        // A later change in south wins in both.
+        let south_later = with_capacity(None, None, Some((11, "ap-south-1")));
+        assert!(east_after.align_capacity(&south_later));
+        assert!(south_after.align_capacity(&south_later));
+        assert_eq!(capacity(&east_after), (None, None));
+        assert_eq!(east_after.follows_capacity(), south_after.follows_capacity());
+    }
+
+    #[test]
+    fn only_the_billing_mode_and_write_capacities_are_a_capacity_change() {
+        let base = with_capacity(Some((5, 10)), Some((3, 4)), None);
+        let changed = |change: &dyn Fn(&mut TableMeta)| {
+            let mut next = base.clone();
+            change(&mut next);
+            base.capacity_changed(&next)
+        };
+        assert!(!changed(&|_| {}));
+        assert!(
+            !changed(&|t| t.throughput = units(6, 10)),
+            "read capacity is the replica's own"
+        );
+        assert!(!changed(&|t| t.indexes[0].throughput = units(8, 4)));
+        assert!(changed(&|t| t.throughput = units(5, 11)));
+        assert!(changed(&|t| t.throughput = None), "to on demand");
+        assert!(changed(&|t| t.indexes[0].throughput = units(3, 5)));
+        // An index created or deleted is its own change (`IndexMeta::version`).
+        assert!(!changed(&|t| t.indexes.clear()));
+        assert!(!changed(&|t| t.indexes.push(global_index(
+            "by_shop",
+            "shop",
+            Some((1, "us-east-1"))
+        ))));
+        // And the capacity's version counts among the settings a definition carries.
+        let versioned = with_capacity(None, None, Some((77, "us-east-1")));
+        assert_eq!(versioned.newest_setting_hlc(), Some(77));
+    }
+
     /// A table definition as the catalog held it before multi-attribute keys existed (a GSI
     /// with a HASH and a RANGE attribute): it still reads, and is written back unchanged.
     const OLD_CATALOG_ENTRY: &str = r#"{"id":3,"name":"orders","key":{"partition":{"name":"customer","value_type":"S"},"sort":{"name":"order","value_type":"N"}},"attribute_definitions":[["customer","S"],["order","N"],["status","S"]],"indexes":[{"name":"by-status","kind":"Global","key":{"partition":{"name":"status","value_type":"S"},"sort":{"name":"order","value_type":"N"}},"projection":"KeysOnly","throughput":null,"backfilling":false}],"throughput":null,"created_at_seconds":1700000000.0,"ttl":null,"tags":{},"deletion_protection":false,"stream":null,"table_class":null,"replicas":[],"key_hash":"fnv1a-fmix32","joined_below":0,"restore":null}"#;
@@ -1809,6 +2063,7 @@ mod tests {
     #[test]
     fn catalog_entries_from_before_multi_attribute_keys_still_read() {
         let old: TableMeta = serde_json::from_str(OLD_CATALOG_ENTRY).expect("old catalog entry");
+        assert_eq!(old.capacity_version, None, "its capacity never changed since versions");
         let index = old.index("by-status").expect("index");
         assert!(!index.key.is_multi_attribute());
         assert_eq!(index.key.partition.name, "status");

@@ -151,23 +151,28 @@ pub fn replica_made_setting(peer: &str, table_id: u64) -> String {
 }
 
 /// A setting of a global table that follows it across its replicas, versioned
-/// (`catalog::SettingVersion`): its TTL, or one of its global indexes (created or deleted).
+/// (`catalog::SettingVersion`): its TTL, one of its global indexes (created or deleted), or its
+/// capacity (billing mode and write capacity of the table and its global indexes,
+/// `catalog::FollowedCapacity`; read capacity is each replica's own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Followed<'a> {
     Ttl,
     Index(&'a str),
+    Capacity,
 }
 
 impl Followed<'_> {
     /// The setting that records a change of it in table `table_id` made here that some replica
     /// has not confirmed yet: the HLC of the change's version (0, or another HLC than the
     /// version held: every replica confirmed it, or a newer change replaced it). Until then the
-    /// TTL says ENABLING or DISABLING, the index CREATING or DELETING, and the same request sent
-    /// here again sends it again instead of being refused as changing nothing.
+    /// TTL says ENABLING or DISABLING, the index CREATING or DELETING, the table (for its
+    /// capacity) UPDATING, and the same request sent here again sends it again instead of being
+    /// refused as changing nothing.
     pub fn mark(self, table_id: u64) -> String {
         match self {
             Followed::Ttl => format!("ttl_unaligned/{table_id}"),
             Followed::Index(name) => format!("index_unaligned/{table_id}/{name}"),
+            Followed::Capacity => format!("capacity_unaligned/{table_id}"),
         }
     }
 
@@ -176,6 +181,7 @@ impl Followed<'_> {
         match self {
             Followed::Ttl => meta.ttl.as_ref().and_then(|t| t.version.as_ref()),
             Followed::Index(name) => meta.index_version(name),
+            Followed::Capacity => meta.capacity_version.as_ref(),
         }
     }
 
@@ -191,6 +197,10 @@ impl Followed<'_> {
                 .index_versions
                 .as_ref()
                 .map(|versions| crate::catalog::setting_version(versions.get(name))),
+            Followed::Capacity => answer
+                .capacity
+                .as_ref()
+                .map(|version| crate::catalog::setting_version(version.as_ref())),
         }
     }
 }

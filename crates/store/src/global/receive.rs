@@ -242,7 +242,7 @@ impl Replication {
         });
         let incoming_ttl = TtlSpec::version_of(table.ttl.as_ref());
         let taken_hlc = table.newest_setting_hlc();
-        let (joined_below, ttl, index_versions) = self
+        let (joined_below, ttl, index_versions, capacity) = self
             .engine
             .write_exclusive(move |context| {
                 // Checked and recorded in the transaction that changes the replica: a request
@@ -259,8 +259,10 @@ impl Replication {
                 // roll its transaction back); the sequence is recorded only with a change.
                 let existing = context.table_named(&table.name);
                 let changed = match (existing, delete) {
-                    (Some(existing), true) => context.drop_table(&existing).map(|()| (None, None, BTreeMap::new())),
-                    (None, true) => Ok((None, None, BTreeMap::new())),
+                    (Some(existing), true) => {
+                        context.drop_table(&existing).map(|()| (None, None, BTreeMap::new(), None))
+                    }
+                    (None, true) => Ok((None, None, BTreeMap::new(), None)),
                     (Some(existing), false) => {
                         if existing.key != table.key {
                             return Err(ApiError::new(
@@ -323,8 +325,16 @@ impl Replication {
                         next.indexes = aligned.indexes;
                         next.deleted_indexes = aligned.deleted_indexes;
                         next.attribute_definitions = aligned.attribute_definitions;
+                        // The global table's billing mode and write capacity (the table's and
+                        // its global indexes', after their alignment above), when the
+                        // definition carries a newer change of them than this replica's; read
+                        // capacity stays its own. A previous build's (unversioned) changes none.
+                        if next.align_capacity(&table) {
+                            tracing::info!(source = %job_source, table = %table.name, throughput = ?next.throughput, "billing mode and write capacity changed by a peer");
+                        }
                         let ttl = next.ttl.clone();
                         let index_versions = next.index_versions();
+                        let capacity = next.capacity_version.clone();
                         context.put_table(next.clone())?;
                         for name in &aligned.created {
                             context.start_index_backfill(&next, name)?;
@@ -332,7 +342,7 @@ impl Replication {
                         for region in &gained {
                             context.set_setting(&replica_made_setting(region, existing.id), made_ms)?;
                         }
-                        Ok((awaited, ttl, index_versions))
+                        Ok((awaited, ttl, index_versions, capacity))
                     }
                     (None, false) => {
                         let id = context.next_table_id()?;
@@ -356,11 +366,14 @@ impl Replication {
                         for index in &mut created.indexes {
                             index.backfilling = false;
                         }
+                        // Its capacity (billing mode, read and write capacity) is the
+                        // definition's, as DynamoDB makes a replica with the source table's.
                         let ttl = created.ttl.clone();
                         let index_versions = created.index_versions();
+                        let capacity = created.capacity_version.clone();
                         context
                             .put_table(created)
-                            .map(|()| (Some(joined_below), ttl, index_versions))
+                            .map(|()| (Some(joined_below), ttl, index_versions, capacity))
                     }
                 }?;
                 rules::record_definition(&mut ReplicaWriter::new(context), &job_source, sequence)?;
@@ -369,17 +382,18 @@ impl Replication {
             .await?;
         // An index created here by the definition is filled in the background.
         self.engine.wake_index_backfill();
-        // Later TTL and index changes made here are newer than the ones taken (within the
-        // clock's bound ahead of the wall clock; `catalog::next_setting_version` also stamps
+        // Later TTL, index and capacity changes made here are newer than the ones taken (within
+        // the clock's bound ahead of the wall clock; `catalog::next_setting_version` also stamps
         // past the one held).
         if let Some(hlc) = taken_hlc {
             self.engine.advance_clock_past(hlc);
         }
-        tracing::info!(%source, table = %name, delete, ttl = ?ttl, indexes = ?index_versions, "replica definition changed by a peer");
+        tracing::info!(%source, table = %name, delete, ttl = ?ttl, indexes = ?index_versions, capacity = ?capacity, "replica definition changed by a peer");
         Ok(serde_json::to_value(DefinitionAnswer {
             joined_below,
             ttl: Some(ttl),
             index_versions: Some(index_versions),
+            capacity: Some(capacity),
         })
         .expect("a definition answer serialises"))
     }

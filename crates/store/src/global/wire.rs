@@ -124,6 +124,11 @@ pub struct DefinitionAnswer {
     /// followed global tables, which keeps its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_versions: Option<BTreeMap<String, crate::catalog::SettingVersion>>,
+    /// The version of the capacity (billing mode and write capacity) the receiver's replica
+    /// holds after the request (`TableMeta::capacity_version`; `Some(None)`: unversioned).
+    /// Absent (`None`) from a build before capacity followed global tables, which keeps its own.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Option<crate::catalog::SettingVersion>>,
 }
 
 /// A field that is present deserialises as `Some`, also when it is `null`.
@@ -331,6 +336,7 @@ mod tests {
                 version: Some((42, "eu-west-1".into())),
             })),
             index_versions: None,
+            capacity: None,
         };
         let text = serde_json::to_string(&answer).expect("valid");
         assert_eq!(
@@ -344,6 +350,7 @@ mod tests {
                 joined_below: None,
                 ttl: Some(None),
                 index_versions: None,
+                capacity: None,
             })
             .expect("valid"),
             r#"{"ttl":null}"#
@@ -362,6 +369,7 @@ mod tests {
             joined_below: None,
             ttl: Some(None),
             index_versions: Some(BTreeMap::new()),
+            capacity: None,
         };
         let text = serde_json::to_string(&none).expect("valid");
         assert_eq!(text, r#"{"ttl":null,"index_versions":{}}"#);
@@ -374,6 +382,28 @@ mod tests {
             Some(Some(replication::Version::new(replication::Hlc(42), "eu-west-1")))
         );
         assert_eq!(Followed::Index("other").held_by(&held), Some(None));
+    }
+
+    #[test]
+    fn a_definition_answer_tells_a_build_keeping_its_own_capacity_from_one_without_a_version() {
+        // The builds before capacity followed global tables answer no capacity: they keep
+        // their own, and the change is not confirmed by them.
+        let old: DefinitionAnswer = serde_json::from_str(r#"{"ttl":null,"index_versions":{}}"#).expect("valid");
+        assert_eq!(Followed::Capacity.held_by(&old), None);
+        // This build always answers it, also when its capacity was never versioned.
+        let none = DefinitionAnswer {
+            capacity: Some(None),
+            ..DefinitionAnswer::default()
+        };
+        let text = serde_json::to_string(&none).expect("valid");
+        assert_eq!(text, r#"{"capacity":null}"#);
+        let back: DefinitionAnswer = serde_json::from_str(&text).expect("valid");
+        assert_eq!(Followed::Capacity.held_by(&back), Some(None));
+        let held: DefinitionAnswer = serde_json::from_str(r#"{"capacity":[42,"eu-west-1"]}"#).expect("valid");
+        assert_eq!(
+            Followed::Capacity.held_by(&held),
+            Some(Some(replication::Version::new(replication::Hlc(42), "eu-west-1")))
+        );
     }
 
     #[test]

@@ -38,6 +38,18 @@ fn not_found(name: &str) -> ApiError {
 
 pub(crate) fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
     let engine = store.engine();
+    // A global table whose billing mode or write capacity was changed here and some replica has
+    // not confirmed yet is UPDATING, as DynamoDB shows a table while its capacity changes.
+    let capacity_unconfirmed = meta.is_global()
+        && catalog::unconfirmed(
+            Followed::Capacity.version(meta),
+            engine.setting_value(&Followed::Capacity.mark(meta.id)),
+        );
+    let status = if status == "ACTIVE" && capacity_unconfirmed {
+        "UPDATING"
+    } else {
+        status
+    };
     // A global index created or deleted here that some replica has not confirmed yet is
     // CREATING or DELETING (see `align`).
     let unconfirmed = |index: &catalog::IndexMeta| {
@@ -250,11 +262,12 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
     // (they take each change by its version).
     let followed_changed = committed.ttl != next.ttl
         || committed.indexes != next.indexes
-        || committed.deleted_indexes != next.deleted_indexes;
+        || committed.deleted_indexes != next.deleted_indexes
+        || committed.capacity_version != next.capacity_version;
     if followed_changed {
         for peer in &created {
             if let Err(error) = replication.send_table(peer, &committed, false, false).await {
-                tracing::warn!(table = %next.name, replica = %peer, %error, "the new replica did not get the TTL or index changed meanwhile; send that UpdateTimeToLive or UpdateTable again");
+                tracing::warn!(table = %next.name, replica = %peer, %error, "the new replica did not get the TTL, index or capacity changed meanwhile; send that UpdateTimeToLive or UpdateTable again");
             }
         }
     }
@@ -449,14 +462,16 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     // the table as it is.
     let engine = store.engine().clone();
     let region = engine.region().to_string();
-    let (result, followed, created, deleted) = store
+    let (result, followed, created, deleted, capacity) = store
         .engine()
         .write_exclusive(move |context| {
             let current = context.latest_table(&meta)?;
             refuse_restoring(&current)?;
-            // Which of the global indexes this request creates or deletes were changed here
-            // and are not yet confirmed by every replica (read in this job, with the table).
+            // Which of the global indexes this request creates or deletes, and whether the
+            // table's capacity, were changed here and are not yet confirmed by every replica
+            // (read in this job, with the table).
             let mut unconfirmed_names = Vec::new();
+            let mut capacity_unconfirmed = false;
             if current.is_global() {
                 for name in online_index_names(&request) {
                     let mark = context.setting(&Followed::Index(name).mark(current.id))?;
@@ -464,13 +479,19 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                         unconfirmed_names.push(name.to_string());
                     }
                 }
+                let mark = context.setting(&Followed::Capacity.mark(current.id))?;
+                capacity_unconfirmed = catalog::unconfirmed(Followed::Capacity.version(&current), mark);
             }
             let planned = plan_update(
                 &current,
                 &request,
                 engine.now_unix_ms() as f64 / 1000.0,
                 || engine.new_stream_label(),
-                &|name| unconfirmed_names.iter().any(|n| n == name),
+                &|followed| match followed {
+                    Followed::Index(name) => unconfirmed_names.iter().any(|n| n == name),
+                    Followed::Capacity => capacity_unconfirmed,
+                    Followed::Ttl => false,
+                },
                 |held| catalog::next_setting_version(held, context.tick_clock(), &region),
             )?;
             let mut deleted = Vec::new();
@@ -495,16 +516,40 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                 let hlc = next.index_version(name).map_or(0, |(hlc, _)| *hlc);
                 context.set_setting(&Followed::Index(name).mark(next.id), hlc)?;
             }
-            Ok((next, planned.followed, planned.created, deleted))
+            // So is a change of its billing mode or write capacity.
+            if planned.capacity == Some(CapacityChange::Changed) && next.is_global() {
+                let hlc = next.capacity_version.as_ref().map_or(0, |(hlc, _)| *hlc);
+                context.set_setting(&Followed::Capacity.mark(next.id), hlc)?;
+            }
+            Ok((
+                next,
+                planned.followed,
+                planned.created,
+                deleted,
+                planned.capacity.is_some(),
+            ))
         })
         .await?;
     if result.indexes.iter().any(|i| i.backfilling) {
         store.engine().wake_index_backfill();
     }
-    if let Some(name) = followed.as_deref()
-        && result.is_global()
-    {
-        align(store, &result, Followed::Index(name)).await?;
+    if result.is_global() {
+        // Each change is sent to every replica, also when another failed (its mark is then
+        // left for `align_unconfirmed`); the answer is the first failure.
+        let followed = followed
+            .as_deref()
+            .map(Followed::Index)
+            .into_iter()
+            .chain(capacity.then_some(Followed::Capacity));
+        let mut failed = None;
+        for followed in followed {
+            if let Err(error) = align(store, &result, followed).await {
+                failed.get_or_insert(error);
+            }
+        }
+        if let Some(error) = failed {
+            return Err(error);
+        }
     }
     let mut description = describe(store, &result, "ACTIVE");
     // The index this call creates is answered as DynamoDB answers it: CREATING, in its first
@@ -561,19 +606,37 @@ struct PlannedUpdate {
     /// That change is the one the table holds already, not yet confirmed by every replica:
     /// sent to them again, nothing changed here.
     sent_again: bool,
+    /// What the call does to the table's capacity that follows a global table (billing mode,
+    /// write capacity of the table or of a global index): `None` when nothing.
+    capacity: Option<CapacityChange>,
+}
+
+/// What an UpdateTable does to the capacity that follows a global table
+/// (`catalog::FollowedCapacity`).
+#[derive(Debug, PartialEq, Eq)]
+enum CapacityChange {
+    /// Changed here, with a new version (`TableMeta::capacity_version`): sent to every replica.
+    Changed,
+    /// The capacity the table holds already, changed here and not yet confirmed by every
+    /// replica: sent to them again, nothing changed here (DynamoDB's check would refuse it as
+    /// changing nothing and leave the regions apart for good).
+    SendAgain,
 }
 
 /// Applies UpdateTable's changes (all but ReplicaUpdates) to `base`, refusing what DynamoDB
 /// refuses. A global index created or deleted gets a version (`new_version`, given the one
 /// held for its name), and a deleted one of a global table is kept in `deleted_indexes` with
-/// it. The same Create or Delete again while that change is `unconfirmed` (made here, not yet
-/// in every replica) is sent again instead of refused as an index that exists or does not.
+/// it; so does a change of the capacity that follows a global table (billing mode, write
+/// capacity of the table or of a global index: `TableMeta::capacity_version`; a change of read
+/// capacity alone is the replica's own). The same Create or Delete again while that change is
+/// `unconfirmed` (made here, not yet in every replica) is sent again instead of refused as an
+/// index that exists or does not, and so is the same capacity again.
 fn plan_update(
     base: &TableMeta,
     request: &UpdateTableRequest,
     now_seconds: f64,
     new_stream_label: impl FnOnce() -> String,
-    unconfirmed: &dyn Fn(&str) -> bool,
+    unconfirmed: &dyn Fn(Followed<'_>) -> bool,
     mut new_version: impl FnMut(Option<&catalog::SettingVersion>) -> catalog::SettingVersion,
 ) -> Result<PlannedUpdate, ApiError> {
     let mut next = base.clone();
@@ -599,11 +662,15 @@ fn plan_update(
         ) && asked.read_capacity_units == current.read as i64
             && asked.write_capacity_units == current.write as i64
         {
-            return Err(ApiError::validation(format!(
-                "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {r}. Requested ReadCapacityUnits: {r}. Current WriteCapacityUnits provisioned for the table: {w}. Requested WriteCapacityUnits: {w}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits.",
-                r = current.read,
-                w = current.write
-            )));
+            // Unless it is the capacity changed here and not yet in every replica, sent again
+            // to finish it there.
+            if !unconfirmed(Followed::Capacity) {
+                return Err(ApiError::validation(format!(
+                    "The provisioned throughput for the table will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the table: {r}. Requested ReadCapacityUnits: {r}. Current WriteCapacityUnits provisioned for the table: {w}. Requested WriteCapacityUnits: {w}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits.",
+                    r = current.read,
+                    w = current.write
+                )));
+            }
         }
         next.throughput = match (pay_per_request, request.provisioned_throughput) {
             (true, None) => None,
@@ -629,6 +696,13 @@ fn plan_update(
                 ));
             }
         };
+        // An on-demand table's global indexes have no provisioned throughput either (DynamoDB
+        // describes them with 0 units; one made provisioned again is given its units).
+        if next.throughput.is_none() {
+            for index in next.indexes.iter_mut().filter(|i| i.kind == IndexKind::Global) {
+                index.throughput = None;
+            }
+        }
         // BillingModeSummary's LastUpdateToPayPerRequestDateTime: when it became on demand (a
         // catalog written before the field held it knew only the creation time).
         next.pay_per_request_since_seconds = match (base.throughput, next.throughput) {
@@ -720,7 +794,7 @@ fn plan_update(
                     // DynamoDB's check, unless this is the Create the index came from, sent
                     // again to finish it in every replica (the same definition).
                     let again = existing.kind == IndexKind::Global
-                        && unconfirmed(&create.index_name)
+                        && unconfirmed(Followed::Index(&create.index_name))
                         && catalog::parse_global_index(create, &requested, next.throughput.is_none())
                             .is_ok_and(|index| index.same_definition(existing));
                     if !again {
@@ -760,7 +834,7 @@ fn plan_update(
                         }
                     }
                     // The Delete the index went by, sent again to finish it in every replica.
-                    None if unconfirmed(&delete.index_name)
+                    None if unconfirmed(Followed::Index(&delete.index_name))
                         && next.deleted_indexes.iter().any(|i| i.name == delete.index_name) =>
                     {
                         sent_again = true;
@@ -805,12 +879,31 @@ fn plan_update(
         |name: &str| next.key.is_key_attribute(name) || next.indexes.iter().any(|i| i.key.is_key_attribute(name));
     definitions.retain(|(name, _)| used(name));
     next.attribute_definitions = definitions;
+    // The capacity that follows a global table: a new version when it changed (above the one
+    // held, which may be a peer's), or sent again when the same one is asked for again while
+    // it is unconfirmed.
+    let capacity_asked = request.billing_mode.is_some()
+        || request.provisioned_throughput.is_some()
+        || request
+            .global_secondary_index_updates
+            .iter()
+            .flatten()
+            .any(|update| update.update.is_some());
+    let capacity = if base.capacity_changed(&next) {
+        next.capacity_version = Some(new_version(base.capacity_version.as_ref()));
+        Some(CapacityChange::Changed)
+    } else if capacity_asked && unconfirmed(Followed::Capacity) {
+        Some(CapacityChange::SendAgain)
+    } else {
+        None
+    };
     Ok(PlannedUpdate {
         next,
         created,
         deleted,
         followed,
         sent_again,
+        capacity,
     })
 }
 
@@ -1058,10 +1151,10 @@ pub fn align_retry_interval_ms(value: Option<&str>) -> Result<u64, String> {
         })
 }
 
-/// Sends again every TTL or index change of a global table made here that some replica has not
-/// confirmed yet (its mark is set: `global::Followed::mark`), as the same request sent again
-/// would; clears each mark once every replica holds the change. Returns the changes still
-/// unconfirmed (a replica still down, or refusing).
+/// Sends again every TTL, index or capacity change of a global table made here that some
+/// replica has not confirmed yet (its mark is set: `global::Followed::mark`), as the same
+/// request sent again would; clears each mark once every replica holds the change. Returns the
+/// changes still unconfirmed (a replica still down, or refusing).
 pub async fn align_unconfirmed(store: &Store) -> usize {
     let mut left = 0;
     for table in store.engine().tables().iter().filter(|t| t.is_global()) {
@@ -1072,7 +1165,9 @@ pub async fn align_unconfirmed(store: &Store) -> usize {
             .filter(|i| i.kind == IndexKind::Global)
             .map(|i| i.name.clone())
             .collect();
-        let followed = std::iter::once(Followed::Ttl).chain(names.iter().map(|n| Followed::Index(n)));
+        let followed = [Followed::Ttl, Followed::Capacity]
+            .into_iter()
+            .chain(names.iter().map(|n| Followed::Index(n)));
         for followed in followed {
             let mark = store.engine().setting_value(&followed.mark(table.id));
             let held = catalog::setting_version(followed.version(table)).map_or(0, |v| v.hlc.0);
@@ -1083,7 +1178,7 @@ pub async fn align_unconfirmed(store: &Store) -> usize {
             }
             if let Err(error) = align(store, table, followed).await {
                 left += 1;
-                tracing::debug!(table = %table.name, %error, "a TTL or index change is still not in every replica; sending it again later");
+                tracing::debug!(table = %table.name, %error, "a TTL, index or capacity change is still not in every replica; sending it again later");
             }
         }
     }
@@ -1091,13 +1186,14 @@ pub async fn align_unconfirmed(store: &Store) -> usize {
 }
 
 /// Sends a global table's definition to every other replica after a change here of a setting
-/// that follows it (`followed`: its TTL, or one of its global indexes created or deleted), and
-/// clears the mark that the change is unconfirmed (`global::Followed::mark`) once every one
-/// holds it (or a newer one). A replica that cannot be reached, or refuses, leaves the mark:
-/// this region then says the change is in transition (DescribeTimeToLive ENABLING or DISABLING,
-/// the index CREATING or DELETING in DescribeTable), and the answer is an error that names the
-/// region and says to send the same request again, which then sends it again (definitions
-/// are idempotent: a replica takes a setting only when its version is newer than its own).
+/// that follows it (`followed`: its TTL, one of its global indexes created or deleted, or its
+/// billing mode and write capacity), and clears the mark that the change is unconfirmed
+/// (`global::Followed::mark`) once every one holds it (or a newer one). A replica that cannot be
+/// reached, or refuses, leaves the mark: this region then says the change is in transition
+/// (DescribeTimeToLive ENABLING or DISABLING, the index CREATING or DELETING, the table
+/// UPDATING in DescribeTable), and the answer is an error that names the region and says to
+/// send the same request again, which then sends it again (definitions are idempotent: a
+/// replica takes a setting only when its version is newer than its own).
 async fn align(store: &Store, next: &TableMeta, followed: Followed<'_>) -> Result<(), ApiError> {
     let here = store.engine().region().to_string();
     let version = catalog::setting_version(followed.version(next));
@@ -1107,6 +1203,10 @@ async fn align(store: &Store, next: &TableMeta, followed: Followed<'_>) -> Resul
     let (what, held_what) = match followed {
         Followed::Ttl => ("TTL".to_string(), "TTL"),
         Followed::Index(name) => (format!("index {name}"), "indexes"),
+        Followed::Capacity => (
+            "billing mode and write capacity".to_string(),
+            "billing mode and write capacity",
+        ),
     };
     match store.replication() {
         None => failures.push("this store has no peers configured (--peer REGION=URL)".to_string()),
@@ -1124,7 +1224,7 @@ async fn align(store: &Store, next: &TableMeta, followed: Followed<'_>) -> Resul
                                 (Followed::Ttl, Some(Some(TtlSpec { attribute, enabled, .. }))) =>
                                     format!(" ({attribute}, {})", if *enabled { "enabled" } else { "disabled" }),
                                 (Followed::Ttl, _) => " (none)".to_string(),
-                                (Followed::Index(_), _) => String::new(),
+                                (Followed::Index(_) | Followed::Capacity, _) => String::new(),
                             }
                         )),
                     },
@@ -1178,6 +1278,17 @@ async fn align(store: &Store, next: &TableMeta, followed: Followed<'_>) -> Resul
                     "CREATING"
                 } else {
                     "DELETING"
+                }
+            ),
+            "UpdateTable",
+        ),
+        Followed::Capacity => (
+            "Billing mode and write capacity".to_string(),
+            format!(
+                "DescribeTable in {here} shows its TableStatus as UPDATING ({})",
+                match next.throughput {
+                    None => "PAY_PER_REQUEST".to_string(),
+                    Some(t) => format!("PROVISIONED, {} write capacity units", t.write),
                 }
             ),
             "UpdateTable",
@@ -1329,7 +1440,7 @@ mod ttl_tests {
 mod index_tests {
     use super::*;
 
-    fn table(global: bool) -> TableMeta {
+    pub(super) fn table(global: bool) -> TableMeta {
         let request: CreateTableRequest = serde_json::from_value(json!({
             "TableName": "orders",
             "AttributeDefinitions": [
@@ -1386,7 +1497,7 @@ mod index_tests {
             request,
             0.0,
             || "label".to_string(),
-            &|name| unconfirmed.contains(&name),
+            &|followed| matches!(followed, Followed::Index(name) if unconfirmed.contains(&name)),
             |held| catalog::next_setting_version(held, tick, "us-east-1"),
         )
     }
@@ -1457,6 +1568,180 @@ mod index_tests {
         // An index that never existed is not found, unconfirmed or not.
         let never = plan(&gone, &delete("by_nothing"), 61, &["by_nothing"]).expect_err("not found");
         assert_eq!(never.kind, ErrorKind::ResourceNotFound);
+    }
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::*;
+
+    /// `index_tests`' table, global, provisioned (read 5, write 10; its index read 3, write 4).
+    fn provisioned() -> TableMeta {
+        let mut table = super::index_tests::table(true);
+        table.throughput = Some(catalog::Throughput { read: 5, write: 10 });
+        table.indexes[0].throughput = Some(catalog::Throughput { read: 3, write: 4 });
+        table.pay_per_request_since_seconds = None;
+        table
+    }
+
+    fn request(body: Value) -> UpdateTableRequest {
+        let mut body = body;
+        body["TableName"] = json!("orders");
+        serde_json::from_value(body).expect("request")
+    }
+
+    fn throughput(read: i64, write: i64) -> Value {
+        json!({"ReadCapacityUnits": read, "WriteCapacityUnits": write})
+    }
+
+    /// Plans `request` on `base` at `now` seconds with the clock at `tick` in us-east-1, the
+    /// table's capacity change made here `unconfirmed` or not.
+    fn plan(
+        base: &TableMeta,
+        request: &UpdateTableRequest,
+        now: f64,
+        tick: u64,
+        unconfirmed: bool,
+    ) -> Result<PlannedUpdate, ApiError> {
+        plan_update(
+            base,
+            request,
+            now,
+            || "label".to_string(),
+            &|followed| followed == Followed::Capacity && unconfirmed,
+            |held| catalog::next_setting_version(held, tick, "us-east-1"),
+        )
+    }
+
+    #[test]
+    fn a_billing_mode_or_write_capacity_change_gets_a_version_above_the_one_held() {
+        let base = provisioned();
+        // To on demand: versioned, and the date it became on demand kept.
+        let on_demand = plan(
+            &base,
+            &request(json!({"BillingMode": "PAY_PER_REQUEST"})),
+            900.0,
+            50,
+            false,
+        )
+        .expect("valid");
+        assert_eq!(on_demand.capacity, Some(CapacityChange::Changed));
+        assert_eq!(on_demand.next.capacity_version, Some((50, "us-east-1".to_string())));
+        assert_eq!(on_demand.next.throughput, None);
+        assert_eq!(on_demand.next.pay_per_request_since_seconds, Some(900.0));
+        // Back to provisioned, from a held version a peer's clock stamped ahead: above it.
+        let mut peers = on_demand.next.clone();
+        peers.capacity_version = Some((900, "ap-south-1".into()));
+        let back = plan(
+            &peers,
+            &request(json!({"BillingMode": "PROVISIONED", "ProvisionedThroughput": throughput(2, 3)})),
+            950.0,
+            60,
+            false,
+        )
+        .expect("valid");
+        assert_eq!(back.capacity, Some(CapacityChange::Changed));
+        assert_eq!(back.next.capacity_version, Some((901, "us-east-1".to_string())));
+        // The table's write capacity, and an index's.
+        let write = plan(
+            &base,
+            &request(json!({"ProvisionedThroughput": throughput(5, 11)})),
+            0.0,
+            70,
+            false,
+        )
+        .expect("valid");
+        assert_eq!(write.capacity, Some(CapacityChange::Changed));
+        let index = request(json!({"GlobalSecondaryIndexUpdates": [{"Update": {
+            "IndexName": "by_day", "ProvisionedThroughput": throughput(3, 8)
+        }}]}));
+        let index = plan(&base, &index, 0.0, 80, false).expect("valid");
+        assert_eq!(index.capacity, Some(CapacityChange::Changed));
+        assert_eq!(index.next.capacity_version, Some((80, "us-east-1".to_string())));
+    }
+
+    #[test]
+    fn a_read_capacity_change_is_the_replicas_own() {
+        let base = provisioned();
+        let read = plan(
+            &base,
+            &request(json!({"ProvisionedThroughput": throughput(9, 10)})),
+            0.0,
+            50,
+            false,
+        )
+        .expect("valid");
+        assert_eq!(read.capacity, None);
+        assert_eq!(read.next.capacity_version, None);
+        assert_eq!(read.next.throughput, Some(catalog::Throughput { read: 9, write: 10 }));
+        // Nor does anything else an UpdateTable changes version the capacity.
+        let protection = plan(
+            &base,
+            &request(json!({"DeletionProtectionEnabled": true})),
+            0.0,
+            50,
+            false,
+        )
+        .expect("valid");
+        assert_eq!((protection.capacity, protection.next.capacity_version), (None, None));
+    }
+
+    #[test]
+    fn the_same_capacity_again_is_sent_again_only_while_unconfirmed() {
+        let base = plan(
+            &provisioned(),
+            &request(json!({"ProvisionedThroughput": throughput(5, 20)})),
+            0.0,
+            50,
+            false,
+        )
+        .expect("valid")
+        .next;
+        let same = request(json!({"ProvisionedThroughput": throughput(5, 20)}));
+        // Confirmed everywhere: DynamoDB's check, in its words.
+        let refused = plan(&base, &same, 0.0, 51, false).expect_err("no change");
+        assert!(
+            refused
+                .message
+                .contains("The provisioned throughput for the table will not change"),
+            "{}",
+            refused.message
+        );
+        // Unconfirmed: sent again, nothing changed here (the version kept).
+        let again = plan(&base, &same, 0.0, 51, true).expect("sent again");
+        assert_eq!(again.capacity, Some(CapacityChange::SendAgain));
+        assert_eq!(again.next, base);
+        // Unconfirmed, and another change: a change, with a newer version.
+        let other = plan(
+            &base,
+            &request(json!({"ProvisionedThroughput": throughput(5, 30)})),
+            0.0,
+            52,
+            true,
+        )
+        .expect("valid");
+        assert_eq!(other.capacity, Some(CapacityChange::Changed));
+        assert_eq!(other.next.capacity_version, Some((52, "us-east-1".to_string())));
+        // On demand, asked again while unconfirmed: sent again.
+        let on_demand = plan(
+            &base,
+            &request(json!({"BillingMode": "PAY_PER_REQUEST"})),
+            0.0,
+            60,
+            false,
+        )
+        .expect("valid")
+        .next;
+        let again = plan(
+            &on_demand,
+            &request(json!({"BillingMode": "PAY_PER_REQUEST"})),
+            0.0,
+            61,
+            true,
+        )
+        .expect("sent again");
+        assert_eq!(again.capacity, Some(CapacityChange::SendAgain));
+        assert_eq!(again.next.capacity_version, on_demand.capacity_version);
     }
 }
 
