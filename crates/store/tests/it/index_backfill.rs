@@ -695,3 +695,71 @@ async fn an_index_filled_online_under_random_writes_equals_one_made_with_the_tab
     assert_eq!(describe("orders").await, describe("reference").await);
     assert_eq!(describe("orders").await.0, json!(expected.len()));
 }
+
+/// A DeleteTable that read the table before an UpdateTable creating an index committed (it
+/// queued behind it) drops that index's storage and counters too, not only its backfill
+/// entry: the table's storage id is never used again, so what it left would stay on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_deleted_behind_an_index_creation_leaves_none_of_the_index_behind() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let h = open(dir.path());
+    fill(&h).await;
+    let engine = h.store.engine().clone();
+    let id = engine.table("orders").expect("table").id;
+    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .write_exclusive(move |_| {
+                    let _ = inside_tx.send(());
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    inside_rx.await.expect("the blocking job ran");
+    let idle = engine.write_queue_free();
+    let handle = |operation: &'static str, body: Value| {
+        let store = h.store.clone();
+        async move { store.handle(operation, body.to_string().as_bytes()).await }
+    };
+    let create = tokio::spawn(handle("UpdateTable", create_by_shop()));
+    crate::support::wait_for_queue_free(&engine, idle - 1).await;
+    // A write the new index gets (it is live for writes at once): a counter of it.
+    let put = tokio::spawn(handle("PutItem", put("order-new", Some("shop-1"))));
+    crate::support::wait_for_queue_free(&engine, idle - 2).await;
+    // DeleteTable reads the table without the index (still queued) and queues its drop.
+    let delete = tokio::spawn(handle("DeleteTable", json!({"TableName": "orders"})));
+    crate::support::wait_for_queue_free(&engine, idle - 3).await;
+    release_tx.send(()).expect("the blocking job waits");
+    blocker.await.expect("blocker task").expect("blocking job");
+    create.await.expect("task").expect("UpdateTable");
+    put.await.expect("task").expect("PutItem");
+    delete.await.expect("task").expect("DeleteTable");
+    assert!(engine.table("orders").is_none());
+
+    assert!(engine.close().await);
+    drop((h, engine));
+    let database = open_raw(dir.path());
+    let read = redb::ReadableDatabase::begin_read(&database).expect("read");
+    let prefix = format!("x{id}/");
+    let left: Vec<String> = read
+        .list_tables()
+        .expect("tables")
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .filter(|name| name.starts_with(&prefix) || *name == format!("d{id}"))
+        .collect();
+    assert!(left.is_empty(), "storage of the deleted table left: {left:?}");
+    let stats = read
+        .open_table(redb::TableDefinition::<&str, (u64, u64)>::new("stats"))
+        .expect("stats");
+    let counters: Vec<String> = redb::ReadableTable::iter(&stats)
+        .expect("iter")
+        .map(|entry| entry.expect("entry").0.value().to_string())
+        .filter(|key| key.starts_with(&format!("{id}/")) || *key == id.to_string())
+        .collect();
+    assert!(counters.is_empty(), "counters of the deleted table left: {counters:?}");
+}
