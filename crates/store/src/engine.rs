@@ -2244,6 +2244,11 @@ impl WriteContext<'_> {
 
     pub fn drop_table(&mut self, meta: &TableMeta) -> Result<(), ApiError> {
         refuse_reserved(&meta.name)?;
+        // The table as defined now: a DeleteTable that read it before an UpdateTable creating
+        // an index committed (it queued behind it) drops that index's storage and counters too
+        // (the storage id is never used again: what is left stays on disk for good).
+        let latest = self.effective_table(meta);
+        let meta: &TableMeta = latest.as_deref().unwrap_or(meta);
         self.mutations += 1;
         let result = (|| -> Result<(), redb::Error> {
             let mut catalog = self.txn.open_table(CATALOG)?;

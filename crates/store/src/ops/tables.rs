@@ -765,16 +765,18 @@ fn plan_update(
             "Subscriber limit exceeded: Only 1 online index can be created or deleted simultaneously per table",
         ));
     }
-    // Nor while another index of the table is still being backfilled (deleting that one, or
-    // sending its Create again, is allowed).
-    if let Some(busy) = next.indexes.iter().find(|i| i.backfilling) {
+    // Nor while another index of the table is still being backfilled (deleting one that is,
+    // or sending its Create again, is allowed; a replica may fill several at once, those a
+    // peer's definition brought).
+    let backfilling = |name: &str| next.indexes.iter().any(|i| i.backfilling && i.name == name);
+    if next.indexes.iter().any(|i| i.backfilling) {
         let other = request.global_secondary_index_updates.iter().flatten().any(|update| {
             let name = match (&update.create, &update.delete) {
                 (Some(create), _) => &create.index_name,
                 (None, Some(delete)) => &delete.index_name,
                 (None, None) => return false,
             };
-            *name != busy.name
+            !backfilling(name)
         });
         if other {
             return Err(ApiError::new(
@@ -1500,6 +1502,24 @@ mod index_tests {
             &|followed| matches!(followed, Followed::Index(name) if unconfirmed.contains(&name)),
             |held| catalog::next_setting_version(held, tick, "us-east-1"),
         )
+    }
+
+    #[test]
+    fn any_backfilling_index_can_be_deleted_while_others_fill_too() {
+        // A replica fills every index a peer's definition brought, so two can be backfilling
+        // here at once (`align_indexes`); DynamoDB lets either be deleted while it fills.
+        let base = table(true);
+        let mut filling = plan(&base, &create("by_shop", "shop"), 50, &[]).expect("valid").next;
+        for index in &mut filling.indexes {
+            index.backfilling = true;
+        }
+        for name in ["by_day", "by_shop"] {
+            let deleted = plan(&filling, &delete(name), 60, &[]).expect("a backfilling index may be deleted");
+            assert_eq!(deleted.deleted, [name]);
+        }
+        // Another index still waits for them.
+        let refused = plan(&filling, &create("by_total", "total"), 70, &[]).expect_err("one at a time");
+        assert_eq!(refused.kind, ErrorKind::LimitExceeded);
     }
 
     #[test]

@@ -502,3 +502,108 @@ async fn a_database_deleted_or_truncated_beside_its_log_is_refused_not_started_e
     let empty = tempfile::tempdir().expect("temporary directory");
     open_unlogged(empty.path()).expect("a first start");
 }
+
+/// A crash while an index is being filled, in the write-ahead log's mode: the open replays
+/// the jobs' progress and the writes between them, and the fill goes on from where the last
+/// acknowledged job left it, counting each item once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_an_index_backfill_resumes_it_from_the_log() {
+    use store::engine::{BackfillStep, INDEX_BACKFILL_ITEMS_PER_JOB};
+    const FILLED: usize = INDEX_BACKFILL_ITEMS_PER_JOB * 2 + 300;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    call(&store, "CreateTable", on_demand_table("orders", "id")).await;
+    for chunk in (0..FILLED).collect::<Vec<_>>().chunks(25) {
+        let requests: Vec<Value> = chunk
+            .iter()
+            .map(|n| json!({"PutRequest": {"Item": {"id": {"S": format!("k{n}")}, "shop": {"S": format!("s{}", n % 3)}}}}))
+            .collect();
+        call(&store, "BatchWriteItem", json!({"RequestItems": {"orders": requests}})).await;
+    }
+    call(
+        &store,
+        "UpdateTable",
+        json!({
+            "TableName": "orders",
+            "AttributeDefinitions": [{"AttributeName": "shop", "AttributeType": "S"}],
+            "GlobalSecondaryIndexUpdates": [{"Create": {
+                "IndexName": "by_shop",
+                "KeySchema": [{"AttributeName": "shop", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"}
+            }}]
+        }),
+    )
+    .await;
+    let step = |store: &Store| {
+        let engine = store.engine().clone();
+        async move {
+            let table = engine.table("orders").expect("table");
+            engine
+                .write_exclusive(move |context| context.backfill_index_step(&table, "by_shop"))
+                .await
+                .expect("a backfill job")
+        }
+    };
+    assert_eq!(step(&store).await, BackfillStep::Copied(INDEX_BACKFILL_ITEMS_PER_JOB));
+    // Writes between the jobs: items changed, moved out of the index, deleted, new.
+    for n in (0..FILLED).step_by(7) {
+        call(
+            &store,
+            "PutItem",
+            json!({"TableName": "orders", "Item": {"id": {"S": format!("k{n}")}, "shop": {"S": "moved"}}}),
+        )
+        .await;
+    }
+    for n in (1..FILLED).step_by(7) {
+        call(
+            &store,
+            "DeleteItem",
+            json!({"TableName": "orders", "Key": {"id": {"S": format!("k{n}")}}}),
+        )
+        .await;
+    }
+    assert_eq!(step(&store).await, BackfillStep::Copied(INDEX_BACKFILL_ITEMS_PER_JOB));
+    let image = crash_image(dir.path());
+    drop(store);
+
+    let reopened = open(image.path(), false);
+    let opened = reopened.engine().writer_status().opened;
+    assert!(opened.replayed.records > 0, "{opened:?}");
+    let described = call(&reopened, "DescribeTable", json!({"TableName": "orders"})).await;
+    assert_eq!(described["Table"]["GlobalSecondaryIndexes"][0]["Backfilling"], true);
+    // Two jobs were acknowledged: one left, the items after the second's last.
+    match step(&reopened).await {
+        BackfillStep::Finished(n) => assert!(n < INDEX_BACKFILL_ITEMS_PER_JOB, "{n} left"),
+        other => panic!("not where the second job left it: {other:?}"),
+    }
+    let described = call(&reopened, "DescribeTable", json!({"TableName": "orders"})).await;
+    let index = &described["Table"]["GlobalSecondaryIndexes"][0];
+    assert_eq!(index["IndexStatus"], "ACTIVE");
+    let table_count = call(&reopened, "Scan", json!({"TableName": "orders", "Select": "COUNT"})).await;
+    assert_eq!(table_count["Count"], json!(FILLED - (FILLED - 1).div_ceil(7)));
+    let mut held = 0;
+    let mut moved = 0;
+    let mut start: Option<Value> = None;
+    loop {
+        let mut request = json!({"TableName": "orders", "IndexName": "by_shop"});
+        if let Some(start) = start.take() {
+            request["ExclusiveStartKey"] = start;
+        }
+        let page = call(&reopened, "Scan", request).await;
+        for item in page["Items"].as_array().expect("items") {
+            held += 1;
+            moved += usize::from(item["shop"]["S"] == "moved");
+        }
+        match page.get("LastEvaluatedKey") {
+            Some(key) => start = Some(key.clone()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        held,
+        FILLED - (FILLED - 1).div_ceil(7),
+        "every item the table holds, once"
+    );
+    assert_eq!(moved, FILLED.div_ceil(7));
+    assert_eq!(index["ItemCount"], json!(held));
+}

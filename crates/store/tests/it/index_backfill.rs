@@ -450,3 +450,334 @@ async fn ttl_enabled_on_a_table_with_items_is_filled_in_bounded_jobs_and_expires
     .await;
     assert_eq!(ttl_step(&h).await, None);
 }
+
+/// A small deterministic generator (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// An item of the differential test: `shop` (the index's partition key; sometimes missing or a
+/// number, left out), `total` (its sort key), `note` (projected), `other` (not projected).
+fn random_item(rng: &mut Rng, id: &str) -> Value {
+    let mut item = json!({"id": {"S": id}, "other": {"S": "x".repeat(rng.below(40) as usize)}});
+    match rng.below(6) {
+        0 => {}
+        // Writes refuse the wrong type once the index exists: only the items before it.
+        1 if !id.starts_with('k') => item["shop"] = json!({"N": rng.below(9).to_string()}),
+        1 => {}
+        _ => item["shop"] = json!({"S": format!("shop-{}", rng.below(5))}),
+    }
+    if rng.below(5) != 0 {
+        item["total"] = json!({"N": rng.below(1000).to_string()});
+    }
+    if rng.below(2) == 0 {
+        item["note"] = json!({"S": "n".repeat(rng.below(60) as usize)});
+    }
+    item
+}
+
+fn by_shop_total() -> Value {
+    json!({
+        "IndexName": "by_shop_total",
+        "KeySchema": [{"AttributeName": "shop", "KeyType": "HASH"}, {"AttributeName": "total", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["note"]}
+    })
+}
+
+/// Every item of `table`, by a paginated Scan (of `index` when given), sorted by id.
+async fn scan_all(h: &Opened, table: &str, index: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut start: Option<Value> = None;
+    loop {
+        let mut request = json!({"TableName": table});
+        if let Some(index) = index {
+            request["IndexName"] = json!(index);
+        }
+        if let Some(start) = start.take() {
+            request["ExclusiveStartKey"] = start;
+        }
+        let page = h.ok("Scan", request).await;
+        out.extend(page["Items"].as_array().expect("Items").iter().cloned());
+        match page.get("LastEvaluatedKey") {
+            Some(key) => start = Some(key.clone()),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| a["id"]["S"].as_str().cmp(&b["id"]["S"].as_str()));
+    out
+}
+
+/// Every write path (PutItem, UpdateItem, DeleteItem, BatchWriteItem, TransactWriteItems,
+/// PartiQL) interleaved at random with backfill jobs: the index filled online ends exactly as
+/// one made with the table and given the same items, entries, ItemCount and IndexSizeBytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_filled_online_under_random_writes_equals_one_made_with_the_table() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let h = open(dir.path());
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    h.ok(
+        "CreateTable",
+        json!({
+            "TableName": "orders",
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST"
+        }),
+    )
+    .await;
+    const KEYS: u64 = 3_000;
+    let id = |n: u64| format!("k{n:05}");
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(25) {
+        let requests: Vec<Value> = chunk
+            .iter()
+            .map(|&n| {
+                let mut item = random_item(&mut rng, &format!("old{n:05}"));
+                item["id"] = json!({"S": id(n)});
+                json!({"PutRequest": {"Item": item}})
+            })
+            .collect();
+        h.ok("BatchWriteItem", json!({"RequestItems": {"orders": requests}}))
+            .await;
+    }
+    h.ok(
+        "UpdateTable",
+        json!({
+            "TableName": "orders",
+            "AttributeDefinitions": [{"AttributeName": "shop", "AttributeType": "S"}, {"AttributeName": "total", "AttributeType": "N"}],
+            "GlobalSecondaryIndexUpdates": [{"Create": by_shop_total()}]
+        }),
+    )
+    .await;
+    let engine = h.store.engine().clone();
+    let step_once = || {
+        let engine = engine.clone();
+        async move {
+            let table = engine.table("orders").expect("table");
+            engine
+                .write_exclusive(move |context| context.backfill_index_step(&table, "by_shop_total"))
+                .await
+                .expect("a backfill job")
+        }
+    };
+    let mut finished = false;
+    let mut round = 0;
+    while !finished || round < 60 {
+        round += 1;
+        for _ in 0..rng.below(60) {
+            // Keys beyond KEYS are new items.
+            let key = id(rng.below(KEYS + KEYS / 4));
+            let answer = match rng.below(7) {
+                0 => {
+                    h.call("PutItem", json!({"TableName": "orders", "Item": random_item(&mut rng, &key)}))
+                        .await
+                }
+                1 => {
+                    let update = match rng.below(4) {
+                        0 => "REMOVE shop",
+                        1 => "SET note = :n",
+                        2 => "SET total = :t",
+                        _ => "SET shop = :s, note = :n",
+                    };
+                    let mut values = serde_json::Map::new();
+                    if update.contains(":n") {
+                        values.insert(":n".into(), json!({"S": "m".repeat(rng.below(30) as usize)}));
+                    }
+                    if update.contains(":t") {
+                        values.insert(":t".into(), json!({"N": rng.below(1000).to_string()}));
+                    }
+                    if update.contains(":s") {
+                        values.insert(":s".into(), json!({"S": format!("shop-{}", rng.below(5))}));
+                    }
+                    let mut request =
+                        json!({"TableName": "orders", "Key": {"id": {"S": key}}, "UpdateExpression": update});
+                    if !values.is_empty() {
+                        request["ExpressionAttributeValues"] = Value::Object(values);
+                    }
+                    h.call("UpdateItem", request).await
+                }
+                2 => {
+                    h.call("DeleteItem", json!({"TableName": "orders", "Key": {"id": {"S": key}}}))
+                        .await
+                }
+                3 => {
+                    // New keys in a row: the fast path for items stored nowhere yet.
+                    let start = KEYS + rng.below(KEYS);
+                    let requests: Vec<Value> = (start..start + 25)
+                        .map(|n| json!({"PutRequest": {"Item": random_item(&mut rng, &id(n))}}))
+                        .collect();
+                    h.call("BatchWriteItem", json!({"RequestItems": {"orders": requests}}))
+                        .await
+                }
+                4 => {
+                    let start = rng.below(KEYS);
+                    let requests: Vec<Value> = (start..start + 10)
+                        .map(|n| {
+                            if rng.below(3) == 0 {
+                                json!({"DeleteRequest": {"Key": {"id": {"S": id(n)}}}})
+                            } else {
+                                json!({"PutRequest": {"Item": random_item(&mut rng, &id(n))}})
+                            }
+                        })
+                        .collect();
+                    h.call("BatchWriteItem", json!({"RequestItems": {"orders": requests}}))
+                        .await
+                }
+                5 => {
+                    let other = id(rng.below(KEYS));
+                    let third = id(rng.below(KEYS));
+                    if other == key || third == key || other == third {
+                        continue;
+                    }
+                    h.call(
+                        "TransactWriteItems",
+                        json!({"TransactItems": [
+                            {"Put": {"TableName": "orders", "Item": random_item(&mut rng, &key)}},
+                            {"Delete": {"TableName": "orders", "Key": {"id": {"S": other}}}},
+                            {"Update": {"TableName": "orders", "Key": {"id": {"S": third}},
+                                "UpdateExpression": "SET shop = :s",
+                                "ExpressionAttributeValues": {":s": {"S": "shop-tx"}}}}
+                        ]}),
+                    )
+                    .await
+                }
+                _ => {
+                    h.call(
+                        "ExecuteStatement",
+                        json!({"Statement": format!("UPDATE \"orders\" SET note = 'pq' SET shop = 'shop-pq' WHERE id = '{key}'")}),
+                    )
+                    .await
+                }
+            };
+            if let Err(error) = answer {
+                // A PartiQL UPDATE of an item that is not there, say.
+                assert!(
+                    matches!(error.kind, ErrorKind::ConditionalCheckFailed | ErrorKind::Validation),
+                    "{error}"
+                );
+            }
+        }
+        if !finished && rng.below(3) != 0 {
+            finished = matches!(step_once().await, BackfillStep::Finished(_));
+        }
+    }
+
+    // The reference: the same items in a table made with the index.
+    h.ok(
+        "CreateTable",
+        json!({
+            "TableName": "reference",
+            "AttributeDefinitions": [
+                {"AttributeName": "id", "AttributeType": "S"},
+                {"AttributeName": "shop", "AttributeType": "S"},
+                {"AttributeName": "total", "AttributeType": "N"}
+            ],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": [by_shop_total()],
+            "BillingMode": "PAY_PER_REQUEST"
+        }),
+    )
+    .await;
+    let items = scan_all(&h, "orders", None).await;
+    for item in &items {
+        let mut item = item.clone();
+        // The reference refuses the items the index leaves out (a number shop): those go in
+        // without it, as the index holds nothing of them either way.
+        if item.get("shop").is_some_and(|s| s.get("N").is_some()) {
+            item.as_object_mut().expect("item").remove("shop");
+        }
+        h.ok("PutItem", json!({"TableName": "reference", "Item": item})).await;
+    }
+    let held = scan_all(&h, "orders", Some("by_shop_total")).await;
+    let expected = scan_all(&h, "reference", Some("by_shop_total")).await;
+    assert_eq!(held.len(), expected.len(), "entries");
+    assert_eq!(held, expected);
+    let describe = |table: &'static str| {
+        let h = &h;
+        async move {
+            let described = h.ok("DescribeTable", json!({"TableName": table})).await;
+            let index = described["Table"]["GlobalSecondaryIndexes"][0].clone();
+            (index["ItemCount"].clone(), index["IndexSizeBytes"].clone())
+        }
+    };
+    assert_eq!(describe("orders").await, describe("reference").await);
+    assert_eq!(describe("orders").await.0, json!(expected.len()));
+}
+
+/// A DeleteTable that read the table before an UpdateTable creating an index committed (it
+/// queued behind it) drops that index's storage and counters too, not only its backfill
+/// entry: the table's storage id is never used again, so what it left would stay on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_deleted_behind_an_index_creation_leaves_none_of_the_index_behind() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let h = open(dir.path());
+    fill(&h).await;
+    let engine = h.store.engine().clone();
+    let id = engine.table("orders").expect("table").id;
+    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .write_exclusive(move |_| {
+                    let _ = inside_tx.send(());
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    inside_rx.await.expect("the blocking job ran");
+    let idle = engine.write_queue_free();
+    let handle = |operation: &'static str, body: Value| {
+        let store = h.store.clone();
+        async move { store.handle(operation, body.to_string().as_bytes()).await }
+    };
+    let create = tokio::spawn(handle("UpdateTable", create_by_shop()));
+    crate::support::wait_for_queue_free(&engine, idle - 1).await;
+    // A write the new index gets (it is live for writes at once): a counter of it.
+    let put = tokio::spawn(handle("PutItem", put("order-new", Some("shop-1"))));
+    crate::support::wait_for_queue_free(&engine, idle - 2).await;
+    // DeleteTable reads the table without the index (still queued) and queues its drop.
+    let delete = tokio::spawn(handle("DeleteTable", json!({"TableName": "orders"})));
+    crate::support::wait_for_queue_free(&engine, idle - 3).await;
+    release_tx.send(()).expect("the blocking job waits");
+    blocker.await.expect("blocker task").expect("blocking job");
+    create.await.expect("task").expect("UpdateTable");
+    put.await.expect("task").expect("PutItem");
+    delete.await.expect("task").expect("DeleteTable");
+    assert!(engine.table("orders").is_none());
+
+    assert!(engine.close().await);
+    drop((h, engine));
+    let database = open_raw(dir.path());
+    let read = redb::ReadableDatabase::begin_read(&database).expect("read");
+    let prefix = format!("x{id}/");
+    let left: Vec<String> = read
+        .list_tables()
+        .expect("tables")
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .filter(|name| name.starts_with(&prefix) || *name == format!("d{id}"))
+        .collect();
+    assert!(left.is_empty(), "storage of the deleted table left: {left:?}");
+    let stats = read
+        .open_table(redb::TableDefinition::<&str, (u64, u64)>::new("stats"))
+        .expect("stats");
+    let counters: Vec<String> = redb::ReadableTable::iter(&stats)
+        .expect("iter")
+        .map(|entry| entry.expect("entry").0.value().to_string())
+        .filter(|key| key.starts_with(&format!("{id}/")) || *key == id.to_string())
+        .collect();
+    assert!(counters.is_empty(), "counters of the deleted table left: {counters:?}");
+}
