@@ -1395,9 +1395,11 @@ pub fn validate_key(schema: &KeySchema, key: &Item) -> Result<(), ApiError> {
 /// Index key attributes present on an item must have the declared type, not be empty and be
 /// within the key size bounds (DynamoDB rejects the write otherwise); absent ones leave the
 /// item out of that (sparse) index. The bounds hold per attribute and, for a multi-attribute
-/// key, for the partition attributes together and the sort attributes together.
+/// key, for the partition attributes together and the sort attributes together. An index still
+/// being backfilled does not refuse: as DynamoDB documents, such an item is left out of the
+/// index, and writes that violate its key are refused once the backfill has completed.
 pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), ApiError> {
-    for index in &table.indexes {
+    for index in table.indexes.iter().filter(|i| !i.backfilling) {
         let groups = [
             (
                 index.key.partition_attributes().collect::<Vec<_>>(),

@@ -445,6 +445,9 @@ struct Shared {
     /// Set when a TTL index may have a backfill to do (at open, and when one starts); cleared
     /// by the backfill job that finds none.
     ttl_backfill_pending: std::sync::atomic::AtomicBool,
+    /// Write jobs ever submitted: the index backfill yields the writer when others came
+    /// while its job ran (`Engine::backfill_job`).
+    jobs_submitted: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -617,6 +620,7 @@ impl Engine {
             wal: Mutex::new(Some(wal)),
             index_backfill_wake: tokio::sync::Notify::new(),
             ttl_backfill_pending: std::sync::atomic::AtomicBool::new(true),
+            jobs_submitted: std::sync::atomic::AtomicU64::new(0),
             store_id: store_id_of(&iterator_key),
             iterator_key,
         });
@@ -844,6 +848,9 @@ impl Engine {
         exclusive: bool,
         job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.shared
+            .jobs_submitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (reply, result) = oneshot::channel();
         let job = Job {
             exclusive,

@@ -45,6 +45,9 @@ pub enum BackfillStep {
     Finished(usize),
     /// The table or the index is gone, or the index is no longer backfilling.
     Gone,
+    /// Nothing copied: the disk is below the watermark (the fill waits for room without
+    /// counting as a refused write; deletes give the room back).
+    DiskLow,
 }
 
 /// Forgets where the backfill of `index` of table `table_id` is (the index is dropped, or
@@ -122,7 +125,9 @@ impl WriteContext<'_> {
             forget_key(self.txn, &storage_name).map_err(|e| self.fail("forgetting a TTL index backfill", e))?;
             return Ok(Some(BackfillStep::Gone));
         };
-        self.check_room()?;
+        if self.low_disk.is_some() {
+            return Ok(Some(BackfillStep::DiskLow));
+        }
         self.mutations += 1;
         let result = (|| -> Result<(usize, Option<Vec<u8>>), redb::Error> {
             let data = self.txn.open_table(bytes_table(&data_table_name(table.id)))?;
@@ -192,7 +197,9 @@ impl WriteContext<'_> {
         let Some(definition) = current.index(index).filter(|i| i.backfilling).cloned() else {
             return Ok(BackfillStep::Gone);
         };
-        self.check_room()?;
+        if self.low_disk.is_some() {
+            return Ok(BackfillStep::DiskLow);
+        }
         self.mutations += 1;
         let target_name = index_table_name(current.id, index);
         let result = (|| -> Result<(usize, Option<Vec<u8>>, (i64, i64)), redb::Error> {
@@ -266,10 +273,11 @@ impl WriteContext<'_> {
     }
 }
 
-/// How long the backfill waits after a job that took `took`, with `queued` write jobs waiting,
-/// to take at most `share_percent` of the writer: none when nothing waits.
-pub fn backfill_pause(took: std::time::Duration, queued: usize, share_percent: u32) -> std::time::Duration {
-    if queued == 0 {
+/// How long the backfill waits after a job that took `took`, with `others` write jobs
+/// submitted while it ran, to take at most `share_percent` of the writer: none when no other
+/// write wanted it.
+pub fn backfill_pause(took: std::time::Duration, others: usize, share_percent: u32) -> std::time::Duration {
+    if others == 0 {
         return std::time::Duration::ZERO;
     }
     let share = share_percent.clamp(1, 100);
@@ -293,22 +301,23 @@ impl Engine {
             .collect()
     }
 
-    /// Write jobs waiting for the writer (not counting the batch it is running).
-    fn queued_write_jobs(&self) -> usize {
-        self.sender.max_capacity().saturating_sub(self.sender.capacity())
-    }
-
-    /// Runs `job` as an exclusive write; then, if other writes waited meanwhile, waits so that
-    /// the backfill takes at most [`INDEX_BACKFILL_WRITER_SHARE_PERCENT`] of the writer.
+    /// Runs `job` as an exclusive write; then, if other writes came while it ran, waits so
+    /// that the backfill takes at most [`INDEX_BACKFILL_WRITER_SHARE_PERCENT`] of the writer.
+    /// (Jobs submitted meanwhile, not jobs still queued: the writer takes the queue into its
+    /// next batch before this task is even woken, so the queue looks empty.)
     async fn backfill_job<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut WriteContext<'_>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        let submitted = || self.shared.jobs_submitted.load(std::sync::atomic::Ordering::Relaxed);
+        let before = submitted();
         let started = std::time::Instant::now();
         let result = self.write_exclusive(job).await;
+        // Our own job is one of them.
+        let others = submitted().saturating_sub(before).saturating_sub(1);
         let pause = backfill_pause(
             started.elapsed(),
-            self.queued_write_jobs(),
+            usize::try_from(others).unwrap_or(usize::MAX),
             INDEX_BACKFILL_WRITER_SHARE_PERCENT,
         );
         if !pause.is_zero() {
@@ -321,15 +330,24 @@ impl Engine {
     /// backfilling after it.
     pub async fn backfill_indexes_once(&self) -> Result<usize, ApiError> {
         let mut left = 0;
+        // A job that fails (an I/O error) does not hold up the other indexes: the first error
+        // is answered once every index had its job.
+        let mut failed = None;
         for (table, index) in self.backfilling_indexes() {
             let name = index.clone();
             let step = self
                 .backfill_job(move |context| context.backfill_index_step(&table, &name))
-                .await?;
+                .await;
             match step {
-                BackfillStep::Copied(_) => left += 1,
-                BackfillStep::Finished(_) => tracing::info!(index = %index, "index backfilled; it is ACTIVE"),
-                BackfillStep::Gone => {}
+                Ok(BackfillStep::Copied(_)) => left += 1,
+                Ok(BackfillStep::Finished(_)) => tracing::info!(index = %index, "index backfilled; it is ACTIVE"),
+                Ok(BackfillStep::Gone) => {}
+                Ok(BackfillStep::DiskLow) => {
+                    tracing::debug!(index = %index, "index backfill waits: the disk is below the watermark")
+                }
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
             }
         }
         if self
@@ -350,14 +368,27 @@ impl Engine {
                     }
                     Ok(step)
                 })
-                .await?;
-            if let Some(BackfillStep::Finished(_)) = step {
-                tracing::info!("a TTL index backfilled");
+                .await;
+            match step {
+                // One more pass: another TTL index may be waiting (the next job finds none).
+                Ok(Some(BackfillStep::Finished(_))) => {
+                    tracing::info!("a TTL index backfilled");
+                    left += 1;
+                }
+                Ok(Some(BackfillStep::Copied(_) | BackfillStep::Gone)) => left += 1,
+                Ok(Some(BackfillStep::DiskLow)) => {
+                    tracing::debug!("TTL index backfill waits: the disk is below the watermark")
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
             }
-            // One more pass: another TTL index may be waiting (the next job finds none).
-            left += usize::from(step.is_some());
         }
-        Ok(left)
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(left),
+        }
     }
 
     /// Backfills every backfilling index to its end (tests, and the loop's inner step).

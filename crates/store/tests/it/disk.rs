@@ -652,3 +652,53 @@ async fn a_failing_reopen_names_the_fix_on_health() {
     disk.put_once_writes_resume("after", "v").await;
     disk.assert_nothing_acknowledged_lost().await;
 }
+
+/// Below the watermark an index backfill waits for room: nothing copied, no refused write
+/// counted (no client asked for one), and it goes on by itself once the room is back.
+#[tokio::test]
+async fn an_index_backfill_waits_below_the_watermark_without_counting_refused_writes() {
+    use store::engine::BackfillStep;
+    let mut disk = Disk::open().await;
+    for i in 0..20 {
+        disk.put(&format!("item-{i}"), &big(100)).await.expect("room");
+    }
+    disk.call(
+        "UpdateTable",
+        json!({"TableName": "orders", "AttributeDefinitions": [{"AttributeName": "v", "AttributeType": "S"}],
+               "GlobalSecondaryIndexUpdates": [{"Create": {"IndexName": "by_v",
+                   "KeySchema": [{"AttributeName": "v", "KeyType": "HASH"}], "Projection": {"ProjectionType": "KEYS_ONLY"}}}]}),
+    )
+    .await
+    .expect("index created");
+    disk.leave_free(WATERMARK_BYTES / 2);
+    // A refused write makes the writer see the low disk.
+    disk.put("refused", "v").await.expect_err("below the watermark");
+    let engine = disk.store.engine().clone();
+    let refused_before = engine.writer_status().writes_refused_total;
+    let table = engine.table("orders").expect("table");
+    let step = {
+        let table = Arc::clone(&table);
+        engine
+            .write_exclusive(move |context| context.backfill_index_step(&table, "by_v"))
+            .await
+            .expect("a backfill job")
+    };
+    assert_eq!(step, BackfillStep::DiskLow);
+    assert_eq!(
+        engine.backfill_indexes_once().await.expect("a pass"),
+        0,
+        "nothing to go on with"
+    );
+    assert_eq!(engine.writer_status().writes_refused_total, refused_before);
+
+    disk.faults.set_capacity_bytes(u64::MAX);
+    disk.put_once_writes_resume("after", "v").await;
+    engine.finish_index_backfills().await.expect("backfill");
+    let described = disk
+        .call("DescribeTable", json!({"TableName": "orders"}))
+        .await
+        .expect("describe");
+    let index = &described["Table"]["GlobalSecondaryIndexes"][0];
+    assert_eq!(index["IndexStatus"], "ACTIVE");
+    assert_eq!(index["ItemCount"], 21);
+}
