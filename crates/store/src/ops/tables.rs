@@ -789,7 +789,7 @@ fn plan_update(
     let mut deleted = Vec::new();
     let mut followed = None;
     let mut sent_again = false;
-    for update in request.global_secondary_index_updates.iter().flatten() {
+    for (position, update) in request.global_secondary_index_updates.iter().flatten().enumerate() {
         match (&update.create, &update.delete, &update.update) {
             (Some(create), None, None) => {
                 if let Some(existing) = next.index(&create.index_name) {
@@ -858,10 +858,40 @@ fn plan_update(
                     )));
                 };
                 if let Some(t) = update.provisioned_throughput {
-                    index.throughput = Some(catalog::Throughput {
-                        read: t.read_capacity_units.max(1) as u64,
-                        write: t.write_capacity_units.max(1) as u64,
-                    });
+                    // DynamoDB's checks: the table's mode (as this call leaves it), the API's
+                    // bound on each value, and no change that changes nothing.
+                    if next.throughput.is_none() {
+                        return Err(ApiError::validation(format!(
+                            "One or more parameter values were invalid: ProvisionedThroughput should not be specified for index: {} when BillingMode is PAY_PER_REQUEST",
+                            update.index_name
+                        )));
+                    }
+                    for (value, field) in [
+                        (t.read_capacity_units, "readCapacityUnits"),
+                        (t.write_capacity_units, "writeCapacityUnits"),
+                    ] {
+                        if value < 1 {
+                            return Err(ApiError::validation(format!(
+                                "1 validation error detected: Value '{value}' at 'globalSecondaryIndexUpdates.{}.member.update.provisionedThroughput.{field}' failed to satisfy constraint: Member must have value greater than or equal to 1",
+                                position + 1
+                            )));
+                        }
+                    }
+                    let asked = catalog::Throughput {
+                        read: t.read_capacity_units as u64,
+                        write: t.write_capacity_units as u64,
+                    };
+                    // Unless it is the capacity changed here and not yet in every replica,
+                    // sent again to finish it there.
+                    if index.throughput == Some(asked) && !unconfirmed(Followed::Capacity) {
+                        return Err(ApiError::validation(format!(
+                            "The provisioned throughput for the index {} will not change. The requested value equals the current value. Current ReadCapacityUnits provisioned for the index: {r}. Requested ReadCapacityUnits: {r}. Current WriteCapacityUnits provisioned for the index: {w}. Requested WriteCapacityUnits: {w}. Refer to the Amazon DynamoDB Developer Guide for current limits and how to request higher limits.",
+                            update.index_name,
+                            r = asked.read,
+                            w = asked.write
+                        )));
+                    }
+                    index.throughput = Some(asked);
                 }
             }
             _ => {
@@ -1631,6 +1661,47 @@ mod capacity_tests {
             &|followed| followed == Followed::Capacity && unconfirmed,
             |held| catalog::next_setting_version(held, tick, "us-east-1"),
         )
+    }
+
+    #[test]
+    fn an_index_throughput_update_is_checked_as_dynamodb_checks_it() {
+        let index = provisioned().indexes[0].name.clone();
+        let update = |read: i64, write: i64| {
+            request(json!({"GlobalSecondaryIndexUpdates": [{"Update": {
+                "IndexName": index, "ProvisionedThroughput": throughput(read, write)}}]}))
+        };
+        // A value below 1: the API's constraint, with the member's path.
+        let refused = plan(&provisioned(), &update(0, 4), 1.0, 1, false).expect_err("0 units");
+        assert_eq!(
+            refused.message,
+            "1 validation error detected: Value '0' at 'globalSecondaryIndexUpdates.1.member.update.provisionedThroughput.readCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1"
+        );
+        let refused = plan(&provisioned(), &update(3, -2), 1.0, 1, false).expect_err("negative");
+        assert!(refused.message.contains("writeCapacityUnits"), "{}", refused.message);
+        // The same values: nothing would change (sent again while unconfirmed: sent again).
+        let refused = plan(&provisioned(), &update(3, 4), 1.0, 1, false).expect_err("no change");
+        assert!(
+            refused.message.contains("equals the current value"),
+            "{}",
+            refused.message
+        );
+        assert!(plan(&provisioned(), &update(3, 4), 1.0, 1, true).is_ok());
+        // On an on-demand table: no throughput for an index.
+        let mut on_demand = provisioned();
+        on_demand.throughput = None;
+        let refused = plan(&on_demand, &update(3, 4), 1.0, 1, false).expect_err("on demand");
+        assert!(
+            refused.message.contains("should not be specified for index")
+                && refused.message.contains("PAY_PER_REQUEST"),
+            "{}",
+            refused.message
+        );
+        // A real change is taken as asked (no silent raise of a value).
+        let planned = plan(&provisioned(), &update(7, 2), 1.0, 1, false).expect("valid");
+        assert_eq!(
+            planned.next.indexes[0].throughput,
+            Some(catalog::Throughput { read: 7, write: 2 })
+        );
     }
 
     #[test]
