@@ -115,6 +115,15 @@ def test_a_replica_made_from_a_provisioned_table_has_its_capacity_then_follows_i
         provision(east, 6, 12, index_write=3)
         assert capacity(east) == ("ACTIVE", "PROVISIONED", (6, 12), (6, 3))
         assert capacity(south) == ("ACTIVE", "PROVISIONED", (2, 12), (6, 3))
+        # A replica's read capacity set from another region (DynamoDB's
+        # ProvisionedThroughputOverride) is refused with the way to do it, not taken and dropped.
+        with pytest.raises(ClientError) as excinfo:
+            east.client().update_table(TableName=TABLE, ReplicaUpdates=[{"Update": {
+                "RegionName": south.name, "ProvisionedThroughputOverride": {"ReadCapacityUnits": 9}}}])
+        code, message = error_code(excinfo)
+        assert code == "ValidationException", message
+        assert "ProvisionedThroughputOverride" in message and south.name in message, message
+        assert capacity(south) == ("ACTIVE", "PROVISIONED", (2, 12), (6, 3))
 
 
 def test_a_region_down_during_a_capacity_change_fails_clearly_and_gets_it_once_back(tmp_path, monkeypatch):

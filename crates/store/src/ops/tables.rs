@@ -100,6 +100,52 @@ pub fn legacy_global_table_not_found(body: &[u8]) -> ApiError {
 #[serde(rename_all = "PascalCase")]
 pub struct ReplicaRegion {
     region_name: String,
+    /// Per-replica settings DynamoDB takes in a replica's Create or Update. None of them is
+    /// carried to a replica here: a request with one is refused with the way to do it
+    /// (`ReplicaRegion::refuse_overrides`), never taken and dropped.
+    #[serde(rename = "KMSMasterKeyId")]
+    kms_master_key_id: Option<Value>,
+    provisioned_throughput_override: Option<Value>,
+    on_demand_throughput_override: Option<Value>,
+    global_secondary_indexes: Option<Value>,
+    table_class_override: Option<Value>,
+}
+
+impl ReplicaRegion {
+    /// Refuses the per-replica settings this store does not carry to a replica, naming how to
+    /// set them: each replica's read capacity and table class are set in its own region.
+    fn refuse_overrides(&self, action: &str) -> Result<(), ApiError> {
+        let region = &self.region_name;
+        let refuse = |member: &str, fix: &str| {
+            Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: ReplicaUpdates {action} for {region}: {member} is not supported by this store; {fix}"
+            )))
+        };
+        let in_its_region =
+            format!("send UpdateTable to the store of {region} instead (each replica's capacity is its own there)");
+        if self.provisioned_throughput_override.is_some() {
+            return refuse("ProvisionedThroughputOverride", &in_its_region);
+        }
+        if self.on_demand_throughput_override.is_some() {
+            return refuse("OnDemandThroughputOverride", &in_its_region);
+        }
+        if self.global_secondary_indexes.is_some() {
+            return refuse("GlobalSecondaryIndexes (per-replica index capacity)", &in_its_region);
+        }
+        if self.table_class_override.is_some() {
+            return refuse(
+                "TableClassOverride",
+                &format!("send UpdateTable with TableClass to the store of {region} instead"),
+            );
+        }
+        if self.kms_master_key_id.is_some() {
+            return refuse(
+                "KMSMasterKeyId",
+                "the store does not use KMS keys (encrypt the data directory's disk instead); leave it out",
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -130,6 +176,7 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
     for update in updates {
         match (update.create, update.update, update.delete) {
             (Some(create), None, None) => {
+                create.refuse_overrides("Create")?;
                 let name = create.region_name;
                 if replicas.contains(&name) {
                     return Err(ApiError::new(
@@ -146,6 +193,7 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
                 created.push(name);
             }
             (None, Some(update), None) => {
+                update.refuse_overrides("Update")?;
                 if !replicas.contains(&update.region_name) {
                     return Err(ApiError::new(
                         ErrorKind::ReplicaNotFound,
