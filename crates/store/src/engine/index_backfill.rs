@@ -84,6 +84,40 @@ pub(super) fn forget_table(txn: &LoggedTxn, table_id: u64) -> Result<(), redb::E
 /// with `x`).
 const TTL_BACKFILLS: std::ops::Range<&str> = "t".."u";
 
+/// Walks one job's worth of a table's live items after the stored key `after` (empty: from
+/// the first), at most [`INDEX_BACKFILL_ITEMS_PER_JOB`] records and
+/// [`INDEX_BACKFILL_BYTES_PER_JOB`] bytes, calling `copy` with each item's stored key and item
+/// (tombstones and undecodable records are passed over, and counted). Returns the records
+/// walked and the last key walked, `None` when the walk reached the table's end.
+fn walk_items(
+    txn: &LoggedTxn,
+    table_id: u64,
+    after: &[u8],
+    mut copy: impl FnMut(&[u8], &Item) -> Result<(), redb::Error>,
+) -> Result<(usize, Option<Vec<u8>>), redb::Error> {
+    let data = txn.open_table(bytes_table(&data_table_name(table_id)))?;
+    let from = if after.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(after)
+    };
+    let (mut walked, mut bytes, mut last) = (0usize, 0usize, None);
+    for entry in data.range::<&[u8]>((from, Bound::Unbounded))? {
+        if walked >= INDEX_BACKFILL_ITEMS_PER_JOB || bytes >= INDEX_BACKFILL_BYTES_PER_JOB {
+            return Ok((walked, last));
+        }
+        let (key, value) = entry?;
+        walked += 1;
+        bytes += value.value().len();
+        last = Some(key.value().to_vec());
+        match record::decode(value.value()) {
+            Ok(record) if !record.tombstone => copy(key.value(), &record.item)?,
+            _ => {}
+        }
+    }
+    Ok((walked, None))
+}
+
 impl WriteContext<'_> {
     /// Records that the TTL index of `meta` (its TTL just enabled) is to be filled from the
     /// first item. The TTL's status stays ENABLED, as DynamoDB shows it at once; an item not yet
@@ -130,33 +164,13 @@ impl WriteContext<'_> {
         }
         self.mutations += 1;
         let result = (|| -> Result<(usize, Option<Vec<u8>>), redb::Error> {
-            let data = self.txn.open_table(bytes_table(&data_table_name(table.id)))?;
             let mut target = self.txn.open_table(bytes_table(&storage_name))?;
-            let from = if after.is_empty() {
-                Bound::Unbounded
-            } else {
-                Bound::Excluded(after.as_slice())
-            };
-            let (mut copied, mut bytes, mut last) = (0usize, 0usize, None);
-            for entry in data.range::<&[u8]>((from, Bound::Unbounded))? {
-                if copied >= INDEX_BACKFILL_ITEMS_PER_JOB || bytes >= INDEX_BACKFILL_BYTES_PER_JOB {
-                    return Ok((copied, last));
+            walk_items(self.txn, table.id, &after, |key, item| {
+                if let Some(seconds) = ttl_seconds(&table, item) {
+                    target.insert(ttl_entry_key(seconds, key).as_slice(), &[][..])?;
                 }
-                let (key, value) = entry?;
-                copied += 1;
-                bytes += value.value().len();
-                last = Some(key.value().to_vec());
-                let Ok(record) = record::decode(value.value()) else {
-                    continue;
-                };
-                if record.tombstone {
-                    continue;
-                }
-                if let Some(seconds) = ttl_seconds(&table, &record.item) {
-                    target.insert(ttl_entry_key(seconds, key.value()).as_slice(), &[][..])?;
-                }
-            }
-            Ok((copied, None))
+                Ok(())
+            })
         })();
         let (copied, last) = result.map_err(|e| self.fail("backfilling a TTL index", e))?;
         let result = match &last {
@@ -209,42 +223,23 @@ impl WriteContext<'_> {
                 .get(target_name.as_str())?
                 .map(|v| v.value().to_vec())
                 .unwrap_or_default();
-            let data = self.txn.open_table(bytes_table(&data_table_name(current.id)))?;
             let mut target = self.txn.open_table(bytes_table(&target_name))?;
-            let from = if after.is_empty() {
-                Bound::Unbounded
-            } else {
-                Bound::Excluded(after.as_slice())
-            };
-            let (mut copied, mut bytes, mut added) = (0usize, 0usize, (0i64, 0i64));
-            let mut last = None;
-            for entry in data.range::<&[u8]>((from, Bound::Unbounded))? {
-                if copied >= INDEX_BACKFILL_ITEMS_PER_JOB || bytes >= INDEX_BACKFILL_BYTES_PER_JOB {
-                    return Ok((copied, last, added));
-                }
-                let (key, value) = entry?;
-                copied += 1;
-                bytes += value.value().len();
-                last = Some(key.value().to_vec());
-                let Ok(record) = record::decode(value.value()) else {
-                    continue;
-                };
-                if record.tombstone {
-                    continue;
-                }
+            let mut added = (0i64, 0i64);
+            let (copied, last) = walk_items(self.txn, current.id, &after, |key, item| {
                 // An item the index cannot hold (no key attribute, another type, a key too
                 // long) is left out, as DynamoDB leaves it out.
-                let Some(entry_key) = index_entry_key(current.key_hash, &definition, &record.item, key.value()) else {
-                    continue;
+                let Some(entry_key) = index_entry_key(current.key_hash, &definition, item, key) else {
+                    return Ok(());
                 };
-                let projected = definition.project(&current.key, &record.item);
+                let projected = definition.project(&current.key, item);
                 let encoded = serde_json::to_vec(&projected).expect("serialising an item cannot fail");
                 if target.insert(entry_key.as_slice(), encoded.as_slice())?.is_none() {
                     added.0 += 1;
                     added.1 += item_size_bytes(&projected) as i64;
                 }
-            }
-            Ok((copied, None, added))
+                Ok(())
+            })?;
+            Ok((copied, last, added))
         })();
         let (copied, last, added) = result.map_err(|e| self.fail("backfilling an index", e))?;
         let stats = self.stats.entry(stats_key(current.id, Some(index))).or_default();

@@ -2,41 +2,11 @@
 //! once, filled in bounded background jobs, unreadable until filled, counted exactly, and
 //! resumed where it was after a restart.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use dynamo_protocol::{ApiError, ErrorKind};
+use dynamo_protocol::ErrorKind;
 use serde_json::{Value, json};
 use store::engine::{BackfillStep, INDEX_BACKFILL_ITEMS_PER_JOB};
-use store::{Engine, Store, SystemClock};
 
-use crate::support::Calls;
-
-struct Opened {
-    store: Store,
-}
-
-impl Calls for Opened {
-    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
-        self.store.handle(operation, body.to_string().as_bytes()).await
-    }
-}
-
-/// Opens the data directory, waiting (bounded) for an engine dropped just before to let go of it.
-fn open(dir: &std::path::Path) -> Opened {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Engine::open(dir, "us-east-1", Arc::new(SystemClock)) {
-            Ok(engine) => {
-                return Opened {
-                    store: Store::new(engine),
-                };
-            }
-            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
+use crate::support::{Calls, Opened, open, open_raw};
 
 /// Items in the table before the index: more than two backfill jobs' worth.
 const ITEMS: usize = INDEX_BACKFILL_ITEMS_PER_JOB * 5 / 2;
@@ -359,17 +329,6 @@ async fn one_index_change_at_a_time_and_a_backfilling_index_can_be_deleted() {
 }
 
 const INDEX_BACKFILLS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("index_backfills");
-
-fn open_raw(dir: &std::path::Path) -> redb::Database {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match redb::Database::open(dir.join("store.redb")) {
-            Ok(database) => return database,
-            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
 
 async fn ttl_step(h: &Opened) -> Option<BackfillStep> {
     h.store
@@ -723,21 +682,7 @@ async fn a_table_deleted_behind_an_index_creation_leaves_none_of_the_index_behin
     fill(&h).await;
     let engine = h.store.engine().clone();
     let id = engine.table("orders").expect("table").id;
-    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let blocker = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .write_exclusive(move |_| {
-                    let _ = inside_tx.send(());
-                    let _ = release_rx.recv();
-                    Ok(())
-                })
-                .await
-        }
-    });
-    inside_rx.await.expect("the blocking job ran");
+    let held = crate::support::HeldWriter::hold(&engine).await;
     let idle = engine.write_queue_free();
     let handle = |operation: &'static str, body: Value| {
         let store = h.store.clone();
@@ -751,8 +696,7 @@ async fn a_table_deleted_behind_an_index_creation_leaves_none_of_the_index_behin
     // DeleteTable reads the table without the index (still queued) and queues its drop.
     let delete = tokio::spawn(handle("DeleteTable", json!({"TableName": "orders"})));
     crate::support::wait_for_queue_free(&engine, idle - 3).await;
-    release_tx.send(()).expect("the blocking job waits");
-    blocker.await.expect("blocker task").expect("blocking job");
+    held.release().await;
     create.await.expect("task").expect("UpdateTable");
     put.await.expect("task").expect("PutItem");
     delete.await.expect("task").expect("DeleteTable");

@@ -1,52 +1,10 @@
 //! Global secondary indexes with multi-attribute keys (several HASH and RANGE attributes), and
 //! data directories written before they existed.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use dynamo_protocol::ApiError;
 use redb::ReadableTable;
 use serde_json::{Value, json};
-use store::{Engine, Store, SystemClock};
 
-use crate::support::Calls;
-
-struct Opened {
-    store: Store,
-}
-
-impl Calls for Opened {
-    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
-        self.store.handle(operation, body.to_string().as_bytes()).await
-    }
-}
-
-/// Opens the data directory, waiting (bounded) for an engine dropped just before to let go of it.
-fn open(dir: &std::path::Path) -> Opened {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Engine::open(dir, "us-east-1", Arc::new(SystemClock)) {
-            Ok(engine) => {
-                return Opened {
-                    store: Store::new(engine),
-                };
-            }
-            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn open_raw(dir: &std::path::Path) -> redb::Database {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match redb::Database::open(dir.join("store.redb")) {
-            Ok(database) => return database,
-            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
+use crate::support::{Calls, open, open_raw};
 
 const CATALOG: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("catalog");
 

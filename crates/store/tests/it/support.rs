@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dynamo_protocol::ApiError;
 use serde_json::{Value, json};
 use store::engine::Clock;
-use store::{Engine, Store};
+use store::{Engine, Store, SystemClock};
 pub use testkit::on_demand_table;
 
 /// Where a [`ManualClock`] starts: a fixed time in 2027.
@@ -132,21 +132,7 @@ pub async fn wait_for_queue_free(engine: &Engine, free: usize) {
 /// `operation` queue up. Returns the operation's answer and the tags of `arn` afterwards.
 pub async fn run_behind_a_queued_tag(store: &Store, arn: &str, operation: &'static str, body: Value) -> (Value, Value) {
     let engine = store.engine().clone();
-    let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let blocker = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .write_exclusive(move |_| {
-                    let _ = inside_tx.send(());
-                    let _ = release_rx.recv();
-                    Ok(())
-                })
-                .await
-        }
-    });
-    inside_rx.await.expect("the blocking job ran");
+    let held = HeldWriter::hold(&engine).await;
     let idle = engine.write_queue_free();
     let handle = |operation: &'static str, body: Value| {
         let store = store.clone();
@@ -160,8 +146,7 @@ pub async fn run_behind_a_queued_tag(store: &Store, arn: &str, operation: &'stat
     // The operation reads the table (without the tag, still queued) and queues its write.
     let change = tokio::spawn(handle(operation, body));
     wait_for_queue_free(&engine, idle - 2).await;
-    release_tx.send(()).expect("the blocking job waits");
-    blocker.await.expect("blocker task").expect("blocking job");
+    held.release().await;
     tag.await.expect("tag task").expect("TagResource");
     let answer = match change.await.expect("operation task") {
         Ok(answer) => answer,
@@ -171,4 +156,77 @@ pub async fn run_behind_a_queued_tag(store: &Store, arn: &str, operation: &'stat
         .await
         .expect("ListTagsOfResource");
     (answer, tags["Tags"].clone())
+}
+
+/// A store opened on a data directory the test keeps (to reopen it, or read it raw).
+pub struct Opened {
+    pub store: Store,
+}
+
+impl Calls for Opened {
+    async fn call(&self, operation: &str, body: Value) -> Result<Value, ApiError> {
+        self.store.handle(operation, body.to_string().as_bytes()).await
+    }
+}
+
+/// Opens the data directory, waiting (bounded) for an engine dropped just before to let go of it.
+pub fn open(dir: &std::path::Path) -> Opened {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Engine::open(dir, "us-east-1", Arc::new(SystemClock)) {
+            Ok(engine) => {
+                return Opened {
+                    store: Store::new(engine),
+                };
+            }
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+pub fn open_raw(dir: &std::path::Path) -> redb::Database {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match redb::Database::open(dir.join("store.redb")) {
+            Ok(database) => return database,
+            Err(error) if Instant::now() > deadline => panic!("database still locked: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The writer held inside an exclusive job, so that jobs submitted meanwhile queue up in a
+/// known order behind it.
+pub struct HeldWriter {
+    release: std::sync::mpsc::Sender<()>,
+    job: tokio::task::JoinHandle<Result<(), ApiError>>,
+}
+
+impl HeldWriter {
+    /// Returns once the holding job runs.
+    pub async fn hold(engine: &Engine) -> HeldWriter {
+        let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let job = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                engine
+                    .write_exclusive(move |_| {
+                        let _ = inside_tx.send(());
+                        let _ = release_rx.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        inside_rx.await.expect("the holding job ran");
+        HeldWriter { release, job }
+    }
+
+    /// Lets the writer go on, and waits for the holding job's end.
+    pub async fn release(self) {
+        self.release.send(()).expect("the holding job waits");
+        self.job.await.expect("holding task").expect("holding job");
+    }
 }
