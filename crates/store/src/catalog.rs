@@ -172,6 +172,9 @@ pub struct IndexMeta {
     /// stored JSON then, so catalog entries keep their form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<SettingVersion>,
+    /// When a global index's provisioned throughput last changed here (DescribeTable's dates).
+    #[serde(default, skip_serializing_if = "ThroughputChanges::is_empty")]
+    pub throughput_changes: ThroughputChanges,
 }
 
 impl IndexMeta {
@@ -213,6 +216,74 @@ impl IndexMeta {
 pub struct Throughput {
     pub read: u64,
     pub write: u64,
+}
+
+/// When a table's (or a global index's) provisioned throughput last went up and last went
+/// down here, and the decreases of the UTC day of the last one: DescribeTable's
+/// `LastIncreaseDateTime`, `LastDecreaseDateTime` and `NumberOfDecreasesToday`. A switch to on
+/// demand counts as a decrease, from it as an increase (on demand reads as 0 units), as DynamoDB
+/// shows them. Empty (and left out of the stored JSON) until the first change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThroughputChanges {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_increase_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decrease_seconds: Option<f64>,
+    /// The UTC day (days since the epoch) of the last decrease, and the decreases on it.
+    #[serde(default)]
+    pub decreases_day: u64,
+    #[serde(default)]
+    pub decreases: u64,
+}
+
+/// Seconds in a UTC day.
+const DAY_SECONDS: f64 = 86_400.0;
+
+impl ThroughputChanges {
+    pub fn is_empty(&self) -> bool {
+        *self == ThroughputChanges::default()
+    }
+
+    /// Records a change from `before` to `after` (`None`: on demand) at `now_seconds`.
+    pub fn record(&mut self, before: Option<Throughput>, after: Option<Throughput>, now_seconds: f64) {
+        let zero = Throughput { read: 0, write: 0 };
+        let (before, after) = (before.unwrap_or(zero), after.unwrap_or(zero));
+        if after.read > before.read || after.write > before.write {
+            self.last_increase_seconds = Some(now_seconds);
+        }
+        if after.read < before.read || after.write < before.write {
+            self.last_decrease_seconds = Some(now_seconds);
+            let day = (now_seconds.max(0.0) / DAY_SECONDS) as u64;
+            if day != self.decreases_day {
+                self.decreases_day = day;
+                self.decreases = 0;
+            }
+            self.decreases += 1;
+        }
+    }
+
+    /// The decreases so far on the UTC day of `now_seconds`.
+    pub fn decreases_today(&self, now_seconds: f64) -> u64 {
+        let today = (now_seconds.max(0.0) / DAY_SECONDS) as u64;
+        if today == self.decreases_day { self.decreases } else { 0 }
+    }
+
+    /// Adds the dates and today's decreases to a `ProvisionedThroughput` description.
+    pub fn describe_into(&self, out: &mut Value, now_seconds: f64) {
+        let Some(out) = out.as_object_mut() else {
+            return;
+        };
+        if let Some(at) = self.last_increase_seconds {
+            out.insert("LastIncreaseDateTime".into(), json!(at));
+        }
+        if let Some(at) = self.last_decrease_seconds {
+            out.insert("LastDecreaseDateTime".into(), json!(at));
+        }
+        out.insert(
+            "NumberOfDecreasesToday".into(),
+            json!(self.decreases_today(now_seconds)),
+        );
+    }
 }
 
 /// The version of a change to a setting that follows a global table across its replicas (its
@@ -316,6 +387,9 @@ pub struct TableMeta {
     /// table then shows its creation time, as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pay_per_request_since_seconds: Option<f64>,
+    /// When its provisioned throughput last changed here (DescribeTable's dates).
+    #[serde(default, skip_serializing_if = "ThroughputChanges::is_empty")]
+    pub throughput_changes: ThroughputChanges,
     /// Global indexes deleted from a global table, each with the version of its delete
     /// (`IndexMeta::version`), so the delete follows the table across its replicas and a stale
     /// definition that still holds the index does not bring it back (`align_indexes`). One per
@@ -1165,6 +1239,7 @@ pub fn parse_global_index(
         )?,
         backfilling: false,
         version: None,
+        throughput_changes: ThroughputChanges::default(),
     })
 }
 
@@ -1223,6 +1298,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
             throughput: None,
             backfilling: false,
             version: None,
+            throughput_changes: ThroughputChanges::default(),
         });
     }
     for (i, index) in indexes.iter().enumerate() {
@@ -1279,6 +1355,7 @@ pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f6
         restore: None,
         pitr: None,
         pay_per_request_since_seconds: throughput.is_none().then_some(now_seconds),
+        throughput_changes: ThroughputChanges::default(),
         deleted_indexes: Vec::new(),
         capacity_version: None,
     })
@@ -1690,6 +1767,7 @@ mod tests {
             throughput: None,
             backfilling: false,
             version: version.map(|(hlc, region)| (hlc, region.to_string())),
+            throughput_changes: ThroughputChanges::default(),
         }
     }
 

@@ -67,6 +67,23 @@ pub(crate) fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
         &|index| engine.stats(meta.id, Some(index)),
         &unconfirmed,
     );
+    // The dates of the last throughput changes, and today's decreases (by the store's clock).
+    let now_seconds = engine.now_unix_ms() as f64 / 1000.0;
+    // (`get_mut`: indexing a JSON object mutably would add a null member where none is.)
+    if let Some(throughput) = description.get_mut("ProvisionedThroughput") {
+        meta.throughput_changes.describe_into(throughput, now_seconds);
+    }
+    for index in description
+        .get_mut("GlobalSecondaryIndexes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(held) = index["IndexName"].as_str().and_then(|name| meta.index(name)) {
+            held.throughput_changes
+                .describe_into(&mut index["ProvisionedThroughput"], now_seconds);
+        }
+    }
     if meta.is_global() {
         description["GlobalTableVersion"] = json!("2019.11.21");
         description["Replicas"] = match store.replication() {
@@ -602,8 +619,9 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     let mut description = describe(store, &result, "ACTIVE");
     // The index this call creates is answered as DynamoDB answers it: CREATING, in its first
     // phase (resources), Backfilling false; DescribeTable shows the copy under way after it.
-    for index in description["GlobalSecondaryIndexes"]
-        .as_array_mut()
+    for index in description
+        .get_mut("GlobalSecondaryIndexes")
+        .and_then(Value::as_array_mut)
         .into_iter()
         .flatten()
     {
@@ -620,7 +638,10 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
             .is_some_and(|all| all.iter().any(|i| i["IndexName"] == index.name.as_str()));
         if !listed {
             let entry = result.deleting_index_json(index, &region);
-            match description["GlobalSecondaryIndexes"].as_array_mut() {
+            match description
+                .get_mut("GlobalSecondaryIndexes")
+                .and_then(Value::as_array_mut)
+            {
                 Some(all) => all.push(entry),
                 None => description["GlobalSecondaryIndexes"] = json!([entry]),
             }
@@ -959,6 +980,20 @@ fn plan_update(
         |name: &str| next.key.is_key_attribute(name) || next.indexes.iter().any(|i| i.key.is_key_attribute(name));
     definitions.retain(|(name, _)| used(name));
     next.attribute_definitions = definitions;
+    // When the throughput went up or down (DescribeTable's LastIncrease/LastDecreaseDateTime).
+    if next.throughput != base.throughput {
+        next.throughput_changes
+            .record(base.throughput, next.throughput, now_seconds);
+    }
+    for index in &mut next.indexes {
+        if let Some(before) = base.index(&index.name)
+            && before.throughput != index.throughput
+        {
+            index
+                .throughput_changes
+                .record(before.throughput, index.throughput, now_seconds);
+        }
+    }
     // The capacity that follows a global table: a new version when it changed (above the one
     // held, which may be a peer's), or sent again when the same one is asked for again while
     // it is unconfirmed.
@@ -1709,6 +1744,60 @@ mod capacity_tests {
             &|followed| followed == Followed::Capacity && unconfirmed,
             |held| catalog::next_setting_version(held, tick, "us-east-1"),
         )
+    }
+
+    #[test]
+    fn throughput_changes_record_when_they_went_up_and_down() {
+        let base = provisioned();
+        let up = plan(
+            &base,
+            &request(json!({"ProvisionedThroughput": throughput(8, 10)})),
+            100.0,
+            1,
+            false,
+        )
+        .expect("valid")
+        .next;
+        assert_eq!(up.throughput_changes.last_increase_seconds, Some(100.0));
+        assert_eq!(up.throughput_changes.last_decrease_seconds, None);
+        let down = plan(
+            &up,
+            &request(json!({"ProvisionedThroughput": throughput(8, 2)})),
+            200.0,
+            2,
+            false,
+        )
+        .expect("valid")
+        .next;
+        assert_eq!(down.throughput_changes.last_increase_seconds, Some(100.0));
+        assert_eq!(down.throughput_changes.last_decrease_seconds, Some(200.0));
+        assert_eq!(down.throughput_changes.decreases_today(300.0), 1);
+        // A decrease on another UTC day starts the count again; the day after, none today.
+        let later = plan(
+            &down,
+            &request(json!({"BillingMode": "PAY_PER_REQUEST"})),
+            86_400.0 + 5.0,
+            3,
+            false,
+        )
+        .expect("valid")
+        .next;
+        assert_eq!(later.throughput_changes.decreases_today(86_400.0 + 6.0), 1);
+        assert_eq!(later.throughput_changes.decreases_today(2.0 * 86_400.0 + 1.0), 0);
+        // An index's own, by its Update; the table's untouched then.
+        let index = base.indexes[0].name.clone();
+        let indexed = plan(
+            &base,
+            &request(json!({"GlobalSecondaryIndexUpdates": [{"Update": {
+                "IndexName": index, "ProvisionedThroughput": throughput(9, 4)}}]})),
+            50.0,
+            4,
+            false,
+        )
+        .expect("valid")
+        .next;
+        assert_eq!(indexed.indexes[0].throughput_changes.last_increase_seconds, Some(50.0));
+        assert!(indexed.throughput_changes.is_empty());
     }
 
     #[test]

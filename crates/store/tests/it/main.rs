@@ -1107,3 +1107,52 @@ async fn new_items_with_a_key_given_twice_keep_the_later_item() {
         "one item per key in the table's counts"
     );
 }
+
+/// DescribeTable's ProvisionedThroughput says when the throughput last went up and down and how
+/// often it went down today, as DynamoDB's does; and UpdateTable's answer has no index list on
+/// a table without indexes (no null member).
+#[tokio::test]
+async fn throughput_changes_show_their_dates_and_answers_add_no_empty_members() {
+    let h = Harness::new();
+    h.ok(
+        "CreateTable",
+        json!({"TableName": "rates", "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+               "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+               "ProvisionedThroughput": {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}}),
+    )
+    .await;
+    let before = h.ok("DescribeTable", json!({"TableName": "rates"})).await;
+    let throughput = &before["Table"]["ProvisionedThroughput"];
+    assert!(throughput.get("LastIncreaseDateTime").is_none() && throughput.get("LastDecreaseDateTime").is_none());
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let raised = h
+        .ok(
+            "UpdateTable",
+            json!({"TableName": "rates", "ProvisionedThroughput": {"ReadCapacityUnits": 15, "WriteCapacityUnits": 15}}),
+        )
+        .await;
+    let description = &raised["TableDescription"];
+    assert!(description.get("GlobalSecondaryIndexes").is_none(), "{description}");
+    let increased = description["ProvisionedThroughput"]["LastIncreaseDateTime"]
+        .as_f64()
+        .expect("LastIncreaseDateTime");
+    assert!(increased >= sent - 5.0, "{increased} vs {sent}");
+    h.ok(
+        "UpdateTable",
+        json!({"TableName": "rates", "ProvisionedThroughput": {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}}),
+    )
+    .await;
+    let after = h.ok("DescribeTable", json!({"TableName": "rates"})).await;
+    let throughput = &after["Table"]["ProvisionedThroughput"];
+    assert_eq!(throughput["LastIncreaseDateTime"].as_f64(), Some(increased));
+    assert!(
+        throughput["LastDecreaseDateTime"]
+            .as_f64()
+            .expect("LastDecreaseDateTime")
+            >= increased
+    );
+    assert_eq!(throughput["NumberOfDecreasesToday"], 1);
+}
