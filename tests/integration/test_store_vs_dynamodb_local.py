@@ -285,6 +285,13 @@ def align_table(ours, theirs):
             if wanted and "ProvisionedThroughput" in local:
                 local["ProvisionedThroughput"] = {"NumberOfDecreasesToday": wanted.get("NumberOfDecreasesToday"),
                                                   **local["ProvisionedThroughput"]}
+                # DynamoDB Local never stamps an index's throughput changes (not even at the
+                # epoch, as it does the table's); DynamoDB describes them as the table's
+                # (ProvisionedThroughputDescription). The store's own are unit-tested
+                # (`throughput_changes_record_when_they_went_up_and_down`).
+                for stamp in ("LastIncreaseDateTime", "LastDecreaseDateTime"):
+                    if stamp in wanted and stamp not in local["ProvisionedThroughput"]:
+                        local["ProvisionedThroughput"][stamp] = wanted[stamp]
             indexes.append(local)
         theirs["GlobalSecondaryIndexes"] = indexes
     return theirs
