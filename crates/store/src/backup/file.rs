@@ -114,6 +114,8 @@ pub enum ReadError {
     RecordTooLarge(usize),
     #[error("the file ends in the middle of a record")]
     Truncated,
+    #[error("the file holds {length} bytes where the backup recorded {file_bytes}")]
+    Length { length: u64, file_bytes: u64 },
     #[error("item {index} does not decode: {message}")]
     BadItem { index: u64, message: String },
 }
@@ -181,6 +183,19 @@ fn truncated(error: std::io::Error) -> ReadError {
         ReadError::Truncated
     } else {
         ReadError::Io(error)
+    }
+}
+
+/// Checks, without reading the records, that an items file starts with the format's magic line
+/// and is `file_bytes` long (what its description recorded): a missing, cut, grown or replaced
+/// file is found at once; damage inside needs [`verify`] or a whole read.
+pub fn check_frame(path: &Path, file_bytes: u64) -> Result<(), ReadError> {
+    Reader::open(path)?;
+    let length = std::fs::metadata(path)?.len();
+    if length == file_bytes {
+        Ok(())
+    } else {
+        Err(ReadError::Length { length, file_bytes })
     }
 }
 
@@ -253,5 +268,47 @@ mod tests {
         assert!(matches!(verify(&path), Err(ReadError::RecordTooLarge(_))));
         std::fs::write(&path, b"not a backup").expect("write");
         assert!(matches!(verify(&path), Err(ReadError::NotABackup)));
+    }
+
+    #[test]
+    fn the_frame_check_finds_a_missing_cut_grown_or_foreign_file_without_reading_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.items");
+        let mut writer = Writer::create(&path).expect("create");
+        for n in 0..10 {
+            writer.item(&item(n)).expect("write");
+        }
+        let written = writer.finish().expect("finish");
+        check_frame(&path, written.file_bytes).expect("the file as written");
+        let bytes = std::fs::read(&path).expect("read");
+        // A flipped byte inside keeps the frame: only a whole read finds it.
+        let mut flipped = bytes.clone();
+        let at = bytes.len() - 5;
+        flipped[at] ^= 0x01;
+        std::fs::write(&path, &flipped).expect("write");
+        check_frame(&path, written.file_bytes).expect("same size and magic line");
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).expect("write");
+        match check_frame(&path, written.file_bytes) {
+            Err(ReadError::Length { length, file_bytes }) => {
+                assert_eq!((length, file_bytes), (written.file_bytes - 1, written.file_bytes))
+            }
+            other => panic!("a cut file: {other:?}"),
+        }
+        let mut grown = bytes.clone();
+        grown.push(0);
+        std::fs::write(&path, &grown).expect("write");
+        assert!(matches!(
+            check_frame(&path, written.file_bytes),
+            Err(ReadError::Length { .. })
+        ));
+        let mut foreign = bytes.clone();
+        foreign[0] ^= 0x01;
+        std::fs::write(&path, &foreign).expect("write");
+        assert!(matches!(
+            check_frame(&path, written.file_bytes),
+            Err(ReadError::NotABackup)
+        ));
+        std::fs::remove_file(&path).expect("remove");
+        assert!(matches!(check_frame(&path, written.file_bytes), Err(ReadError::Io(_))));
     }
 }

@@ -9,7 +9,8 @@
 //! name, synced and renamed, the description last: a backup exists exactly when its `ID.json`
 //! does, and a crash mid-way leaves only `.partial` files, removed at the next start.
 //!
-//! A restore checks the file against its checksum before it answers, creates the target table
+//! A restore checks the file against its checksum before it answers (a file over
+//! [`RESTORE_CHECK_BEFORE_ANSWER_BYTES_MAX`]: its size and format only), creates the target table
 //! CREATING (item operations on it get ResourceNotFoundException, as DynamoDB answers for a
 //! table that is not ACTIVE), copies the items in bounded batches through the writer, checks
 //! the checksum again over what it copied, then makes the table ACTIVE. A restore interrupted
@@ -25,6 +26,7 @@ mod pitr;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dynamo_protocol::{ApiError, ErrorKind, Item};
@@ -56,6 +58,13 @@ pub const RESTORE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// many bytes, and stops while this much room is left above the disk watermark, so it never
 /// takes the room the store's own writes are kept.
 pub const BACKUP_ROOM_CHECK_BYTES: u64 = 4 << 20;
+/// A restore reads a backup's items file whole (every record decoded, the SHA-256 compared)
+/// before it answers only when the file is at most this large: a few seconds of reading. A
+/// larger backup is checked as it is copied in, so RestoreTableFromBackup answers at once
+/// instead of after minutes (past the SDKs' 60 s read timeout, whose retry would then find the
+/// target TableInUse); damage found midway fails the restore and drops the half-restored table.
+/// The file's size and format are checked before answering either way.
+pub const RESTORE_CHECK_BEFORE_ANSWER_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Version of the description file's format.
 const FORMAT_VERSION: u32 = 1;
 /// Shortest and longest BackupArn botocore's model accepts.
@@ -191,6 +200,8 @@ pub struct BackupStatus {
 pub struct Backups {
     dir: PathBuf,
     state: Mutex<State>,
+    /// [`RESTORE_CHECK_BEFORE_ANSWER_BYTES_MAX`] unless a test lowered it.
+    check_before_answer_bytes_max: AtomicU64,
 }
 
 /// Marks a backup as read by a restore while alive.
@@ -216,7 +227,14 @@ impl Backups {
         Backups {
             dir,
             state: Mutex::new(State::default()),
+            check_before_answer_bytes_max: AtomicU64::new(RESTORE_CHECK_BEFORE_ANSWER_BYTES_MAX),
         }
+    }
+
+    /// Sets the largest items file a restore reads whole before it answers (tests: a large
+    /// backup without writing 256 MiB).
+    pub fn set_check_before_answer_bytes_max(&self, bytes: u64) {
+        self.check_before_answer_bytes_max.store(bytes, Ordering::Relaxed);
     }
 
     pub fn dir(&self) -> &Path {
@@ -1151,13 +1169,27 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
     let create = restored_table_request(&backup.table, &request.target_table_name, &request.overrides)?;
     catalog::table_from_request(&create, 0, now)?;
     check_restore_room(store.engine(), &request.target_table_name, backup.size_bytes)?;
-    // The backup is checked whole before the table exists: a damaged backup is refused here.
+    // The backup is checked before the table exists: a missing, cut or replaced items file is
+    // refused here, and a damaged one too while it is small enough to read before answering
+    // (a larger one is checked as it is copied in, `copy_items`).
     let in_use = backups.take_for_restore(&id)?;
     let items = backups.items_path(&id);
-    let summary = tokio::task::spawn_blocking(move || file::verify(&items))
-        .await
-        .map_err(|e| ApiError::internal(format!("Internal server error: the backup check stopped: {e}")))?;
-    check_summary(&backup, summary)?;
+    let read_whole = backup.file_bytes <= backups.check_before_answer_bytes_max.load(Ordering::Relaxed);
+    let checked = backup.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        if read_whole {
+            file::verify(&items).map(Some)
+        } else {
+            file::check_frame(&items, checked.file_bytes).map(|()| None)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("Internal server error: the backup check stopped: {e}")))?;
+    match summary {
+        Ok(Some(summary)) => check_summary(&backup, Ok(summary))?,
+        Ok(None) => {}
+        Err(error) => return Err(damaged(&backup, error)),
+    }
     let restore = RestoreSummary {
         source_backup_arn: backup.arn.clone(),
         source_table_arn: backup.table_arn.clone(),
@@ -1178,20 +1210,25 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
 
 /// Compares what was read from an items file with what its description promises.
 fn check_summary(backup: &BackupMeta, read: Result<file::Summary, file::ReadError>) -> Result<(), ApiError> {
-    let damaged = |detail: String| {
-        ApiError::validation(format!(
-            "Backup {} is damaged and cannot be restored: {detail}. Restore another backup of table {}",
-            backup.arn, backup.table.name
-        ))
-    };
-    let summary = read.map_err(|error| damaged(error.to_string()))?;
+    let summary = read.map_err(|error| damaged(backup, error))?;
     if summary.sha256 != backup.sha256 || summary.item_count != backup.item_count {
-        return Err(damaged(format!(
-            "its items file has SHA-256 {} and {} items where the backup recorded {} and {}",
-            summary.sha256, summary.item_count, backup.sha256, backup.item_count
-        )));
+        return Err(damaged(
+            backup,
+            format!(
+                "its items file has SHA-256 {} and {} items where the backup recorded {} and {}",
+                summary.sha256, summary.item_count, backup.sha256, backup.item_count
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Why `backup` cannot be restored: `detail` found in its items file.
+fn damaged(backup: &BackupMeta, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::validation(format!(
+        "Backup {} is damaged and cannot be restored: {detail}. Restore another backup of table {}",
+        backup.arn, backup.table.name
+    ))
 }
 
 /// Copies a backup's items into the CREATING table `meta` in the background, then makes it
@@ -1251,18 +1288,15 @@ fn copy_items(
     meta: &TableMeta,
 ) -> Result<u64, ApiError> {
     let path = backups.items_path(&backup.id);
-    let mut reader =
-        file::Reader::open(&path).map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+    // What cannot be read is damage, named as the check before the answer names it.
+    let mut reader = file::Reader::open(&path).map_err(|error| damaged(backup, error))?;
     let table = Arc::new(meta.clone());
     let mut copied = 0u64;
     loop {
         let mut batch: Vec<Item> = Vec::new();
         let mut bytes = 0;
         while batch.len() < RESTORE_BATCH_ITEMS_MAX && bytes < RESTORE_BATCH_BYTES_MAX {
-            let Some(item) = reader
-                .next_item()
-                .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
-            else {
+            let Some(item) = reader.next_item().map_err(|error| damaged(backup, error))? else {
                 break;
             };
             bytes += dynamo_protocol::value::item_size_bytes(&item);

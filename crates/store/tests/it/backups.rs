@@ -182,6 +182,73 @@ async fn an_interrupted_restore_is_resumed_and_its_table_refuses_items_until_act
     .await;
 }
 
+/// A backup over the bound a restore reads before answering (lowered here to 0 bytes, as for a
+/// backup of several hundred MiB): the restore answers CREATING at once, a sound backup comes
+/// in whole, damage inside is found by the copy (the half-restored table dropped, the failure
+/// counted for `/health`), and a cut file is still refused before anything is created.
+#[tokio::test]
+async fn a_backup_too_large_to_read_before_answering_is_checked_as_it_is_copied_in() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
+    let store = Store::new(engine.clone());
+    let arn = backed_up_table(&store, 50).await;
+    store.backups().set_check_before_answer_bytes_max(0);
+    let restore = async |target: &str| {
+        call(
+            &store,
+            "RestoreTableFromBackup",
+            json!({"TargetTableName": target, "BackupArn": arn}),
+        )
+        .await
+    };
+    let gone = async |target: &str| {
+        call(&store, "DescribeTable", json!({"TableName": target}))
+            .await
+            .is_err_and(|error| error.kind == ErrorKind::ResourceNotFound)
+    };
+
+    let answered = restore("whole").await.expect("a sound backup");
+    assert_eq!(answered["TableDescription"]["TableStatus"], "CREATING");
+    wait_until("restore ACTIVE", async || {
+        ok(&store, "DescribeTable", json!({"TableName": "whole"})).await["Table"]["TableStatus"] == "ACTIVE"
+    })
+    .await;
+    assert_eq!(ok(&store, "Scan", json!({"TableName": "whole"})).await["Count"], 50);
+    assert_eq!(store.backups().status().restores_failed_total, 0);
+
+    let backup_id = arn.rsplit('/').next().expect("backup id");
+    let items = engine.backup_dir().join(format!("{backup_id}.items"));
+    let sound = std::fs::read(&items).expect("items file");
+    let mut flipped = sound.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x20;
+    std::fs::write(&items, &flipped).expect("damage the items file");
+    let answered = restore("damaged").await.expect("same size and format: answered");
+    assert_eq!(answered["TableDescription"]["TableStatus"], "CREATING");
+    wait_until("the damaged restore dropped", async || gone("damaged").await).await;
+    let status = store.backups().status();
+    assert_eq!(status.restores_failed_total, 1);
+    let failure = status.last_restore_failure.expect("the failure's reason");
+    assert!(
+        failure.contains("damaged") && failure.contains("table damaged"),
+        "{failure}"
+    );
+
+    std::fs::write(&items, &sound[..sound.len() - 1]).expect("cut the items file");
+    let refused = restore("cut").await.expect_err("a cut file");
+    assert_eq!(refused.kind, ErrorKind::Validation, "{refused}");
+    assert!(
+        refused.message.contains("damaged") && refused.message.contains("bytes where the backup recorded"),
+        "{refused}"
+    );
+    assert!(gone("cut").await, "nothing created for a refused restore");
+    assert_eq!(
+        ok(&store, "Scan", json!({"TableName": "source"})).await["Count"],
+        50,
+        "the source untouched"
+    );
+}
+
 #[tokio::test]
 async fn recovery_removes_half_written_backup_files() {
     let dir = tempfile::tempdir().expect("temporary directory");
