@@ -1731,8 +1731,8 @@ pub fn index_entry_key(hash: KeyHash, index: &IndexMeta, item: &Item, item_key: 
 /// `None` when the item has no entry in the index: an attribute is missing, or is an *index key
 /// violation* (DynamoDB's term: the wrong type, an empty string or binary, or over
 /// `limit_bytes`, alone or together with the group's other values). Writes refuse violations
-/// once the index exists, so only items older than the index (skipped by the backfill, as
-/// DynamoDB skips them) or replicated from elsewhere carry one.
+/// once the index is ACTIVE, so only items older than the index or written while it filled
+/// (both left out, as DynamoDB leaves them out) or replicated from elsewhere carry one.
 fn index_key_values<'i, 'a>(
     item: &'i Item,
     attributes: impl Iterator<Item = &'a catalog::KeyAttribute>,

@@ -1,6 +1,7 @@
 //! Online backfill of a global secondary index created by UpdateTable, and of the TTL index
 //! when TTL is enabled on a table with items: the index is live for
-//! writes at once (every write maintains it, and its key types are enforced), and the items
+//! writes at once (every write maintains it; a write violating its key is taken and left out of
+//! it until it is ACTIVE, then refused, as DynamoDB documents), and the items
 //! that were there before are copied into it in bounded jobs, so a table of any size never
 //! holds the writer for longer than one job. Reads of the index are refused until it is
 //! filled, as DynamoDB refuses them ("Cannot read from backfilling global secondary index").

@@ -113,7 +113,7 @@ async fn expected_entries(h: &Opened) -> Vec<(String, String)> {
     out
 }
 
-async fn step(h: &Opened) -> BackfillStep {
+pub(crate) async fn step(h: &Opened) -> BackfillStep {
     let engine = h.store.engine().clone();
     let table = engine.table("orders").expect("table");
     engine
@@ -454,7 +454,7 @@ fn by_shop_total() -> Value {
 }
 
 /// Every item of `table`, by a paginated Scan (of `index` when given), sorted by id.
-async fn scan_all(h: &Opened, table: &str, index: Option<&str>) -> Vec<Value> {
+pub(crate) async fn scan_all(h: &Opened, table: &str, index: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
     let mut start: Option<Value> = None;
     loop {

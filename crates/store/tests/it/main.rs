@@ -888,6 +888,7 @@ mod crash;
 mod disk;
 mod global;
 mod index_backfill;
+mod index_backfill_lifecycle;
 mod multi_key;
 mod pitr;
 mod replication_fuzz;
