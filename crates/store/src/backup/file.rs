@@ -218,15 +218,20 @@ mod tests {
         item
     }
 
+    /// Writes `count` items to `path`; the writer's summary.
+    fn written(path: &Path, count: u64) -> Summary {
+        let mut writer = Writer::create(path).expect("create");
+        for n in 0..count {
+            writer.item(&item(n)).expect("write");
+        }
+        writer.finish().expect("finish")
+    }
+
     #[test]
     fn round_trip_keeps_items_and_checksum() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("b.items");
-        let mut writer = Writer::create(&path).expect("create");
-        for n in 0..100 {
-            writer.item(&item(n)).expect("write");
-        }
-        let written = writer.finish().expect("finish");
+        let written = written(&path, 100);
         assert_eq!(written.item_count, 100);
         assert_eq!(written.file_bytes, std::fs::metadata(&path).expect("meta").len());
         let mut reader = Reader::open(&path).expect("open");
@@ -242,11 +247,7 @@ mod tests {
     fn damage_is_found() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("b.items");
-        let mut writer = Writer::create(&path).expect("create");
-        for n in 0..10 {
-            writer.item(&item(n)).expect("write");
-        }
-        let written = writer.finish().expect("finish");
+        let written = written(&path, 10);
         let bytes = std::fs::read(&path).expect("read");
         // A flipped byte inside an item: the checksum differs (or the item no longer decodes).
         let mut flipped = bytes.clone();
@@ -274,11 +275,7 @@ mod tests {
     fn the_frame_check_finds_a_missing_cut_grown_or_foreign_file_without_reading_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("b.items");
-        let mut writer = Writer::create(&path).expect("create");
-        for n in 0..10 {
-            writer.item(&item(n)).expect("write");
-        }
-        let written = writer.finish().expect("finish");
+        let written = written(&path, 10);
         check_frame(&path, written.file_bytes).expect("the file as written");
         let bytes = std::fs::read(&path).expect("read");
         // A flipped byte inside keeps the frame: only a whole read finds it.

@@ -95,14 +95,21 @@ async fn compare_to_reference(h: &Opened, table: &str, projection: &str) {
     assert!(a.get("Backfilling").is_none(), "{a}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_index_deleted_and_created_again_mid_fill_under_writes_starts_afresh_and_ends_whole() {
-    let dir = tempfile::tempdir().expect("dir");
-    let h = open(dir.path());
+/// A store whose table `orders` holds [`ITEMS`] items and whose index `by_shop` (ALL) has had
+/// one backfill job.
+async fn mid_fill(dir: &std::path::Path) -> Opened {
+    let h = open(dir);
     make_table(&h, "orders", None).await;
     fill(&h, "orders", |_| None).await;
     h.ok("UpdateTable", create_index("orders", "ALL")).await;
     assert!(matches!(step(&h).await, BackfillStep::Copied(_)));
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_deleted_and_created_again_mid_fill_under_writes_starts_afresh_and_ends_whole() {
+    let dir = tempfile::tempdir().expect("dir");
+    let h = mid_fill(dir.path()).await;
     for n in (0..ITEMS).step_by(5) {
         h.ok("PutItem", json!({"TableName": "orders", "Item": {"id": {"S": format!("order-{n:05}")}, "shop": {"S": "moved"}, "x": {"S": "y"}}})).await;
     }
@@ -180,11 +187,7 @@ async fn items_expired_by_ttl_mid_fill_leave_the_index_as_if_never_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_mid_fill_restores_its_index_active_and_whole_while_the_source_fill_finishes() {
     let dir = tempfile::tempdir().expect("dir");
-    let h = open(dir.path());
-    make_table(&h, "orders", None).await;
-    fill(&h, "orders", |_| None).await;
-    h.ok("UpdateTable", create_index("orders", "ALL")).await;
-    assert!(matches!(step(&h).await, BackfillStep::Copied(_)));
+    let h = mid_fill(dir.path()).await;
     let created = h
         .ok("CreateBackup", json!({"TableName": "orders", "BackupName": "bkp"}))
         .await;
