@@ -297,11 +297,29 @@ pub fn setting_version(version: Option<&SettingVersion>) -> Option<replication::
     version.map(|(hlc, region)| replication::Version::new(replication::Hlc(*hlc), region.clone()))
 }
 
+/// A replica's throughput after a peer's capacity (`theirs`) is taken: on demand as the peer
+/// is, else the peer's write units with this replica's own read units (the peer's where this
+/// one had none), as DynamoDB global tables keep write capacity the same in every replica.
+fn follow_write(theirs: Option<Throughput>, ours: Option<Throughput>) -> Option<Throughput> {
+    match (theirs, ours) {
+        (None, _) => None,
+        (Some(theirs), None) => Some(theirs),
+        (Some(theirs), Some(ours)) => Some(Throughput {
+            read: ours.read,
+            write: theirs.write,
+        }),
+    }
+}
+
 /// The version of a change made now in `region` (`tick`: a fresh stamp of its clock) to a
 /// setting whose held version is `held`: above it, so it replaces it in every replica also when
 /// `held` is a peer's, stamped by a clock ahead of this one.
 pub fn next_setting_version(held: Option<&SettingVersion>, tick: u64, region: &str) -> SettingVersion {
-    (tick.max(held.map_or(0, |(hlc, _)| hlc + 1)), region.to_string())
+    // Saturating: a peer's version is input from the network.
+    (
+        tick.max(held.map_or(0, |(hlc, _)| hlc.saturating_add(1))),
+        region.to_string(),
+    )
 }
 
 /// Whether a setting at `version` is a change made here that some replica has not confirmed:
@@ -564,50 +582,48 @@ impl TableMeta {
     /// and of each global index both hold; one only this replica holds keeps its own); read
     /// capacity stays this replica's own where it has one, and is the peer's where this replica
     /// had none (it was on demand), as DynamoDB uses the source table's read capacity unless a
-    /// replica overrides it. On demand, the global indexes have no provisioned throughput.
-    /// BillingModeSummary's LastUpdateToPayPerRequestDateTime stays the latest the two know of
-    /// (this replica's creation when it was on demand until now).
+    /// replica overrides it. BillingModeSummary's LastUpdateToPayPerRequestDateTime becomes the
+    /// peer's. Whether taken or not, an on-demand table's global indexes have no provisioned
+    /// throughput (an index a peer created while provisioned included) and a provisioned
+    /// table's have some (the table's, for one created on demand elsewhere), so replicas holding
+    /// one capacity version describe the same capacity.
     pub fn align_capacity(&mut self, incoming: &TableMeta) -> bool {
         let held = setting_version(self.capacity_version.as_ref());
         let theirs = setting_version(incoming.capacity_version.as_ref());
-        if !replication::receive::setting_applies(theirs.as_ref(), held.as_ref(), false) {
-            return false;
+        let taken = replication::receive::setting_applies(theirs.as_ref(), held.as_ref(), false);
+        if taken {
+            // The winner's date, whole: a losing switch to on demand leaves no date behind, and
+            // every replica holding one version shows one date.
+            self.pay_per_request_since_seconds = incoming
+                .pay_per_request_since_seconds
+                .or_else(|| incoming.throughput.is_none().then_some(incoming.created_at_seconds));
+            self.throughput = follow_write(incoming.throughput, self.throughput);
         }
-        let follow = |theirs: Option<Throughput>, ours: Option<Throughput>| match (theirs, ours) {
-            (None, _) => None,
-            (Some(theirs), None) => Some(theirs),
-            (Some(theirs), Some(ours)) => Some(Throughput {
-                read: ours.read,
-                write: theirs.write,
-            }),
-        };
-        let on_demand_since = self
-            .throughput
-            .is_none()
-            .then(|| self.pay_per_request_since_seconds.unwrap_or(self.created_at_seconds));
-        self.pay_per_request_since_seconds = [
-            self.pay_per_request_since_seconds,
-            on_demand_since,
-            incoming.pay_per_request_since_seconds,
-        ]
-        .into_iter()
-        .flatten()
-        .reduce(f64::max);
-        self.throughput = follow(incoming.throughput, self.throughput);
+        let table = self.throughput;
         for index in self.indexes.iter_mut().filter(|i| i.kind == IndexKind::Global) {
             let peer = incoming
                 .indexes
                 .iter()
                 .find(|i| i.name == index.name && i.kind == IndexKind::Global);
-            index.throughput = match (self.throughput, peer) {
-                // An on-demand table's indexes have no provisioned throughput.
-                (None, _) => None,
-                (Some(_), Some(peer)) => follow(peer.throughput, index.throughput),
-                (Some(_), None) => index.throughput,
+            index.throughput = match table {
+                // An on-demand table's indexes have no provisioned throughput, also one a
+                // peer's definition brought with units while its table was provisioned there.
+                None => None,
+                Some(table) => {
+                    let followed = match peer {
+                        Some(peer) if taken => follow_write(peer.throughput, index.throughput),
+                        _ => index.throughput,
+                    };
+                    // A provisioned table's index made while the table was on demand
+                    // elsewhere: the table's units, the same in every replica of this version.
+                    followed.or(Some(table))
+                }
             };
         }
-        self.capacity_version = incoming.capacity_version.clone();
-        true
+        if taken {
+            self.capacity_version = incoming.capacity_version.clone();
+        }
+        taken
     }
 
     /// The global indexes this replica holds after taking those of a peer's definition
@@ -656,6 +672,13 @@ impl TableMeta {
             out.deleted_indexes.retain(|i| i.name != name);
             match (live_here, live_there) {
                 (Some(at), Some(index)) if out.indexes[at].same_definition(index) => {
+                    // The same index created again there (deleted and created while this
+                    // replica was away) sets its write units, unless a capacity change here is
+                    // newer than that creation (then the peer takes this one's units with it).
+                    let capacity_here = setting_version(self.capacity_version.as_ref());
+                    if replication::receive::setting_applies(theirs.as_ref(), capacity_here.as_ref(), false) {
+                        out.indexes[at].throughput = follow_write(index.throughput, out.indexes[at].throughput);
+                    }
                     out.indexes[at].version = index.version.clone();
                 }
                 (Some(at), Some(index)) => {
@@ -2077,15 +2100,83 @@ mod tests {
             south.billing_mode_summary(),
             Some(json!({"BillingMode": "PROVISIONED", "LastUpdateToPayPerRequestDateTime": 500.0}))
         );
-        // A replica on demand since its creation (an older catalog: no date kept) that becomes
-        // provisioned shows its creation as when it was last on demand.
+        // A replica on demand since its creation (an older catalog: no date kept) that takes
+        // the capacity of a peer never on demand shows what the peer shows: no date. (A region
+        // that switches to provisioned keeps its date, its creation's when it had none, so a
+        // winner that was on demand carries one.)
         let mut old = with_capacity(None, None, None);
         old.pay_per_request_since_seconds = None;
-        assert!(old.align_capacity(&with_capacity(Some((1, 1)), Some((1, 1)), Some((5, "us-east-1")))));
+        let never = with_capacity(Some((1, 1)), Some((1, 1)), Some((5, "us-east-1")));
+        assert!(old.align_capacity(&never));
+        assert_eq!(old.billing_mode_summary(), never.billing_mode_summary());
+        assert_eq!(old.billing_mode_summary(), None);
+    }
+
+    /// East switched to on demand (capacity version 20) while south, which had not received
+    /// it, created global index by_shop at 5/5: both end with the same capacity, the index
+    /// without provisioned throughput in both (east took it with units, then left them out).
+    #[test]
+    fn a_peers_provisioned_index_taken_by_an_on_demand_replica_has_no_units_there_either() {
+        let east = with_capacity(None, None, Some((20, "us-east-1")));
+        let mut south = with_capacity(Some((5, 5)), Some((5, 5)), None);
+        let mut shop = global_index("by_shop", "shop", Some((30, "ap-south-1")));
+        shop.throughput = units(5, 5);
+        south.attribute_definitions.push(("shop".into(), KeyType::S));
+        south.indexes.push(shop);
+        let (mut east_after, _) = take(&east, &south);
+        assert!(!east_after.align_capacity(&south), "east's capacity is newer");
+        let (mut south_after, _) = take(&south, &east);
+        assert!(south_after.align_capacity(&east));
+        let shop_of = |t: &TableMeta| t.index("by_shop").expect("by_shop").throughput;
+        assert_eq!((shop_of(&east_after), shop_of(&south_after)), (None, None));
+        assert_eq!(east_after.capacity_version, south_after.capacity_version);
+        assert_eq!(east_after.follows_capacity(), south_after.follows_capacity());
+    }
+
+    /// East raised its write capacity (version 10, never on demand) while south switched to on
+    /// demand at 500 (version 9): east wins in both, and south keeps no date of its lost switch.
+    #[test]
+    fn a_lost_switch_to_on_demand_leaves_no_date_behind() {
+        let mut east = with_capacity(Some((5, 20)), Some((3, 20)), Some((10, "us-east-1")));
+        east.pay_per_request_since_seconds = None;
+        let mut south = with_capacity(None, None, Some((9, "ap-south-1")));
+        south.pay_per_request_since_seconds = Some(500.0);
+        let mut east_after = east.clone();
+        assert!(!east_after.align_capacity(&south));
+        assert!(south.align_capacity(&east));
+        assert_eq!(east_after.follows_capacity(), south.follows_capacity());
+        assert_eq!(east_after.billing_mode_summary(), south.billing_mode_summary());
+        assert_eq!(south.billing_mode_summary(), None);
+    }
+
+    /// South holds by_day at 5/5 (created at version 1). East deleted it and created it again,
+    /// same key and projection, at 5/10 (version 40) while south was away: south takes the new
+    /// write units with the new creation; a capacity change in south newer than that creation
+    /// keeps south's (east then takes them with south's capacity).
+    #[test]
+    fn an_index_created_again_with_the_same_key_brings_its_write_units() {
+        let mut south = with_capacity(Some((5, 5)), Some((5, 5)), None);
+        south.indexes[0].version = Some((1, "us-east-1".into()));
+        let mut east = with_capacity(Some((5, 5)), Some((5, 10)), None);
+        east.indexes[0].version = Some((40, "us-east-1".into()));
+        let (mut south_after, _) = take(&south, &east);
+        assert!(!south_after.align_capacity(&east));
+        assert_eq!(south_after.indexes[0].version, east.indexes[0].version);
+        assert_eq!(south_after.indexes[0].throughput, units(5, 10));
+        assert_eq!(east.follows_capacity(), south_after.follows_capacity());
+
+        let mut south = with_capacity(Some((5, 5)), Some((5, 7)), Some((50, "ap-south-1")));
+        south.indexes[0].version = Some((1, "us-east-1".into()));
+        let (mut south_after, _) = take(&south, &east);
+        assert!(!south_after.align_capacity(&east));
         assert_eq!(
-            old.billing_mode_summary(),
-            Some(json!({"BillingMode": "PROVISIONED", "LastUpdateToPayPerRequestDateTime": old.created_at_seconds}))
+            south_after.indexes[0].throughput,
+            units(5, 7),
+            "south's newer capacity change"
         );
+        let (mut east_after, _) = take(&east, &south_after);
+        assert!(east_after.align_capacity(&south_after));
+        assert_eq!(east_after.follows_capacity(), south_after.follows_capacity());
     }
 
     #[test]
