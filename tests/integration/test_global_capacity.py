@@ -75,9 +75,13 @@ def test_billing_mode_and_write_capacity_follow_in_every_region_and_reads_stay_e
         assert capacity(east)[2] == (20, 7)
         assert capacity(south)[2] == (5, 7)
         # Write capacity follows; each region keeps its own reads.
+        before = table_in(south, TABLE)["ProvisionedThroughput"]
         east.client().update_table(TableName=TABLE, ProvisionedThroughput=units(20, 9))
         assert capacity(east)[2] == (20, 9)
         assert capacity(south)[2] == (5, 9)
+        # South records the increase it took, as for one asked for there.
+        after = table_in(south, TABLE)["ProvisionedThroughput"]
+        assert after["LastIncreaseDateTime"] > before.get("LastIncreaseDateTime", 0), (before, after)
         # So does a global index's.
         east.client().update_table(TableName=TABLE, GlobalSecondaryIndexUpdates=[
             {"Update": {"IndexName": INDEX, "ProvisionedThroughput": units(5, 11)}}])

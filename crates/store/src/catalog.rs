@@ -575,6 +575,26 @@ impl TableMeta {
                 .any(|(name, write)| after.index_writes.get(name).is_some_and(|w| w != write))
     }
 
+    /// Records in [`ThroughputChanges`] how the table's and each index's provisioned throughput
+    /// went from `before` to this definition at `now_seconds` (DescribeTable's
+    /// LastIncrease/LastDecreaseDateTime and NumberOfDecreasesToday): for a change asked for
+    /// here and for one taken from a peer alike.
+    pub fn record_throughput_changes(&mut self, before: &TableMeta, now_seconds: f64) {
+        if self.throughput != before.throughput {
+            self.throughput_changes
+                .record(before.throughput, self.throughput, now_seconds);
+        }
+        for index in &mut self.indexes {
+            if let Some(was) = before.index(&index.name)
+                && was.throughput != index.throughput
+            {
+                index
+                    .throughput_changes
+                    .record(was.throughput, index.throughput, now_seconds);
+            }
+        }
+    }
+
     /// Takes the capacity of a peer's definition (`incoming`) when its version is newer than
     /// the one held by `replication::receive::setting_applies` (last writer wins; a stale,
     /// repeated or unversioned definition, a previous build's, changes nothing). Returns whether

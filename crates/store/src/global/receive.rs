@@ -332,6 +332,8 @@ impl Replication {
                         if next.align_capacity(&table) {
                             tracing::info!(source = %job_source, table = %table.name, throughput = ?next.throughput, "billing mode and write capacity changed by a peer");
                         }
+                        // When this replica's throughput went up or down, as for a local change.
+                        next.record_throughput_changes(&existing, made_ms as f64 / 1000.0);
                         let ttl = next.ttl.clone();
                         let index_versions = next.index_versions();
                         let capacity = next.capacity_version.clone();

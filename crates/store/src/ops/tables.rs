@@ -981,19 +981,7 @@ fn plan_update(
     definitions.retain(|(name, _)| used(name));
     next.attribute_definitions = definitions;
     // When the throughput went up or down (DescribeTable's LastIncrease/LastDecreaseDateTime).
-    if next.throughput != base.throughput {
-        next.throughput_changes
-            .record(base.throughput, next.throughput, now_seconds);
-    }
-    for index in &mut next.indexes {
-        if let Some(before) = base.index(&index.name)
-            && before.throughput != index.throughput
-        {
-            index
-                .throughput_changes
-                .record(before.throughput, index.throughput, now_seconds);
-        }
-    }
+    next.record_throughput_changes(base, now_seconds);
     // The capacity that follows a global table: a new version when it changed (above the one
     // held, which may be a peer's), or sent again when the same one is asked for again while
     // it is unconfirmed.
