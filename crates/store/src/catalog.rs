@@ -557,7 +557,7 @@ impl TableMeta {
                 .indexes
                 .iter()
                 .filter(|i| i.kind == IndexKind::Global)
-                .map(|i| (i.name.clone(), i.throughput.map(|t| t.write)))
+                .map(|i| (i.name.clone(), self.index_throughput(i).map(|t| t.write)))
                 .collect(),
         }
     }
@@ -586,6 +586,7 @@ impl TableMeta {
         }
         for index in &mut self.indexes {
             if let Some(was) = before.index(&index.name)
+                && was.version == index.version
                 && was.throughput != index.throughput
             {
                 index
@@ -604,9 +605,9 @@ impl TableMeta {
     /// had none (it was on demand), as DynamoDB uses the source table's read capacity unless a
     /// replica overrides it. BillingModeSummary's LastUpdateToPayPerRequestDateTime becomes the
     /// peer's. Whether taken or not, an on-demand table's global indexes have no provisioned
-    /// throughput (an index a peer created while provisioned included) and a provisioned
-    /// table's have some (the table's, for one created on demand elsewhere), so replicas holding
-    /// one capacity version describe the same capacity.
+    /// throughput (an index a peer created while provisioned included), and a provisioned
+    /// table's index without any is described with the table's ([`TableMeta::index_throughput`]),
+    /// so replicas holding one capacity version describe the same capacity.
     pub fn align_capacity(&mut self, incoming: &TableMeta) -> bool {
         let held = setting_version(self.capacity_version.as_ref());
         let theirs = setting_version(incoming.capacity_version.as_ref());
@@ -625,19 +626,20 @@ impl TableMeta {
                 .indexes
                 .iter()
                 .find(|i| i.name == index.name && i.kind == IndexKind::Global);
-            index.throughput = match table {
+            index.throughput = match (table, peer) {
                 // An on-demand table's indexes have no provisioned throughput, also one a
                 // peer's definition brought with units while its table was provisioned there.
-                None => None,
-                Some(table) => {
-                    let followed = match peer {
-                        Some(peer) if taken => follow_write(peer.throughput, index.throughput),
-                        _ => index.throughput,
-                    };
-                    // A provisioned table's index made while the table was on demand
-                    // elsewhere: the table's units, the same in every replica of this version.
-                    followed.or(Some(table))
+                (None, _) => None,
+                // The peer's units for the index it holds under this name only when it is the
+                // same index (the same creation): the units of an index deleted and made again
+                // follow its creation, not a capacity change made to the one before it.
+                (Some(_), Some(peer)) if taken && peer.version == index.version => {
+                    follow_write(peer.throughput, index.throughput)
                 }
+                // None on a provisioned table (an index made while the table was on demand
+                // elsewhere) is described as the table's units (`index_throughput`), so it
+                // follows them wherever they are.
+                (Some(_), _) => index.throughput,
             };
         }
         if taken {
@@ -765,8 +767,16 @@ impl TableMeta {
             "IndexSizeBytes": 0,
             "ItemCount": 0,
             "IndexArn": format!("{}/index/{}", self.arn(region), index.name),
-            "ProvisionedThroughput": throughput_json(index.throughput),
+            "ProvisionedThroughput": throughput_json(self.index_throughput(index)),
         })
+    }
+
+    /// A global index's provisioned throughput as described: none on demand; on a provisioned
+    /// table its own, or the table's when it has none (an index made while the table was on
+    /// demand in the region that made it, before a switch to provisioned that named no units
+    /// for it).
+    pub fn index_throughput(&self, index: &IndexMeta) -> Option<Throughput> {
+        self.throughput.and(index.throughput.or(self.throughput))
     }
 
     pub fn describe(
@@ -835,7 +845,7 @@ impl TableMeta {
                     // DynamoDB shows the flag only while the index is being filled.
                     out["Backfilling"] = json!(true);
                 }
-                out["ProvisionedThroughput"] = throughput_json(index.throughput);
+                out["ProvisionedThroughput"] = throughput_json(self.index_throughput(index));
             }
             out
         };
@@ -2051,6 +2061,96 @@ mod tests {
 
     fn units(read: u64, write: u64) -> Option<Throughput> {
         Some(Throughput { read, write })
+    }
+
+    /// What `global::receive` does with a peer's definition (indexes, then capacity).
+    fn receive(held: &TableMeta, incoming: &TableMeta) -> TableMeta {
+        let (mut next, _) = take(held, incoming);
+        next.align_capacity(incoming);
+        next
+    }
+
+    /// Two regions: east deletes by_day and creates it again with another
+    /// projection at 5/10 (index version 40) while south raises by_day's write units to 7
+    /// (capacity version 50); the two definitions cross.
+    #[test]
+    fn an_index_replaced_with_another_projection_keeps_its_creations_units_against_a_change_to_the_one_before() {
+        let mut base = with_capacity(Some((5, 5)), Some((5, 5)), Some((10, "us-east-1")));
+        base.indexes[0].version = Some((1, "us-east-1".into()));
+        let mut east = base.clone();
+        east.indexes[0].projection = Projection::KeysOnly;
+        east.indexes[0].throughput = units(5, 10);
+        east.indexes[0].version = Some((40, "us-east-1".into()));
+        let mut south = base.clone();
+        south.indexes[0].throughput = units(5, 7);
+        south.capacity_version = Some((50, "ap-south-1".into()));
+        let south_after = receive(&south, &east);
+        let east_after = receive(&east, &south);
+        assert_eq!(east_after.capacity_version, south_after.capacity_version);
+        assert_eq!(east_after.indexes[0].version, south_after.indexes[0].version);
+        assert_eq!(
+            east_after.follows_capacity(),
+            south_after.follows_capacity(),
+            "same capacity version, same index incarnation"
+        );
+    }
+
+    /// Two regions: as `an_index_created_again_with_the_same_key_brings_its_write_units`,
+    /// but south receives east's delete (version 35) before its create again (version 40, same
+    /// key and projection, 5/10); south's capacity change (by_day write 7, version 50) was made
+    /// before either reached it and its definition reaches east after east's create.
+    #[test]
+    fn an_index_created_again_after_its_delete_reached_the_replica_separately_ends_the_same_in_both() {
+        let mut base = with_capacity(Some((5, 5)), Some((5, 5)), Some((10, "us-east-1")));
+        base.indexes[0].version = Some((1, "us-east-1".into()));
+        let mut east_deleted = base.clone();
+        let mut gone = east_deleted.indexes.remove(0);
+        gone.version = Some((35, "us-east-1".into()));
+        east_deleted.deleted_indexes.push(gone);
+        let mut east = base.clone();
+        east.indexes[0].throughput = units(5, 10);
+        east.indexes[0].version = Some((40, "us-east-1".into()));
+        let mut south = base.clone();
+        south.indexes[0].throughput = units(5, 7);
+        south.capacity_version = Some((50, "ap-south-1".into()));
+        let south_after = receive(&receive(&south, &east_deleted), &east);
+        let east_after = receive(&east, &south);
+        assert_eq!(east_after.capacity_version, south_after.capacity_version);
+        assert_eq!(east_after.indexes[0].version, south_after.indexes[0].version);
+        assert_eq!(east_after.follows_capacity(), south_after.follows_capacity());
+    }
+
+    /// Three regions, all on demand at capacity version 10): south switches to
+    /// provisioned 5/5 (version 25); east, still on demand, creates by_shop (version 30, no
+    /// units); west takes south's switch, then raises the table's write to 9 (version 50)
+    /// before by_shop reaches it. Each region ends with every definition.
+    #[test]
+    fn an_index_made_on_demand_elsewhere_is_described_with_the_tables_units_wherever_they_go() {
+        let base = with_capacity(None, None, Some((10, "us-east-1")));
+        let south = with_capacity(Some((5, 5)), Some((5, 5)), Some((25, "ap-south-1")));
+        let mut east = base.clone();
+        east.attribute_definitions.push(("shop".into(), KeyType::S));
+        east.indexes
+            .push(global_index("by_shop", "shop", Some((30, "us-east-1"))));
+        let mut west = receive(&base, &south);
+        west.throughput = units(5, 9);
+        west.capacity_version = Some((50, "eu-west-1".into()));
+        // South: east's index (given the table's units then), then west's raise.
+        let south_after = receive(&receive(&south, &east), &west);
+        // West: east's index.
+        let west_after = receive(&west, &east);
+        // East: south's switch, then west's raise.
+        let east_after = receive(&receive(&east, &south), &west);
+        let shop = |t: &TableMeta| t.index("by_shop").and_then(|i| t.index_throughput(i)).map(|t| t.write);
+        assert_eq!(
+            [&south_after, &west_after, &east_after].map(|t| t.capacity_version.clone()),
+            [0, 1, 2].map(|_| Some((50, "eu-west-1".to_string())))
+        );
+        assert_eq!(
+            [shop(&south_after), shop(&west_after), shop(&east_after)],
+            [Some(9), Some(9), Some(9)],
+            "by_shop's write units in south, west, east at one capacity version"
+        );
     }
 
     #[test]

@@ -1293,14 +1293,25 @@ fn copy_items(
     let table = Arc::new(meta.clone());
     let mut copied = 0u64;
     loop {
-        let mut batch: Vec<Item> = Vec::new();
+        let mut batch: Vec<(Vec<u8>, Item)> = Vec::new();
         let mut bytes = 0;
         while batch.len() < RESTORE_BATCH_ITEMS_MAX && bytes < RESTORE_BATCH_BYTES_MAX {
             let Some(item) = reader.next_item().map_err(|error| damaged(backup, error))? else {
                 break;
             };
+            // An item that decodes but lacks the table's key is damage too.
+            let key = crate::engine::key_of(table.key_hash, &table.key, &item).map_err(|error| {
+                damaged(
+                    backup,
+                    format!(
+                        "item {} does not fit the table's key: {}",
+                        copied + batch.len() as u64,
+                        error.message
+                    ),
+                )
+            })?;
             bytes += dynamo_protocol::value::item_size_bytes(&item);
-            batch.push(item);
+            batch.push((key, item));
         }
         if batch.is_empty() {
             break;
@@ -1313,17 +1324,22 @@ fn copy_items(
     Ok(copied)
 }
 
-/// Puts restored items into the table being restored, in one writer job.
+/// `batch` with each item's stored key in `target`.
+pub(crate) fn keyed(target: &TableMeta, batch: Vec<Item>) -> Result<Vec<(Vec<u8>, Item)>, ApiError> {
+    batch
+        .into_iter()
+        .map(|item| Ok((crate::engine::key_of(target.key_hash, &target.key, &item)?, item)))
+        .collect()
+}
+
+/// Puts restored items, with their stored keys, into the table being restored, in one writer
+/// job.
 fn write_restored(
     handle: &tokio::runtime::Handle,
     engine: &Engine,
     target: &Arc<TableMeta>,
-    batch: Vec<Item>,
+    keyed: Vec<(Vec<u8>, Item)>,
 ) -> Result<(), ApiError> {
-    let keyed = batch
-        .into_iter()
-        .map(|item| Ok((crate::engine::key_of(target.key_hash, &target.key, &item)?, item)))
-        .collect::<Result<Vec<(Vec<u8>, Item)>, ApiError>>()?;
     let target = Arc::clone(target);
     handle.block_on(engine.write(move |context| {
         context.current_table(&target)?;

@@ -30,8 +30,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Overrides, create_restoring, drop_restoring, finish_restore, restored_table_request, spawn_fill, table_not_found,
-    target_taken, write_restored,
+    Overrides, create_restoring, drop_restoring, finish_restore, keyed, restored_table_request, spawn_fill,
+    table_not_found, target_taken, write_restored,
 };
 use crate::catalog::{self, PitrSpec, RestoreSummary, TableMeta};
 use crate::engine::{Engine, HEALTH_TABLE, PitrView, RangeRequest, Snapshot};
@@ -390,7 +390,7 @@ fn copy(
         }
         copied += batch.len() as u64;
         *bytes = 0;
-        write_restored(handle, engine, &target, std::mem::take(batch))
+        write_restored(handle, engine, &target, keyed(&target, std::mem::take(batch))?)
     };
     snapshot.range(
         &RangeRequest {

@@ -1876,6 +1876,36 @@ mod capacity_tests {
         assert_eq!(index.next.capacity_version, Some((80, "us-east-1".to_string())));
     }
 
+    /// A switch back to PROVISIONED that names no index units (accepted here) leaves the
+    /// origin's global index without units, described with the table's; a peer taking the
+    /// switch describes the same. Both hold one capacity version.
+    #[test]
+    fn a_switch_to_provisioned_without_index_units_describes_one_capacity_everywhere() {
+        let base = provisioned();
+        let on_demand = plan(
+            &base,
+            &request(json!({"BillingMode": "PAY_PER_REQUEST"})),
+            900.0,
+            50,
+            false,
+        )
+        .expect("valid")
+        .next;
+        let back = plan(
+            &on_demand,
+            &request(json!({"BillingMode": "PROVISIONED", "ProvisionedThroughput": throughput(2, 3)})),
+            950.0,
+            60,
+            false,
+        )
+        .expect("valid")
+        .next;
+        let mut peer = on_demand.clone();
+        assert!(peer.align_capacity(&back));
+        assert_eq!(peer.capacity_version, back.capacity_version);
+        assert_eq!(peer.follows_capacity(), back.follows_capacity(), "origin vs peer");
+    }
+
     #[test]
     fn a_read_capacity_change_is_the_replicas_own() {
         let base = provisioned();

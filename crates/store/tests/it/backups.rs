@@ -249,6 +249,46 @@ async fn a_backup_too_large_to_read_before_answering_is_checked_as_it_is_copied_
     );
 }
 
+/// Damage inside a large backup that still decodes but names another key attribute (`pk` became `pj` in one record) is found by the copy; the failure's reason says
+/// the backup is damaged, as the check before the answer would have said.
+#[tokio::test]
+async fn a_record_without_the_key_found_mid_copy_is_reported_as_the_backups_damage() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = Engine::open(dir.path(), "us-east-1", Arc::new(SystemClock)).expect("open engine");
+    let store = Store::new(engine.clone());
+    let arn = backed_up_table(&store, 50).await;
+    store.backups().set_check_before_answer_bytes_max(0);
+    let backup_id = arn.rsplit('/').next().expect("backup id");
+    let items = engine.backup_dir().join(format!("{backup_id}.items"));
+    let mut bytes = std::fs::read(&items).expect("items file");
+    let middle = bytes.len() / 2;
+    let at = middle
+        + bytes[middle..]
+            .windows(4)
+            .position(|w| w == b"\"pk\"")
+            .expect("a key attribute after the middle");
+    bytes[at + 2] = b'j';
+    std::fs::write(&items, &bytes).expect("damage the items file");
+    let answered = call(
+        &store,
+        "RestoreTableFromBackup",
+        json!({"TargetTableName": "damaged", "BackupArn": arn}),
+    )
+    .await
+    .expect("same size and format: answered");
+    assert_eq!(answered["TableDescription"]["TableStatus"], "CREATING");
+    wait_until("the damaged restore dropped", async || {
+        call(&store, "DescribeTable", json!({"TableName": "damaged"}))
+            .await
+            .is_err_and(|error| error.kind == ErrorKind::ResourceNotFound)
+    })
+    .await;
+    let status = store.backups().status();
+    assert_eq!(status.restores_failed_total, 1);
+    let failure = status.last_restore_failure.expect("the failure's reason");
+    assert!(failure.contains("is damaged"), "{failure}");
+}
+
 #[tokio::test]
 async fn recovery_removes_half_written_backup_files() {
     let dir = tempfile::tempdir().expect("temporary directory");
