@@ -1734,42 +1734,23 @@ mod capacity_tests {
         )
     }
 
+    /// The table after `body` planned on `base` (valid, its capacity change confirmed).
+    fn planned(base: &TableMeta, body: Value, now: f64, tick: u64) -> TableMeta {
+        plan(base, &request(body), now, tick, false).expect("valid").next
+    }
+
     #[test]
     fn throughput_changes_record_when_they_went_up_and_down() {
         let base = provisioned();
-        let up = plan(
-            &base,
-            &request(json!({"ProvisionedThroughput": throughput(8, 10)})),
-            100.0,
-            1,
-            false,
-        )
-        .expect("valid")
-        .next;
+        let up = planned(&base, json!({"ProvisionedThroughput": throughput(8, 10)}), 100.0, 1);
         assert_eq!(up.throughput_changes.last_increase_seconds, Some(100.0));
         assert_eq!(up.throughput_changes.last_decrease_seconds, None);
-        let down = plan(
-            &up,
-            &request(json!({"ProvisionedThroughput": throughput(8, 2)})),
-            200.0,
-            2,
-            false,
-        )
-        .expect("valid")
-        .next;
+        let down = planned(&up, json!({"ProvisionedThroughput": throughput(8, 2)}), 200.0, 2);
         assert_eq!(down.throughput_changes.last_increase_seconds, Some(100.0));
         assert_eq!(down.throughput_changes.last_decrease_seconds, Some(200.0));
         assert_eq!(down.throughput_changes.decreases_today(300.0), 1);
         // A decrease on another UTC day starts the count again; the day after, none today.
-        let later = plan(
-            &down,
-            &request(json!({"BillingMode": "PAY_PER_REQUEST"})),
-            86_400.0 + 5.0,
-            3,
-            false,
-        )
-        .expect("valid")
-        .next;
+        let later = planned(&down, json!({"BillingMode": "PAY_PER_REQUEST"}), 86_400.0 + 5.0, 3);
         assert_eq!(later.throughput_changes.decreases_today(86_400.0 + 6.0), 1);
         assert_eq!(later.throughput_changes.decreases_today(2.0 * 86_400.0 + 1.0), 0);
         // An index's own, by its Update; the table's untouched then.
@@ -1882,24 +1863,13 @@ mod capacity_tests {
     #[test]
     fn a_switch_to_provisioned_without_index_units_describes_one_capacity_everywhere() {
         let base = provisioned();
-        let on_demand = plan(
-            &base,
-            &request(json!({"BillingMode": "PAY_PER_REQUEST"})),
-            900.0,
-            50,
-            false,
-        )
-        .expect("valid")
-        .next;
-        let back = plan(
+        let on_demand = planned(&base, json!({"BillingMode": "PAY_PER_REQUEST"}), 900.0, 50);
+        let back = planned(
             &on_demand,
-            &request(json!({"BillingMode": "PROVISIONED", "ProvisionedThroughput": throughput(2, 3)})),
+            json!({"BillingMode": "PROVISIONED", "ProvisionedThroughput": throughput(2, 3)}),
             950.0,
             60,
-            false,
-        )
-        .expect("valid")
-        .next;
+        );
         let mut peer = on_demand.clone();
         assert!(peer.align_capacity(&back));
         assert_eq!(peer.capacity_version, back.capacity_version);
@@ -1934,15 +1904,12 @@ mod capacity_tests {
 
     #[test]
     fn the_same_capacity_again_is_sent_again_only_while_unconfirmed() {
-        let base = plan(
+        let base = planned(
             &provisioned(),
-            &request(json!({"ProvisionedThroughput": throughput(5, 20)})),
+            json!({"ProvisionedThroughput": throughput(5, 20)}),
             0.0,
             50,
-            false,
-        )
-        .expect("valid")
-        .next;
+        );
         let same = request(json!({"ProvisionedThroughput": throughput(5, 20)}));
         // Confirmed everywhere: DynamoDB's check, in its words.
         let refused = plan(&base, &same, 0.0, 51, false).expect_err("no change");
@@ -1969,15 +1936,7 @@ mod capacity_tests {
         assert_eq!(other.capacity, Some(CapacityChange::Changed));
         assert_eq!(other.next.capacity_version, Some((52, "us-east-1".to_string())));
         // On demand, asked again while unconfirmed: sent again.
-        let on_demand = plan(
-            &base,
-            &request(json!({"BillingMode": "PAY_PER_REQUEST"})),
-            0.0,
-            60,
-            false,
-        )
-        .expect("valid")
-        .next;
+        let on_demand = planned(&base, json!({"BillingMode": "PAY_PER_REQUEST"}), 0.0, 60);
         let again = plan(
             &on_demand,
             &request(json!({"BillingMode": "PAY_PER_REQUEST"})),

@@ -523,15 +523,7 @@ async fn a_crash_in_the_middle_of_an_index_backfill_resumes_it_from_the_log() {
     call(
         &store,
         "UpdateTable",
-        json!({
-            "TableName": "orders",
-            "AttributeDefinitions": [{"AttributeName": "shop", "AttributeType": "S"}],
-            "GlobalSecondaryIndexUpdates": [{"Create": {
-                "IndexName": "by_shop",
-                "KeySchema": [{"AttributeName": "shop", "KeyType": "HASH"}],
-                "Projection": {"ProjectionType": "KEYS_ONLY"}
-            }}]
-        }),
+        crate::index_backfill::create_by_shop_with("KEYS_ONLY"),
     )
     .await;
     let step = |store: &Store| {

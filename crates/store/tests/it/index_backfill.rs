@@ -6,7 +6,7 @@ use dynamo_protocol::ErrorKind;
 use serde_json::{Value, json};
 use store::engine::{BackfillStep, INDEX_BACKFILL_ITEMS_PER_JOB};
 
-use crate::support::{Calls, Opened, open, open_raw};
+use crate::support::{Calls, Opened, on_demand_table, open, open_raw};
 
 /// Items in the table before the index: more than two backfill jobs' worth.
 const ITEMS: usize = INDEX_BACKFILL_ITEMS_PER_JOB * 5 / 2;
@@ -22,16 +22,7 @@ fn shop_of(n: usize) -> Option<Value> {
 }
 
 async fn fill(h: &Opened) {
-    h.ok(
-        "CreateTable",
-        json!({
-            "TableName": "orders",
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        }),
-    )
-    .await;
+    h.ok("CreateTable", on_demand_table("orders", "id")).await;
     for chunk in (0..ITEMS).collect::<Vec<_>>().chunks(25) {
         let requests: Vec<Value> = chunk
             .iter()
@@ -48,16 +39,21 @@ async fn fill(h: &Opened) {
     }
 }
 
-fn create_by_shop() -> Value {
+/// UpdateTable creating global index `by_shop` (hash key `shop`) of `orders` with `projection`.
+pub(crate) fn create_by_shop_with(projection: &str) -> Value {
     json!({
         "TableName": "orders",
         "AttributeDefinitions": [{"AttributeName": "shop", "AttributeType": "S"}],
         "GlobalSecondaryIndexUpdates": [{"Create": {
             "IndexName": "by_shop",
             "KeySchema": [{"AttributeName": "shop", "KeyType": "HASH"}],
-            "Projection": {"ProjectionType": "ALL"}
+            "Projection": {"ProjectionType": projection}
         }}]
     })
+}
+
+fn create_by_shop() -> Value {
+    create_by_shop_with("ALL")
 }
 
 async fn index_description(h: &Opened) -> Value {
@@ -484,16 +480,7 @@ async fn an_index_filled_online_under_random_writes_equals_one_made_with_the_tab
     let dir = tempfile::tempdir().expect("temporary directory");
     let h = open(dir.path());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    h.ok(
-        "CreateTable",
-        json!({
-            "TableName": "orders",
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-            "BillingMode": "PAY_PER_REQUEST"
-        }),
-    )
-    .await;
+    h.ok("CreateTable", on_demand_table("orders", "id")).await;
     const KEYS: u64 = 3_000;
     let id = |n: u64| format!("k{n:05}");
     for chunk in (0..KEYS).collect::<Vec<_>>().chunks(25) {

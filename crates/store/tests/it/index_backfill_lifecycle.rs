@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use store::engine::{BackfillStep, INDEX_BACKFILL_ITEMS_PER_JOB};
 
-use crate::index_backfill::{scan_all, step};
+use crate::index_backfill::{create_by_shop_with, scan_all, step};
 use crate::support::{Calls, Opened, open};
 
 const ITEMS: usize = INDEX_BACKFILL_ITEMS_PER_JOB * 5 / 2;
@@ -48,14 +48,6 @@ fn index_def(projection: &str) -> Value {
         "IndexName": "by_shop",
         "KeySchema": [{"AttributeName": "shop", "KeyType": "HASH"}],
         "Projection": {"ProjectionType": projection}
-    })
-}
-
-fn create_index(table: &str, projection: &str) -> Value {
-    json!({
-        "TableName": table,
-        "AttributeDefinitions": [{"AttributeName": "shop", "AttributeType": "S"}],
-        "GlobalSecondaryIndexUpdates": [{"Create": index_def(projection)}]
     })
 }
 
@@ -101,7 +93,7 @@ async fn mid_fill(dir: &std::path::Path) -> Opened {
     let h = open(dir);
     make_table(&h, "orders", None).await;
     fill(&h, "orders", |_| None).await;
-    h.ok("UpdateTable", create_index("orders", "ALL")).await;
+    h.ok("UpdateTable", create_by_shop_with("ALL")).await;
     assert!(matches!(step(&h).await, BackfillStep::Copied(_)));
     h
 }
@@ -125,7 +117,7 @@ async fn an_index_deleted_and_created_again_mid_fill_under_writes_starts_afresh_
         )
         .await;
     }
-    h.ok("UpdateTable", create_index("orders", "KEYS_ONLY")).await;
+    h.ok("UpdateTable", create_by_shop_with("KEYS_ONLY")).await;
     let d = gsi(&h, "orders").await;
     assert_eq!(d["IndexStatus"], "CREATING");
     assert_eq!(d["Backfilling"], true);
@@ -168,7 +160,7 @@ async fn items_expired_by_ttl_mid_fill_leave_the_index_as_if_never_there() {
             break;
         }
     }
-    h.ok("UpdateTable", create_index("orders", "ALL")).await;
+    h.ok("UpdateTable", create_by_shop_with("ALL")).await;
     assert!(matches!(step(&h).await, BackfillStep::Copied(_)));
     let expired = engine.expire_once().await.expect("expire");
     assert!(expired > 0);
