@@ -429,7 +429,8 @@ pub async fn run_with_limits(
         .route("/replication/v1/repair", post(replication_repair))
         .route("/replication/v1/table", post(replication_table))
         .route("/replication/v1/mark", post(replication_mark))
-        .route("/replication/v1/digest", post(replication_digest));
+        .route("/replication/v1/digest", post(replication_digest))
+        .route("/replication/v1/settings", post(replication_settings));
     // Mutual TLS: with a client CA on the listener, only peers presenting a certificate it
     // signed may replicate (on top of the HMAC key, never instead of it).
     if tls.as_ref().is_some_and(|tls| tls.files().client_ca.is_some()) {
@@ -587,6 +588,18 @@ async fn replication_digest(State(state): State<Arc<AppState>>, request: Request
     replication_response(result)
 }
 
+async fn replication_settings(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (headers, body) = match read_request(request).await {
+        Ok(read) => read,
+        Err(error) => return replication_response(Err(error)),
+    };
+    let result = match state.store.replication() {
+        Some(replication) => replication.receive_settings(&headers, &body).await,
+        None => Err(no_replication()),
+    };
+    replication_response(result)
+}
+
 async fn replication_mark(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (headers, body) = match read_request(request).await {
         Ok(read) => read,
@@ -669,9 +682,10 @@ fn replication_health(store: &Store) -> serde_json::Value {
     })
 }
 
-/// Sends again, every `interval_ms` (`ops::ALIGN_RETRY_INTERVAL_MS` unless set), the TTL and
-/// index changes of global tables made here that some replica has not confirmed: a region down
-/// during the change gets it soon after it is back.
+/// Sends again, every `interval_ms` (`ops::ALIGN_RETRY_INTERVAL_MS` unless set), the TTL, index
+/// and capacity changes of global tables made here that some replica has not confirmed, and
+/// the ones held here newer than a peer holds (`Replication::compare_settings`): a region down
+/// during the change gets it soon after it is back, also from a region that did not make it.
 async fn align_loop(store: Store, interval_ms: u64) {
     let mut interval = tokio::time::interval(Duration::from_millis(interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -681,7 +695,7 @@ async fn align_loop(store: Store, interval_ms: u64) {
         if left > 0 {
             tracing::debug!(
                 left,
-                "TTL or index changes not yet in every replica; sending them again later"
+                "TTL, index or capacity changes not yet in every replica; sending them again later"
             );
         }
     }

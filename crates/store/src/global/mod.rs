@@ -8,7 +8,9 @@
 //! - `ship`: the per-peer shipping loop, replica definitions sent, the backfill's start, trims;
 //! - `repair`: anti-entropy and backfill by range digests (the sending side);
 //! - `mark`: watermark marks sent and received, and the purge round;
-//! - `receive`: the endpoints that apply what peers send.
+//! - `receive`: the endpoints that apply what peers send;
+//! - `settings`: anti-entropy of the settings that follow a global table (TTL, global indexes,
+//!   capacity): each side marks what it holds newer, for its align to send.
 //!
 //! Invariants:
 //! - traffic between regions is authenticated: every request carries an HMAC-SHA256 of its
@@ -46,8 +48,11 @@ use crate::replication_log;
 mod mark;
 mod receive;
 mod repair;
+mod settings;
 mod ship;
 mod wire;
+
+pub use settings::{HeldSettings, SETTINGS_TABLES_PER_REQUEST_MAX, SettingsAnswer, SettingsRequest};
 
 use wire::*;
 pub use wire::{DefinitionAnswer, TableRequest, sign};

@@ -1254,11 +1254,16 @@ pub fn align_retry_interval_ms(value: Option<&str>) -> Result<u64, String> {
         })
 }
 
-/// Sends again every TTL, index or capacity change of a global table made here that some
-/// replica has not confirmed yet (its mark is set: `global::Followed::mark`), as the same
+/// Sends again every TTL, index or capacity change of a global table made here (or found newer
+/// here than in a peer, `Replication::compare_settings`) that some replica has not confirmed yet (its mark is set: `global::Followed::mark`), as the same
 /// request sent again would; clears each mark once every replica holds the change. Returns the
 /// changes still unconfirmed (a replica still down, or refusing).
 pub async fn align_unconfirmed(store: &Store) -> usize {
+    // First what some peer holds older than this region (`global::settings`): marked here, it
+    // is sent below with the changes made here.
+    if let Some(replication) = store.replication() {
+        replication.compare_settings().await;
+    }
     let mut left = 0;
     for table in store.engine().tables().iter().filter(|t| t.is_global()) {
         let names: Vec<String> = table

@@ -1549,3 +1549,88 @@ async fn only_a_signed_answer_to_this_mark_says_replicas_are_missing_here() {
     assert_eq!(body["status"], "ready", "the clearance outlives a restart: {body}");
     stop(&mut region).await;
 }
+
+/// A settings comparison (`/replication/v1/settings`) as peer eu-west-1 would send it.
+async fn compare_settings(url: &str, tables: Value) -> (u16, Value) {
+    let body = json!({"tables": tables}).to_string().into_bytes();
+    post_signed(url, "/replication/v1/settings", "eu-west-1", body).await
+}
+
+async fn ttl_status(url: &str) -> Value {
+    ok(url, "DescribeTimeToLive", json!({"TableName": "carts"})).await["TimeToLiveDescription"]["TimeToLiveStatus"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_send_on() {
+    let (mut region, mut table) = lone_region_with_carts().await;
+    ok(&region.url, "CreateTable", on_demand_table("local_only", "id")).await;
+    table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
+    let (status, answer) = post_signed(
+        &region.url,
+        "/replication/v1/table",
+        "eu-west-1",
+        table_body(&table, false, 1, true),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    // A TTL enabled by eu-west-1 arrives with its definition: taken, and not this region's to
+    // send (it made no change).
+    let version = (replication::Hlc::from_parts(now_ms(), 0).0, "eu-west-1".to_string());
+    table.ttl = Some(store::catalog::TtlSpec {
+        attribute: "exp".into(),
+        enabled: true,
+        version: Some(version.clone()),
+    });
+    let (status, answer) = post_signed(
+        &region.url,
+        "/replication/v1/table",
+        "eu-west-1",
+        table_body(&table, false, 2, false),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(ttl_status(&region.url).await, "ENABLED");
+
+    // A peer holding the same version: nothing to send; the answer gives this region's
+    // versions of the shared tables only.
+    let (status, answer) = compare_settings(&region.url, json!({"carts": {"ttl": version}, "local_only": {}})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"tables": {"carts": {"ttl": version}}}));
+    assert_eq!(ttl_status(&region.url).await, "ENABLED");
+
+    // A peer holding none (it missed it): this region now sends it on, and says it is not in
+    // every replica yet.
+    let (status, answer) = compare_settings(&region.url, json!({"carts": {}})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["tables"]["carts"]["ttl"], json!(version));
+    assert_eq!(ttl_status(&region.url).await, "ENABLING");
+
+    // Refused: unsigned, corrupt, or naming more tables than a request may.
+    let body = json!({"tables": {}}).to_string().into_bytes();
+    let (status, _) = call_raw(
+        &region.url,
+        "/replication/v1/settings",
+        "eu-west-1",
+        now_ms(),
+        "00".repeat(32),
+        body,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, answer) = post_signed(
+        &region.url,
+        "/replication/v1/settings",
+        "eu-west-1",
+        b"{\"tables\": [".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let many: serde_json::Map<String, Value> = (0..=store::global::SETTINGS_TABLES_PER_REQUEST_MAX)
+        .map(|i| (format!("t{i}"), json!({})))
+        .collect();
+    let (status, answer) = compare_settings(&region.url, Value::Object(many)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("at most"), "{answer}");
+    stop(&mut region).await;
+}
