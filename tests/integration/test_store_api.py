@@ -756,6 +756,14 @@ def test_batch_write_and_batch_get(client):
     assert all(set(i) == {"v"} for i in got["Responses"][name])
     assert got["Responses"][other] == [{"pk": {"S": "o"}}]
     assert got["UnprocessedKeys"] == {}
+    # Each key is read as a GetItem: k0 (deleted) and "missing" cost a read like the others
+    # (half a unit eventually consistent, one strongly consistent).
+    got = client.batch_get_item(RequestItems={
+        name: {"Keys": [{"pk": {"S": f"k{i}"}} for i in range(4)]},
+        other: {"Keys": [{"pk": {"S": "o"}}, {"pk": {"S": "missing"}}], "ConsistentRead": True},
+    }, ReturnConsumedCapacity="TOTAL")
+    assert sorted(got["ConsumedCapacity"], key=lambda c: c["TableName"] != name) == [
+        {"TableName": name, "CapacityUnits": 2.0}, {"TableName": other, "CapacityUnits": 2.0}]
 
     with pytest.raises(ClientError) as excinfo:
         client.batch_write_item(RequestItems={name: [{"PutRequest": {"Item": {"pk": {"S": "d"}}}},

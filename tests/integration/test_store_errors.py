@@ -868,3 +868,77 @@ def test_a_canceled_transaction_spells_its_message_as_dynamodb_does(store):
     assert status == 400 and response["__type"].endswith("#TransactionCanceledException"), response
     assert "message" not in response and "[ConditionalCheckFailed]" in response["Message"], response
     assert [r["Code"] for r in response["CancellationReasons"]] == ["ConditionalCheckFailed"], response
+
+
+GHOST = "no-such-table"
+BIG = "x" * (400 * 1024)
+
+
+@pytest.mark.parametrize("operation, body, message", [
+    ("GetItem", {"TableName": GHOST, "Key": {"pk": {"S": "a"}}, "ProjectionExpression": "pk",
+                 "AttributesToGet": ["pk"]}, "Can not use both expression and non-expression parameters"),
+    ("GetItem", {"TableName": GHOST, "Key": {"pk": {"S": "a"}}, "ProjectionExpression": "a, a"},
+     "Invalid ProjectionExpression: Two document paths overlap with each other"),
+    ("PutItem", {"TableName": GHOST, "Item": {"pk": {"S": "a"}, "big": {"S": BIG}}},
+     "Item size has exceeded the maximum allowed size"),
+    ("PutItem", {"TableName": GHOST, "Item": {"pk": {"S": "a"}}, "ConditionExpression": "a ="},
+     "Invalid ConditionExpression: Syntax error"),
+    ("DeleteItem", {"TableName": GHOST, "Key": {"pk": {"S": "a"}}, "ConditionExpression": "attribute_exists(a)",
+                    "Expected": {"a": {"Exists": False}}},
+     "Can not use both expression and non-expression parameters"),
+    ("UpdateItem", {"TableName": GHOST, "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET"},
+     "Invalid UpdateExpression: Syntax error"),
+    ("UpdateItem", {"TableName": GHOST, "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET a = :v",
+                    "ExpressionAttributeValues": {":v": {"S": "x"}, ":unused": {"S": "y"}}},
+     "Value provided in ExpressionAttributeValues unused in expressions: keys: {:unused}"),
+    ("Query", {"TableName": GHOST, "KeyConditionExpression": "pk = :p OR pk = :q",
+               "ExpressionAttributeValues": {":p": {"S": "a"}, ":q": {"S": "b"}}},
+     "Invalid operator used in KeyConditionExpression: OR"),
+    ("Query", {"TableName": GHOST, "IndexName": "by-ix", "Limit": 0,
+               "KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "a"}}},
+     "at 'limit' failed to satisfy constraint"),
+    ("Scan", {"TableName": GHOST, "Segment": 1}, "The TotalSegments parameter is required"),
+    ("Scan", {"TableName": GHOST, "FilterExpression": "((a = :v))", "ExpressionAttributeValues": {":v": {"S": "x"}}},
+     "The expression has redundant parentheses"),
+    ("BatchGetItem", {"RequestItems": {GHOST: {"Keys": [{"pk": {"S": "a"}}, {"pk": {"S": "a"}}]}}},
+     "Provided list of item keys contains duplicates"),
+    ("BatchGetItem", {"RequestItems": {GHOST: {"Keys": [{"pk": {"S": "a"}}], "ProjectionExpression": "pk",
+                                               "AttributesToGet": ["pk"]}}},
+     "Can not use both expression and non-expression parameters"),
+    ("BatchWriteItem", {"RequestItems": {GHOST: [{"PutRequest": {"Item": {"pk": {"S": "a"}, "big": {"S": BIG}}}}]}},
+     "Item size has exceeded the maximum allowed size"),
+    ("BatchWriteItem", {"RequestItems": {GHOST: [{}]}}, "Supplied AttributeValue has more than one datatypes set"),
+    ("UpdateTable", {"TableName": GHOST, "ProvisionedThroughput": {"ReadCapacityUnits": 0, "WriteCapacityUnits": 1}},
+     "1 validation error detected: Value '0' at 'provisionedThroughput.readCapacityUnits' failed to satisfy "
+     "constraint: Member must have value greater than or equal to 1"),
+    ("UpdateTable", {"TableName": GHOST, "GlobalSecondaryIndexUpdates": []},
+     "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled"),
+    ("UpdateTable", {"TableName": GHOST, "GlobalSecondaryIndexUpdates": [{}]},
+     "One of GlobalSecondaryIndexUpdate.Update, GlobalSecondaryIndexUpdate.Create, "
+     "GlobalSecondaryIndexUpdate.Delete must not be null"),
+    ("UpdateTable", {"TableName": GHOST, "GlobalSecondaryIndexUpdates": [{"Delete": {"IndexName": "ix"}},
+                                                                         {"Delete": {"IndexName": "ix"}}]},
+     "Only one global secondary index update per index is allowed simultaneously. Index: ix"),
+])
+def test_a_request_is_checked_before_its_table_is_looked_up(store, operation, body, message):
+    """DynamoDB judges what a request says before it looks its table up: an invalid request
+    names its problem whether or not the table exists (dynalite's suite recorded these against
+    DynamoDB, on tables that do not exist). Made valid, the same request finds no table."""
+    kind, got = raw_error(store, operation, body)
+    assert kind == "ValidationException" and message in got, (operation, got)
+
+
+@pytest.mark.parametrize("operation, body", [
+    ("GetItem", {"TableName": GHOST, "Key": {"pk": {"S": "a"}}, "ProjectionExpression": "pk"}),
+    ("PutItem", {"TableName": GHOST, "Item": {"pk": {"S": "a"}, "v": {"S": "x" * 1000}}}),
+    ("Query", {"TableName": GHOST, "IndexName": "by-ix", "KeyConditionExpression": "pk = :p",
+               "ExpressionAttributeValues": {":p": {"S": "a"}}}),
+    ("BatchWriteItem", {"RequestItems": {GHOST: [{"PutRequest": {"Item": {"pk": {"S": "a"}}}},
+                                                 {"DeleteRequest": {"Key": {"pk": {"S": "a"}}}}]}}),
+    ("UpdateTable", {"TableName": GHOST, "ProvisionedThroughput": {"ReadCapacityUnits": 1, "WriteCapacityUnits": 1}}),
+])
+def test_a_valid_request_for_a_missing_table_is_resource_not_found(store, operation, body):
+    # BatchWriteItem looks its tables up before it looks for duplicate keys (as dynalite's suite
+    # recorded), so the put and the delete of one key find no table first.
+    kind, got = raw_error(store, operation, body)
+    assert kind == "ResourceNotFoundException" and GHOST in got, (operation, got)

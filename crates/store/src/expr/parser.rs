@@ -174,6 +174,9 @@ struct Parser<'t> {
     position: usize,
     operators: usize,
     kind: ExpressionKind,
+    /// An operand was wrapped in two pairs of parentheses (`((a)) = :v`): DynamoDB's
+    /// "redundant parentheses", reported once the syntax is known to be right.
+    redundant_operand: bool,
 }
 
 impl<'t> Parser<'t> {
@@ -196,6 +199,7 @@ impl<'t> Parser<'t> {
             position: 0,
             operators: 0,
             kind,
+            redundant_operand: false,
         })
     }
 
@@ -353,11 +357,12 @@ impl<'t> Parser<'t> {
         Ok((name, arguments))
     }
 
+    /// Operands of a function call or an IN list, each in one pair of parentheses or none.
     fn operand_list(&mut self) -> Result<Vec<RawOperand<'t>>, ApiError> {
-        let mut operands = vec![self.operand()?];
+        let mut operands = vec![self.wrapped_operand()?];
         while self.peek().kind == TokenKind::Comma {
             self.advance();
-            operands.push(self.operand()?);
+            operands.push(self.wrapped_operand()?);
         }
         Ok(operands)
     }
@@ -385,7 +390,19 @@ impl<'t> Parser<'t> {
                     break;
                 }
             }
-            output.push(self.atom()?);
+            // Parentheses opened right before the atom may wrap its first operand instead
+            // (`(size(a)) = :n`): DynamoDB's grammar allows one pair around an operand.
+            let start = self.position;
+            let opened = pending
+                .iter()
+                .rev()
+                .zip(1..)
+                .take_while(|(operator, back)| matches!(operator, Pending::Group(open) if open + back == start))
+                .count();
+            let (atom, closed) = self.atom(opened)?;
+            output.push(atom);
+            pending.truncate(pending.len() - closed);
+            self.redundant_operand |= closed > 1;
             // It may end with closing parentheses.
             while self.peek().kind == TokenKind::RightParen {
                 loop {
@@ -430,38 +447,85 @@ impl<'t> Parser<'t> {
             reduce(operator, &mut output);
         }
         match (output.pop(), output.is_empty()) {
-            (Some(_), true) if redundant => Err(invalid(self.kind, "The expression has redundant parentheses;")),
+            (Some(_), true) if redundant || self.redundant_operand => {
+                Err(invalid(self.kind, "The expression has redundant parentheses;"))
+            }
             (Some(condition), true) => Ok(condition),
             _ => Err(self.unexpected()),
         }
     }
 
     /// A condition without logical operators: a comparison, BETWEEN, IN, or a function call.
-    fn atom(&mut self) -> Result<RawCondition<'t>, ApiError> {
+    /// `opened`: parentheses opened right before it, which may wrap its first operand; returns
+    /// the condition and how many of them did (closed here).
+    fn atom(&mut self, opened: usize) -> Result<(RawCondition<'t>, usize), ApiError> {
         let left = if self.at_call() {
             let (name, arguments) = self.call()?;
-            if !self.at_comparison() {
-                return Ok(RawCondition::Call(name, arguments));
+            let closed = self.operand_closers(opened);
+            if closed == 0 && !self.at_comparison() {
+                return Ok((RawCondition::Call(name, arguments), 0));
             }
             RawOperand::Call(name, arguments)
         } else {
             self.operand()?
         };
+        let closed = self.operand_closers(opened);
+        for _ in 0..closed {
+            self.advance();
+        }
+        self.comparison(left).map(|condition| (condition, closed))
+    }
+
+    /// How many (at most `opened`) closing parentheses here end a wrapped operand: the ones a
+    /// comparison, BETWEEN or IN follows.
+    fn operand_closers(&self, opened: usize) -> usize {
+        (1..=opened)
+            .find(|&count| {
+                (0..count).all(|i| self.peek_kind_at(i) == TokenKind::RightParen) && self.comparison_at(count)
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether the token `offset` ahead starts a comparison, BETWEEN or IN.
+    fn comparison_at(&self, offset: usize) -> bool {
+        self.tokens.get(self.position + offset).is_some_and(|token| {
+            comparator_of(token.kind).is_some() || token.is_keyword("BETWEEN") || token.is_keyword("IN")
+        })
+    }
+
+    /// An operand on the right of a comparison or of BETWEEN, in one pair of parentheses or
+    /// none (two pairs: DynamoDB's "redundant parentheses").
+    fn wrapped_operand(&mut self) -> Result<RawOperand<'t>, ApiError> {
+        let mut pairs = 0;
+        while self.peek().kind == TokenKind::LeftParen && pairs < 2 {
+            self.advance();
+            pairs += 1;
+        }
+        let operand = self.operand()?;
+        for _ in 0..pairs {
+            self.expect(TokenKind::RightParen)?;
+        }
+        self.redundant_operand |= pairs > 1;
+        Ok(operand)
+    }
+
+    /// The rest of a comparison, BETWEEN or IN whose first operand is `left`.
+    fn comparison(&mut self, left: RawOperand<'t>) -> Result<RawCondition<'t>, ApiError> {
         let token = self.peek();
         if let Some(comparator) = comparator_of(token.kind) {
             self.advance();
             self.count_operator()?;
-            let right = self.operand()?;
+            let right = self.wrapped_operand()?;
             Ok(RawCondition::Compare(comparator, left, right))
         } else if token.is_keyword("BETWEEN") {
             self.advance();
             self.count_operator()?;
-            let low = self.operand()?;
+            let low = self.wrapped_operand()?;
             if !self.peek().is_keyword("AND") {
                 return Err(self.unexpected());
             }
             self.advance();
-            let high = self.operand()?;
+            let high = self.wrapped_operand()?;
             Ok(RawCondition::Between(left, low, high))
         } else if token.is_keyword("IN") {
             self.advance();
@@ -753,6 +817,38 @@ mod tests {
         // A syntax error wins.
         let message = syntax_message(parse_condition("((a = :v)) AND", ExpressionKind::Condition));
         assert!(message.contains("Syntax error"), "{message}");
+    }
+
+    #[test]
+    fn an_operand_may_be_wrapped_in_one_pair_of_parentheses() {
+        let same = |wrapped: &str, plain: &str| {
+            let parse = |text| format!("{:?}", parse_condition(text, ExpressionKind::Condition));
+            assert_eq!(parse(wrapped), parse(plain), "{wrapped}");
+            assert!(parse(plain).starts_with("Ok"), "{plain}");
+        };
+        same("(size(b)) = :n", "size(b) = :n");
+        same("((size(b)) = :n) AND c = :c", "(size(b) = :n) AND c = :c");
+        same("(b) = :s", "b = :s");
+        same("b = (:s)", "b = :s");
+        same("NOT (b) = :s", "NOT b = :s");
+        same("c BETWEEN (:a) AND (:b)", "c BETWEEN :a AND :b");
+        same("(b) IN ((:s), :t)", "b IN (:s, :t)");
+        same("size((b)) = :n", "size(b) = :n");
+        same("(size(b)) BETWEEN :a AND :b", "size(b) BETWEEN :a AND :b");
+        same("(b) <> :t OR (c) > :o", "b <> :t OR c > :o");
+        // A group whose condition is a function call stays a group.
+        same("(attribute_exists(b))", "attribute_exists(b)");
+        for text in ["((b)) = :s", "b = ((:s))", "(((b)) = :s)"] {
+            let message = syntax_message(parse_condition(text, ExpressionKind::Condition));
+            assert_eq!(
+                message, "Invalid ConditionExpression: The expression has redundant parentheses;",
+                "{text}"
+            );
+        }
+        for text in ["(b = :s) = :s", "(b) (= :s)", "(b)", "b = (:s", "(b, c) = :s"] {
+            let message = syntax_message(parse_condition(text, ExpressionKind::Condition));
+            assert!(message.contains("Syntax error"), "{text}: {message}");
+        }
     }
 
     #[test]

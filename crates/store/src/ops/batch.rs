@@ -15,11 +15,13 @@ use sha2::{Digest, Sha256};
 
 use super::items::{
     build_condition, build_projection, build_update, parse_return_on_failure, validate_key, validate_put,
+    validate_put_key,
 };
 use super::transaction::{self, TxAction, TxStep};
 use super::{
     BATCH_GET_KEYS_MAX, BATCH_GET_RESPONSE_BYTES_MAX, BATCH_WRITE_ITEMS_MAX, Capacity, ExpressionInputs, Store,
     TRANSACTION_ITEMS_MAX, TRANSACTION_PAYLOAD_BYTES_MAX, capacity_list, capacity_wanted, item_json, read_units,
+    validate_item_limits,
 };
 use crate::catalog::TableMeta;
 use crate::expr::{self, Path};
@@ -113,9 +115,11 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
         projection: Option<Vec<Path>>,
         consistent: bool,
     }
-    let mut plans = Vec::new();
+    // Everything that does not need the tables is checked before any is looked up, as DynamoDB
+    // does (an invalid request names its problem, whether or not its tables exist).
+    let mut checked = Vec::new();
     for (name, entry) in &request.request_items {
-        let meta = store.engine().require_table(name)?;
+        crate::catalog::validate_table_name(name, "tableName")?;
         let inputs = ExpressionInputs {
             names: entry.expression_attribute_names.clone(),
             values: None,
@@ -132,6 +136,17 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
             entry.attributes_to_get.as_deref(),
         )?;
         context.check_all_used()?;
+        let mut distinct = HashSet::new();
+        if !entry.keys.iter().all(|key| distinct.insert(key)) {
+            return Err(ApiError::validation("Provided list of item keys contains duplicates"));
+        }
+        checked.push((name, entry, projection));
+    }
+    let mut plans = Vec::new();
+    for (name, entry, projection) in checked {
+        let meta = store.engine().require_table(name)?;
+        // Keys that differ as given and are the same key of the table (a number written
+        // another way): duplicates too.
         let mut seen = HashSet::new();
         let mut keys = Vec::new();
         for key in &entry.keys {
@@ -159,24 +174,27 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
     for (name, plan) in plans {
         let mut found = Vec::new();
         let mut left = Vec::new();
-        // DynamoDB rounds each item read up to 4 KB units (halved for eventually consistent
-        // reads); a table whose keys found nothing still costs one read.
+        // DynamoDB reads each key as a GetItem: its item rounded up to 4 KB units (halved for
+        // eventually consistent reads), and a key without an item one read all the same
+        // (Developer Guide, "Capacity unit consumption for read operations").
         let mut units = 0.0;
         for (key, key_bytes) in &plan.keys {
             if bytes >= BATCH_GET_RESPONSE_BYTES_MAX {
                 left.push(item_json(key));
                 continue;
             }
-            if let Some(item) = snapshot.get(&plan.meta, key_bytes)? {
-                let size = dynamo_protocol::value::item_size_bytes(&item);
-                bytes += size;
-                units += read_units(size, plan.consistent);
-                let item = match &plan.projection {
-                    Some(paths) => expr::project(&item, paths),
-                    None => item,
-                };
-                found.push(item_json(&item));
-            }
+            let Some(item) = snapshot.get(&plan.meta, key_bytes)? else {
+                units += read_units(0, plan.consistent);
+                continue;
+            };
+            let size = dynamo_protocol::value::item_size_bytes(&item);
+            bytes += size;
+            units += read_units(size, plan.consistent);
+            let item = match &plan.projection {
+                Some(paths) => expr::project(&item, paths),
+                None => item,
+            };
+            found.push(item_json(&item));
         }
         responses.insert(name.clone(), Value::Array(found));
         if !left.is_empty() {
@@ -189,9 +207,6 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
                 entry["ExpressionAttributeNames"] = json!(n);
             }
             unprocessed.insert(name.clone(), entry);
-        }
-        if units == 0.0 {
-            units = read_units(0, plan.consistent);
         }
         capacity.extend(Capacity::table(units).json(request.return_consumed_capacity.as_deref(), &name));
     }
@@ -252,19 +267,32 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
             "1 validation error detected: Value at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
         ));
     }
+    // Everything that does not need the tables is checked before any is looked up, as DynamoDB
+    // does: the names, each request's form, each item's size.
+    let mut checked = Vec::new();
+    for (name, requests) in request.request_items {
+        crate::catalog::validate_table_name(&name, "tableName")?;
+        let mutations = requests
+            .into_iter()
+            .map(|write| match (write.put_request, write.delete_request) {
+                (Some(put), None) => validate_item_limits(&put.item).map(|()| (put.item, true)),
+                (None, Some(delete)) => Ok((delete.key, false)),
+                _ => Err(ApiError::validation(
+                    "Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes: a WriteRequest holds exactly one of PutRequest and DeleteRequest",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        checked.push((name, mutations));
+    }
     let mut writes: Vec<(Arc<TableMeta>, Vec<u8>, Mutation)> = Vec::new();
     let mut seen = HashSet::new();
-    for (name, requests) in request.request_items {
+    for (name, mutations) in checked {
         let meta = store.engine().require_table(&name)?;
-        for write in requests {
-            let (key, mutation) = match (write.put_request, write.delete_request) {
-                (Some(put), None) => (validate_put(&meta, &put.item)?, Mutation::Put(put.item)),
-                (None, Some(delete)) => (validate_key(&meta, &delete.key)?, Mutation::Delete),
-                _ => {
-                    return Err(ApiError::validation(
-                        "Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes: a WriteRequest holds exactly one of PutRequest and DeleteRequest",
-                    ));
-                }
+        for (item, put) in mutations {
+            let (key, mutation) = if put {
+                (validate_put_key(&meta, &item)?, Mutation::Put(item))
+            } else {
+                (validate_key(&meta, &item)?, Mutation::Delete)
             };
             if !seen.insert((meta.id, key.clone())) {
                 return Err(ApiError::validation("Provided list of item keys contains duplicates"));

@@ -145,9 +145,14 @@ pub async fn write_checked<T: Send + 'static>(
 
 /// Validates an item for PutItem and returns its stored key.
 pub fn validate_put(meta: &TableMeta, item: &Item) -> Result<Vec<u8>, ApiError> {
+    validate_item_limits(item)?;
+    validate_put_key(meta, item)
+}
+
+/// [`validate_put`] after [`validate_item_limits`] (the checks that need the table).
+pub fn validate_put_key(meta: &TableMeta, item: &Item) -> Result<Vec<u8>, ApiError> {
     catalog::validate_key_attributes(&meta.key, item, true)?;
     catalog::validate_index_key_types(meta, item)?;
-    validate_item_limits(item)?;
     engine::key_of(meta.key_hash, &meta.key, item)
 }
 
@@ -222,11 +227,15 @@ impl ConditionalWrite {
 }
 
 pub async fn put_item(store: &Store, mut request: PutItemRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().require_table(&request.table_name)?;
+    // Everything that does not need the table is checked before it is looked up, as DynamoDB
+    // does (an invalid request names its problem, whether or not the table exists).
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
     let condition = request.write.condition_alone()?;
     let item = request.item;
-    let key = validate_put(&meta, &item)?;
+    validate_item_limits(&item)?;
+    let meta = store.engine().require_table(&request.table_name)?;
+    let key = validate_put_key(&meta, &item)?;
     let mode = request.write.return_consumed_capacity;
     let wants_capacity = capacity_wanted(mode.as_deref());
     let (old, capacity) = write_checked(
@@ -264,7 +273,8 @@ pub struct GetItemRequest {
 }
 
 pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().require_table(&request.table_name)?;
+    // Checked before the table is looked up, as in PutItem.
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     validate_return_consumed_capacity(request.return_consumed_capacity.as_deref())?;
     let inputs = ExpressionInputs {
         names: request.expression_attribute_names,
@@ -285,6 +295,7 @@ pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiErro
         context.check_all_used()?;
         projection
     };
+    let meta = store.engine().require_table(&request.table_name)?;
     let key = validate_key(&meta, &request.key)?;
     let item = store.engine().snapshot()?.get(&meta, &key)?;
     let size = item.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
@@ -313,9 +324,11 @@ pub struct DeleteItemRequest {
 }
 
 pub async fn delete_item(store: &Store, mut request: DeleteItemRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().require_table(&request.table_name)?;
+    // Checked before the table is looked up, as in PutItem.
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
     let condition = request.write.condition_alone()?;
+    let meta = store.engine().require_table(&request.table_name)?;
     let key = validate_key(&meta, &request.key)?;
     let old = write_checked(store, &meta, key, (condition, return_old), |context, meta, key, old| {
         context.delete(meta, key, old.as_ref())?;
@@ -352,16 +365,32 @@ pub fn build_update(
     expression: Option<&str>,
     legacy_updates: Option<&HashMap<String, AttributeValueUpdate>>,
 ) -> Result<Option<UpdateExpression>, ApiError> {
+    let update = parse_update_request(context, expression, legacy_updates)?;
+    refuse_key_updates(meta, update.as_ref())?;
+    Ok(update)
+}
+
+/// An update from either UpdateExpression or the legacy AttributeUpdates, checked as far as it
+/// can be without the table (DynamoDB checks these before it looks the table up).
+fn parse_update_request(
+    context: &expr::Context<'_>,
+    expression: Option<&str>,
+    legacy_updates: Option<&HashMap<String, AttributeValueUpdate>>,
+) -> Result<Option<UpdateExpression>, ApiError> {
     refuse_mixed(
         &[("UpdateExpression", expression.is_some())],
         &[("AttributeUpdates", legacy_updates.is_some())],
     )?;
-    let update = match (expression, legacy_updates) {
+    Ok(match (expression, legacy_updates) {
         (Some(text), _) => Some(expr::parse_update(text, context)?),
         (None, Some(updates)) if !updates.is_empty() => Some(legacy::attribute_updates_to_update(updates)?),
         _ => None,
-    };
-    if let Some(update) = &update {
+    })
+}
+
+/// Refuses an update that sets or removes a key attribute of `meta`.
+fn refuse_key_updates(meta: &TableMeta, update: Option<&UpdateExpression>) -> Result<(), ApiError> {
+    if let Some(update) = update {
         for path in update.target_paths() {
             if let Some(PathElement::Attribute(name)) = path.0.first()
                 && meta.key.is_key_attribute(name)
@@ -372,7 +401,7 @@ pub fn build_update(
             }
         }
     }
-    Ok(update)
+    Ok(())
 }
 
 /// Applies an update to the current item (or a new one made of the key) without touching `old`.
@@ -451,7 +480,9 @@ pub fn returned_attributes(
 }
 
 pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().require_table(&request.table_name)?;
+    // Everything that does not need the table is checked before it is looked up, as DynamoDB
+    // does (an invalid request names its problem, whether or not the table exists).
+    catalog::validate_table_name(&request.table_name, "tableName")?;
     let write = &mut request.write;
     let (return_values, return_old) = write.returns(&[
         ReturnValues::AllOld,
@@ -478,8 +509,7 @@ pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Resul
     super::refuse_inputs_without_expressions(&inputs, &given, &given)?;
     let (condition, update) = {
         let context = inputs.context();
-        let update = build_update(
-            &meta,
+        let update = parse_update_request(
             &context,
             request.update_expression.as_deref(),
             request.attribute_updates.as_ref(),
@@ -488,6 +518,8 @@ pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Resul
         context.check_all_used()?;
         (condition, update)
     };
+    let meta = store.engine().require_table(&request.table_name)?;
+    refuse_key_updates(&meta, update.as_ref())?;
     let key_bytes = validate_key(&meta, &request.key)?;
     let key = request.key;
     let target = UpdateTarget {

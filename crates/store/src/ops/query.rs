@@ -447,16 +447,26 @@ pub struct Read {
 
 impl Read {
     /// The index read (if any) and the Limit, after the checks Query and Scan make first.
-    fn check<'m>(&self, meta: &'m TableMeta) -> Result<(Option<&'m IndexMeta>, Option<usize>), ApiError> {
-        let index = resolve_index(meta, self.index_name.as_deref())?;
+    /// The checks that do not need the table (DynamoDB makes them before it looks the table
+    /// up): the table and index names' constraints, ReturnConsumedCapacity and Limit.
+    fn check_request(&self, table_name: &str) -> Result<Option<usize>, ApiError> {
+        crate::catalog::validate_table_name(table_name, "tableName")?;
+        if let Some(index) = self.index_name.as_deref() {
+            crate::catalog::validate_table_name(index, "indexName")?;
+        }
         validate_return_consumed_capacity(self.return_consumed_capacity.as_deref())?;
-        let limit = parse_limit(self.limit)?;
+        parse_limit(self.limit)
+    }
+
+    /// The index read in `meta` (none: the table), refused if it cannot be read as asked.
+    fn index<'m>(&self, meta: &'m TableMeta) -> Result<Option<&'m IndexMeta>, ApiError> {
+        let index = resolve_index(meta, self.index_name.as_deref())?;
         if self.consistent_read == Some(true) && index.is_some_and(|i| i.kind == IndexKind::Global) {
             return Err(ApiError::validation(
                 "Consistent reads are not supported on global secondary indexes",
             ));
         }
-        Ok((index, limit))
+        Ok(index)
     }
 
     /// Refuses expression parameters (KeyConditionExpression when `key_condition` says it is
@@ -862,8 +872,9 @@ fn multi_attribute_query_bounds(
 }
 
 pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().require_table(&request.table_name)?;
-    let (index, limit) = request.read.check(&meta)?;
+    // Everything that does not need the table is checked before it is looked up, as DynamoDB
+    // does (an invalid request names its problem, whether or not the table exists).
+    let limit = request.read.check_request(&request.table_name)?;
     request.read.refuse_mixed(
         Some(request.key_condition_expression.is_some()),
         ("QueryFilter", request.query_filter.is_some()),
@@ -874,14 +885,31 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
         &[("KeyConditionExpression", request.key_condition_expression.is_some())],
         &[("KeyConditions", request.key_conditions.is_some())],
     )?;
-    let schema = index.map_or(&meta.key, |i| &i.key);
     // A multi-attribute key's query may name any of its attributes (conditions on other
-    // attributes are refused with the others, once the schema is matched).
-    let conditions_max = if schema.is_multi_attribute() {
-        catalog::INDEX_PARTITION_ATTRIBUTES_MAX + catalog::INDEX_SORT_ATTRIBUTES_MAX
-    } else {
-        schema.attributes().count()
-    };
+    // attributes are refused with the others, once the schema is matched). The key is the
+    // table's or index's, where they exist; else a key of two, refused as missing next.
+    let found = store
+        .engine()
+        .table(&request.table_name)
+        .filter(|meta| !meta.restoring());
+    // An index the table lacks is named before the key condition is judged against its key.
+    if let Some(meta) = &found {
+        request.read.index(meta)?;
+    }
+    let conditions_max = found
+        .as_deref()
+        .and_then(|meta| {
+            let schema = match request.read.index_name.as_deref() {
+                None => &meta.key,
+                Some(name) => &meta.index(name)?.key,
+            };
+            Some(if schema.is_multi_attribute() {
+                catalog::INDEX_PARTITION_ATTRIBUTES_MAX + catalog::INDEX_SORT_ATTRIBUTES_MAX
+            } else {
+                schema.attributes().count()
+            })
+        })
+        .unwrap_or(2);
     let (key_condition, filter, projection) = request.read.parse(
         (
             request.query_filter.as_ref(),
@@ -896,6 +924,9 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
             )),
         },
     )?;
+    let meta = store.engine().require_table(&request.table_name)?;
+    let index = request.read.index(&meta)?;
+    let schema = index.map_or(&meta.key, |i| &i.key);
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     if let Some(filter) = &filter {
         refuse_key_in_filter(filter, schema, request.read.filter_expression.is_some())?;
@@ -987,8 +1018,8 @@ fn in_bounds(key: &[u8], lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool
 }
 
 pub fn scan(store: &Store, mut request: ScanRequest) -> Result<Value, ApiError> {
-    let meta = store.engine().require_table(&request.table_name)?;
-    let (index, limit) = request.read.check(&meta)?;
+    // Everything that does not need the table is checked before it is looked up, as in Query.
+    let limit = request.read.check_request(&request.table_name)?;
     let (lower, upper) = scan_bounds(request.segment, request.total_segments)?;
     request
         .read
@@ -997,6 +1028,8 @@ pub fn scan(store: &Store, mut request: ScanRequest) -> Result<Value, ApiError> 
         request
             .read
             .parse((request.scan_filter.as_ref(), None), "ScanFilter", |_| Ok(()))?;
+    let meta = store.engine().require_table(&request.table_name)?;
+    let index = request.read.index(&meta)?;
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     let start = request.read.start(&meta, index)?;
     if let Some(start) = &start

@@ -506,7 +506,61 @@ pub struct UpdateTableRequest {
     replica_updates: Option<Vec<ReplicaUpdate>>,
 }
 
+/// The checks of an UpdateTable that do not need the table, made before it is looked up as
+/// DynamoDB makes them (an invalid request names its problem whether or not the table exists).
+fn check_update_request(request: &UpdateTableRequest) -> Result<(), ApiError> {
+    catalog::validate_table_name(&request.table_name, "tableName")?;
+    let mut problems = Vec::new();
+    if let Some(asked) = request.provisioned_throughput {
+        for (value, field) in [
+            (asked.read_capacity_units, "readCapacityUnits"),
+            (asked.write_capacity_units, "writeCapacityUnits"),
+        ] {
+            if value < 1 {
+                problems.push(format!(
+                    "Value '{value}' at 'provisionedThroughput.{field}' failed to satisfy constraint: Member must have value greater than or equal to 1"
+                ));
+            }
+        }
+    }
+    catalog::constraint_errors(problems)?;
+    let updates = request.global_secondary_index_updates.as_deref().unwrap_or_default();
+    let asks_nothing = updates.is_empty()
+        && request.billing_mode.is_none()
+        && request.provisioned_throughput.is_none()
+        && request.stream_specification.is_none()
+        && request.replica_updates.as_ref().is_none_or(Vec::is_empty)
+        && request.table_class.is_none()
+        && request.deletion_protection_enabled.is_none()
+        && request.attribute_definitions.is_none();
+    if asks_nothing {
+        return Err(ApiError::validation(
+            "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled, GlobalSecondaryIndexUpdates or SSESpecification or ReplicaUpdates is required",
+        ));
+    }
+    let mut named = std::collections::HashSet::new();
+    for update in updates {
+        let name = match (&update.create, &update.delete, &update.update) {
+            (None, None, None) => {
+                return Err(ApiError::validation(
+                    "One or more parameter values were invalid: One of GlobalSecondaryIndexUpdate.Update, GlobalSecondaryIndexUpdate.Create, GlobalSecondaryIndexUpdate.Delete must not be null",
+                ));
+            }
+            (Some(create), _, _) => &create.index_name,
+            (None, Some(delete), _) => &delete.index_name,
+            (None, None, Some(update)) => &update.index_name,
+        };
+        if !named.insert(name.as_str()) {
+            return Err(ApiError::validation(format!(
+                "One or more parameter values were invalid: Only one global secondary index update per index is allowed simultaneously. Index: {name}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<Value, ApiError> {
+    check_update_request(&request)?;
     let meta = named_table(store, &request.table_name)?;
     refuse_restoring(&meta)?;
     if let Some(updates) = request.replica_updates {
