@@ -897,6 +897,11 @@ BIG = "x" * (400 * 1024)
     ("Query", {"TableName": GHOST, "IndexName": "by-ix", "Limit": 0,
                "KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "a"}}},
      "at 'limit' failed to satisfy constraint"),
+    # The maps are judged before the expressions that use them.
+    ("PutItem", {"TableName": GHOST, "Item": {"pk": {"S": "a"}}, "ConditionExpression": "",
+                 "ExpressionAttributeNames": {}}, "ExpressionAttributeNames must not be empty"),
+    ("Scan", {"TableName": GHOST, "FilterExpression": "a = ", "ExpressionAttributeValues": {"v": {"S": "x"}}},
+     'ExpressionAttributeValues contains invalid key: Syntax error; key: "v"'),
     ("Scan", {"TableName": GHOST, "Segment": 1}, "The TotalSegments parameter is required"),
     ("Scan", {"TableName": GHOST, "FilterExpression": "((a = :v))", "ExpressionAttributeValues": {":v": {"S": "x"}}},
      "The expression has redundant parentheses"),

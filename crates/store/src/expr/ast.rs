@@ -153,6 +153,20 @@ impl<'a> Context<'a> {
     /// Call after parsing every expression of a request: DynamoDB refuses empty maps, keys that
     /// are not placeholders, and placeholders that no expression used.
     pub fn check_all_used(&self) -> Result<(), ApiError> {
+        self.check_maps()?;
+        let used = self.used_names.lock().unwrap_or_else(PoisonError::into_inner);
+        check_unused("ExpressionAttributeNames", self.names.map(|names| names.keys()), &used)?;
+        let used = self.used_values.lock().unwrap_or_else(PoisonError::into_inner);
+        check_unused(
+            "ExpressionAttributeValues",
+            self.values.map(|values| values.keys()),
+            &used,
+        )
+    }
+
+    /// The maps themselves, as DynamoDB checks them before it parses the expressions: neither
+    /// empty, every key a placeholder, every name an attribute name.
+    pub fn check_maps(&self) -> Result<(), ApiError> {
         check_keys("ExpressionAttributeNames", self.names.map(|names| names.keys()), '#')?;
         if let Some(names) = self.names {
             let mut names: Vec<(&String, &String)> = names.iter().collect();
@@ -169,14 +183,6 @@ impl<'a> Context<'a> {
             "ExpressionAttributeValues",
             self.values.map(|values| values.keys()),
             ':',
-        )?;
-        let used = self.used_names.lock().unwrap_or_else(PoisonError::into_inner);
-        check_unused("ExpressionAttributeNames", self.names.map(|names| names.keys()), &used)?;
-        let used = self.used_values.lock().unwrap_or_else(PoisonError::into_inner);
-        check_unused(
-            "ExpressionAttributeValues",
-            self.values.map(|values| values.keys()),
-            &used,
         )
     }
 }

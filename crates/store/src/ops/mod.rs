@@ -317,7 +317,7 @@ impl ExpressionInputs {
 }
 
 /// DynamoDB refuses expression names and values in a request that gives no expression to use
-/// them, before it looks at the maps themselves: names need one of `expressions` given, values
+/// them, before it looks at the maps themselves (checked next, `Context::check_maps`): names need one of `expressions` given, values
 /// one of `value_expressions`, which its message then lists as null (`ExpressionAttributeValues
 /// can only be specified when using expressions: UpdateExpression and ConditionExpression are
 /// null`).
@@ -341,7 +341,9 @@ pub fn refuse_inputs_without_expressions(
             "ExpressionAttributeValues can only be specified when using expressions: {listed}"
         )));
     }
-    Ok(())
+    // Then the maps themselves, before any expression is parsed (DynamoDB's order: an empty
+    // map is named as such, not as the expression's problem).
+    inputs.context().check_maps()
 }
 
 /// DynamoDB refuses a request that mixes expression and legacy parameters.
