@@ -368,7 +368,19 @@ pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<
         })
         .await?;
     tracing::info!(table = %name, id = meta.id, "table created");
-    Ok(json!({"TableDescription": describe(store, &meta, "ACTIVE")}))
+    // DynamoDB answers CreateTable with the table and its global indexes CREATING (its API
+    // reference: "immediately returns a response with a TableStatus of CREATING"); here they
+    // are ACTIVE by the time the answer is read, as DescribeTable then says.
+    let mut description = describe(store, &meta, "CREATING");
+    for index in description
+        .get_mut("GlobalSecondaryIndexes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        index["IndexStatus"] = json!("CREATING");
+    }
+    Ok(json!({"TableDescription": description}))
 }
 
 #[derive(Deserialize)]
