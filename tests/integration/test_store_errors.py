@@ -947,3 +947,48 @@ def test_a_valid_request_for_a_missing_table_is_resource_not_found(store, operat
     # recorded), so the put and the delete of one key find no table first.
     kind, got = raw_error(store, operation, body)
     assert kind == "ResourceNotFoundException" and GHOST in got, (operation, got)
+
+
+def test_a_path_inside_a_key_attribute_is_refused_in_every_expression(store):
+    """Key attributes are scalars: a document path into one (`a.b`, `a[0]`) is DynamoDB's
+    "Key attributes must be scalars" in a projection, a condition, a filter or an update, naming
+    the table's key (`Key`) or an index's (`IndexKey`); DynamoDB Local answers the same."""
+    client = store.client()
+    name = create_table(client, "scalar-keys", hash_key=("a", "S"), range_key=("b", "S"),
+                        extra_attributes={"d": "S"},
+                        LocalSecondaryIndexes=[{"IndexName": "by-d", "Projection": {"ProjectionType": "ALL"},
+                                                "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"},
+                                                              {"AttributeName": "d", "KeyType": "RANGE"}]}])
+    key = {"a": {"S": "x"}, "b": {"S": "y"}}
+    client.put_item(TableName=name, Item={**key, "d": {"S": "z"}, "m": {"M": {"q": {"S": "1"}}}})
+    value = {":v": {"S": "x"}}
+    for operation, body, role in [
+        ("GetItem", {"Key": key, "ProjectionExpression": "a.b"}, "Key: a"),
+        ("GetItem", {"Key": key, "ProjectionExpression": "m.q, b[0]"}, "Key: b"),
+        ("GetItem", {"Key": key, "ProjectionExpression": "d.b"}, "IndexKey: d"),
+        ("Query", {"KeyConditionExpression": "a = :v", "ExpressionAttributeValues": value,
+                   "ProjectionExpression": "a.b"}, "Key: a"),
+        ("Query", {"KeyConditionExpression": "a = :v", "ExpressionAttributeValues": value,
+                   "FilterExpression": "attribute_exists(d.c)"}, "IndexKey: d"),
+        ("Scan", {"FilterExpression": "a.b = :v", "ExpressionAttributeValues": value}, "Key: a"),
+        ("PutItem", {"Item": key, "ConditionExpression": "attribute_exists(a.b)"}, "Key: a"),
+        ("DeleteItem", {"Key": key, "ConditionExpression": "size(d[1]) > :n",
+                        "ExpressionAttributeValues": {":n": {"N": "1"}}}, "IndexKey: d"),
+        ("UpdateItem", {"Key": key, "UpdateExpression": "SET d.b = :v", "ExpressionAttributeValues": value},
+         "IndexKey: d"),
+        ("UpdateItem", {"Key": key, "UpdateExpression": "SET q = a.b"}, "Key: a"),
+        ("UpdateItem", {"Key": key, "UpdateExpression": "SET q = :v", "ConditionExpression": "a.b = :v",
+                        "ExpressionAttributeValues": value}, "Key: a"),
+        ("BatchGetItem", {"RequestItems": {name: {"Keys": [key], "ProjectionExpression": "b.c"}}}, "Key: b"),
+        ("TransactWriteItems", {"TransactItems": [{"ConditionCheck": {
+            "TableName": name, "Key": key, "ConditionExpression": "attribute_exists(a[0])"}}]}, "Key: a"),
+    ]:
+        if operation not in ("BatchGetItem", "TransactWriteItems"):
+            body = {"TableName": name, **body}
+        kind, got = raw_error(store, operation, body)
+        assert (kind, got) == ("ValidationException", "Key attributes must be scalars; list random access '[]' and "
+                                                      f"map lookup '.' are not allowed: {role}"), (operation, body)
+    # A key's own name, and paths inside other attributes, are fine; the item is as it was.
+    assert client.get_item(TableName=name, Key=key, ProjectionExpression="a, m.q")["Item"] == \
+        {"a": {"S": "x"}, "m": {"M": {"q": {"S": "1"}}}}
+    assert client.get_item(TableName=name, Key=key, ConsistentRead=True)["Item"]["d"] == {"S": "z"}

@@ -314,6 +314,36 @@ impl Condition {
     }
 
     /// The top-level attributes the condition reads, in order of first mention.
+    /// Every document path the condition reads, in expression order.
+    pub fn paths(&self) -> Vec<&Path> {
+        fn operand<'a>(operand: &'a Operand, out: &mut Vec<&'a Path>) {
+            match operand {
+                Operand::Path(path) | Operand::Size(path) => out.push(path),
+                Operand::Value(_) => {}
+            }
+        }
+        fn node<'a>(current: &'a Node, out: &mut Vec<&'a Path>) {
+            match current {
+                Node::Compare(_, a, b) | Node::BeginsWith(a, b) | Node::Contains(a, b) => {
+                    operand(a, out);
+                    operand(b, out);
+                }
+                Node::Between(a, b, c) => [a, b, c].into_iter().for_each(|o| operand(o, out)),
+                Node::In(a, list) => {
+                    operand(a, out);
+                    list.iter().for_each(|o| operand(o, out));
+                }
+                Node::Exists(path) | Node::NotExists(path) => out.push(path),
+                Node::Type(a, _) => operand(a, out),
+                Node::Not(inner) => node(inner, out),
+                Node::And(children) | Node::Or(children) => children.iter().for_each(|c| node(c, out)),
+            }
+        }
+        let mut out = Vec::new();
+        node(&self.root, &mut out);
+        out
+    }
+
     pub fn top_attributes(&self) -> Vec<&str> {
         fn operand<'a>(operand: &'a Operand, out: &mut Vec<&'a str>) {
             match operand {

@@ -140,6 +140,32 @@ impl UpdateExpression {
     pub fn target_paths(&self) -> Vec<Path> {
         self.actions.iter().map(|action| action.path().clone()).collect()
     }
+
+    /// Every document path the update names: each action's, then those its SET values read.
+    pub fn paths(&self) -> Vec<&Path> {
+        fn value<'a>(set: &'a SetValue, out: &mut Vec<&'a Path>) {
+            match set {
+                SetValue::Path(path) => out.push(path),
+                SetValue::Value(_) => {}
+                SetValue::IfNotExists(path, fallback) => {
+                    out.push(path);
+                    value(fallback, out);
+                }
+                SetValue::ListAppend(a, b) | SetValue::Plus(a, b) | SetValue::Minus(a, b) => {
+                    value(a, out);
+                    value(b, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for action in &self.actions {
+            out.push(action.path());
+            if let Action::Set(_, set) = action {
+                value(set, &mut out);
+            }
+        }
+        out
+    }
 }
 
 /// Computes a SET right-hand side against the item as it was before the update.

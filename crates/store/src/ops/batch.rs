@@ -145,6 +145,7 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
     let mut plans = Vec::new();
     for (name, entry, projection) in checked {
         let meta = store.engine().require_table(name)?;
+        super::refuse_nested_key_paths(&meta, projection.iter().flatten())?;
         // Keys that differ as given and are the same key of the table (a number written
         // another way): duplicates too.
         let mut seen = HashSet::new();
@@ -412,6 +413,7 @@ fn plan_step(store: &Store, position: usize, item: TransactWriteItem) -> Result<
     super::refuse_inputs_without_expressions(&inputs, &given, &given)?;
     let context = inputs.context();
     let condition = build_condition(&context, operation.condition_expression.as_deref(), None, None)?;
+    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
     let missing = |field: &str| {
         ApiError::validation(format!(
             "1 validation error detected: Value null at 'transactItems.{}.member.{}.{field}' failed to satisfy constraint: Member must not be null",
@@ -437,6 +439,7 @@ fn plan_step(store: &Store, position: usize, item: TransactWriteItem) -> Result<
                 ),
                 None,
             )?;
+            super::refuse_nested_key_paths(&meta, update.iter().flat_map(|u| u.paths()))?;
             (validate_key(&meta, &key_item)?, TxAction::Update(key_item, update))
         }
         "Delete" => (
@@ -615,6 +618,7 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
         let context = inputs.context();
         let projection = build_projection(&context, get.projection_expression.as_deref(), None)?;
         context.check_all_used()?;
+        super::refuse_nested_key_paths(&meta, projection.iter().flatten())?;
         let key = validate_key(&meta, &get.key)?;
         if !seen.insert((meta.id, key.clone())) {
             return Err(ApiError::validation(

@@ -235,6 +235,7 @@ pub async fn put_item(store: &Store, mut request: PutItemRequest) -> Result<Valu
     let item = request.item;
     validate_item_limits(&item)?;
     let meta = store.engine().require_table(&request.table_name)?;
+    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
     let key = validate_put_key(&meta, &item)?;
     let mode = request.write.return_consumed_capacity;
     let wants_capacity = capacity_wanted(mode.as_deref());
@@ -296,6 +297,7 @@ pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiErro
         projection
     };
     let meta = store.engine().require_table(&request.table_name)?;
+    super::refuse_nested_key_paths(&meta, projection.iter().flatten())?;
     let key = validate_key(&meta, &request.key)?;
     let item = store.engine().snapshot()?.get(&meta, &key)?;
     let size = item.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
@@ -329,6 +331,7 @@ pub async fn delete_item(store: &Store, mut request: DeleteItemRequest) -> Resul
     let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
     let condition = request.write.condition_alone()?;
     let meta = store.engine().require_table(&request.table_name)?;
+    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
     let key = validate_key(&meta, &request.key)?;
     let old = write_checked(store, &meta, key, (condition, return_old), |context, meta, key, old| {
         context.delete(meta, key, old.as_ref())?;
@@ -520,6 +523,13 @@ pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Resul
     };
     let meta = store.engine().require_table(&request.table_name)?;
     refuse_key_updates(&meta, update.as_ref())?;
+    super::refuse_nested_key_paths(
+        &meta,
+        update
+            .iter()
+            .flat_map(|u| u.paths())
+            .chain(condition.iter().flat_map(|c| c.paths())),
+    )?;
     let key_bytes = validate_key(&meta, &request.key)?;
     let key = request.key;
     let target = UpdateTarget {

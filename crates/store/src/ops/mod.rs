@@ -346,6 +346,29 @@ pub fn refuse_inputs_without_expressions(
     inputs.context().check_maps()
 }
 
+/// DynamoDB refuses a document path that looks inside a key attribute of the table (`Key`) or of
+/// one of its indexes (`IndexKey`): key attributes are scalars, so `a.b` or `a[0]` where `a` is
+/// one can only be a mistake, in any expression.
+pub fn refuse_nested_key_paths<'p>(
+    meta: &crate::catalog::TableMeta,
+    paths: impl IntoIterator<Item = &'p expr::Path>,
+) -> Result<(), ApiError> {
+    for path in paths.into_iter().filter(|path| path.0.len() > 1) {
+        let Some(top) = path.top_attribute() else { continue };
+        let role = if meta.key.is_key_attribute(top) {
+            "Key"
+        } else if meta.indexes.iter().any(|index| index.key.is_key_attribute(top)) {
+            "IndexKey"
+        } else {
+            continue;
+        };
+        return Err(ApiError::validation(format!(
+            "Key attributes must be scalars; list random access '[]' and map lookup '.' are not allowed: {role}: {top}"
+        )));
+    }
+    Ok(())
+}
+
 /// DynamoDB refuses a request that mixes expression and legacy parameters.
 pub fn refuse_mixed(expression_params: &[(&str, bool)], legacy_params: &[(&str, bool)]) -> Result<(), ApiError> {
     let expressions: Vec<&str> = expression_params

@@ -926,6 +926,10 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
     )?;
     let meta = store.engine().require_table(&request.table_name)?;
     let index = request.read.index(&meta)?;
+    super::refuse_nested_key_paths(
+        &meta,
+        projection.iter().flatten().chain(filter.iter().flat_map(|f| f.paths())),
+    )?;
     let schema = index.map_or(&meta.key, |i| &i.key);
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     if let Some(filter) = &filter {
@@ -1030,6 +1034,10 @@ pub fn scan(store: &Store, mut request: ScanRequest) -> Result<Value, ApiError> 
             .parse((request.scan_filter.as_ref(), None), "ScanFilter", |_| Ok(()))?;
     let meta = store.engine().require_table(&request.table_name)?;
     let index = request.read.index(&meta)?;
+    super::refuse_nested_key_paths(
+        &meta,
+        projection.iter().flatten().chain(filter.iter().flat_map(|f| f.paths())),
+    )?;
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     let start = request.read.start(&meta, index)?;
     if let Some(start) = &start
