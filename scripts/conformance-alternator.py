@@ -27,16 +27,14 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STARTUP_DEADLINE_S = 30
+sys.path.insert(0, str(ROOT / "scripts"))
+from store_process import start_store  # noqa: E402
 SUITE_DEADLINE_S = 3600
 # The suite's fallback key when it cannot read a role over CQL (conftest.py).
 SUITE_ACCESS_KEY, SUITE_SECRET = "unknownuser", "unknownsecret"
@@ -121,33 +119,15 @@ def prepare(suite: Path, work: Path) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_store(binary: Path, work: Path, credentials: bool):
-    port = free_port()
-    args = [str(binary), "store", "--data-dir", str(work / "data"), "--listen", f"127.0.0.1:{port}"]
+def start_suite_store(binary: Path, work: Path, credentials: bool):
+    """The store, with a credentials file matching the suite's key if `credentials`; (process, url)."""
+    extra = []
     if credentials:
         creds = work / "credentials"
         creds.write_text(f"{SUITE_ACCESS_KEY} {SUITE_SECRET}\n")
-        args += ["--credentials", str(creds)]
-    log = open(work / "store.log", "w")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the store exited at start; see {work / 'store.log'}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1):
-                return process, url
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit(f"the store did not answer within {STARTUP_DEADLINE_S} s; see {work / 'store.log'}")
+        extra = ["--credentials", str(creds)]
+    process, port = start_store(binary, work, extra)
+    return process, f"http://127.0.0.1:{port}"
 
 
 def main() -> int:
@@ -177,7 +157,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="conformance-"))
     try:
         target = prepare(args.suite.resolve(), work)
-        process, url = start_store(args.binary.resolve(), work, args.credentials)
+        process, url = start_suite_store(args.binary.resolve(), work, args.credentials)
         try:
             command = [str(python), "-m", "pytest", "-q", "-rfE", "--url", url, str(target),
                        *[f"--ignore={target / name}" for name in LEFT_OUT], *args.pytest_args]

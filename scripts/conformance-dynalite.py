@@ -34,16 +34,14 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STARTUP_DEADLINE_S = 30
+sys.path.insert(0, str(ROOT / "scripts"))
+from store_process import start_store  # noqa: E402
 FILE_DEADLINE_S = 900
 NPM_DEADLINE_S = 600
 LEFT_OUT = ("helpers.js", "connection.js", "bench.js")
@@ -83,32 +81,6 @@ def prepare(suite: Path, work: Path) -> Path:
     return work / "test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_store(binary: Path, work: Path):
-    port = free_port()
-    data = work / "data"
-    args = [str(binary), "store", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
-    log = open(work / "store.log", "w")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the store exited at start; see {work / 'store.log'}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1):
-                return process, port
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit(f"the store did not answer within {STARTUP_DEADLINE_S} s; see {work / 'store.log'}")
-
-
 def run_files(work: Path, files: list[str], port: int, label: str) -> dict:
     """{(file, block, title): passed} for every test the files ran against the endpoint on `port`."""
     results = {}
@@ -136,7 +108,11 @@ def run_files(work: Path, files: list[str], port: int, label: str) -> dict:
                 if not match:
                     continue
                 ok = match.group(1) == "✓"
-                results[(name, block, match.group(2).strip())] = ok
+                # A few titles repeat within a block: each occurrence is its own test.
+                title, seen = match.group(2).strip(), 1
+                while (name, block, title if seen == 1 else f"{title} #{seen}") in results:
+                    seen += 1
+                results[(name, block, title if seen == 1 else f"{title} #{seen}")] = ok
                 passed += ok
                 failed += not ok
         print(f"{label:>12} {name:<24} {passed:4} passing {failed:4} failing", flush=True)

@@ -313,7 +313,6 @@ impl Condition {
         Ok(crate::expr::eval::condition(&self.root, item))
     }
 
-    /// The top-level attributes the condition reads, in order of first mention.
     /// Every document path the condition reads, in expression order.
     pub fn paths(&self) -> Vec<&Path> {
         fn operand<'a>(operand: &'a Operand, out: &mut Vec<&'a Path>) {
@@ -344,43 +343,14 @@ impl Condition {
         out
     }
 
+    /// The top-level attributes the condition reads, in order of first mention.
     pub fn top_attributes(&self) -> Vec<&str> {
-        fn operand<'a>(operand: &'a Operand, out: &mut Vec<&'a str>) {
-            match operand {
-                Operand::Path(path) | Operand::Size(path) => path_name(path, out),
-                Operand::Value(_) => {}
-            }
-        }
-        fn path_name<'a>(path: &'a Path, out: &mut Vec<&'a str>) {
-            if let Some(name) = path.top_attribute()
-                && !out.contains(&name)
-            {
+        let mut out: Vec<&str> = Vec::new();
+        for name in self.paths().into_iter().filter_map(Path::top_attribute) {
+            if !out.contains(&name) {
                 out.push(name);
             }
         }
-        fn node<'a>(current: &'a Node, out: &mut Vec<&'a str>) {
-            match current {
-                Node::Compare(_, a, b) | Node::BeginsWith(a, b) | Node::Contains(a, b) => {
-                    operand(a, out);
-                    operand(b, out);
-                }
-                Node::Between(a, b, c) => {
-                    for o in [a, b, c] {
-                        operand(o, out);
-                    }
-                }
-                Node::In(a, list) => {
-                    operand(a, out);
-                    list.iter().for_each(|o| operand(o, out));
-                }
-                Node::Exists(path) | Node::NotExists(path) => path_name(path, out),
-                Node::Type(a, _) => operand(a, out),
-                Node::Not(inner) => node(inner, out),
-                Node::And(children) | Node::Or(children) => children.iter().for_each(|c| node(c, out)),
-            }
-        }
-        let mut out = Vec::new();
-        node(&self.root, &mut out);
         out
     }
 }

@@ -396,6 +396,21 @@ fn refuse_unprojected_filter(filter: &Condition, meta: &TableMeta, index: &Index
     )))
 }
 
+/// A Query's or Scan's projection and filter may not look inside a key attribute.
+fn refuse_nested_read_paths(
+    meta: &TableMeta,
+    projection: Option<&[Path]>,
+    filter: Option<&Condition>,
+) -> Result<(), ApiError> {
+    super::refuse_nested_key_paths(
+        meta,
+        projection
+            .into_iter()
+            .flatten()
+            .chain(filter.into_iter().flat_map(Condition::paths)),
+    )
+}
+
 /// A Query filters on non-key attributes only: the key belongs in the key condition.
 fn refuse_key_in_filter(filter: &Condition, schema: &KeySchema, expression: bool) -> Result<(), ApiError> {
     match filter
@@ -926,10 +941,7 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
     )?;
     let meta = store.engine().require_table(&request.table_name)?;
     let index = request.read.index(&meta)?;
-    super::refuse_nested_key_paths(
-        &meta,
-        projection.iter().flatten().chain(filter.iter().flat_map(|f| f.paths())),
-    )?;
+    refuse_nested_read_paths(&meta, projection.as_deref(), filter.as_ref())?;
     let schema = index.map_or(&meta.key, |i| &i.key);
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     if let Some(filter) = &filter {
@@ -1034,10 +1046,7 @@ pub fn scan(store: &Store, mut request: ScanRequest) -> Result<Value, ApiError> 
             .parse((request.scan_filter.as_ref(), None), "ScanFilter", |_| Ok(()))?;
     let meta = store.engine().require_table(&request.table_name)?;
     let index = request.read.index(&meta)?;
-    super::refuse_nested_key_paths(
-        &meta,
-        projection.iter().flatten().chain(filter.iter().flat_map(|f| f.paths())),
-    )?;
+    refuse_nested_read_paths(&meta, projection.as_deref(), filter.as_ref())?;
     let select = parse_select(request.read.select.as_deref(), projection.is_some(), index)?;
     let start = request.read.start(&meta, index)?;
     if let Some(start) = &start

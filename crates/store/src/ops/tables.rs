@@ -36,6 +36,16 @@ fn not_found(name: &str) -> ApiError {
     ApiError::resource_not_found(format!("Requested resource not found: Table: {name} not found"))
 }
 
+/// The global indexes of a table description, to change as the answer needs (`get_mut`:
+/// indexing a JSON object mutably would add a null member where none is).
+fn global_indexes_mut(description: &mut Value) -> impl Iterator<Item = &mut Value> {
+    description
+        .get_mut("GlobalSecondaryIndexes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
 pub(crate) fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
     let engine = store.engine();
     // A global table whose billing mode or write capacity was changed here and some replica has
@@ -73,12 +83,7 @@ pub(crate) fn describe(store: &Store, meta: &TableMeta, status: &str) -> Value {
     if let Some(throughput) = description.get_mut("ProvisionedThroughput") {
         meta.throughput_changes.describe_into(throughput, now_seconds);
     }
-    for index in description
-        .get_mut("GlobalSecondaryIndexes")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for index in global_indexes_mut(&mut description) {
         if let Some(held) = index["IndexName"].as_str().and_then(|name| meta.index(name)) {
             held.throughput_changes
                 .describe_into(&mut index["ProvisionedThroughput"], now_seconds);
@@ -372,12 +377,7 @@ pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<
     // reference: "immediately returns a response with a TableStatus of CREATING"); here they
     // are ACTIVE by the time the answer is read, as DescribeTable then says.
     let mut description = describe(store, &meta, "CREATING");
-    for index in description
-        .get_mut("GlobalSecondaryIndexes")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for index in global_indexes_mut(&mut description) {
         index["IndexStatus"] = json!("CREATING");
     }
     Ok(json!({"TableDescription": description}))
@@ -685,12 +685,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     let mut description = describe(store, &result, "ACTIVE");
     // The index this call creates is answered as DynamoDB answers it: CREATING, in its first
     // phase (resources), Backfilling false; DescribeTable shows the copy under way after it.
-    for index in description
-        .get_mut("GlobalSecondaryIndexes")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for index in global_indexes_mut(&mut description) {
         if created.iter().any(|name| index["IndexName"] == name.as_str()) && index.get("Backfilling").is_some() {
             index["Backfilling"] = json!(false);
         }

@@ -1556,6 +1556,13 @@ async fn compare_settings(url: &str, tables: Value) -> (u16, Value) {
     post_signed(url, "/replication/v1/settings", "eu-west-1", body).await
 }
 
+/// eu-west-1's replica definition of `table` (request `sequence`), taken.
+async fn define(url: &str, table: &store::catalog::TableMeta, sequence: u64, joining: bool) {
+    let body = table_body(table, false, sequence, joining);
+    let (status, answer) = post_signed(url, "/replication/v1/table", "eu-west-1", body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 async fn ttl_status(url: &str) -> Value {
     ok(url, "DescribeTimeToLive", json!({"TableName": "carts"})).await["TimeToLiveDescription"]["TimeToLiveStatus"]
         .clone()
@@ -1566,14 +1573,7 @@ async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_se
     let (mut region, mut table) = lone_region_with_carts().await;
     ok(&region.url, "CreateTable", on_demand_table("local_only", "id")).await;
     table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
-    let (status, answer) = post_signed(
-        &region.url,
-        "/replication/v1/table",
-        "eu-west-1",
-        table_body(&table, false, 1, true),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
+    define(&region.url, &table, 1, true).await;
     // A TTL enabled by eu-west-1 arrives with its definition: taken, and not this region's to
     // send (it made no change).
     let version = (replication::Hlc::from_parts(now_ms(), 0).0, "eu-west-1".to_string());
@@ -1582,14 +1582,7 @@ async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_se
         enabled: true,
         version: Some(version.clone()),
     });
-    let (status, answer) = post_signed(
-        &region.url,
-        "/replication/v1/table",
-        "eu-west-1",
-        table_body(&table, false, 2, false),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
+    define(&region.url, &table, 2, false).await;
     assert_eq!(ttl_status(&region.url).await, "ENABLED");
 
     // A peer holding the same version: nothing to send; the answer gives this region's
