@@ -419,7 +419,7 @@ pub fn updated_item(
         update.apply(&mut new)?;
     }
     catalog::validate_index_key_types(meta, &new)?;
-    validate_item_limits(&new)?;
+    super::validate_updated_item_limits(&new)?;
     Ok(new)
 }
 

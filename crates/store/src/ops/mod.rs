@@ -277,6 +277,15 @@ pub use crate::expr::ATTRIBUTE_NAME_BYTES_MAX;
 
 /// Checks an item for the limits DynamoDB enforces on every stored item.
 pub fn validate_item_limits(item: &Item) -> Result<(), ApiError> {
+    check_item_limits(item, "Item size has exceeded the maximum allowed size")
+}
+
+/// [`validate_item_limits`] of the item an update makes, in DynamoDB's words for it.
+pub fn validate_updated_item_limits(item: &Item) -> Result<(), ApiError> {
+    check_item_limits(item, "Item size to update has exceeded the maximum allowed size")
+}
+
+fn check_item_limits(item: &Item, too_big: &'static str) -> Result<(), ApiError> {
     let mut names: Vec<&String> = item.keys().collect();
     names.sort();
     if let Some(problem) = names.into_iter().find_map(|name| expr::attribute_name_problem(name)) {
@@ -285,7 +294,7 @@ pub fn validate_item_limits(item: &Item) -> Result<(), ApiError> {
         )));
     }
     if item_size_bytes(item) > ITEM_BYTES_MAX {
-        return Err(ApiError::validation("Item size has exceeded the maximum allowed size"));
+        return Err(ApiError::validation(too_big));
     }
     validate_nesting(item)
 }
