@@ -976,6 +976,7 @@ def test_a_path_inside_a_key_attribute_is_refused_in_every_expression(store):
                    "ProjectionExpression": "a.b"}, "Key: a"),
         ("Query", {"KeyConditionExpression": "a = :v", "ExpressionAttributeValues": value,
                    "FilterExpression": "attribute_exists(d.c)"}, "IndexKey: d"),
+        ("Query", {"KeyConditionExpression": "a.b = :v", "ExpressionAttributeValues": value}, "Key: a"),
         ("Scan", {"FilterExpression": "a.b = :v", "ExpressionAttributeValues": value}, "Key: a"),
         ("PutItem", {"Item": key, "ConditionExpression": "attribute_exists(a.b)"}, "Key: a"),
         ("DeleteItem", {"Key": key, "ConditionExpression": "size(d[1]) > :n",
@@ -994,6 +995,10 @@ def test_a_path_inside_a_key_attribute_is_refused_in_every_expression(store):
         kind, got = raw_error(store, operation, body)
         assert (kind, got) == ("ValidationException", "Key attributes must be scalars; list random access '[]' and "
                                                       f"map lookup '.' are not allowed: {role}"), (operation, body)
+    # For a table that does not exist, a nested key condition is named as such (no key known).
+    kind, got = raw_error(store, "Query", {"TableName": "no-such-table", "KeyConditionExpression": "a.b = :v",
+                                           "ExpressionAttributeValues": value})
+    assert (kind, got) == ("ValidationException", "KeyConditionExpressions cannot have conditions on nested attributes")
     # A key's own name, and paths inside other attributes, are fine; the item is as it was.
     assert client.get_item(TableName=name, Key=key, ProjectionExpression="a, m.q")["Item"] == \
         {"a": {"S": "x"}, "m": {"M": {"q": {"S": "1"}}}}

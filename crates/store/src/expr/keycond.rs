@@ -29,8 +29,23 @@ pub struct KeyCondition {
 /// Parses a KeyConditionExpression against the request's names and values; more than
 /// `conditions_max` conditions (the key's attribute count, at least 2) are refused.
 pub fn parse_key_condition(text: &str, context: &Context, conditions_max: usize) -> Result<KeyCondition, ApiError> {
+    parse_key_condition_checked(text, context, conditions_max, |_| Ok(()))
+}
+
+/// [`parse_key_condition`], with the expression's document paths given to `check_paths` before
+/// it is narrowed to key conditions (a table known by then refuses a path into a key attribute
+/// in its own words, before "nested attributes").
+pub fn parse_key_condition_checked(
+    text: &str,
+    context: &Context,
+    conditions_max: usize,
+    check_paths: impl FnOnce(Vec<&Path>) -> Result<(), ApiError>,
+) -> Result<KeyCondition, ApiError> {
     let raw = parser::parse_condition(text, ExpressionKind::KeyCondition)?;
     let root = resolve::condition(&raw, context, ExpressionKind::KeyCondition)?;
+    let whole = super::ast::Condition { root };
+    check_paths(whole.paths())?;
+    let root = whole.root;
     let mut conditions = Vec::new();
     collect(&root, &mut conditions, conditions_max.max(2))?;
     Ok(KeyCondition { conditions })

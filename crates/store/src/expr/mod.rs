@@ -33,7 +33,7 @@ pub use ast::{
     ATTRIBUTE_NAME_BYTES_MAX, Condition, Context, EXPRESSION_SIZE_MAX_BYTES, ExpressionKind, IN_OPERANDS_MAX,
     OPERATORS_MAX, PATH_ELEMENTS_MAX, Path, PathElement, attribute_name_problem,
 };
-pub use keycond::{KeyCondition, KeyOperator, parse_key_condition};
+pub use keycond::{KeyCondition, KeyOperator, parse_key_condition, parse_key_condition_checked};
 pub use projection::{parse_projection, project};
 pub use update::{UpdateExpression, parse_update};
 // The trees PartiQL statements translate into (crate::partiql builds them directly).

@@ -932,7 +932,11 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
         ),
         "QueryFilter",
         |context| match (&request.key_condition_expression, &request.key_conditions) {
-            (Some(text), _) => expr::parse_key_condition(text, context, conditions_max),
+            (Some(text), _) => expr::parse_key_condition_checked(text, context, conditions_max, |paths| {
+                found
+                    .as_deref()
+                    .map_or(Ok(()), |meta| super::refuse_nested_key_paths(meta, paths))
+            }),
             (None, Some(conditions)) => legacy::key_conditions_to_key_condition(conditions, conditions_max),
             (None, None) => Err(ApiError::validation(
                 "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
