@@ -1003,3 +1003,52 @@ def test_a_path_inside_a_key_attribute_is_refused_in_every_expression(store):
     assert client.get_item(TableName=name, Key=key, ProjectionExpression="a, m.q")["Item"] == \
         {"a": {"S": "x"}, "m": {"M": {"q": {"S": "1"}}}}
     assert client.get_item(TableName=name, Key=key, ConsistentRead=True)["Item"]["d"] == {"S": "z"}
+
+
+def test_a_write_names_a_bad_key_before_a_path_inside_a_key_attribute(store):
+    """DynamoDB Local judges a write's key (PutItem, DeleteItem, UpdateItem, a transaction's
+    writes, BatchGetItem's keys) before a path into a key attribute; GetItem and
+    TransactGetItems judge the path first. The check of such paths came before the key's."""
+    client = store.client()
+    name = create_table(client, "scalar-keys-order", hash_key=("a", "S"), range_key=("b", "S"),
+                        extra_attributes={"d": "S"},
+                        LocalSecondaryIndexes=[{"IndexName": "by-d", "Projection": {"ProjectionType": "ALL"},
+                                                "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"},
+                                                              {"AttributeName": "d", "KeyType": "RANGE"}]}])
+    half = {"a": {"S": "x"}}
+    # (DynamoDB Local words it "The number of conditions on the keys is invalid".)
+    keys = "The provided key element does not match the schema"
+    for operation, body, message in [
+        ("PutItem", {"TableName": name, "Item": half, "ConditionExpression": "attribute_not_exists(d.z)"},
+         "Missing the key b in the item"),
+        ("PutItem", {"TableName": name, "Item": {**half, "b": {"N": "1"}},
+                     "ConditionExpression": "attribute_not_exists(d.z)"}, "Type mismatch for key"),
+        ("DeleteItem", {"TableName": name, "Key": half, "ConditionExpression": "attribute_not_exists(d.z)"}, keys),
+        ("UpdateItem", {"TableName": name, "Key": half, "UpdateExpression": "SET q = a.b"}, keys),
+        ("UpdateItem", {"TableName": name, "Key": half, "UpdateExpression": "SET a = :v",
+                        "ExpressionAttributeValues": {":v": {"S": "y"}}}, keys),
+        ("BatchGetItem", {"RequestItems": {name: {"Keys": [half], "ProjectionExpression": "d.b"}}}, keys),
+        ("TransactWriteItems", {"TransactItems": [{"ConditionCheck": {
+            "TableName": name, "Key": half, "ConditionExpression": "attribute_exists(d.b)"}}]}, keys),
+        ("TransactWriteItems", {"TransactItems": [{"Update": {
+            "TableName": name, "Key": half, "UpdateExpression": "SET q = d.b"}}]}, keys),
+        ("GetItem", {"TableName": name, "Key": half, "ProjectionExpression": "d.b"}, "Key attributes must be scalars"),
+    ]:
+        kind, got = raw_error(store, operation, body)
+        assert kind == "ValidationException" and message in got, (operation, got)
+
+
+def test_scan_names_a_missing_index_before_judging_its_filter(store):
+    """Scan looked the index up before parsing the filter, as Query still does and as DynamoDB
+    Local does; moving the table lookup after the parse turned these into the filter's error."""
+    client = store.client()
+    name = create_table(client, "scan-index-order", hash_key=("a", "S"), extra_attributes={"g": "S"},
+                        GlobalSecondaryIndexes=[{"IndexName": "by-g", "Projection": {"ProjectionType": "ALL"},
+                                                 "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}]}])
+    for body, message in [
+        ({"IndexName": "nope", "FilterExpression": "a ="}, "The table does not have the specified index: nope"),
+        ({"IndexName": "by-g", "ConsistentRead": True, "FilterExpression": "a ="},
+         "Consistent reads are not supported on global secondary indexes"),
+    ]:
+        kind, got = raw_error(store, "Scan", {"TableName": name, **body})
+        assert kind == "ValidationException" and message in got, (body, got)

@@ -478,12 +478,16 @@ impl<'t> Parser<'t> {
 
     /// How many (at most `opened`) closing parentheses here end a wrapped operand: the ones a
     /// comparison, BETWEEN or IN follows.
+    /// Linear in `opened`: only the run of closing parentheses here can be followed by one.
     fn operand_closers(&self, opened: usize) -> usize {
-        (1..=opened)
-            .find(|&count| {
-                (0..count).all(|i| self.peek_kind_at(i) == TokenKind::RightParen) && self.comparison_at(count)
-            })
-            .unwrap_or(0)
+        let closers = (0..opened)
+            .take_while(|&i| self.peek_kind_at(i) == TokenKind::RightParen)
+            .count();
+        if closers > 0 && self.comparison_at(closers) {
+            closers
+        } else {
+            0
+        }
     }
 
     /// Whether the token `offset` ahead starts a comparison, BETWEEN or IN.
@@ -494,10 +498,11 @@ impl<'t> Parser<'t> {
     }
 
     /// An operand on the right of a comparison or of BETWEEN, in one pair of parentheses or
-    /// none (two pairs: DynamoDB's "redundant parentheses").
+    /// none (two pairs or more: DynamoDB's "redundant parentheses", as on the left; a loop, so
+    /// thousands of them cost no recursion).
     fn wrapped_operand(&mut self) -> Result<RawOperand<'t>, ApiError> {
         let mut pairs = 0;
-        while self.peek().kind == TokenKind::LeftParen && pairs < 2 {
+        while self.peek().kind == TokenKind::LeftParen {
             self.advance();
             pairs += 1;
         }
@@ -838,7 +843,20 @@ mod tests {
         same("(b) <> :t OR (c) > :o", "b <> :t OR c > :o");
         // A group whose condition is a function call stays a group.
         same("(attribute_exists(b))", "attribute_exists(b)");
-        for text in ["((b)) = :s", "b = ((:s))", "(((b)) = :s)"] {
+        for text in [
+            "((b)) = :s",
+            "b = ((:s))",
+            "(((b)) = :s)",
+            // Three pairs or more are as redundant on the right as on the left (DynamoDB Local
+            // answers these so; they were syntax errors).
+            "(((b))) = :s",
+            "b = (((:s)))",
+            "b = ((((:s))))",
+            "size((((b)))) = :n",
+            "b IN ((((:s))), :t)",
+            "b BETWEEN (((:a))) AND :b",
+            "begins_with((((b))), :s)",
+        ] {
             let message = syntax_message(parse_condition(text, ExpressionKind::Condition));
             assert_eq!(
                 message, "Invalid ConditionExpression: The expression has redundant parentheses;",
@@ -848,6 +866,24 @@ mod tests {
         for text in ["(b = :s) = :s", "(b) (= :s)", "(b)", "b = (:s", "(b, c) = :s"] {
             let message = syntax_message(parse_condition(text, ExpressionKind::Condition));
             assert!(message.contains("Syntax error"), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn thousands_of_parentheses_around_an_operand_are_judged_without_recursion() {
+        let deep = 1_300;
+        let open = "(".repeat(deep);
+        let close = ")".repeat(deep);
+        for (text, expected) in [
+            (format!("{open}b{close} = :s"), "redundant parentheses"),
+            (format!("b = {open}:s{close}"), "redundant parentheses"),
+            (format!("size({open}b{close}) = :n"), "redundant parentheses"),
+            (format!("b = {open}:s"), "Syntax error"),
+            (format!("{open}b{close}"), "Syntax error"),
+            (format!("{open}attribute_exists(b){close}"), "redundant parentheses"),
+        ] {
+            let message = syntax_message(parse_condition(&text, ExpressionKind::Condition));
+            assert!(message.contains(expected), "{:.40}: {message}", text);
         }
     }
 

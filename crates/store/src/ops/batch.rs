@@ -145,7 +145,6 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
     let mut plans = Vec::new();
     for (name, entry, projection) in checked {
         let meta = store.engine().require_table(name)?;
-        super::refuse_nested_key_paths(&meta, projection.iter().flatten())?;
         // Keys that differ as given and are the same key of the table (a number written
         // another way): duplicates too.
         let mut seen = HashSet::new();
@@ -157,6 +156,8 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
             }
             keys.push((key.clone(), bytes));
         }
+        // After the keys, as DynamoDB Local judges them.
+        super::refuse_nested_key_paths(&meta, projection.iter().flatten())?;
         plans.push((
             name.clone(),
             Plan {
@@ -413,7 +414,6 @@ fn plan_step(store: &Store, position: usize, item: TransactWriteItem) -> Result<
     super::refuse_inputs_without_expressions(&inputs, &given, &given)?;
     let context = inputs.context();
     let condition = build_condition(&context, operation.condition_expression.as_deref(), None, None)?;
-    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
     let missing = |field: &str| {
         ApiError::validation(format!(
             "1 validation error detected: Value null at 'transactItems.{}.member.{}.{field}' failed to satisfy constraint: Member must not be null",
@@ -439,8 +439,9 @@ fn plan_step(store: &Store, position: usize, item: TransactWriteItem) -> Result<
                 ),
                 None,
             )?;
+            let key = validate_key(&meta, &key_item)?;
             super::refuse_nested_key_paths(&meta, update.iter().flat_map(|u| u.paths()))?;
-            (validate_key(&meta, &key_item)?, TxAction::Update(key_item, update))
+            (key, TxAction::Update(key_item, update))
         }
         "Delete" => (
             validate_key(&meta, &operation.key.ok_or_else(|| missing("key"))?)?,
@@ -456,6 +457,8 @@ fn plan_step(store: &Store, position: usize, item: TransactWriteItem) -> Result<
             )
         }
     };
+    // Paths into key attributes after the key, as DynamoDB Local judges a write.
+    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
     context.check_all_used()?;
     Ok(TxStep {
         meta,

@@ -235,8 +235,9 @@ pub async fn put_item(store: &Store, mut request: PutItemRequest) -> Result<Valu
     let item = request.item;
     validate_item_limits(&item)?;
     let meta = store.engine().require_table(&request.table_name)?;
-    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
+    // The key first, then paths into key attributes, as DynamoDB Local judges a write.
     let key = validate_put_key(&meta, &item)?;
+    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
     let mode = request.write.return_consumed_capacity;
     let wants_capacity = capacity_wanted(mode.as_deref());
     let (old, capacity) = write_checked(
@@ -331,8 +332,9 @@ pub async fn delete_item(store: &Store, mut request: DeleteItemRequest) -> Resul
     let (return_values, return_old) = request.write.returns(&[ReturnValues::AllOld])?;
     let condition = request.write.condition_alone()?;
     let meta = store.engine().require_table(&request.table_name)?;
-    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
+    // The key first, as in PutItem.
     let key = validate_key(&meta, &request.key)?;
+    super::refuse_nested_key_paths(&meta, condition.iter().flat_map(|c| c.paths()))?;
     let old = write_checked(store, &meta, key, (condition, return_old), |context, meta, key, old| {
         context.delete(meta, key, old.as_ref())?;
         Ok(old)
@@ -522,6 +524,9 @@ pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Resul
         (condition, update)
     };
     let meta = store.engine().require_table(&request.table_name)?;
+    // The key first, as in PutItem (DynamoDB Local names a bad key before an update of a key
+    // attribute or a path into one).
+    let key_bytes = validate_key(&meta, &request.key)?;
     refuse_key_updates(&meta, update.as_ref())?;
     super::refuse_nested_key_paths(
         &meta,
@@ -530,7 +535,6 @@ pub async fn update_item(store: &Store, mut request: UpdateItemRequest) -> Resul
             .flat_map(|u| u.paths())
             .chain(condition.iter().flat_map(|c| c.paths())),
     )?;
-    let key_bytes = validate_key(&meta, &request.key)?;
     let key = request.key;
     let target = UpdateTarget {
         meta: &meta,

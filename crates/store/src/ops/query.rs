@@ -1044,6 +1044,11 @@ pub fn scan(store: &Store, mut request: ScanRequest) -> Result<Value, ApiError> 
     request
         .read
         .refuse_mixed(None, ("ScanFilter", request.scan_filter.is_some()))?;
+    // As in Query: an index the table lacks (or a consistent read of a global one) is named
+    // before the filter is judged, as before the table lookup moved and as DynamoDB Local does.
+    if let Some(meta) = store.engine().table(&request.table_name).filter(|m| !m.restoring()) {
+        request.read.index(&meta)?;
+    }
     let ((), filter, projection) =
         request
             .read
