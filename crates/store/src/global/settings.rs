@@ -164,7 +164,9 @@ impl Replication {
         headers: &axum::http::HeaderMap,
         body: &[u8],
     ) -> Result<serde_json::Value, ApiError> {
-        let source = self.authenticate(headers, "/replication/v1/settings", body)?;
+        // A request replayed (or reordered) within the signing window still gets an answer,
+        // but marks nothing: only the peer's latest word moves this region to send.
+        let (source, fresh) = self.authenticate_fresh(headers, "/replication/v1/settings", body)?;
         let request: SettingsRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::serialization(format!("corrupt settings request: {e}")))?;
         if request.tables.len() > SETTINGS_TABLES_PER_REQUEST_MAX {
@@ -181,7 +183,9 @@ impl Replication {
                 continue;
             }
             let ours = HeldSettings::of(&table);
-            found.extend(newer_found(name, &ours, theirs));
+            if fresh {
+                found.extend(newer_found(name, &ours, theirs));
+            }
             answer.tables.insert(name.clone(), ours);
         }
         if !found.is_empty() {

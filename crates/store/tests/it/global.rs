@@ -1550,10 +1550,22 @@ async fn only_a_signed_answer_to_this_mark_says_replicas_are_missing_here() {
     stop(&mut region).await;
 }
 
-/// A settings comparison (`/replication/v1/settings`) as peer eu-west-1 would send it.
+/// A settings comparison (`/replication/v1/settings`) as peer eu-west-1 would send it, signed
+/// later than any request before it (a request signed no later than the last one is a replay,
+/// answered but marking nothing).
 async fn compare_settings(url: &str, tables: Value) -> (u16, Value) {
+    static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let date_ms = {
+        let now = now_ms();
+        let last = LAST_MS.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        let date = now.max(last + 1);
+        LAST_MS.fetch_max(date, std::sync::atomic::Ordering::SeqCst);
+        date
+    };
     let body = json!({"tables": tables}).to_string().into_bytes();
-    post_signed(url, "/replication/v1/settings", "eu-west-1", body).await
+    let path = "/replication/v1/settings";
+    let signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, date_ms, &body);
+    call_raw(url, path, "eu-west-1", date_ms, signature, body).await
 }
 
 /// eu-west-1's replica definition of `table` (request `sequence`), taken.
@@ -1590,6 +1602,15 @@ async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_se
     let (status, answer) = compare_settings(&region.url, json!({"carts": {"ttl": version}, "local_only": {}})).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer, json!({"tables": {"carts": {"ttl": version}}}));
+    assert_eq!(ttl_status(&region.url).await, "ENABLED");
+
+    // The same request replayed, saying the peer holds none: answered, and nothing marked.
+    let body = json!({"tables": {"carts": {}}}).to_string().into_bytes();
+    let path = "/replication/v1/settings";
+    let old_ms = now_ms() - 60_000;
+    let signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, old_ms, &body);
+    let (status, answer) = call_raw(&region.url, path, "eu-west-1", old_ms, signature, body).await;
+    assert_eq!(status, 200, "{answer}");
     assert_eq!(ttl_status(&region.url).await, "ENABLED");
 
     // A peer holding none (it missed it): this region now sends it on, and says it is not in
