@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from store_process import start_store  # noqa: E402
+from store_process import clean_up, start_store  # noqa: E402
 SUITE_DEADLINE_S = 3600
 # The suite's fallback key when it cannot read a role over CQL (conftest.py).
 SUITE_ACCESS_KEY, SUITE_SECRET = "unknownuser", "unknownsecret"
@@ -168,10 +168,7 @@ def main() -> int:
             process.terminate()
             process.wait(timeout=30)
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, args.keep)
 
 
 if __name__ == "__main__":

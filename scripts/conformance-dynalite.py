@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from store_process import start_store  # noqa: E402
+from store_process import clean_up, start_store  # noqa: E402
 FILE_DEADLINE_S = 900
 NPM_DEADLINE_S = 600
 LEFT_OUT = ("helpers.js", "connection.js", "bench.js")
@@ -160,10 +160,7 @@ def main() -> int:
                 print(f"  {name} ({block}): {title}")
         return 0
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, args.keep)
 
 
 if __name__ == "__main__":

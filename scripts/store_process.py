@@ -1,6 +1,7 @@
 """What the scripts that run a suite against a fresh `switchyard store` share: a free port and
 the store started on it, waited for until it answers `/health`."""
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,3 +38,11 @@ def start_store(binary: Path, work: Path, extra_args=()):
             time.sleep(0.05)
     process.kill()
     sys.exit(f"the store did not answer within {STARTUP_DEADLINE_S} s; see {work / 'store.log'}")
+
+
+def clean_up(work: Path, keep: bool):
+    """Removes the temporary directory, or says where it was kept."""
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)

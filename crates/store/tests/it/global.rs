@@ -561,17 +561,12 @@ async fn range_digests_count_and_fingerprint_the_records_of_each_range() {
     let too_many: Vec<(u8, u32)> = (0..300).map(|i| (12, i)).collect();
     let (status, _) = digests(&region.url, &too_many).await;
     assert_eq!(status, 400);
-    let body = json!({"table": "carts", "ranges": [[0, 0]]}).to_string().into_bytes();
-    let (status, _) = call_raw(
+    refused_unsigned(
         &region.url,
         "/replication/v1/digest",
-        "eu-west-1",
-        now_ms(),
-        "00".repeat(32),
-        body,
+        json!({"table": "carts", "ranges": [[0, 0]]}),
     )
     .await;
-    assert_eq!(status, 403);
     stop(&mut region).await;
 }
 
@@ -1550,6 +1545,20 @@ async fn only_a_signed_answer_to_this_mark_says_replicas_are_missing_here() {
     stop(&mut region).await;
 }
 
+/// A request to `path` with a signature that is not the key's: refused (403) before anything.
+async fn refused_unsigned(url: &str, path: &str, body: Value) {
+    let (status, answer) = call_raw(
+        url,
+        path,
+        "eu-west-1",
+        now_ms(),
+        "00".repeat(32),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "{path}: {answer}");
+}
+
 /// A settings comparison (`/replication/v1/settings`) as peer eu-west-1 would send it, signed
 /// later than any request before it (a request signed no later than the last one is a replay,
 /// answered but marking nothing).
@@ -1621,17 +1630,7 @@ async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_se
     assert_eq!(ttl_status(&region.url).await, "ENABLING");
 
     // Refused: unsigned, corrupt, or naming more tables than a request may.
-    let body = json!({"tables": {}}).to_string().into_bytes();
-    let (status, _) = call_raw(
-        &region.url,
-        "/replication/v1/settings",
-        "eu-west-1",
-        now_ms(),
-        "00".repeat(32),
-        body,
-    )
-    .await;
-    assert_eq!(status, 403);
+    refused_unsigned(&region.url, "/replication/v1/settings", json!({"tables": {}})).await;
     let (status, answer) = post_signed(
         &region.url,
         "/replication/v1/settings",
