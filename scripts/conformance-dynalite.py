@@ -81,8 +81,9 @@ def prepare(suite: Path, work: Path) -> Path:
     return work / "test"
 
 
-def run_files(work: Path, files: list[str], port: int, label: str) -> dict:
-    """{(file, block, title): passed} for every test the files ran against the endpoint on `port`."""
+def run_files(work: Path, files: list[str], port: int, label: str, log: Path | None = None) -> dict:
+    """{(file, block, title): passed} for every test the files ran against the endpoint on `port`;
+    with `log`, each mocha's whole output (the failures' details) is written there too."""
     results = {}
     mocha = work / "node_modules" / ".bin" / "mocha"
     env = {**os.environ, "DYN_PORT": str(port), "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
@@ -101,6 +102,9 @@ def run_files(work: Path, files: list[str], port: int, label: str) -> dict:
                 output = expired.stdout or ""
                 if isinstance(output, bytes):
                     output = output.decode(errors="replace")
+            if log:
+                log.mkdir(parents=True, exist_ok=True)
+                (log / f"{label.replace(':', '_')}-{name}-{block}.txt").write_text(output)
             # Only the list of tests as they ran (the failures' details follow the summary line).
             listing = re.split(r"\n\s+\d+ passing \(", output)[0]
             for line in listing.split("\n"):
@@ -129,6 +133,8 @@ def main() -> int:
     parser.add_argument("--files", help="comma-separated test files (default: all but "
                                         + ", ".join(LEFT_OUT) + ")")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--log", type=Path, help="a directory to write each mocha's whole output to "
+                                                 "(the failures' expected and actual answers)")
     args = parser.parse_args()
     if not args.binary.is_file():
         sys.exit(f"{args.binary} is not a file: build it (cargo build --release -p switchyard) or give --binary")
@@ -145,14 +151,14 @@ def main() -> int:
             p.name for p in tests.glob("*.js") if p.name not in LEFT_OUT)
         process, port = start_store(args.binary.resolve(), work)
         try:
-            ours = run_files(work, files, port, "switchyard")
+            ours = run_files(work, files, port, "switchyard", args.log)
         finally:
             process.terminate()
             process.wait(timeout=30)
         total = len(ours)
         print(f"switchyard: {sum(ours.values())} of {total} passing")
         if other_port:
-            theirs = run_files(work, files, other_port, args.other.split("//")[1])
+            theirs = run_files(work, files, other_port, args.other.split("//")[1], args.log)
             print(f"{args.other}: {sum(theirs.values())} of {len(theirs)} passing")
             only_there = sorted(key for key, ok in theirs.items() if ok and ours.get(key) is False)
             print(f"passing there and failing here: {len(only_there)}")

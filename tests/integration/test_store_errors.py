@@ -927,9 +927,9 @@ BIG = "x" * (400 * 1024)
     ("UpdateTable", {"TableName": GHOST, "GlobalSecondaryIndexUpdates": [{}]},
      "One of GlobalSecondaryIndexUpdate.Update, GlobalSecondaryIndexUpdate.Create, "
      "GlobalSecondaryIndexUpdate.Delete must not be null"),
-    ("UpdateTable", {"TableName": GHOST, "GlobalSecondaryIndexUpdates": [{"Delete": {"IndexName": "ix"}},
-                                                                         {"Delete": {"IndexName": "ix"}}]},
-     "Only one global secondary index update per index is allowed simultaneously. Index: ix"),
+    ("UpdateTable", {"TableName": GHOST, "GlobalSecondaryIndexUpdates": [{"Delete": {"IndexName": "ixx"}},
+                                                                         {"Delete": {"IndexName": "ixx"}}]},
+     "Only one global secondary index update per index is allowed simultaneously. Index: ixx"),
 ])
 def test_a_request_is_checked_before_its_table_is_looked_up(store, operation, body, message):
     """DynamoDB judges what a request says before it looks its table up: an invalid request
@@ -937,6 +937,80 @@ def test_a_request_is_checked_before_its_table_is_looked_up(store, operation, bo
     DynamoDB, on tables that do not exist). Made valid, the same request finds no table."""
     kind, got = raw_error(store, operation, body)
     assert kind == "ValidationException" and message in got, (operation, got)
+
+
+@pytest.mark.parametrize("operation, body, count, parts", [
+    ("PutItem", {"TableName": "abc;", "ReturnConsumedCapacity": "hi", "ReturnValues": "hi"}, 4, [
+        "Value 'abc;' at 'tableName' failed to satisfy constraint: Member must satisfy regular expression pattern",
+        "Value null at 'item' failed to satisfy constraint: Member must not be null",
+        "Value 'hi' at 'returnConsumedCapacity' failed to satisfy constraint: Member must satisfy enum value set: "
+        "[INDEXES, TOTAL, NONE]",
+        "Value 'hi' at 'returnValues' failed to satisfy constraint: Member must satisfy enum value set"]),
+    ("Query", {"TableName": "ab", "Limit": 0, "IndexName": "i;"}, 4, [
+        "Value 'ab' at 'tableName' failed to satisfy constraint: Member must have length greater than or equal to 3",
+        "Value 'i;' at 'indexName' failed to satisfy constraint: Member must have length greater than or equal to 3",
+        "Value 'i;' at 'indexName' failed to satisfy constraint: Member must satisfy regular expression pattern",
+        "Value '0' at 'limit' failed to satisfy constraint: Member must have value greater than or equal to 1"]),
+    ("CreateTable", {"TableName": "abc", "AttributeDefinitions": [{"AttributeName": "a"}],
+                     "KeySchema": [{"AttributeName": "a", "KeyType": "SIDEWAYS"}],
+                     "ProvisionedThroughput": {"ReadCapacityUnits": 0, "WriteCapacityUnits": 1}}, 3, [
+        "Value null at 'attributeDefinitions.1.member.attributeType' failed to satisfy constraint: Member must not be null",
+        "Value 'SIDEWAYS' at 'keySchema.1.member.keyType' failed to satisfy constraint: Member must satisfy enum "
+        "value set: [HASH, RANGE]",
+        "Value '0' at 'provisionedThroughput.readCapacityUnits' failed to satisfy constraint: Member must have value "
+        "greater than or equal to 1"]),
+    ("BatchGetItem", {"RequestItems": {"a": {"Keys": []}}, "ReturnConsumedCapacity": "hi"}, 3, [
+        "at 'requestItems' failed to satisfy constraint: Map keys must satisfy constraint: [Member must have length "
+        "less than or equal to 255, Member must have length greater than or equal to 3, Member must satisfy regular "
+        "expression pattern: [a-zA-Z0-9_.-]+]",
+        "Value '[]' at 'requestItems.a.member.keys' failed to satisfy constraint: Member must have length greater "
+        "than or equal to 1",
+        "Value 'hi' at 'returnConsumedCapacity'"]),
+])
+def test_every_broken_constraint_is_named_in_one_answer(store, operation, body, count, parts):
+    """DynamoDB checks every member's constraints before the operation runs and names every one
+    broken, "N validation errors detected: a; b" (dynalite's suite recorded these against
+    DynamoDB). The store named only the first one before."""
+    kind, message = raw_error(store, operation, body)
+    assert kind == "ValidationException", message
+    assert message.startswith(f"{count} validation errors detected: "), message
+    named = message.split(": ", 1)[1].split("; ")
+    assert len(named) == count, message
+    for part in parts:
+        assert any(part in each for each in named), (part, message)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ({"TableName": True}, "TRUE_VALUE cannot be converted to String"),
+    ({"TableName": 1.5}, "DECIMAL_VALUE cannot be converted to String"),
+    ({"TableName": [], "Key": 5}, "Unrecognized collection type class java.lang.String"),
+    ({"Key": "pk"}, "Unexpected field type"),
+    ({"Key": {"pk": "a"}}, "Unexpected value type in payload"),
+    ({"Key": {"pk": {"S": {}}}}, "Start of structure or map found where not expected"),
+    ({"Key": {"pk": {"B": "abcde"}}}, "Base64 encoded length is expected a multiple of 4 bytes but found: 5"),
+    ({"ConsistentRead": 1}, "NUMBER_VALUE cannot be converted to Boolean"),
+    ({"ConsistentRead": "perhaps"}, "Unexpected token received from parser"),
+])
+def test_a_member_of_the_wrong_json_type_is_named_in_dynamodbs_words(store, body, expected):
+    """A wrong JSON type is a SerializationException in the words of DynamoDB's deserializer,
+    before any constraint (the request has no TableName or Key and still gets these)."""
+    status, response = store.raw("GetItem", json.dumps(body).encode())
+    assert status == 400, response
+    assert response == {"__type": "com.amazon.coral.service#SerializationException", "Message": expected}, response
+
+
+def test_booleans_and_integers_are_read_leniently_as_dynamodb_reads_them(store):
+    """DynamoDB reads a Boolean from "true"/"yes"/"1" (and their opposites) and an integer from
+    a number with a fraction; the request then runs as if written properly."""
+    client = store.client()
+    create_table(client, "lenient-table")
+    client.put_item(TableName="lenient-table", Item={"pk": {"S": "a"}, "v": {"N": "1"}})
+    for consistent in ("true", "YES", "1", "no"):
+        status, response = store.raw("GetItem", json.dumps({
+            "TableName": "lenient-table", "Key": {"pk": {"S": "a"}}, "ConsistentRead": consistent}).encode())
+        assert status == 200 and response["Item"]["v"] == {"N": "1"}, (consistent, response)
+    status, response = store.raw("Scan", json.dumps({"TableName": "lenient-table", "Limit": 1.7}).encode())
+    assert status == 200 and response["Count"] == 1 and response["ScannedCount"] == 1, response
 
 
 @pytest.mark.parametrize("operation, body", [

@@ -8,6 +8,7 @@ mod batch;
 mod items;
 mod partiql;
 mod query;
+mod shapes;
 mod table_arns;
 mod tables;
 mod transaction;
@@ -148,7 +149,29 @@ impl Store {
         }
     }
 
+    /// DynamoDB's front end reads the members' types and checks every constraint before the
+    /// operation's own checks (`shapes`); a type the operation's decoder refuses is then worded
+    /// as DynamoDB words it, or read leniently as DynamoDB reads it.
     async fn handle_named(&self, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let Some(shape) = shapes::input(operation) else {
+            return self.run(operation, body).await;
+        };
+        shapes::check(shape, body)?;
+        match self.run(operation, body).await {
+            // A SerializationException comes from decoding, before the operation did anything.
+            Err(error) if error.kind == ErrorKind::Serialization => match shapes::reread(shape, body) {
+                shapes::Reread::Refused(refusal) => Err(refusal),
+                shapes::Reread::Rewritten(rewritten) => {
+                    shapes::check(shape, &rewritten)?;
+                    self.run(operation, &rewritten).await
+                }
+                shapes::Reread::Unchanged => Err(error),
+            },
+            answer => answer,
+        }
+    }
+
+    async fn run(&self, operation: &str, body: &[u8]) -> Result<Value, ApiError> {
         match operation {
             "CreateTable" => tables::create_table(self, decode(body)?).await,
             "DeleteTable" => tables::delete_table(self, decode(body)?).await,

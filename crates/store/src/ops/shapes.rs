@@ -1,0 +1,1555 @@
+//! DynamoDB's request shapes, checked as its front end checks them before an operation runs.
+//!
+//! DynamoDB reads a request in two steps before the operation itself sees it:
+//! 1. **Types.** Each member is read as its type in the API model (a string, an integer, a
+//!    list, a structure). A JSON value of another type is a `SerializationException` in the
+//!    words of DynamoDB's Java deserializer — `TRUE_VALUE cannot be converted to String`,
+//!    `Unexpected field type`, `Start of structure or map found where not expected` — and
+//!    nothing else is judged. Some are read leniently: a Boolean from the strings `true`, `1`,
+//!    `yes` (and `false`, `0`, `no`, any case), an integer from a number with a fraction
+//!    (truncated); those are rewritten to their proper type before the request is decoded.
+//! 2. **Constraints.** Every member's constraints (not null, length, range, pattern, enum) are
+//!    checked, and *every* violation is named in one `ValidationException`, up to
+//!    [`CONSTRAINT_ERRORS_MAX`]: `2 validation errors detected: Value null at 'tableName' failed
+//!    to satisfy constraint: Member must not be null; Value 'hi' at 'returnValues' ...`.
+//!
+//! Only then does the operation run its own checks (expressions, keys, the table). Members are
+//! named as DynamoDB names them: camel case, a list element as its 1-based index then `member`,
+//! a map entry as its key then `member` (`keySchema.1.member.keyType`,
+//! `requestItems.orders.member.keys`). A JSON `null` is an absent member.
+//!
+//! The shapes here are the operations DynamoDB's recorded answers cover (dynalite's suite,
+//! recorded against DynamoDB) with the constraints of DynamoDB's API reference. An operation
+//! without a shape here is decoded and checked by its own code only.
+
+use std::borrow::Cow;
+
+use dynamo_protocol::ApiError;
+use serde_json::{Map, Value};
+
+use super::lower_first;
+
+/// DynamoDB names at most this many violated constraints in one answer.
+pub const CONSTRAINT_ERRORS_MAX: usize = 10;
+
+/// The Java package of DynamoDB's model classes, as its deserializer names them.
+const MODEL_PACKAGE: &str = "com.amazonaws.dynamodb.v20120810";
+
+/// What DynamoDB's deserializer answers when a member that is a list of maps or a map of lists
+/// (a container inside a container) is given a scalar: a Java reflection error, word for word.
+const NESTED_CONTAINER_GIVEN_SCALAR: &str = "class sun.reflect.generics.reflectiveObjects.ParameterizedTypeImpl cannot be cast to class java.lang.Class (sun.reflect.generics.reflectiveObjects.ParameterizedTypeImpl and java.lang.Class are in module java.base of loader 'bootstrap')";
+
+const OBJECT_NOT_EXPECTED: &str = "Start of structure or map found where not expected";
+
+pub enum Shape {
+    Str(StrRules),
+    /// `java` is the Java class the member is read as: `Integer` or `Long`.
+    Int {
+        java: &'static str,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    Bool,
+    Blob,
+    List {
+        member: &'static Shape,
+        min: Option<usize>,
+        max: Option<usize>,
+        /// A list that is itself an element of a list or a value of a map.
+        nested: bool,
+    },
+    Map {
+        value: &'static Shape,
+        /// The Java type of the values, as the deserializer names it.
+        java_value: &'static str,
+        min: Option<usize>,
+        /// Constraints on every key (BatchGetItem's table names).
+        keys: Option<&'static StrRules>,
+        /// Each value's length must lie in this range (BatchWriteItem's requests per table).
+        value_len: Option<(usize, usize)>,
+        nested: bool,
+    },
+    Struct {
+        /// The model class's simple name (`ProvisionedThroughput`).
+        java: &'static str,
+        members: &'static [Member],
+    },
+    /// DynamoDB's AttributeValue: a structure of one member per data type.
+    AttributeValue,
+}
+
+pub struct StrRules {
+    pub min: Option<usize>,
+    pub max: Option<usize>,
+    /// DynamoDB's pattern for table and index names, `[a-zA-Z0-9_.-]+`.
+    pub name_pattern: bool,
+    pub one_of: &'static [&'static str],
+}
+
+pub struct Member {
+    pub name: &'static str,
+    pub shape: &'static Shape,
+    pub not_null: bool,
+}
+
+const fn member(name: &'static str, shape: &'static Shape) -> Member {
+    Member {
+        name,
+        shape,
+        not_null: false,
+    }
+}
+
+const fn required(name: &'static str, shape: &'static Shape) -> Member {
+    Member {
+        name,
+        shape,
+        not_null: true,
+    }
+}
+
+const fn one_of(values: &'static [&'static str]) -> Shape {
+    Shape::Str(StrRules {
+        min: None,
+        max: None,
+        name_pattern: false,
+        one_of: values,
+    })
+}
+
+const fn list(member: &'static Shape) -> Shape {
+    Shape::List {
+        member,
+        min: None,
+        max: None,
+        nested: false,
+    }
+}
+
+const fn map_of(value: &'static Shape, java_value: &'static str) -> Shape {
+    Shape::Map {
+        value,
+        java_value,
+        min: None,
+        keys: None,
+        value_len: None,
+        nested: false,
+    }
+}
+
+const STRING: Shape = Shape::Str(StrRules {
+    min: None,
+    max: None,
+    name_pattern: false,
+    one_of: &[],
+});
+const BOOLEAN: Shape = Shape::Bool;
+const NAME_RULES: StrRules = StrRules {
+    min: Some(3),
+    max: Some(255),
+    name_pattern: true,
+    one_of: &[],
+};
+const TABLE_NAME: Shape = Shape::Str(NAME_RULES);
+/// The table-level operations (CreateTable, DescribeTable, ...) check a table name's pattern as
+/// a constraint and its length in their own words.
+const TABLE_NAME_PATTERN: Shape = Shape::Str(StrRules {
+    min: None,
+    max: None,
+    name_pattern: true,
+    one_of: &[],
+});
+const INDEX_NAME: Shape = Shape::Str(NAME_RULES);
+const RETURN_CONSUMED_CAPACITY: Shape = one_of(&["INDEXES", "TOTAL", "NONE"]);
+const RETURN_ITEM_COLLECTION_METRICS: Shape = one_of(&["SIZE", "NONE"]);
+const RETURN_VALUES: Shape = one_of(&["ALL_NEW", "UPDATED_OLD", "ALL_OLD", "NONE", "UPDATED_NEW"]);
+const CONDITIONAL_OPERATOR: Shape = one_of(&["OR", "AND"]);
+const SELECT: Shape = one_of(&[
+    "SPECIFIC_ATTRIBUTES",
+    "COUNT",
+    "ALL_ATTRIBUTES",
+    "ALL_PROJECTED_ATTRIBUTES",
+]);
+const COMPARISON_OPERATORS: &[&str] = &[
+    "IN",
+    "NULL",
+    "BETWEEN",
+    "LT",
+    "NOT_CONTAINS",
+    "EQ",
+    "GT",
+    "NOT_NULL",
+    "NE",
+    "LE",
+    "BEGINS_WITH",
+    "GE",
+    "CONTAINS",
+];
+const COMPARISON_OPERATOR: Shape = one_of(COMPARISON_OPERATORS);
+const ATTRIBUTE_VALUE: Shape = Shape::AttributeValue;
+const ATTRIBUTE_MAP: Shape = map_of(&ATTRIBUTE_VALUE, "com.amazonaws.dynamodb.v20120810.AttributeValue");
+const ATTRIBUTE_VALUE_LIST: Shape = list(&ATTRIBUTE_VALUE);
+const NAME_MAP: Shape = map_of(&STRING, "java.lang.String");
+const ATTRIBUTES_TO_GET: Shape = Shape::List {
+    member: &STRING,
+    min: Some(1),
+    max: Some(255),
+    nested: false,
+};
+const LIMIT: Shape = Shape::Int {
+    java: "Integer",
+    min: Some(1),
+    max: None,
+};
+
+const EXPECTED: Shape = map_of(
+    &Shape::Struct {
+        java: "ExpectedAttributeValue",
+        members: &[
+            member("Value", &ATTRIBUTE_VALUE),
+            member("Exists", &BOOLEAN),
+            member("ComparisonOperator", &COMPARISON_OPERATOR),
+            member("AttributeValueList", &ATTRIBUTE_VALUE_LIST),
+        ],
+    },
+    "com.amazonaws.dynamodb.v20120810.ExpectedAttributeValue",
+);
+const CONDITIONS: Shape = map_of(
+    &Shape::Struct {
+        java: "Condition",
+        members: &[
+            member("AttributeValueList", &ATTRIBUTE_VALUE_LIST),
+            required("ComparisonOperator", &COMPARISON_OPERATOR),
+        ],
+    },
+    "com.amazonaws.dynamodb.v20120810.Condition",
+);
+const ATTRIBUTE_UPDATES: Shape = map_of(
+    &Shape::Struct {
+        java: "AttributeValueUpdate",
+        members: &[member("Value", &ATTRIBUTE_VALUE), member("Action", &STRING)],
+    },
+    "com.amazonaws.dynamodb.v20120810.AttributeValueUpdate",
+);
+
+const THROUGHPUT_UNITS: Shape = Shape::Int {
+    java: "Long",
+    min: Some(1),
+    max: None,
+};
+const PROVISIONED_THROUGHPUT: Shape = Shape::Struct {
+    java: "ProvisionedThroughput",
+    members: &[
+        required("ReadCapacityUnits", &THROUGHPUT_UNITS),
+        required("WriteCapacityUnits", &THROUGHPUT_UNITS),
+    ],
+};
+const BILLING_MODE: Shape = one_of(&["PROVISIONED", "PAY_PER_REQUEST"]);
+const KEY_SCHEMA: Shape = Shape::List {
+    member: &Shape::Struct {
+        java: "KeySchemaElement",
+        members: &[
+            required("AttributeName", &STRING),
+            required("KeyType", &one_of(&["HASH", "RANGE"])),
+        ],
+    },
+    min: Some(1),
+    max: Some(2),
+    nested: false,
+};
+/// A global index's KeySchema: multi-attribute keys take up to 4 HASH and 4 RANGE elements,
+/// which the catalog checks in DynamoDB's words.
+const GLOBAL_KEY_SCHEMA: Shape = Shape::List {
+    member: &Shape::Struct {
+        java: "KeySchemaElement",
+        members: &[
+            required("AttributeName", &STRING),
+            required("KeyType", &one_of(&["HASH", "RANGE"])),
+        ],
+    },
+    min: Some(1),
+    max: None,
+    nested: false,
+};
+const PROJECTION: Shape = Shape::Struct {
+    java: "Projection",
+    members: &[
+        member("ProjectionType", &one_of(&["ALL", "INCLUDE", "KEYS_ONLY"])),
+        member(
+            "NonKeyAttributes",
+            &Shape::List {
+                member: &STRING,
+                min: Some(1),
+                max: None,
+                nested: false,
+            },
+        ),
+    ],
+};
+
+pub const GET_ITEM: Shape = Shape::Struct {
+    java: "GetItemInput",
+    members: &[
+        required("TableName", &TABLE_NAME),
+        required("Key", &ATTRIBUTE_MAP),
+        member("AttributesToGet", &ATTRIBUTES_TO_GET),
+        member("ConsistentRead", &BOOLEAN),
+        member("ReturnConsumedCapacity", &RETURN_CONSUMED_CAPACITY),
+        member("ProjectionExpression", &STRING),
+        member("ExpressionAttributeNames", &NAME_MAP),
+    ],
+};
+
+pub const PUT_ITEM: Shape = Shape::Struct {
+    java: "PutItemInput",
+    members: &[
+        required("TableName", &TABLE_NAME),
+        required("Item", &ATTRIBUTE_MAP),
+        member("Expected", &EXPECTED),
+        member("ReturnValues", &RETURN_VALUES),
+        member("ReturnConsumedCapacity", &RETURN_CONSUMED_CAPACITY),
+        member("ReturnItemCollectionMetrics", &RETURN_ITEM_COLLECTION_METRICS),
+        member("ConditionalOperator", &CONDITIONAL_OPERATOR),
+        member("ConditionExpression", &STRING),
+        member("ExpressionAttributeNames", &NAME_MAP),
+        member("ExpressionAttributeValues", &ATTRIBUTE_MAP),
+    ],
+};
+
+pub const DELETE_ITEM: Shape = Shape::Struct {
+    java: "DeleteItemInput",
+    members: &[
+        required("TableName", &TABLE_NAME),
+        required("Key", &ATTRIBUTE_MAP),
+        member("Expected", &EXPECTED),
+        member("ConditionalOperator", &CONDITIONAL_OPERATOR),
+        member("ReturnValues", &RETURN_VALUES),
+        member("ReturnConsumedCapacity", &RETURN_CONSUMED_CAPACITY),
+        member("ReturnItemCollectionMetrics", &RETURN_ITEM_COLLECTION_METRICS),
+        member("ConditionExpression", &STRING),
+        member("ExpressionAttributeNames", &NAME_MAP),
+        member("ExpressionAttributeValues", &ATTRIBUTE_MAP),
+    ],
+};
+
+pub const UPDATE_ITEM: Shape = Shape::Struct {
+    java: "UpdateItemInput",
+    members: &[
+        required("TableName", &TABLE_NAME),
+        required("Key", &ATTRIBUTE_MAP),
+        member("AttributeUpdates", &ATTRIBUTE_UPDATES),
+        member("Expected", &EXPECTED),
+        member("ConditionalOperator", &CONDITIONAL_OPERATOR),
+        member("ReturnValues", &RETURN_VALUES),
+        member("ReturnConsumedCapacity", &RETURN_CONSUMED_CAPACITY),
+        member("ReturnItemCollectionMetrics", &RETURN_ITEM_COLLECTION_METRICS),
+        member("UpdateExpression", &STRING),
+        member("ConditionExpression", &STRING),
+        member("ExpressionAttributeNames", &NAME_MAP),
+        member("ExpressionAttributeValues", &ATTRIBUTE_MAP),
+    ],
+};
+
+pub const QUERY: Shape = Shape::Struct {
+    java: "QueryInput",
+    members: &[
+        required("TableName", &TABLE_NAME),
+        member("IndexName", &INDEX_NAME),
+        member("Select", &SELECT),
+        member("AttributesToGet", &ATTRIBUTES_TO_GET),
+        member("Limit", &LIMIT),
+        member("ConsistentRead", &BOOLEAN),
+        member("KeyConditions", &CONDITIONS),
+        member("QueryFilter", &CONDITIONS),
+        member("ConditionalOperator", &CONDITIONAL_OPERATOR),
+        member("ScanIndexForward", &BOOLEAN),
+        member("ExclusiveStartKey", &ATTRIBUTE_MAP),
+        member("ReturnConsumedCapacity", &RETURN_CONSUMED_CAPACITY),
+        member("ProjectionExpression", &STRING),
+        member("FilterExpression", &STRING),
+        member("KeyConditionExpression", &STRING),
+        member("ExpressionAttributeNames", &NAME_MAP),
+        member("ExpressionAttributeValues", &ATTRIBUTE_MAP),
+    ],
+};
+
+pub const SCAN: Shape = Shape::Struct {
+    java: "ScanInput",
+    members: &[
+        required("TableName", &TABLE_NAME),
+        member("IndexName", &INDEX_NAME),
+        member("AttributesToGet", &ATTRIBUTES_TO_GET),
+        member("Limit", &LIMIT),
+        member("Select", &SELECT),
+        member("ScanFilter", &CONDITIONS),
+        member("ConditionalOperator", &CONDITIONAL_OPERATOR),
+        member("ExclusiveStartKey", &ATTRIBUTE_MAP),
+        member("ReturnConsumedCapacity", &RETURN_CONSUMED_CAPACITY),
+        member(
+            "TotalSegments",
+            &Shape::Int {
+                java: "Integer",
+                min: Some(1),
+                max: None,
+            },
+        ),
+        member(
+            "Segment",
+            &Shape::Int {
+                java: "Integer",
+                min: Some(0),
+                max: None,
+            },
+        ),
+        member("ProjectionExpression", &STRING),
+        member("FilterExpression", &STRING),
+        member("ExpressionAttributeNames", &NAME_MAP),
+        member("ExpressionAttributeValues", &ATTRIBUTE_MAP),
+        member("ConsistentRead", &BOOLEAN),
+    ],
+};
+
+pub const BATCH_GET_ITEM: Shape = Shape::Struct {
+    java: "BatchGetItemInput",
+    members: &[
+        required(
+            "RequestItems",
+            &Shape::Map {
+                value: &Shape::Struct {
+                    java: "KeysAndAttributes",
+                    members: &[
+                        required(
+                            "Keys",
+                            &Shape::List {
+                                member: &Shape::Map {
+                                    value: &ATTRIBUTE_VALUE,
+                                    java_value: "com.amazonaws.dynamodb.v20120810.AttributeValue",
+                                    min: None,
+                                    keys: None,
+                                    value_len: None,
+                                    nested: true,
+                                },
+                                min: Some(1),
+                                max: Some(super::BATCH_GET_KEYS_MAX),
+                                nested: false,
+                            },
+                        ),
+                        member("AttributesToGet", &ATTRIBUTES_TO_GET),
+                        member("ConsistentRead", &BOOLEAN),
+                        member("ProjectionExpression", &STRING),
+                        member("ExpressionAttributeNames", &NAME_MAP),
+                    ],
+                },
+                java_value: "com.amazonaws.dynamodb.v20120810.KeysAndAttributes",
+                min: Some(1),
+                keys: Some(&NAME_RULES),
+                value_len: None,
+                nested: false,
+            },
+        ),
+        member("ReturnConsumedCapacity", &RETURN_CONSUMED_CAPACITY),
+    ],
+};
+
+pub const BATCH_WRITE_ITEM: Shape = Shape::Struct {
+    java: "BatchWriteItemInput",
+    members: &[
+        required(
+            "RequestItems",
+            &Shape::Map {
+                value: &Shape::List {
+                    member: &Shape::Struct {
+                        java: "WriteRequest",
+                        members: &[
+                            member(
+                                "PutRequest",
+                                &Shape::Struct {
+                                    java: "PutRequest",
+                                    members: &[required("Item", &ATTRIBUTE_MAP)],
+                                },
+                            ),
+                            member(
+                                "DeleteRequest",
+                                &Shape::Struct {
+                                    java: "DeleteRequest",
+                                    members: &[required("Key", &ATTRIBUTE_MAP)],
+                                },
+                            ),
+                        ],
+                    },
+                    min: None,
+                    max: None,
+                    nested: true,
+                },
+                java_value: "java.util.List<com.amazonaws.dynamodb.v20120810.WriteRequest>",
+                min: Some(1),
+                keys: Some(&NAME_RULES),
+                value_len: Some((1, super::BATCH_WRITE_ITEMS_MAX)),
+                nested: false,
+            },
+        ),
+        member("ReturnConsumedCapacity", &RETURN_CONSUMED_CAPACITY),
+        member("ReturnItemCollectionMetrics", &RETURN_ITEM_COLLECTION_METRICS),
+    ],
+};
+
+const LOCAL_INDEX_MEMBERS: &[Member] = &[
+    required("IndexName", &INDEX_NAME),
+    required("KeySchema", &KEY_SCHEMA),
+    required("Projection", &PROJECTION),
+];
+const GLOBAL_INDEX_MEMBERS: &[Member] = &[
+    required("IndexName", &INDEX_NAME),
+    required("KeySchema", &GLOBAL_KEY_SCHEMA),
+    required("Projection", &PROJECTION),
+    member("ProvisionedThroughput", &PROVISIONED_THROUGHPUT),
+];
+
+pub const CREATE_TABLE: Shape = Shape::Struct {
+    java: "CreateTableInput",
+    members: &[
+        required(
+            "AttributeDefinitions",
+            &list(&Shape::Struct {
+                java: "AttributeDefinition",
+                members: &[
+                    required("AttributeName", &STRING),
+                    required("AttributeType", &one_of(&["B", "N", "S"])),
+                ],
+            }),
+        ),
+        required("TableName", &TABLE_NAME_PATTERN),
+        required("KeySchema", &KEY_SCHEMA),
+        member(
+            "LocalSecondaryIndexes",
+            &list(&Shape::Struct {
+                java: "LocalSecondaryIndex",
+                members: LOCAL_INDEX_MEMBERS,
+            }),
+        ),
+        member(
+            "GlobalSecondaryIndexes",
+            &list(&Shape::Struct {
+                java: "GlobalSecondaryIndex",
+                members: GLOBAL_INDEX_MEMBERS,
+            }),
+        ),
+        member("BillingMode", &BILLING_MODE),
+        member("ProvisionedThroughput", &PROVISIONED_THROUGHPUT),
+        member(
+            "Tags",
+            &list(&Shape::Struct {
+                java: "Tag",
+                members: &[required("Key", &STRING), required("Value", &STRING)],
+            }),
+        ),
+        member("DeletionProtectionEnabled", &BOOLEAN),
+    ],
+};
+
+pub const UPDATE_TABLE: Shape = Shape::Struct {
+    java: "UpdateTableInput",
+    members: &[
+        required("TableName", &TABLE_NAME_PATTERN),
+        member(
+            "AttributeDefinitions",
+            &Shape::List {
+                member: &Shape::Struct {
+                    java: "AttributeDefinition",
+                    members: &[
+                        required("AttributeName", &STRING),
+                        required("AttributeType", &one_of(&["B", "N", "S"])),
+                    ],
+                },
+                min: None,
+                max: None,
+                nested: false,
+            },
+        ),
+        member("BillingMode", &BILLING_MODE),
+        member("ProvisionedThroughput", &PROVISIONED_THROUGHPUT),
+        member(
+            "GlobalSecondaryIndexUpdates",
+            &list(&Shape::Struct {
+                java: "GlobalSecondaryIndexUpdate",
+                members: &[
+                    member(
+                        "Update",
+                        &Shape::Struct {
+                            java: "UpdateGlobalSecondaryIndexAction",
+                            members: &[
+                                required("IndexName", &INDEX_NAME),
+                                member("ProvisionedThroughput", &PROVISIONED_THROUGHPUT),
+                            ],
+                        },
+                    ),
+                    member(
+                        "Create",
+                        &Shape::Struct {
+                            java: "CreateGlobalSecondaryIndexAction",
+                            members: GLOBAL_INDEX_MEMBERS,
+                        },
+                    ),
+                    member(
+                        "Delete",
+                        &Shape::Struct {
+                            java: "DeleteGlobalSecondaryIndexAction",
+                            members: &[required("IndexName", &INDEX_NAME)],
+                        },
+                    ),
+                ],
+            }),
+        ),
+        member("DeletionProtectionEnabled", &BOOLEAN),
+    ],
+};
+
+const TABLE_ONLY: Shape = Shape::Struct {
+    java: "TableInput",
+    members: &[required("TableName", &TABLE_NAME_PATTERN)],
+};
+
+pub const LIST_TABLES: Shape = Shape::Struct {
+    java: "ListTablesInput",
+    members: &[
+        member("ExclusiveStartTableName", &TABLE_NAME),
+        member(
+            "Limit",
+            &Shape::Int {
+                java: "Integer",
+                min: Some(1),
+                max: Some(super::LIST_TABLES_LIMIT_MAX as i64),
+            },
+        ),
+    ],
+};
+
+pub const TAG_RESOURCE: Shape = Shape::Struct {
+    java: "TagResourceInput",
+    members: &[
+        member("ResourceArn", &STRING),
+        member(
+            "Tags",
+            &list(&Shape::Struct {
+                java: "Tag",
+                members: &[member("Key", &STRING), member("Value", &STRING)],
+            }),
+        ),
+    ],
+};
+
+pub const UNTAG_RESOURCE: Shape = Shape::Struct {
+    java: "UntagResourceInput",
+    members: &[member("ResourceArn", &STRING), member("TagKeys", &list(&STRING))],
+};
+
+pub const LIST_TAGS: Shape = Shape::Struct {
+    java: "ListTagsOfResourceInput",
+    members: &[member("ResourceArn", &STRING), member("NextToken", &STRING)],
+};
+
+/// The shape of `operation`'s request, for the operations this module covers.
+pub fn input(operation: &str) -> Option<&'static Shape> {
+    Some(match operation {
+        "GetItem" => &GET_ITEM,
+        "PutItem" => &PUT_ITEM,
+        "DeleteItem" => &DELETE_ITEM,
+        "UpdateItem" => &UPDATE_ITEM,
+        "Query" => &QUERY,
+        "Scan" => &SCAN,
+        "BatchGetItem" => &BATCH_GET_ITEM,
+        "BatchWriteItem" => &BATCH_WRITE_ITEM,
+        "CreateTable" => &CREATE_TABLE,
+        "UpdateTable" => &UPDATE_TABLE,
+        "DeleteTable" | "DescribeTable" | "DescribeTimeToLive" => &TABLE_ONLY,
+        "ListTables" => &LIST_TABLES,
+        "TagResource" => &TAG_RESOURCE,
+        "UntagResource" => &UNTAG_RESOURCE,
+        "ListTagsOfResource" => &LIST_TAGS,
+        _ => return None,
+    })
+}
+
+/// Checks `body`'s constraints as DynamoDB does before an operation runs (the module's step 2),
+/// answering a wrong JSON type first when there is one (step 1). The fast path: the body is
+/// read once into only the members a constraint can apply to (items, keys and expression
+/// values are skipped over, not built), so a valid request pays a scan of its bytes. A body
+/// that is not a JSON object is left to the operation's decoder, as is a wrong type in a
+/// request that breaks no constraint: the decoder refuses it, and [`reread`] words it.
+pub fn check(shape: &Shape, body: &[u8]) -> Result<(), ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let Ok(pruned) = serde::de::DeserializeSeed::deserialize(Pruned(shape), &mut deserializer) else {
+        return Ok(());
+    };
+    if !pruned.is_object() {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    check_constraints(&pruned, shape, "", &mut errors);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    // A wrong type is answered before any constraint.
+    judge(shape, body)?;
+    Err(constraint_error(&errors))
+}
+
+/// What to do with a request the operation's decoder refused as a SerializationException.
+pub enum Reread {
+    /// DynamoDB's own words for the wrong type.
+    Refused(ApiError),
+    /// DynamoDB reads it leniently: decode this body instead (check it again first).
+    Rewritten(Vec<u8>),
+    /// Nothing this module can say: keep the decoder's answer.
+    Unchanged,
+}
+
+/// After the operation's decoder refused `body`: DynamoDB's words for the wrong type, or the
+/// body with its leniently read members rewritten.
+pub fn reread(shape: &Shape, body: &[u8]) -> Reread {
+    match judge(shape, body) {
+        Err(error) => Reread::Refused(error),
+        Ok(Cow::Owned(rewritten)) => Reread::Rewritten(rewritten),
+        Ok(Cow::Borrowed(_)) => Reread::Unchanged,
+    }
+}
+
+/// Both steps on the whole request: the first wrong type (SerializationException), then every
+/// broken constraint; or the body to decode (rewritten where read leniently).
+fn judge<'b>(shape: &Shape, body: &'b [u8]) -> Result<Cow<'b, [u8]>, ApiError> {
+    let Ok(mut request) = serde_json::from_slice::<Value>(body) else {
+        return Ok(Cow::Borrowed(body));
+    };
+    if !request.is_object() {
+        return Ok(Cow::Borrowed(body));
+    }
+    let mut rewritten = false;
+    read_types(&mut request, shape, Place::Field, &mut rewritten).map_err(ApiError::serialization)?;
+    let mut errors = Vec::new();
+    check_constraints(&request, shape, "", &mut errors);
+    if !errors.is_empty() {
+        return Err(constraint_error(&errors));
+    }
+    Ok(if rewritten {
+        Cow::Owned(serde_json::to_vec(&request).unwrap_or_else(|_| body.to_vec()))
+    } else {
+        Cow::Borrowed(body)
+    })
+}
+
+impl Shape {
+    /// Whether any constraint applies within this shape's values. A string is always kept
+    /// (a list's message shows its strings).
+    fn constrained(&self) -> bool {
+        match self {
+            Shape::Str(_) => true,
+            Shape::Int { min, max, .. } => min.is_some() || max.is_some(),
+            Shape::Bool | Shape::Blob | Shape::AttributeValue => false,
+            Shape::List { member, min, max, .. } => min.is_some() || max.is_some() || member.constrained(),
+            Shape::Map {
+                value,
+                min,
+                keys,
+                value_len,
+                ..
+            } => min.is_some() || keys.is_some() || value_len.is_some() || value.constrained(),
+            Shape::Struct { members, .. } => members.iter().any(|m| m.not_null || m.shape.constrained()),
+        }
+    }
+}
+
+/// Stands for a value no constraint looks into (an item, a key): shown as `{...}`.
+fn skipped() -> Value {
+    let mut marker = Map::new();
+    marker.insert(String::new(), Value::Null);
+    Value::Object(marker)
+}
+
+/// Reads a request into a [`Value`] holding only what its constraints need.
+struct Pruned<'s>(&'s Shape);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        match self.0 {
+            Shape::Str(_) | Shape::Int { .. } => serde::Deserialize::deserialize(deserializer),
+            shape if !shape.constrained() => deserializer.deserialize_any(Skip),
+            shape => deserializer.deserialize_any(PrunedVisitor(shape)),
+        }
+    }
+}
+
+/// Reads past a value, telling only null from present.
+struct Skip;
+
+impl<'de> serde::de::Visitor<'de> for Skip {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Value, E> {
+        Ok(skipped())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Value, E> {
+        Ok(skipped())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Value, E> {
+        Ok(skipped())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Value, E> {
+        Ok(skipped())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Value, E> {
+        Ok(skipped())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(skipped())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(skipped())
+    }
+}
+
+struct PrunedVisitor<'s>(&'s Shape);
+
+impl<'de> serde::de::Visitor<'de> for PrunedVisitor<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    // A scalar where a container belongs is a wrong type, which `judge` words; kept as is.
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let Shape::List { member, .. } = self.0 else {
+            // A list where a structure or map belongs: a wrong type, kept as no container.
+            Skip.visit_seq(seq)?;
+            return Ok(Value::Bool(true));
+        };
+        let mut elements = Vec::new();
+        while let Some(element) = seq.next_element_seed(Pruned(member))? {
+            elements.push(element);
+        }
+        Ok(Value::Array(elements))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        match self.0 {
+            Shape::Struct { members, .. } => {
+                while let Some(key) = map.next_key::<String>()? {
+                    match members.iter().find(|m| m.name == key) {
+                        Some(member) => {
+                            let value = map.next_value_seed(Pruned(member.shape))?;
+                            fields.insert(key, value);
+                        }
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+            }
+            Shape::Map { value, .. } => {
+                while let Some(key) = map.next_key::<String>()? {
+                    let entry = map.next_value_seed(Pruned(value))?;
+                    fields.insert(key, entry);
+                }
+            }
+            _ => {
+                Skip.visit_map(map)?;
+                return Ok(Value::Bool(true));
+            }
+        }
+        Ok(Value::Object(fields))
+    }
+}
+
+/// DynamoDB's "N validation errors detected: a; b" of `errors` (at least one).
+fn constraint_error(errors: &[String]) -> ApiError {
+    let count = errors.len();
+    let plural = if count == 1 { "" } else { "s" };
+    ApiError::validation(format!(
+        "{count} validation error{plural} detected: {}",
+        errors.join("; ")
+    ))
+}
+
+/// Where a value sits: a structure's member, or an element of a list or map. DynamoDB's
+/// deserializer words a structure given a scalar differently in the two places.
+#[derive(Clone, Copy, PartialEq)]
+enum Place {
+    Field,
+    Element,
+}
+
+fn scalar_name(value: &Value) -> &'static str {
+    match value {
+        Value::Bool(true) => "TRUE_VALUE",
+        Value::Bool(false) => "FALSE_VALUE",
+        Value::Number(n) if n.is_f64() => "DECIMAL_VALUE",
+        Value::Number(_) => "NUMBER_VALUE",
+        _ => "STRING_VALUE",
+    }
+}
+
+/// Step 1: the first member whose JSON type its shape cannot read, in DynamoDB's words;
+/// members read leniently are rewritten in place (and `rewritten` set).
+fn read_types(value: &mut Value, shape: &Shape, place: Place, rewritten: &mut bool) -> Result<(), String> {
+    if value.is_null() {
+        return Ok(());
+    }
+    match shape {
+        Shape::Str(_) => match value {
+            Value::String(_) => Ok(()),
+            Value::Array(_) => Err("Unrecognized collection type class java.lang.String".into()),
+            Value::Object(_) => Err(OBJECT_NOT_EXPECTED.into()),
+            other => Err(format!("{} cannot be converted to String", scalar_name(other))),
+        },
+        Shape::Bool => match value {
+            Value::Bool(_) => Ok(()),
+            Value::String(text) => {
+                let read = match text.to_ascii_uppercase().as_str() {
+                    "TRUE" | "1" | "YES" => true,
+                    "FALSE" | "0" | "NO" => false,
+                    _ => return Err("Unexpected token received from parser".into()),
+                };
+                *value = Value::Bool(read);
+                *rewritten = true;
+                Ok(())
+            }
+            Value::Number(_) => Err(format!("{} cannot be converted to Boolean", scalar_name(value))),
+            Value::Array(_) => Err("Unrecognized collection type class java.lang.Boolean".into()),
+            _ => Err(OBJECT_NOT_EXPECTED.into()),
+        },
+        Shape::Int { java, .. } => match value {
+            Value::Number(number) => {
+                if number.is_f64() {
+                    let truncated = number.as_f64().unwrap_or_default().trunc();
+                    *value = serde_json::Number::from_f64(truncated).map_or(Value::Null, |n| {
+                        // An integer-valued f64 written without its fraction.
+                        if truncated.abs() < 9.0e15 {
+                            Value::from(truncated as i64)
+                        } else {
+                            Value::Number(n)
+                        }
+                    });
+                    *rewritten = true;
+                }
+                Ok(())
+            }
+            Value::Array(_) => Err(format!("Unrecognized collection type class java.lang.{java}")),
+            Value::Object(_) => Err(OBJECT_NOT_EXPECTED.into()),
+            other => Err(format!("{} cannot be converted to {java}", scalar_name(other))),
+        },
+        Shape::Blob => match value {
+            Value::String(text) => check_base64(text),
+            Value::Array(_) => Err("Unrecognized collection type class java.nio.ByteBuffer".into()),
+            Value::Object(_) => Err(OBJECT_NOT_EXPECTED.into()),
+            _ => Err("only base-64-encoded strings are convertible to bytes".into()),
+        },
+        Shape::List { member, nested, .. } => match value {
+            Value::Array(elements) => {
+                for element in elements {
+                    read_types(element, member, Place::Element, rewritten)?;
+                }
+                Ok(())
+            }
+            Value::Object(_) => Err(OBJECT_NOT_EXPECTED.into()),
+            _ if *nested => Err(NESTED_CONTAINER_GIVEN_SCALAR.into()),
+            _ => Err("Unexpected field type".into()),
+        },
+        Shape::Map {
+            value: value_shape,
+            java_value,
+            nested,
+            ..
+        } => match value {
+            Value::Object(entries) => {
+                for entry in entries.values_mut() {
+                    read_types(entry, value_shape, Place::Element, rewritten)?;
+                }
+                Ok(())
+            }
+            Value::Array(_) => Err(format!(
+                "Unrecognized collection type java.util.Map<java.lang.String, {java_value}>"
+            )),
+            _ if *nested => Err(NESTED_CONTAINER_GIVEN_SCALAR.into()),
+            _ => Err("Unexpected field type".into()),
+        },
+        Shape::Struct { java, members } => read_struct(value, java, members, place, rewritten),
+        Shape::AttributeValue => read_struct(value, "AttributeValue", ATTRIBUTE_VALUE_MEMBERS, place, rewritten),
+    }
+}
+
+fn read_struct(
+    value: &mut Value,
+    java: &str,
+    members: &[Member],
+    place: Place,
+    rewritten: &mut bool,
+) -> Result<(), String> {
+    match value {
+        Value::Object(fields) => {
+            for member in members {
+                if let Some(field) = fields.get_mut(member.name) {
+                    read_types(field, member.shape, Place::Field, rewritten)?;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(_) => Err(format!("Unrecognized collection type class {MODEL_PACKAGE}.{java}")),
+        _ if place == Place::Element => Err("Unexpected value type in payload".into()),
+        _ => Err("Unexpected field type".into()),
+    }
+}
+
+const BINARY: Shape = Shape::Blob;
+const ATTRIBUTE_VALUE_MEMBERS: &[Member] = &[
+    member("S", &STRING),
+    member("N", &STRING),
+    member("B", &BINARY),
+    member("SS", &list(&STRING)),
+    member("NS", &list(&STRING)),
+    member("BS", &list(&BINARY)),
+    member("M", &ATTRIBUTE_MAP),
+    member("L", &ATTRIBUTE_VALUE_LIST),
+    member("NULL", &BOOLEAN),
+    member("BOOL", &BOOLEAN),
+];
+
+/// A binary value's base64 as DynamoDB's decoder judges it: a multiple of 4 long, and its
+/// last character before the padding carrying no bits past the data.
+fn check_base64(text: &str) -> Result<(), String> {
+    let length = text.chars().count();
+    if !length.is_multiple_of(4) {
+        return Err(format!(
+            "Base64 encoded length is expected a multiple of 4 bytes but found: {length}"
+        ));
+    }
+    let bytes = text.as_bytes();
+    let padding = bytes.iter().rev().take_while(|&&b| b == b'=').count();
+    if padding == 0 || padding > 2 || padding == bytes.len() {
+        return Ok(());
+    }
+    let last = bytes[bytes.len() - padding - 1];
+    let Some(bits) = base64_value(last) else {
+        // Not base64 at all: left to the value decoder's own message.
+        return Ok(());
+    };
+    // One '=' leaves 2 spare bits in the last character, two leave 4: they must be zero.
+    let spare_mask = if padding == 1 { 0b11 } else { 0b1111 };
+    if bits & spare_mask != 0 {
+        return Err("Invalid last non-pad Base64 character dectected".into());
+    }
+    Ok(())
+}
+
+fn base64_value(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
+/// Longest rendering of a list of scalars in a constraint's message; a longer one is `[...]`.
+const SHOWN_LIST_CHARS_MAX: usize = 1024;
+
+/// How a value is shown in a constraint's message: a scalar as itself, a list of scalars as
+/// `[a, b]`, an empty list or map as `[]` or `{}`, and any other structure, map or list as
+/// `{...}` or `[...]` (DynamoDB prints its Java rendering, which can be as big as the request).
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Array(elements) if elements.is_empty() => "[]".to_string(),
+        Value::Array(elements) => {
+            if elements.iter().any(|e| e.is_array() || e.is_object()) {
+                return "[...]".to_string();
+            }
+            let listed = format!("[{}]", elements.iter().map(shown).collect::<Vec<_>>().join(", "));
+            if listed.len() > SHOWN_LIST_CHARS_MAX {
+                "[...]".to_string()
+            } else {
+                listed
+            }
+        }
+        Value::Object(fields) if fields.is_empty() => "{}".to_string(),
+        Value::Object(_) => "{...}".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn violation(errors: &mut Vec<String>, value: Option<&Value>, path: &str, rule: &str) {
+    if errors.len() >= CONSTRAINT_ERRORS_MAX {
+        return;
+    }
+    let value = match value {
+        None => "null".to_string(),
+        Some(value) => format!("'{}'", shown(value)),
+    };
+    errors.push(format!(
+        "Value {value} at '{path}' failed to satisfy constraint: {rule}"
+    ));
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+/// "Map keys must satisfy constraint: [...]" with every rule of `rules`.
+fn map_key_rule(rules: &StrRules) -> String {
+    let mut listed = Vec::new();
+    if let Some(max) = rules.max {
+        listed.push(format!("Member must have length less than or equal to {max}"));
+    }
+    if let Some(min) = rules.min {
+        listed.push(format!("Member must have length greater than or equal to {min}"));
+    }
+    if rules.name_pattern {
+        listed.push("Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+".to_string());
+    }
+    format!("Map keys must satisfy constraint: [{}]", listed.join(", "))
+}
+
+/// The rules of `rules` that `text` breaks, as DynamoDB words them.
+fn string_problems(rules: &StrRules, text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let length = text.chars().count();
+    if let Some(min) = rules.min
+        && length < min
+    {
+        problems.push(format!("Member must have length greater than or equal to {min}"));
+    }
+    if let Some(max) = rules.max
+        && length > max
+    {
+        problems.push(format!("Member must have length less than or equal to {max}"));
+    }
+    if rules.name_pattern
+        && (text.is_empty()
+            || !text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        problems.push("Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+".to_string());
+    }
+    if !rules.one_of.is_empty() && !rules.one_of.contains(&text) {
+        problems.push(format!(
+            "Member must satisfy enum value set: [{}]",
+            rules.one_of.join(", ")
+        ));
+    }
+    problems
+}
+
+/// Step 2: every constraint `value` (the member at `path`) breaks, appended to `errors`.
+fn check_constraints(value: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) {
+    match (shape, value) {
+        (Shape::Str(rules), Value::String(text)) => {
+            for problem in string_problems(rules, text) {
+                violation(errors, Some(value), path, &problem);
+            }
+        }
+        (Shape::Int { min, max, .. }, Value::Number(number)) => {
+            let Some(n) = number.as_i64() else { return };
+            if let Some(min) = min
+                && n < *min
+            {
+                violation(
+                    errors,
+                    Some(value),
+                    path,
+                    &format!("Member must have value greater than or equal to {min}"),
+                );
+            }
+            if let Some(max) = max
+                && n > *max
+            {
+                violation(
+                    errors,
+                    Some(value),
+                    path,
+                    &format!("Member must have value less than or equal to {max}"),
+                );
+            }
+        }
+        (Shape::List { member, min, max, .. }, Value::Array(elements)) => {
+            check_length(value, elements.len(), *min, *max, path, errors);
+            for (index, element) in elements.iter().enumerate() {
+                if !element.is_null() {
+                    let at = format!("{}.member", join(path, &(index + 1).to_string()));
+                    check_constraints(element, member, &at, errors);
+                }
+            }
+        }
+        (
+            Shape::Map {
+                value: value_shape,
+                min,
+                keys,
+                value_len,
+                ..
+            },
+            Value::Object(entries),
+        ) => {
+            check_length(value, entries.len(), *min, None, path, errors);
+            if let Some(rules) = keys {
+                for key in entries.keys() {
+                    if !string_problems(rules, key).is_empty() {
+                        // DynamoDB lists every rule on the keys, broken or not.
+                        violation(errors, Some(value), path, &map_key_rule(rules));
+                    }
+                }
+            }
+            if let Some((low, high)) = value_len {
+                for entry in entries.values() {
+                    let length = match entry {
+                        Value::Array(elements) => elements.len(),
+                        Value::Object(fields) => fields.len(),
+                        _ => continue,
+                    };
+                    if length < *low || length > *high {
+                        let rule = format!(
+                            "Map value must satisfy constraint: [Member must have length less than or equal to {high}, Member must have length greater than or equal to {low}]"
+                        );
+                        violation(errors, Some(value), path, &rule);
+                    }
+                }
+            }
+            for (key, entry) in entries {
+                if !entry.is_null() {
+                    let at = format!("{}.member", join(path, key));
+                    check_constraints(entry, value_shape, &at, errors);
+                }
+            }
+        }
+        (Shape::Struct { members, .. }, Value::Object(fields)) => check_members(fields, members, path, errors),
+        _ => {}
+    }
+}
+
+fn check_members(fields: &Map<String, Value>, members: &[Member], path: &str, errors: &mut Vec<String>) {
+    for member in members {
+        let at = join(path, &lower_first(member.name));
+        match fields.get(member.name).filter(|v| !v.is_null()) {
+            None if member.not_null => violation(errors, None, &at, "Member must not be null"),
+            None => {}
+            Some(field) => check_constraints(field, member.shape, &at, errors),
+        }
+    }
+}
+
+fn check_length(
+    value: &Value,
+    length: usize,
+    min: Option<usize>,
+    max: Option<usize>,
+    path: &str,
+    errors: &mut Vec<String>,
+) {
+    if let Some(min) = min
+        && length < min
+    {
+        violation(
+            errors,
+            Some(value),
+            path,
+            &format!("Member must have length greater than or equal to {min}"),
+        );
+    }
+    if let Some(max) = max
+        && length > max
+    {
+        violation(
+            errors,
+            Some(value),
+            path,
+            &format!("Member must have length less than or equal to {max}"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(shape: &Shape, body: &str) -> Result<String, (String, String)> {
+        judge(shape, body.as_bytes())
+            .map(|body| String::from_utf8(body.into_owned()).expect("UTF-8"))
+            .map_err(|e| (e.kind.name().to_string(), e.message))
+    }
+
+    #[test]
+    fn every_violated_constraint_is_named_at_once() {
+        let (kind, message) = answer(
+            &PUT_ITEM,
+            r#"{"TableName": "abc;", "ReturnConsumedCapacity": "hi", "ReturnItemCollectionMetrics": "hi", "ReturnValues": "hi"}"#,
+        )
+        .expect_err("refused");
+        assert_eq!(kind, "ValidationException");
+        assert!(message.starts_with("5 validation errors detected: "), "{message}");
+        for part in [
+            "Value 'abc;' at 'tableName' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
+            "Value null at 'item' failed to satisfy constraint: Member must not be null",
+            "Value 'hi' at 'returnValues' failed to satisfy constraint: Member must satisfy enum value set: [ALL_NEW, UPDATED_OLD, ALL_OLD, NONE, UPDATED_NEW]",
+            "Value 'hi' at 'returnConsumedCapacity' failed to satisfy constraint: Member must satisfy enum value set: [INDEXES, TOTAL, NONE]",
+            "Value 'hi' at 'returnItemCollectionMetrics' failed to satisfy constraint: Member must satisfy enum value set: [SIZE, NONE]",
+        ] {
+            assert!(message.contains(part), "{part} missing from {message}");
+        }
+    }
+
+    #[test]
+    fn nested_members_are_named_by_their_path_and_the_count_stops_at_ten() {
+        let (_, message) = answer(
+            &CREATE_TABLE,
+            r#"{"TableName": "abc", "AttributeDefinitions": [{}], "KeySchema": [{"KeyType": "X"}, {}, {}],
+                "ProvisionedThroughput": {"ReadCapacityUnits": 0, "WriteCapacityUnits": 0}}"#,
+        )
+        .expect_err("refused");
+        assert!(
+            message.contains("Value null at 'attributeDefinitions.1.member.attributeName'"),
+            "{message}"
+        );
+        assert!(message.contains("Value 'X' at 'keySchema.1.member.keyType' failed to satisfy constraint: Member must satisfy enum value set: [HASH, RANGE]"), "{message}");
+        assert!(
+            message.contains(
+                "at 'keySchema' failed to satisfy constraint: Member must have length less than or equal to 2"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("Value '0' at 'provisionedThroughput.readCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1"), "{message}");
+        assert!(message.starts_with("10 validation errors detected: "), "{message}");
+        assert_eq!(
+            message.matches("failed to satisfy constraint").count(),
+            CONSTRAINT_ERRORS_MAX
+        );
+    }
+
+    #[test]
+    fn a_wrong_json_type_is_named_in_dynamodbs_words_before_any_constraint() {
+        for (shape, body, expected) in [
+            (
+                &GET_ITEM,
+                r#"{"TableName": true}"#,
+                "TRUE_VALUE cannot be converted to String",
+            ),
+            (
+                &GET_ITEM,
+                r#"{"TableName": 23}"#,
+                "NUMBER_VALUE cannot be converted to String",
+            ),
+            (
+                &GET_ITEM,
+                r#"{"TableName": 3.5}"#,
+                "DECIMAL_VALUE cannot be converted to String",
+            ),
+            (
+                &GET_ITEM,
+                r#"{"TableName": []}"#,
+                "Unrecognized collection type class java.lang.String",
+            ),
+            (&GET_ITEM, r#"{"TableName": {}}"#, OBJECT_NOT_EXPECTED),
+            (
+                &GET_ITEM,
+                r#"{"ConsistentRead": "maybe"}"#,
+                "Unexpected token received from parser",
+            ),
+            (
+                &GET_ITEM,
+                r#"{"ConsistentRead": 2}"#,
+                "NUMBER_VALUE cannot be converted to Boolean",
+            ),
+            (&GET_ITEM, r#"{"Key": "23"}"#, "Unexpected field type"),
+            (
+                &GET_ITEM,
+                r#"{"Key": []}"#,
+                "Unrecognized collection type java.util.Map<java.lang.String, com.amazonaws.dynamodb.v20120810.AttributeValue>",
+            ),
+            (&GET_ITEM, r#"{"Key": {"a": "23"}}"#, "Unexpected value type in payload"),
+            (
+                &GET_ITEM,
+                r#"{"Key": {"a": []}}"#,
+                "Unrecognized collection type class com.amazonaws.dynamodb.v20120810.AttributeValue",
+            ),
+            (
+                &GET_ITEM,
+                r#"{"Key": {"a": {"S": false}}}"#,
+                "FALSE_VALUE cannot be converted to String",
+            ),
+            (
+                &GET_ITEM,
+                r#"{"Key": {"a": {"L": [{"BS": [true]}]}}}"#,
+                "only base-64-encoded strings are convertible to bytes",
+            ),
+            (
+                &GET_ITEM,
+                r#"{"Key": {"a": {"B": "23456"}}}"#,
+                "Base64 encoded length is expected a multiple of 4 bytes but found: 5",
+            ),
+            (
+                &GET_ITEM,
+                r#"{"Key": {"a": {"B": "+/+="}}}"#,
+                "Invalid last non-pad Base64 character dectected",
+            ),
+            (
+                &PUT_ITEM,
+                r#"{"Expected": {"a": {"Value": "x"}}}"#,
+                "Unexpected field type",
+            ),
+            (
+                &QUERY,
+                r#"{"Limit": "23"}"#,
+                "STRING_VALUE cannot be converted to Integer",
+            ),
+            (
+                &CREATE_TABLE,
+                r#"{"ProvisionedThroughput": {"ReadCapacityUnits": false}}"#,
+                "FALSE_VALUE cannot be converted to Long",
+            ),
+            (
+                &BATCH_GET_ITEM,
+                r#"{"RequestItems": {"abc": {"Keys": ["x"]}}}"#,
+                NESTED_CONTAINER_GIVEN_SCALAR,
+            ),
+            (
+                &BATCH_WRITE_ITEM,
+                r#"{"RequestItems": {"abc": 1}}"#,
+                NESTED_CONTAINER_GIVEN_SCALAR,
+            ),
+        ] {
+            assert_eq!(
+                answer(shape, body),
+                Err(("SerializationException".to_string(), expected.to_string())),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn lenient_reads_are_rewritten_and_a_valid_request_passes_untouched() {
+        let body = r#"{"TableName": "abc", "Key": {"a": {"S": "x"}}, "ConsistentRead": "yes"}"#;
+        let rewritten: Value = serde_json::from_str(&answer(&GET_ITEM, body).expect("accepted")).expect("accepted");
+        assert_eq!(rewritten["ConsistentRead"], Value::Bool(true));
+        let body = r#"{"TableName": "abc", "Limit": 2.9, "KeyConditionExpression": "a = :a"}"#;
+        let rewritten: Value = serde_json::from_str(&answer(&QUERY, body).expect("accepted")).expect("accepted");
+        assert_eq!(rewritten["Limit"], Value::from(2));
+        let body = r#"{"TableName": "abc", "Key": {"a": {"S": "x"}}, "ConsistentRead": true, "Unknown": 1}"#;
+        assert_eq!(answer(&GET_ITEM, body).expect("accepted"), body);
+        assert_eq!(judge(&GET_ITEM, b"not json").expect("accepted").as_ref(), b"not json");
+        assert!(check(&GET_ITEM, b"not json").is_ok());
+    }
+
+    /// The fast path (`check`, reading only what constraints need) and the whole request's
+    /// judgement answer the same, for requests with and without a broken constraint.
+    #[test]
+    fn the_fast_path_answers_as_the_whole_judgement_does() {
+        for (shape, body) in [
+            (
+                &PUT_ITEM,
+                r#"{"TableName": "abc;", "ReturnValues": "hi", "Item": {"a": {"S": "x"}, "b": {"L": [{"N": "1"}]}}}"#,
+            ),
+            (
+                &PUT_ITEM,
+                r#"{"TableName": "abc", "Item": {"a": {"S": "x"}}, "Expected": {"a": {"ComparisonOperator": "NOPE"}}}"#,
+            ),
+            (&PUT_ITEM, r#"{"TableName": "abc", "Item": null}"#),
+            (&PUT_ITEM, r#"{"TableName": "ab", "Item": {"a": {"S": true}}}"#),
+            (
+                &GET_ITEM,
+                r#"{"TableName": "abc", "Key": {"a": {"S": "x"}}, "AttributesToGet": []}"#,
+            ),
+            (
+                &QUERY,
+                r#"{"TableName": "abc", "KeyConditions": {"a": {"AttributeValueList": [{"S": "x"}]}}, "Limit": 0}"#,
+            ),
+            (
+                &BATCH_WRITE_ITEM,
+                r#"{"RequestItems": {"abc": [{"PutRequest": {}}, {"DeleteRequest": {"Key": {"a": {"S": "x"}}}}]}}"#,
+            ),
+            (
+                &BATCH_GET_ITEM,
+                r#"{"RequestItems": {"a": {"Keys": [{"a": {"S": "x"}}], "AttributesToGet": ["x", "y"]}}}"#,
+            ),
+            (
+                &CREATE_TABLE,
+                r#"{"TableName": "abc", "AttributeDefinitions": [{"AttributeName": "a", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}], "BillingMode": "PAY_PER_REQUEST",
+                "GlobalSecondaryIndexes": [{"IndexName": "g", "KeySchema": [], "Projection": {"ProjectionType": "ALL"}}]}"#,
+            ),
+            (&GET_ITEM, r#"{"TableName": "abc", "Key": {"a": {"S": "x"}}}"#),
+            (&GET_ITEM, r#"[1, 2, 3]"#),
+            (&GET_ITEM, r#"{"TableName": "abc", "Key": [{"a": {"S": "x"}}]}"#),
+            (&QUERY, r#"{"TableName": "abc", "KeyConditions": [], "Limit": 0}"#),
+        ] {
+            let whole = judge(shape, body.as_bytes()).map(|_| ());
+            match check(shape, body.as_bytes()) {
+                Err(fast) => assert_eq!(Err(fast), whole, "{body}"),
+                // A wrong type in a request that breaks no constraint is the decoder's to
+                // refuse, and `reread` words it.
+                Ok(()) => assert!(
+                    whole.is_ok()
+                        || whole
+                            .as_ref()
+                            .is_err_and(|e| e.kind == dynamo_protocol::ErrorKind::Serialization),
+                    "{body}: {whole:?}"
+                ),
+            }
+        }
+        assert!(check(&PUT_ITEM, br#"{"TableName": "abc;", "Item": {"a": {"S": "x"}}}"#).is_err());
+    }
+
+    #[test]
+    fn batch_maps_check_their_keys_and_value_lengths() {
+        let (_, message) =
+            answer(&BATCH_WRITE_ITEM, r#"{"RequestItems": {"a;": [], "abc": [{}]}}"#).expect_err("refused");
+        assert!(message.starts_with("2 validation errors detected: "), "{message}");
+        assert!(message.contains("at 'requestItems' failed to satisfy constraint: Map keys must satisfy constraint: [Member must have length less than or equal to 255, Member must have length greater than or equal to 3, Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+]"), "{message}");
+        assert!(message.contains("Map value must satisfy constraint: [Member must have length less than or equal to 25, Member must have length greater than or equal to 1]"), "{message}");
+    }
+
+    #[test]
+    fn base64_spare_bits() {
+        assert!(check_base64("").is_ok());
+        assert!(check_base64("YQ==").is_ok());
+        assert!(check_base64("YR==").is_err());
+        assert!(check_base64("YWE=").is_ok());
+        assert!(check_base64("YWF=").is_err());
+        assert!(check_base64("=+/=").is_err());
+        assert!(check_base64("+/+=").is_err());
+        assert!(check_base64("+/+/").is_ok());
+    }
+}
