@@ -980,6 +980,23 @@ def test_every_broken_constraint_is_named_in_one_answer(store, operation, body, 
         assert any(part in each for each in named), (part, message)
 
 
+@pytest.mark.parametrize("operation", ["CreateTable", "UpdateTable", "DeleteTable", "DescribeTable",
+                                       "DescribeTimeToLive"])
+def test_the_table_operations_judge_a_table_name_first_in_their_own_words(store, operation):
+    """The table operations judge TableName's presence and length before any constraint, in
+    their own sentences (as dynalite's suite recorded DynamoDB answering); its pattern is a
+    constraint like the others."""
+    for body, expected in [
+        ({}, "The parameter 'TableName' is required but was not present in the request"),
+        ({"TableName": "a;"}, "TableName must be at least 3 characters long and at most 255 characters long"),
+        ({"TableName": "a" * 256}, "TableName must be at least 3 characters long and at most 255 characters long"),
+    ]:
+        assert raw_error(store, operation, body) == ("ValidationException", expected), body
+    kind, message = raw_error(store, operation, {"TableName": "abc;"})
+    assert kind == "ValidationException" and "Value 'abc;' at 'tableName' failed to satisfy constraint: " \
+        "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+" in message, message
+
+
 @pytest.mark.parametrize("body, expected", [
     ({"TableName": True}, "TRUE_VALUE cannot be converted to String"),
     ({"TableName": 1.5}, "DECIMAL_VALUE cannot be converted to String"),

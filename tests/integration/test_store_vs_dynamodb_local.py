@@ -233,8 +233,12 @@ LOCAL_MESSAGES = {
     # A string set with a repeated member: DynamoDB ends its sentence with a full stop.
     "One or more parameter values were invalid: Input collection [a, a] contains duplicates":
         r"^One or more parameter values were invalid: Input collection \[a, a\] contains duplicates\.$",
+    # A bad table name: DynamoDB (as dynalite's suite recorded it) judges the table operations'
+    # TableName length first in its own sentence, and a name's pattern as a constraint.
     "Invalid table/index name.  Table/index names must be between 3 and 255 characters long, and may contain "
-    "only the characters a-z, A-Z, 0-9, '_', '-', and '.'": r"^1 validation error detected: Value '.*' at 'tableName'",
+    "only the characters a-z, A-Z, 0-9, '_', '-', and '.'":
+        r"^(TableName must be at least 3 characters long and at most 255 characters long"
+        r"|1 validation error detected: Value '.*' at 'tableName'.*)$",
 }
 
 

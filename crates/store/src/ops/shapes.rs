@@ -84,6 +84,9 @@ pub struct StrRules {
     /// DynamoDB's pattern for table and index names, `[a-zA-Z0-9_.-]+`.
     pub name_pattern: bool,
     pub one_of: &'static [&'static str],
+    /// The table operations' TableName: its presence and its length are judged before any
+    /// constraint, in their own words ([`table_name_prelude`]).
+    pub prelude: bool,
 }
 
 pub struct Member {
@@ -114,6 +117,7 @@ const fn one_of(values: &'static [&'static str]) -> Shape {
         max: None,
         name_pattern: false,
         one_of: values,
+        prelude: false,
     })
 }
 
@@ -142,6 +146,7 @@ const STRING: Shape = Shape::Str(StrRules {
     max: None,
     name_pattern: false,
     one_of: &[],
+    prelude: false,
 });
 const BOOLEAN: Shape = Shape::Bool;
 const NAME_RULES: StrRules = StrRules {
@@ -149,15 +154,17 @@ const NAME_RULES: StrRules = StrRules {
     max: Some(255),
     name_pattern: true,
     one_of: &[],
+    prelude: false,
 };
 const TABLE_NAME: Shape = Shape::Str(NAME_RULES);
-/// The table-level operations (CreateTable, DescribeTable, ...) check a table name's pattern as
-/// a constraint and its length in their own words.
+/// The table-level operations (CreateTable, DescribeTable, ...) check a table name's presence
+/// and length first, in their own words, and its pattern as a constraint.
 const TABLE_NAME_PATTERN: Shape = Shape::Str(StrRules {
     min: None,
     max: None,
     name_pattern: true,
     one_of: &[],
+    prelude: true,
 });
 const INDEX_NAME: Shape = Shape::Str(NAME_RULES);
 const RETURN_CONSUMED_CAPACITY: Shape = one_of(&["INDEXES", "TOTAL", "NONE"]);
@@ -684,14 +691,42 @@ pub fn check(shape: &Shape, body: &[u8]) -> Result<(), ApiError> {
     if !pruned.is_object() {
         return Ok(());
     }
-    let mut errors = Vec::new();
-    check_constraints(&pruned, shape, "", &mut errors);
-    if errors.is_empty() {
-        return Ok(());
-    }
+    let refusal = match table_name_prelude(&pruned, shape) {
+        Some(refusal) => refusal,
+        None => {
+            let mut errors = Vec::new();
+            check_constraints(&pruned, shape, "", &mut errors);
+            if errors.is_empty() {
+                return Ok(());
+            }
+            constraint_error(&errors)
+        }
+    };
     // A wrong type is answered before any constraint.
     judge(shape, body)?;
-    Err(constraint_error(&errors))
+    Err(refusal)
+}
+
+/// The table operations' first judgement of TableName, in DynamoDB's words for it: absent, or
+/// not 3 to 255 characters long (its pattern is a constraint, judged with the others).
+fn table_name_prelude(request: &Value, shape: &Shape) -> Option<ApiError> {
+    let Shape::Struct { members, .. } = shape else {
+        return None;
+    };
+    let member = members
+        .iter()
+        .find(|m| matches!(m.shape, Shape::Str(StrRules { prelude: true, .. })))?;
+    match request.get(member.name) {
+        None | Some(Value::Null) => Some(ApiError::validation(format!(
+            "The parameter '{}' is required but was not present in the request",
+            member.name
+        ))),
+        Some(Value::String(name)) if !(3..=255).contains(&name.chars().count()) => Some(ApiError::validation(format!(
+            "{} must be at least 3 characters long and at most 255 characters long",
+            member.name
+        ))),
+        _ => None,
+    }
 }
 
 /// What to do with a request the operation's decoder refused as a SerializationException.
@@ -725,6 +760,9 @@ fn judge<'b>(shape: &Shape, body: &'b [u8]) -> Result<Cow<'b, [u8]>, ApiError> {
     }
     let mut rewritten = false;
     read_types(&mut request, shape, Place::Field, &mut rewritten).map_err(ApiError::serialization)?;
+    if let Some(refusal) = table_name_prelude(&request, shape) {
+        return Err(refusal);
+    }
     let mut errors = Vec::new();
     check_constraints(&request, shape, "", &mut errors);
     if !errors.is_empty() {
@@ -1530,6 +1568,47 @@ mod tests {
             }
         }
         assert!(check(&PUT_ITEM, br#"{"TableName": "abc;", "Item": {"a": {"S": "x"}}}"#).is_err());
+    }
+
+    #[test]
+    fn the_table_operations_judge_the_table_name_first_in_their_own_words() {
+        for (body, expected) in [
+            (
+                r#"{"BillingMode": "X"}"#,
+                "The parameter 'TableName' is required but was not present in the request",
+            ),
+            (
+                r#"{"TableName": null}"#,
+                "The parameter 'TableName' is required but was not present in the request",
+            ),
+            (
+                r#"{"TableName": "a;", "BillingMode": "X"}"#,
+                "TableName must be at least 3 characters long and at most 255 characters long",
+            ),
+        ] {
+            assert_eq!(
+                answer(&CREATE_TABLE, body),
+                Err(("ValidationException".into(), expected.into())),
+                "{body}"
+            );
+            assert_eq!(
+                check(&CREATE_TABLE, body.as_bytes()).map_err(|e| e.message),
+                Err(expected.to_string())
+            );
+        }
+        let (_, message) = answer(&TABLE_ONLY, r#"{"TableName": "abc;"}"#).expect_err("refused");
+        assert_eq!(
+            message,
+            "1 validation error detected: Value 'abc;' at 'tableName' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
+        );
+        // A wrong type still comes first.
+        assert_eq!(
+            answer(&TABLE_ONLY, r#"{"TableName": 5}"#),
+            Err((
+                "SerializationException".into(),
+                "NUMBER_VALUE cannot be converted to String".into()
+            ))
+        );
     }
 
     #[test]
