@@ -167,6 +167,9 @@ impl Store {
                 }
                 shapes::Reread::Unchanged => Err(error),
             },
+            Err(refusal) if refusal.kind == ErrorKind::Validation => {
+                Err(shapes::earlier_refusal(operation, body, &refusal).unwrap_or(refusal))
+            }
             answer => answer,
         }
     }

@@ -928,6 +928,135 @@ impl<'de> serde::de::Visitor<'de> for PrunedVisitor<'_> {
     }
 }
 
+/// An operation's expression parameters and the legacy ones they exclude, in the order
+/// DynamoDB lists them in its messages.
+struct ExpressionParameters {
+    expressions: &'static [&'static str],
+    legacy: &'static [&'static str],
+}
+
+fn expression_parameters(operation: &str) -> Option<ExpressionParameters> {
+    let (expressions, legacy): (&'static [&'static str], &'static [&'static str]) = match operation {
+        "GetItem" | "BatchGetItem" => (&["ProjectionExpression"], &["AttributesToGet"]),
+        "PutItem" | "DeleteItem" => (&["ConditionExpression"], &["Expected"]),
+        "UpdateItem" => (
+            &["UpdateExpression", "ConditionExpression"],
+            &["AttributeUpdates", "Expected"],
+        ),
+        "Query" => (
+            &["ProjectionExpression", "FilterExpression", "KeyConditionExpression"],
+            &["AttributesToGet", "QueryFilter", "ConditionalOperator", "KeyConditions"],
+        ),
+        "Scan" => (
+            &["ProjectionExpression", "FilterExpression"],
+            &["AttributesToGet", "ScanFilter", "ConditionalOperator"],
+        ),
+        _ => return None,
+    };
+    Some(ExpressionParameters { expressions, legacy })
+}
+
+/// DynamoDB's first check of an operation's own (after types and constraints): expression and
+/// legacy parameters mixed, or expression names or values given with no expression to use
+/// them. `request` is the operation's request (a BatchGetItem table's entry).
+fn expression_parameter_problem(parameters: &ExpressionParameters, request: &Map<String, Value>) -> Option<ApiError> {
+    let given = |name: &str| request.get(name).is_some_and(|v| !v.is_null());
+    let expressions: Vec<(&str, bool)> = parameters.expressions.iter().map(|n| (*n, given(n))).collect();
+    let any_expression = expressions.iter().any(|(_, set)| *set);
+    if any_expression {
+        // KeyConditions go with a filter or projection expression, just not with
+        // KeyConditionExpression.
+        let legacy: Vec<(&str, bool)> = parameters
+            .legacy
+            .iter()
+            .map(|n| {
+                (
+                    *n,
+                    given(n) && (*n != "KeyConditions" || given("KeyConditionExpression")),
+                )
+            })
+            .collect();
+        if let Err(refusal) = super::refuse_mixed(&expressions, &legacy) {
+            return Some(refusal);
+        }
+    }
+    if given("ExpressionAttributeNames") && !any_expression {
+        return Some(ApiError::validation(
+            "ExpressionAttributeNames can only be specified when using expressions",
+        ));
+    }
+    let value_expressions: Vec<&str> = parameters
+        .expressions
+        .iter()
+        .copied()
+        .filter(|n| *n != "ProjectionExpression")
+        .collect();
+    if !value_expressions.is_empty()
+        && given("ExpressionAttributeValues")
+        && !value_expressions.iter().any(|n| given(n))
+    {
+        let verb = if value_expressions.len() > 1 { "are" } else { "is" };
+        return Some(ApiError::validation(format!(
+            "ExpressionAttributeValues can only be specified when using expressions: {} {verb} null",
+            value_expressions.join(" and ")
+        )));
+    }
+    None
+}
+
+/// After an operation refused a request as invalid (a `ValidationException`): what DynamoDB
+/// would have named before it, if anything. Its decoder judges every attribute value as it
+/// reads the request, while DynamoDB judges them later, in its own order: expression and
+/// legacy parameters mixed (or names and values without an expression) come first, and a
+/// Query's or Scan's ExclusiveStartKey value is "The provided starting key is invalid: ...".
+/// Only a refused request pays for this.
+pub fn earlier_refusal(operation: &str, body: &[u8], refusal: &ApiError) -> Option<ApiError> {
+    let parameters = expression_parameters(operation)?;
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    if operation == "BatchGetItem" {
+        let tables = request.get("RequestItems").and_then(Value::as_object)?;
+        return tables
+            .values()
+            .filter_map(Value::as_object)
+            .find_map(|entry| expression_parameter_problem(&parameters, entry));
+    }
+    if let Some(problem) = expression_parameter_problem(&parameters, &request) {
+        return Some(problem);
+    }
+    if matches!(operation, "Query" | "Scan")
+        && let Some(start) = request.get("ExclusiveStartKey").and_then(Value::as_object)
+    {
+        for value in start.values() {
+            if let Err(error) = serde_json::from_value::<dynamo_protocol::AttributeValue>(value.clone()) {
+                let message = error.to_string();
+                let Some(problem) = message.strip_prefix(dynamo_protocol::value::VALIDATION_MARKER) else {
+                    continue;
+                };
+                // DynamoDB names the starting key for a value's form, not for its numbers or
+                // duplicates.
+                let about_numbers = [
+                    "contains duplicates",
+                    "number set",
+                    "numeric value",
+                    "significant digits",
+                    "number with magnitude",
+                ]
+                .iter()
+                .any(|words| problem.contains(words));
+                if about_numbers {
+                    return (problem != refusal.message).then(|| ApiError::validation(problem));
+                }
+                return Some(ApiError::validation(format!(
+                    "The provided starting key is invalid: {problem}"
+                )));
+            }
+        }
+    }
+    None
+}
+
 /// DynamoDB's "N validation errors detected: a; b" of `errors` (at least one).
 fn constraint_error(errors: &[String]) -> ApiError {
     let count = errors.len();
@@ -1608,6 +1737,47 @@ mod tests {
                 "SerializationException".into(),
                 "NUMBER_VALUE cannot be converted to String".into()
             ))
+        );
+    }
+
+    #[test]
+    fn expression_parameters_and_a_starting_key_come_before_an_attribute_value_refused_on_decoding() {
+        let decoded = ApiError::validation(
+            "Supplied AttributeValue is empty, must contain exactly one of the supported datatypes",
+        );
+        let earlier =
+            |operation: &str, body: &str| earlier_refusal(operation, body.as_bytes(), &decoded).map(|e| e.message);
+        assert_eq!(
+            earlier("UpdateItem", r#"{"TableName": "abc", "Key": {"a": {}}, "AttributeUpdates": {}, "Expected": {}, "UpdateExpression": "", "ConditionExpression": ""}"#).as_deref(),
+            Some("Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {AttributeUpdates, Expected} Expression parameters: {UpdateExpression, ConditionExpression}")
+        );
+        assert_eq!(
+            earlier(
+                "PutItem",
+                r#"{"TableName": "abc", "Item": {"a": {}}, "ExpressionAttributeNames": {}}"#
+            )
+            .as_deref(),
+            Some("ExpressionAttributeNames can only be specified when using expressions")
+        );
+        assert_eq!(
+            earlier(
+                "Query",
+                r#"{"TableName": "abc", "ExpressionAttributeValues": {":a": {}}, "ProjectionExpression": "a"}"#
+            )
+            .as_deref(),
+            Some(
+                "ExpressionAttributeValues can only be specified when using expressions: FilterExpression and KeyConditionExpression are null"
+            )
+        );
+        // KeyConditions go with a FilterExpression.
+        assert_eq!(
+            earlier("Query", r#"{"TableName": "abc", "KeyConditions": {}, "FilterExpression": "a = :a", "ExclusiveStartKey": {"a": {"S": "x", "N": "1"}}}"#).as_deref(),
+            Some("The provided starting key is invalid: Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes")
+        );
+        assert_eq!(earlier("GetItem", r#"{"TableName": "abc", "Key": {"a": {}}}"#), None);
+        assert_eq!(
+            earlier("BatchGetItem", r#"{"RequestItems": {"abc": {"Keys": [{"a": {}}], "AttributesToGet": ["a"], "ProjectionExpression": "a"}}}"#).as_deref(),
+            Some("Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {AttributesToGet} Expression parameters: {ProjectionExpression}")
         );
     }
 
