@@ -145,6 +145,7 @@ pub fn item_size_bytes(item: &Item) -> usize {
 
 /// Sorts and checks a set for duplicates; DynamoDB rejects sets with repeated members, in its
 /// words for each kind: a string set's members are listed ("Input collection [a, a] contains
+/// duplicates."), a binary set's in base64 ("Input collection [Yg==, Yg==]of type BS contains
 /// duplicates."), a number set's message has no prefix ("Input collection contains duplicates").
 fn canonical_set<T: Ord, E: de::Error>(
     mut members: Vec<T>,
@@ -160,6 +161,10 @@ fn canonical_set<T: Ord, E: de::Error>(
     members.sort();
     if members.windows(2).any(|w| w[0] == w[1]) {
         return Err(E::custom(match (kind, as_sent) {
+            // DynamoDB's words, its missing space included.
+            ("binary", Some(listed)) => format!(
+                "{VALIDATION_MARKER}One or more parameter values were invalid: Input collection [{listed}]of type BS contains duplicates."
+            ),
             (_, Some(listed)) => format!(
                 "{VALIDATION_MARKER}One or more parameter values were invalid: Input collection [{listed}] contains duplicates."
             ),
@@ -393,7 +398,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
                 }
                 "BS" => {
                     let BinaryStrings(blobs) = map.next_value()?;
-                    AttributeValue::Bs(canonical_set(blobs, "binary", |_| None)?)
+                    AttributeValue::Bs(canonical_set(blobs, "binary", |members: &[Vec<u8>]| {
+                        Some(members.iter().map(|b| BASE64.encode(b)).collect::<Vec<_>>().join(", "))
+                    })?)
                 }
                 // DynamoDB ignores a member it does not know, as it does in any request
                 // structure: `{"dog": "cat"}` is then an empty AttributeValue (a

@@ -1004,6 +1004,15 @@ fn expression_parameter_problem(parameters: &ExpressionParameters, request: &Map
     None
 }
 
+/// The attribute value decoder's refusal of `value`, in DynamoDB's words, if it refuses it.
+fn value_problem(value: &Value) -> Option<String> {
+    let error = serde_json::from_value::<dynamo_protocol::AttributeValue>(value.clone()).err()?;
+    let message = error.to_string();
+    message
+        .strip_prefix(dynamo_protocol::value::VALIDATION_MARKER)
+        .map(str::to_string)
+}
+
 /// After an operation refused a request as invalid (a `ValidationException`): what DynamoDB
 /// would have named before it, if anything. Its decoder judges every attribute value as it
 /// reads the request, while DynamoDB judges them later, in its own order: expression and
@@ -1025,15 +1034,30 @@ pub fn earlier_refusal(operation: &str, body: &[u8], refusal: &ApiError) -> Opti
     if let Some(problem) = expression_parameter_problem(&parameters, &request) {
         return Some(problem);
     }
+    if matches!(operation, "Query" | "Scan") {
+        // The filter's values are judged before the starting key's.
+        let filter = if operation == "Query" {
+            "QueryFilter"
+        } else {
+            "ScanFilter"
+        };
+        let filter_values = request
+            .get(filter)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|conditions| conditions.values())
+            .filter_map(|condition| condition.get("AttributeValueList").and_then(Value::as_array))
+            .flatten();
+        if let Some(problem) = filter_values.filter_map(value_problem).next() {
+            return (problem != refusal.message).then(|| ApiError::validation(problem));
+        }
+    }
     if matches!(operation, "Query" | "Scan")
         && let Some(start) = request.get("ExclusiveStartKey").and_then(Value::as_object)
     {
         for value in start.values() {
-            if let Err(error) = serde_json::from_value::<dynamo_protocol::AttributeValue>(value.clone()) {
-                let message = error.to_string();
-                let Some(problem) = message.strip_prefix(dynamo_protocol::value::VALIDATION_MARKER) else {
-                    continue;
-                };
+            if let Some(problem) = value_problem(value) {
+                let problem = problem.as_str();
                 // DynamoDB names the starting key for a value's form, not for its numbers or
                 // duplicates.
                 let about_numbers = [
@@ -1775,6 +1799,11 @@ mod tests {
             Some("The provided starting key is invalid: Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes")
         );
         assert_eq!(earlier("GetItem", r#"{"TableName": "abc", "Key": {"a": {}}}"#), None);
+        // A filter's bad value is named before the starting key's.
+        assert_eq!(
+            earlier("Scan", r#"{"TableName": "abc", "ExclusiveStartKey": {"a": {}}, "ScanFilter": {"b": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "x", "N": "1"}]}}}"#).as_deref(),
+            Some("Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes")
+        );
         assert_eq!(
             earlier("BatchGetItem", r#"{"RequestItems": {"abc": {"Keys": [{"a": {}}], "AttributesToGet": ["a"], "ProjectionExpression": "a"}}}"#).as_deref(),
             Some("Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {AttributesToGet} Expression parameters: {ProjectionExpression}")
