@@ -39,6 +39,10 @@ const MODEL_PACKAGE: &str = "com.amazonaws.dynamodb.v20120810";
 /// (a container inside a container) is given a scalar: a Java reflection error, word for word.
 const NESTED_CONTAINER_GIVEN_SCALAR: &str = "class sun.reflect.generics.reflectiveObjects.ParameterizedTypeImpl cannot be cast to class java.lang.Class (sun.reflect.generics.reflectiveObjects.ParameterizedTypeImpl and java.lang.Class are in module java.base of loader 'bootstrap')";
 
+/// The largest number with a fraction read as an integer (beyond it an f64 has no fraction, and
+/// the decoder judges the number's range).
+const INTEGER_READ_MAX: f64 = 9.0e15;
+
 const OBJECT_NOT_EXPECTED: &str = "Start of structure or map found where not expected";
 
 pub enum Shape {
@@ -695,7 +699,7 @@ pub fn check(shape: &Shape, body: &[u8]) -> Result<(), ApiError> {
         Some(refusal) => refusal,
         None => {
             let mut errors = Vec::new();
-            check_constraints(&pruned, shape, "", &mut errors);
+            check_constraints(&pruned, shape, &At::Root, &mut errors);
             if errors.is_empty() {
                 return Ok(());
             }
@@ -764,7 +768,7 @@ fn judge<'b>(shape: &Shape, body: &'b [u8]) -> Result<Cow<'b, [u8]>, ApiError> {
         return Err(refusal);
     }
     let mut errors = Vec::new();
-    check_constraints(&request, shape, "", &mut errors);
+    check_constraints(&request, shape, &At::Root, &mut errors);
     if !errors.is_empty() {
         return Err(constraint_error(&errors));
     }
@@ -1140,16 +1144,11 @@ fn read_types(value: &mut Value, shape: &Shape, place: Place, rewritten: &mut bo
         },
         Shape::Int { java, .. } => match value {
             Value::Number(number) => {
-                if number.is_f64() {
-                    let truncated = number.as_f64().unwrap_or_default().trunc();
-                    *value = serde_json::Number::from_f64(truncated).map_or(Value::Null, |n| {
-                        // An integer-valued f64 written without its fraction.
-                        if truncated.abs() < 9.0e15 {
-                            Value::from(truncated as i64)
-                        } else {
-                            Value::Number(n)
-                        }
-                    });
+                // A fraction is truncated; a number too big for an integer is left to the
+                // decoder, which refuses it.
+                let truncated = number.as_f64().unwrap_or_default().trunc();
+                if number.is_f64() && truncated.abs() < INTEGER_READ_MAX {
+                    *value = Value::from(truncated as i64);
                     *rewritten = true;
                 }
                 Ok(())
@@ -1299,7 +1298,7 @@ fn shown(value: &Value) -> String {
     }
 }
 
-fn violation(errors: &mut Vec<String>, value: Option<&Value>, path: &str, rule: &str) {
+fn violation(errors: &mut Vec<String>, value: Option<&Value>, at: &At, rule: &str) {
     if errors.len() >= CONSTRAINT_ERRORS_MAX {
         return;
     }
@@ -1308,15 +1307,38 @@ fn violation(errors: &mut Vec<String>, value: Option<&Value>, path: &str, rule: 
         Some(value) => format!("'{}'", shown(value)),
     };
     errors.push(format!(
-        "Value {value} at '{path}' failed to satisfy constraint: {rule}"
+        "Value {value} at '{}' failed to satisfy constraint: {rule}",
+        at.render()
     ));
 }
 
-fn join(parent: &str, name: &str) -> String {
-    if parent.is_empty() {
-        name.to_string()
-    } else {
-        format!("{parent}.{name}")
+/// Where a member sits, as DynamoDB names it in a message; rendered only for a message, so a
+/// valid request builds no path.
+enum At<'a> {
+    Root,
+    /// A structure's member, named in camel case.
+    Member(&'a At<'a>, &'static str),
+    /// A list's element: its 1-based index, then `member`.
+    Element(&'a At<'a>, usize),
+    /// A map's entry: its key, then `member`.
+    Entry(&'a At<'a>, &'a str),
+}
+
+impl At<'_> {
+    fn render(&self) -> String {
+        let join = |parent: String, name: &str| {
+            if parent.is_empty() {
+                name.to_string()
+            } else {
+                format!("{parent}.{name}")
+            }
+        };
+        match self {
+            At::Root => String::new(),
+            At::Member(parent, name) => join(parent.render(), &lower_first(name)),
+            At::Element(parent, index) => join(parent.render(), &format!("{}.member", index + 1)),
+            At::Entry(parent, key) => join(parent.render(), &format!("{key}.member")),
+        }
     }
 }
 
@@ -1367,11 +1389,11 @@ fn string_problems(rules: &StrRules, text: &str) -> Vec<String> {
 }
 
 /// Step 2: every constraint `value` (the member at `path`) breaks, appended to `errors`.
-fn check_constraints(value: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) {
+fn check_constraints(value: &Value, shape: &Shape, at: &At, errors: &mut Vec<String>) {
     match (shape, value) {
         (Shape::Str(rules), Value::String(text)) => {
             for problem in string_problems(rules, text) {
-                violation(errors, Some(value), path, &problem);
+                violation(errors, Some(value), at, &problem);
             }
         }
         (Shape::Int { min, max, .. }, Value::Number(number)) => {
@@ -1382,7 +1404,7 @@ fn check_constraints(value: &Value, shape: &Shape, path: &str, errors: &mut Vec<
                 violation(
                     errors,
                     Some(value),
-                    path,
+                    at,
                     &format!("Member must have value greater than or equal to {min}"),
                 );
             }
@@ -1392,17 +1414,16 @@ fn check_constraints(value: &Value, shape: &Shape, path: &str, errors: &mut Vec<
                 violation(
                     errors,
                     Some(value),
-                    path,
+                    at,
                     &format!("Member must have value less than or equal to {max}"),
                 );
             }
         }
         (Shape::List { member, min, max, .. }, Value::Array(elements)) => {
-            check_length(value, elements.len(), *min, *max, path, errors);
+            check_length(value, elements.len(), *min, *max, at, errors);
             for (index, element) in elements.iter().enumerate() {
                 if !element.is_null() {
-                    let at = format!("{}.member", join(path, &(index + 1).to_string()));
-                    check_constraints(element, member, &at, errors);
+                    check_constraints(element, member, &At::Element(at, index), errors);
                 }
             }
         }
@@ -1416,12 +1437,12 @@ fn check_constraints(value: &Value, shape: &Shape, path: &str, errors: &mut Vec<
             },
             Value::Object(entries),
         ) => {
-            check_length(value, entries.len(), *min, None, path, errors);
+            check_length(value, entries.len(), *min, None, at, errors);
             if let Some(rules) = keys {
                 for key in entries.keys() {
                     if !string_problems(rules, key).is_empty() {
                         // DynamoDB lists every rule on the keys, broken or not.
-                        violation(errors, Some(value), path, &map_key_rule(rules));
+                        violation(errors, Some(value), at, &map_key_rule(rules));
                     }
                 }
             }
@@ -1436,29 +1457,28 @@ fn check_constraints(value: &Value, shape: &Shape, path: &str, errors: &mut Vec<
                         let rule = format!(
                             "Map value must satisfy constraint: [Member must have length less than or equal to {high}, Member must have length greater than or equal to {low}]"
                         );
-                        violation(errors, Some(value), path, &rule);
+                        violation(errors, Some(value), at, &rule);
                     }
                 }
             }
             for (key, entry) in entries {
                 if !entry.is_null() {
-                    let at = format!("{}.member", join(path, key));
-                    check_constraints(entry, value_shape, &at, errors);
+                    check_constraints(entry, value_shape, &At::Entry(at, key), errors);
                 }
             }
         }
-        (Shape::Struct { members, .. }, Value::Object(fields)) => check_members(fields, members, path, errors),
+        (Shape::Struct { members, .. }, Value::Object(fields)) => check_members(fields, members, at, errors),
         _ => {}
     }
 }
 
-fn check_members(fields: &Map<String, Value>, members: &[Member], path: &str, errors: &mut Vec<String>) {
+fn check_members(fields: &Map<String, Value>, members: &[Member], at: &At, errors: &mut Vec<String>) {
     for member in members {
-        let at = join(path, &lower_first(member.name));
+        let here = At::Member(at, member.name);
         match fields.get(member.name).filter(|v| !v.is_null()) {
-            None if member.not_null => violation(errors, None, &at, "Member must not be null"),
+            None if member.not_null => violation(errors, None, &here, "Member must not be null"),
             None => {}
-            Some(field) => check_constraints(field, member.shape, &at, errors),
+            Some(field) => check_constraints(field, member.shape, &here, errors),
         }
     }
 }
@@ -1468,7 +1488,7 @@ fn check_length(
     length: usize,
     min: Option<usize>,
     max: Option<usize>,
-    path: &str,
+    at: &At,
     errors: &mut Vec<String>,
 ) {
     if let Some(min) = min
@@ -1477,7 +1497,7 @@ fn check_length(
         violation(
             errors,
             Some(value),
-            path,
+            at,
             &format!("Member must have length greater than or equal to {min}"),
         );
     }
@@ -1487,7 +1507,7 @@ fn check_length(
         violation(
             errors,
             Some(value),
-            path,
+            at,
             &format!("Member must have length less than or equal to {max}"),
         );
     }
@@ -1829,5 +1849,137 @@ mod tests {
         assert!(check_base64("=+/=").is_err());
         assert!(check_base64("+/+=").is_err());
         assert!(check_base64("+/+/").is_ok());
+    }
+
+    /// Any JSON, in any member of any operation's shape: nothing panics, the fast path refuses
+    /// exactly what the whole judgement refuses (or leaves a wrong type to the decoder), and
+    /// the error path's reordering is total.
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value, json};
+
+        use super::super::*;
+
+        const OPERATIONS: &[&str] = &[
+            "GetItem",
+            "PutItem",
+            "DeleteItem",
+            "UpdateItem",
+            "Query",
+            "Scan",
+            "BatchGetItem",
+            "BatchWriteItem",
+            "CreateTable",
+            "UpdateTable",
+            "DescribeTable",
+            "ListTables",
+            "TagResource",
+            "UntagResource",
+            "ListTagsOfResource",
+        ];
+        const MEMBERS: &[&str] = &[
+            "TableName",
+            "Key",
+            "Item",
+            "ReturnValues",
+            "ReturnConsumedCapacity",
+            "Limit",
+            "ConsistentRead",
+            "ExclusiveStartKey",
+            "Expected",
+            "KeyConditions",
+            "ScanFilter",
+            "QueryFilter",
+            "AttributesToGet",
+            "RequestItems",
+            "KeySchema",
+            "AttributeDefinitions",
+            "ProvisionedThroughput",
+            "GlobalSecondaryIndexes",
+            "GlobalSecondaryIndexUpdates",
+            "IndexName",
+            "Segment",
+            "TotalSegments",
+            "ExpressionAttributeNames",
+            "ExpressionAttributeValues",
+            "ProjectionExpression",
+            "ConditionExpression",
+            "Tags",
+            "TagKeys",
+        ];
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                (-1.0e20f64..1.0e20).prop_map(Value::from),
+                "[a-zA-Z0-9;=+/ ]{0,8}".prop_map(Value::String),
+                prop_oneof![
+                    Just("S"),
+                    Just("N"),
+                    Just("B"),
+                    Just("SS"),
+                    Just("BS"),
+                    Just("NULL"),
+                    Just("HASH"),
+                    Just("EQ")
+                ]
+                .prop_map(|s| Value::String(s.to_string())),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::vec(
+                        (
+                            prop_oneof![
+                                Just("S".to_string()),
+                                Just("N".to_string()),
+                                Just("BS".to_string()),
+                                Just("AttributeName".to_string()),
+                                Just("KeyType".to_string()),
+                                Just("Keys".to_string()),
+                                Just("PutRequest".to_string()),
+                                Just("ComparisonOperator".to_string()),
+                                Just("AttributeValueList".to_string()),
+                                "[a-z]{1,4}"
+                            ],
+                            inner
+                        ),
+                        0..5,
+                    )
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect::<Map<String, Value>>())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+            #[test]
+            fn the_fast_path_and_the_whole_judgement_agree_on_any_request(
+                operation in prop::sample::select(OPERATIONS),
+                members in prop::collection::vec((prop::sample::select(MEMBERS), json_value()), 0..6),
+            ) {
+                let shape = input(operation).expect("a covered operation");
+                let mut request = Map::new();
+                for (name, value) in members {
+                    request.insert(name.to_string(), value);
+                }
+                let body = serde_json::to_vec(&json!(request)).expect("serialises");
+                let whole = judge(shape, &body).map(|_| ());
+                match check(shape, &body) {
+                    Err(fast) => prop_assert_eq!(Err(fast), whole),
+                    Ok(()) => prop_assert!(
+                        whole.is_ok() || whole.as_ref().is_err_and(|e| e.kind == dynamo_protocol::ErrorKind::Serialization),
+                        "{:?}", whole
+                    ),
+                }
+                if let Reread::Rewritten(rewritten) = reread(shape, &body) {
+                    // A rewritten body reads without another rewrite.
+                    prop_assert!(!matches!(reread(shape, &rewritten), Reread::Rewritten(_)));
+                }
+                let _ = earlier_refusal(operation, &body, &ApiError::validation("x"));
+            }
+        }
     }
 }
