@@ -52,7 +52,10 @@ mod settings;
 mod ship;
 mod wire;
 
-pub use settings::{HeldSettings, SETTINGS_TABLES_PER_REQUEST_MAX, SettingsAnswer, SettingsRequest};
+pub use settings::{
+    HeldSettings, SETTINGS_ANSWER_PATH, SETTINGS_TABLES_PER_REQUEST_MAX, SettingsAnswer, SettingsRequest,
+    settings_answer_payload,
+};
 
 use wire::*;
 pub use wire::{DefinitionAnswer, TableRequest, sign};

@@ -72,6 +72,44 @@ pub struct SettingsRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SettingsAnswer {
     pub tables: BTreeMap<String, HeldSettings>,
+    /// The answerer's signature of `tables` ([`settings_answer_payload`]), made as a request's
+    /// (`sign`) from the answerer to the asker, over [`SETTINGS_ANSWER_PATH`] and the
+    /// *request's* signing time: only the key's holders can make it, and it is valid for that
+    /// one request (an answer captured and replayed to a later request does not verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// What a settings answer's signature is made over in place of a request path (never a path a
+/// request is sent to, so a signed answer is no signed request).
+pub const SETTINGS_ANSWER_PATH: &str = "answer:/replication/v1/settings";
+
+/// What a settings answer's signature covers: the JSON of its tables.
+pub fn settings_answer_payload(tables: &BTreeMap<String, HeldSettings>) -> Vec<u8> {
+    serde_json::to_vec(tables).expect("held settings serialise")
+}
+
+/// `body`, `peer`'s answer to this region's settings request signed at `request_date_ms`, if it
+/// is one `peer` signed for that request; `None` for an unsigned, forged or replayed answer, or
+/// one signed with another key.
+fn verified_answer(
+    key: &[u8],
+    (peer, region): (&str, &str),
+    request_date_ms: u64,
+    body: &[u8],
+) -> Option<SettingsAnswer> {
+    let answer: SettingsAnswer = serde_json::from_slice(body).ok()?;
+    let signature = answer.signature.as_deref()?;
+    let payload = settings_answer_payload(&answer.tables);
+    verify(
+        key,
+        (peer, region),
+        SETTINGS_ANSWER_PATH,
+        request_date_ms,
+        &payload,
+        signature,
+    )
+    .then_some(answer)
 }
 
 /// A followed setting, owned (what [`Followed`] borrows).
@@ -138,12 +176,23 @@ impl Replication {
                 tables: chunk.iter().map(|t| (t.name.clone(), HeldSettings::of(t))).collect(),
             };
             let body = serde_json::to_vec(&request).expect("a settings request serialises");
-            let answer: SettingsAnswer = match self.exchange(peer, "/replication/v1/settings", body).await {
-                Ok(answer) => answer,
+            let date_ms = self.engine.now_unix_ms();
+            let answer = match self.post_dated(peer, "/replication/v1/settings", body, date_ms).await {
+                Ok((200, body)) => verified_answer(&self.config.key, (&peer.region, &self.region), date_ms, &body),
+                Ok((status, body)) => {
+                    tracing::debug!(peer = %peer.region, status, answer = %String::from_utf8_lossy(&body), "a peer refused this region's settings comparison; trying again next round");
+                    break;
+                }
                 Err(error) => {
                     tracing::debug!(peer = %peer.region, %error, "comparing global table settings with a peer failed; trying again next round");
                     break;
                 }
+            };
+            let Some(answer) = answer else {
+                // What the answer says would move this region to send settings, so only the
+                // peer's own word counts.
+                tracing::warn!(peer = %peer.region, "an answer to this region's settings comparison has no valid signature for it; ignored (forged, replayed, or the replication keys differ)");
+                break;
             };
             for table in chunk {
                 // A table the peer left out has no replica there (yet): its definition, not
@@ -188,6 +237,20 @@ impl Replication {
             }
             answer.tables.insert(name.clone(), ours);
         }
+        // The request authenticated, so its date header parses.
+        let date_ms = headers
+            .get(DATE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_default();
+        answer.signature = Some(sign(
+            &self.config.key,
+            &self.region,
+            &source,
+            SETTINGS_ANSWER_PATH,
+            date_ms,
+            &settings_answer_payload(&answer.tables),
+        ));
         if !found.is_empty() {
             tracing::info!(%source, found = ?found.iter().map(|(t, s, _)| format!("{t}: {s:?}")).collect::<Vec<_>>(), "global table settings held here newer than in a peer; sending them to every replica");
         }
@@ -270,6 +333,47 @@ mod tests {
             indexes: indexes.iter().map(|(n, v)| (n.to_string(), v.clone())).collect(),
             capacity,
         }
+    }
+
+    #[test]
+    fn only_an_answer_the_peer_signed_for_this_request_is_taken() {
+        let key = b"0123456789abcdef-shared-key";
+        let tables: BTreeMap<String, HeldSettings> = [("carts".to_string(), held(Some(v(5, "a")), &[], None))]
+            .into_iter()
+            .collect();
+        let signed_at = |date_ms: u64, signer_key: &[u8], tables: &BTreeMap<String, HeldSettings>| {
+            let signature = sign(
+                signer_key,
+                "eu-west-1",
+                "us-east-1",
+                SETTINGS_ANSWER_PATH,
+                date_ms,
+                &settings_answer_payload(tables),
+            );
+            serde_json::to_vec(&SettingsAnswer {
+                tables: tables.clone(),
+                signature: Some(signature),
+            })
+            .expect("serialises")
+        };
+        let peers = ("eu-west-1", "us-east-1");
+        let taken =
+            verified_answer(key, peers, 1_000, &signed_at(1_000, key, &tables)).expect("signed for this request");
+        assert_eq!(taken.tables, tables);
+        // Replayed to a later request, signed with another key, from another peer, unsigned, or
+        // with its tables changed on the way: not taken.
+        assert!(verified_answer(key, peers, 2_000, &signed_at(1_000, key, &tables)).is_none());
+        assert!(verified_answer(key, peers, 1_000, &signed_at(1_000, b"another key, sixteen+", &tables)).is_none());
+        assert!(verified_answer(key, ("ap-south-1", "us-east-1"), 1_000, &signed_at(1_000, key, &tables)).is_none());
+        let unsigned = serde_json::to_vec(&SettingsAnswer {
+            tables: tables.clone(),
+            signature: None,
+        })
+        .expect("serialises");
+        assert!(verified_answer(key, peers, 1_000, &unsigned).is_none());
+        let mut forged: serde_json::Value = serde_json::from_slice(&signed_at(1_000, key, &tables)).expect("JSON");
+        forged["tables"]["carts"] = serde_json::json!({});
+        assert!(verified_answer(key, peers, 1_000, forged.to_string().as_bytes()).is_none());
     }
 
     #[test]

@@ -1563,6 +1563,12 @@ async fn refused_unsigned(url: &str, path: &str, body: Value) {
 /// later than any request before it (a request signed no later than the last one is a replay,
 /// answered but marking nothing).
 async fn compare_settings(url: &str, tables: Value) -> (u16, Value) {
+    let (status, answer, _) = compare_settings_dated(url, tables).await;
+    (status, answer)
+}
+
+/// [`compare_settings`], with the request's signing time.
+async fn compare_settings_dated(url: &str, tables: Value) -> (u16, Value, u64) {
     static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let date_ms = {
         let now = now_ms();
@@ -1574,7 +1580,23 @@ async fn compare_settings(url: &str, tables: Value) -> (u16, Value) {
     let body = json!({"tables": tables}).to_string().into_bytes();
     let path = "/replication/v1/settings";
     let signature = store::global::sign(KEY, "eu-west-1", "us-east-1", path, date_ms, &body);
-    call_raw(url, path, "eu-west-1", date_ms, signature, body).await
+    let (status, answer) = call_raw(url, path, "eu-west-1", date_ms, signature, body).await;
+    (status, answer, date_ms)
+}
+
+/// us-east-1's signature of a settings answer's tables for the request signed at `date_ms`.
+fn settings_answer_signature(tables: &Value, date_ms: u64) -> String {
+    let tables: std::collections::BTreeMap<String, store::global::HeldSettings> =
+        serde_json::from_value(tables.clone()).expect("held settings");
+    let payload = store::global::settings_answer_payload(&tables);
+    store::global::sign(
+        KEY,
+        "us-east-1",
+        "eu-west-1",
+        store::global::SETTINGS_ANSWER_PATH,
+        date_ms,
+        &payload,
+    )
 }
 
 /// eu-west-1's replica definition of `table` (request `sequence`), taken.
@@ -1608,9 +1630,19 @@ async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_se
 
     // A peer holding the same version: nothing to send; the answer gives this region's
     // versions of the shared tables only.
-    let (status, answer) = compare_settings(&region.url, json!({"carts": {"ttl": version}, "local_only": {}})).await;
+    let (status, answer, date_ms) =
+        compare_settings_dated(&region.url, json!({"carts": {"ttl": version}, "local_only": {}})).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer, json!({"tables": {"carts": {"ttl": version}}}));
+    assert_eq!(answer["tables"], json!({"carts": {"ttl": version}}));
+    // Signed by this region for that request (the asker takes nothing else).
+    assert_eq!(
+        answer["signature"],
+        json!(settings_answer_signature(&answer["tables"], date_ms))
+    );
+    assert_ne!(
+        answer["signature"],
+        json!(settings_answer_signature(&answer["tables"], date_ms + 1))
+    );
     assert_eq!(ttl_status(&region.url).await, "ENABLED");
 
     // The same request replayed, saying the peer holds none: answered, and nothing marked.
