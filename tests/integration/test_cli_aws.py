@@ -34,6 +34,14 @@ def test_cli_table_lifecycle_items_and_queries(store):
     assert created["TableDescription"]["TableStatus"] == "CREATING"
     aws("wait", "table-exists", "--table-name", "cli-orders")
     assert aws("describe-table", "--table-name", "cli-orders")[1]["Table"]["TableStatus"] == "ACTIVE"
+    # UPDATING, as DynamoDB answers UpdateTable; the change is made, and the table ACTIVE.
+    _, changed, _ = aws("update-table", "--table-name", "cli-orders", "--billing-mode", "PROVISIONED",
+                        "--provisioned-throughput", "ReadCapacityUnits=3,WriteCapacityUnits=2")
+    assert changed["TableDescription"]["TableStatus"] == "UPDATING"
+    aws("wait", "table-exists", "--table-name", "cli-orders")
+    described = aws("describe-table", "--table-name", "cli-orders")[1]["Table"]
+    assert described["TableStatus"] == "ACTIVE"
+    assert described["ProvisionedThroughput"]["ReadCapacityUnits"] == 3
     assert "cli-orders" in aws("list-tables")[1]["TableNames"]
     assert aws("describe-table", "--table-name", "cli-orders")[1]["Table"]["KeySchema"][1]["AttributeName"] == "order"
 

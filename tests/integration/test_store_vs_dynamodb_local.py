@@ -334,6 +334,11 @@ DYNAMODB_LOCAL_DEVIATIONS = {step: Deviation(*entry) for step, entry in {
                {"TableDescription": {"TableStatus": "ACTIVE"}},
                {"TableDescription": lambda table: table["TableStatus"] == "CREATING" and all(
                    index["IndexStatus"] == "CREATING" for index in table.get("GlobalSecondaryIndexes", []))}),
+    # UpdateTable: DynamoDB answers with the table UPDATING (API reference, UpdateTable: an
+    # asynchronous operation, "the table status changes from ACTIVE to UPDATING"); DynamoDB
+    # Local with it ACTIVE.
+    "update table": ("UpdateTable answers the table ACTIVE",
+               {"TableDescription": {"TableStatus": "ACTIVE"}}, {"TableDescription": {"TableStatus": "UPDATING"}}),
     # DeleteTable: DynamoDB answers with the table DELETING (API reference, DeleteTable example);
     # DynamoDB Local with the table as it was, ACTIVE.
     "delete": ("DeleteTable answers the table ACTIVE",
@@ -434,6 +439,9 @@ class Pair:
         if deviation is None and operation == "create_table" and "TableDescription" in theirs:
             # Every table created answers CREATING (the "create" entry), whatever the step.
             deviation = DYNAMODB_LOCAL_DEVIATIONS["create"]
+        if deviation is None and operation == "update_table" and "TableDescription" in theirs:
+            # Every table updated answers UPDATING (the "update table" entry), whatever the step.
+            deviation = DYNAMODB_LOCAL_DEVIATIONS["update table"]
         if deviation:
             # DynamoDB Local still answers as listed (else the entry is stale: drop it), and
             # Switchyard answers what DynamoDB does.

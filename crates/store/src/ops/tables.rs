@@ -345,7 +345,8 @@ async fn update_replicas(store: &Store, meta: Arc<TableMeta>, updates: Vec<Repli
         tracing::info!(table = %next.name, replica = %peer, "replica created; backfilling it");
         replication.request_repair(peer);
     }
-    Ok(json!({"TableDescription": describe(store, &committed, "ACTIVE")}))
+    // UPDATING, as DynamoDB answers UpdateTable (its replicas' own statuses say how far each is).
+    Ok(json!({"TableDescription": describe(store, &committed, "UPDATING")}))
 }
 
 pub async fn create_table(store: &Store, request: CreateTableRequest) -> Result<Value, ApiError> {
@@ -682,7 +683,9 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
             return Err(error);
         }
     }
-    let mut description = describe(store, &result, "ACTIVE");
+    // UPDATING, as DynamoDB answers UpdateTable (an asynchronous operation: "the table status
+    // changes from ACTIVE to UPDATING"); the change is made, so DescribeTable says ACTIVE.
+    let mut description = describe(store, &result, "UPDATING");
     // The index this call creates is answered as DynamoDB answers it: CREATING, in its first
     // phase (resources), Backfilling false; DescribeTable shows the copy under way after it.
     for index in global_indexes_mut(&mut description) {
