@@ -1055,6 +1055,25 @@ pub fn earlier_refusal(operation: &str, body: &[u8], refusal: &ApiError) -> Opti
         if let Some(problem) = filter_values.filter_map(value_problem).next() {
             return (problem != refusal.message).then(|| ApiError::validation(problem));
         }
+        // Then the filter's conditions (operators, their arguments, ConditionalOperator) and
+        // AttributesToGet, as the operation judges them.
+        let earlier = |error: ApiError| (error.message != refusal.message).then_some(error);
+        if let Some(Ok(conditions)) = request.get(filter).filter(|v| !v.is_null()).map(|v| {
+            serde_json::from_value::<std::collections::HashMap<String, crate::expr::legacy::LegacyCondition>>(v.clone())
+        }) {
+            let operator = request.get("ConditionalOperator").and_then(Value::as_str);
+            if let Err(error) = crate::expr::legacy::filter_to_condition(&conditions, operator) {
+                return earlier(error);
+            }
+        }
+        if let Some(Ok(names)) = request
+            .get("AttributesToGet")
+            .filter(|v| !v.is_null())
+            .map(|v| serde_json::from_value::<Vec<String>>(v.clone()))
+            && let Err(error) = crate::expr::legacy::attributes_to_get_to_projection(&names)
+        {
+            return earlier(error);
+        }
     }
     if matches!(operation, "Query" | "Scan")
         && let Some(start) = request.get("ExclusiveStartKey").and_then(Value::as_object)
@@ -1819,6 +1838,19 @@ mod tests {
             Some("The provided starting key is invalid: Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes")
         );
         assert_eq!(earlier("GetItem", r#"{"TableName": "abc", "Key": {"a": {}}}"#), None);
+        // A filter's condition, and AttributesToGet, are judged before the starting key.
+        assert_eq!(
+            earlier("Scan", r#"{"TableName": "abc", "ExclusiveStartKey": {"a": {}}, "ScanFilter": {"b": {"ComparisonOperator": "LT", "AttributeValueList": [{"BOOL": true}]}}}"#).as_deref(),
+            Some("One or more parameter values were invalid: ComparisonOperator LT is not valid for BOOL AttributeValue type")
+        );
+        assert_eq!(
+            earlier(
+                "Query",
+                r#"{"TableName": "abc", "ExclusiveStartKey": {"a": {}}, "AttributesToGet": ["a", "a"]}"#
+            )
+            .as_deref(),
+            Some("One or more parameter values were invalid: Duplicate value in attribute name: a")
+        );
         // A filter's bad value is named before the starting key's.
         assert_eq!(
             earlier("Scan", r#"{"TableName": "abc", "ExclusiveStartKey": {"a": {}}, "ScanFilter": {"b": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "x", "N": "1"}]}}}"#).as_deref(),
