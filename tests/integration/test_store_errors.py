@@ -285,6 +285,27 @@ def test_create_table_validation(store):
     assert error_of(excinfo)[0] == "ValidationException"
 
 
+def test_provisioned_throughput_is_bounded_and_judged_before_the_keys(store):
+    """DynamoDB takes at most 10^12 units in a ProvisionedThroughput ("Given value ... is out of
+    bounds", reads first), and judges the billing mode and throughput of a CreateTable before its
+    keys (dynalite's suite recorded both)."""
+    huge = 1_000_000_000_001
+    for throughput, named in [({"ReadCapacityUnits": huge, "WriteCapacityUnits": huge}, "ReadCapacityUnits"),
+                              ({"ReadCapacityUnits": 5, "WriteCapacityUnits": huge}, "WriteCapacityUnits")]:
+        expected = ("ValidationException", f"Given value {huge} for {named} is out of bounds")
+        assert raw_error(store, "CreateTable", {
+            "TableName": "bounded", "AttributeDefinitions": [],
+            "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}], "ProvisionedThroughput": throughput}) == expected
+        assert raw_error(store, "UpdateTable", {"TableName": GHOST, "ProvisionedThroughput": throughput}) == expected
+    # At the bound, taken.
+    client = store.client()
+    client.create_table(TableName="bounded", AttributeDefinitions=[{"AttributeName": "a", "AttributeType": "S"}],
+                        KeySchema=[{"AttributeName": "a", "KeyType": "HASH"}],
+                        ProvisionedThroughput={"ReadCapacityUnits": 10**12, "WriteCapacityUnits": 1})
+    described = client.describe_table(TableName="bounded")["Table"]["ProvisionedThroughput"]
+    assert described["ReadCapacityUnits"] == 10**12
+
+
 def test_query_and_scan_parameter_errors(store):
     client = store.client()
     cases = [

@@ -1207,12 +1207,27 @@ fn parse_throughput(
                     "1 validation error detected: Value '0' at 'provisionedThroughput.readCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1",
                 ));
             }
+            check_throughput_bounds(t.read_capacity_units, t.write_capacity_units)?;
             Ok(Some(Throughput {
                 read: t.read_capacity_units as u64,
                 write: t.write_capacity_units as u64,
             }))
         }
     }
+}
+
+/// Most capacity units DynamoDB takes in a ProvisionedThroughput (its account quotas, 40,000
+/// by default and adjustable, are not this store's to enforce).
+pub const THROUGHPUT_UNITS_MAX: i64 = 1_000_000_000_000;
+
+/// DynamoDB's bound on a ProvisionedThroughput's units, reads judged first.
+pub fn check_throughput_bounds(read: i64, write: i64) -> Result<(), ApiError> {
+    for (value, name) in [(read, "ReadCapacityUnits"), (write, "WriteCapacityUnits")] {
+        if value > THROUGHPUT_UNITS_MAX {
+            return Err(ApiError::validation(format!("Given value {value} for {name} is out of bounds")));
+        }
+    }
+    Ok(())
 }
 
 pub fn parse_billing_mode(mode: Option<&str>) -> Result<bool, ApiError> {
@@ -1299,10 +1314,11 @@ pub fn parse_global_index(
 /// Validates a CreateTable request into a table definition (storage id assigned by the engine).
 pub fn table_from_request(request: &CreateTableRequest, id: u64, now_seconds: f64) -> Result<TableMeta, ApiError> {
     validate_table_name(&request.table_name, "tableName")?;
-    let definitions = parse_attribute_definitions(&request.attribute_definitions)?;
-    let key = parse_key_schema(&request.key_schema, &definitions, "keySchema")?;
+    // The billing mode and the throughput before the keys, as DynamoDB judges them.
     let pay_per_request = parse_billing_mode(request.billing_mode.as_deref())?;
     let throughput = parse_throughput(request.provisioned_throughput, pay_per_request, "")?;
+    let definitions = parse_attribute_definitions(&request.attribute_definitions)?;
+    let key = parse_key_schema(&request.key_schema, &definitions, "keySchema")?;
     let mut indexes = Vec::new();
     let globals = request.global_secondary_indexes.as_deref().unwrap_or_default();
     let locals = request.local_secondary_indexes.as_deref().unwrap_or_default();

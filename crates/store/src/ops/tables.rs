@@ -551,6 +551,9 @@ fn check_update_request(request: &UpdateTableRequest) -> Result<(), ApiError> {
             "At least one of ProvisionedThroughput, BillingMode, UpdateStreamEnabled, GlobalSecondaryIndexUpdates or SSESpecification or ReplicaUpdates is required",
         ));
     }
+    if let Some(asked) = request.provisioned_throughput {
+        catalog::check_throughput_bounds(asked.read_capacity_units, asked.write_capacity_units)?;
+    }
     let mut named = std::collections::HashSet::new();
     for update in updates {
         let name = match (&update.create, &update.delete, &update.update) {
