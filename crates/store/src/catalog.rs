@@ -1224,7 +1224,9 @@ pub const THROUGHPUT_UNITS_MAX: i64 = 1_000_000_000_000;
 pub fn check_throughput_bounds(read: i64, write: i64) -> Result<(), ApiError> {
     for (value, name) in [(read, "ReadCapacityUnits"), (write, "WriteCapacityUnits")] {
         if value > THROUGHPUT_UNITS_MAX {
-            return Err(ApiError::validation(format!("Given value {value} for {name} is out of bounds")));
+            return Err(ApiError::validation(format!(
+                "Given value {value} for {name} is out of bounds"
+            )));
         }
     }
     Ok(())
