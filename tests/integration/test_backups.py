@@ -279,6 +279,30 @@ def test_damaged_backup_is_refused(store):
     assert "fragile-restored" not in client.list_tables()["TableNames"]
 
 
+def test_a_backup_whose_items_file_was_removed_is_listed_deleted(store):
+    """A backup's items file removed from the backup directory by hand: the backup is DELETED
+    in DescribeBackup and ListBackups (it said AVAILABLE), its restore is refused naming the
+    file, and DeleteBackup removes what is left."""
+    client = store.client()
+    create_table(client, "orphaned")
+    put_items(client, "orphaned", 5, sort=False)
+    arn = client.create_backup(TableName="orphaned", BackupName="gone")["BackupDetails"]["BackupArn"]
+    wait_available(client, arn)
+    backup_id = arn.rsplit("/", 1)[1]
+    (store.data_dir / "backups" / f"{backup_id}.items").unlink()
+    described = client.describe_backup(BackupArn=arn)["BackupDescription"]["BackupDetails"]
+    assert described["BackupStatus"] == "DELETED", described
+    listed = client.list_backups(TableName="orphaned")["BackupSummaries"]
+    assert [(b["BackupArn"], b["BackupStatus"]) for b in listed] == [(arn, "DELETED")]
+    with pytest.raises(ClientError) as excinfo:
+        client.restore_table_from_backup(TargetTableName="orphaned-restored", BackupArn=arn)
+    code, message, _ = error_of(excinfo)
+    assert code == "ValidationException" and f"{backup_id}.items" in message and "removed" in message, message
+    assert "orphaned-restored" not in client.list_tables()["TableNames"]
+    client.delete_backup(BackupArn=arn)
+    assert client.list_backups(TableName="orphaned")["BackupSummaries"] == []
+
+
 def test_backup_dir_flag_and_kill_9_mid_backup_and_restore(tmp_path):
     require_binary()
     backup_dir = tmp_path / "elsewhere"

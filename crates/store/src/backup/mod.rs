@@ -431,7 +431,10 @@ impl Backups {
                 continue;
             };
             match self.load(id) {
-                Ok(meta) => out.push((meta, "AVAILABLE")),
+                Ok(meta) => {
+                    let status = self.status_on_disk(&meta);
+                    out.push((meta, status));
+                }
                 Err(error) => tracing::warn!(%error, "skipping a backup whose description cannot be read"),
             }
         }
@@ -449,7 +452,21 @@ impl Backups {
         if let Some(meta) = self.state().creating.get(id) {
             return Ok((meta.clone(), "CREATING"));
         }
-        Ok((self.load(id)?, "AVAILABLE"))
+        let meta = self.load(id)?;
+        let status = self.status_on_disk(&meta);
+        Ok((meta, status))
+    }
+
+    /// A finished backup's status: AVAILABLE, or DELETED when its items file was removed from
+    /// the backup directory by hand (it cannot be restored; DeleteBackup removes what is left).
+    fn status_on_disk(&self, meta: &BackupMeta) -> &'static str {
+        let items = self.items_path(&meta.id);
+        if items.exists() {
+            "AVAILABLE"
+        } else {
+            tracing::warn!(backup = %meta.arn, path = %items.display(), "a backup's items file is missing from the backup directory; it is listed DELETED and cannot be restored");
+            "DELETED"
+        }
     }
 
     /// The backup a request's BackupArn names, and its status. The whole ARN must be the
@@ -1159,6 +1176,15 @@ async fn restore_table(store: &Store, request: RestoreRequest) -> Result<Value, 
             format!(
                 "Backup {} is still being created; restore it once it is AVAILABLE",
                 backup.arn
+            ),
+        ));
+    }
+    if status == "DELETED" {
+        return Err(damaged(
+            &backup,
+            format!(
+                "its items file {} was removed from the backup directory",
+                backups.items_path(&id).display()
             ),
         ));
     }
