@@ -88,3 +88,18 @@ def test_the_streams_targets_read_compressed_bodies(store):
     status, _, body = exchange(store, body=b"not gzip", headers={
         **target("ListStreams", "DynamoDBStreams_20120810"), "Content-Encoding": "gzip"})
     assert status == 500 and "not valid gzip" in json.loads(body)["message"], body
+
+
+def test_an_answer_takes_the_content_type_of_its_request(store):
+    """DynamoDB takes a request sent as `application/json` as well as one sent as its own
+    `application/x-amz-json-1.0`, and answers in the type it was sent (dynalite's suite recorded
+    it), errors included."""
+    for sent, answered in [("application/json", "application/json"),
+                           ("application/json; charset=utf-8", "application/json"),
+                           ("application/x-amz-json-1.0", "application/x-amz-json-1.0")]:
+        for operation, body, status in [("ListTables", b"{}", 200), ("DescribeTable", b"{}", 400)]:
+            headers = {**target(operation), "Content-Type": sent}
+            got, answer_headers, answer = exchange(store, body=body, headers=headers)
+            assert got == status, (sent, operation, answer)
+            assert answer_headers["content-type"] == answered, (sent, operation, answer_headers)
+            assert_dynamodb_headers(got, answer_headers, answer, f"{operation} as {sent}")

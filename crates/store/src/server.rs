@@ -730,13 +730,33 @@ async fn ttl_sweeper(engine: Engine) {
 }
 
 fn error_response(error: &ApiError) -> Response {
+    error_response_as(error, CONTENT_TYPE)
+}
+
+fn error_response_as(error: &ApiError, content_type: &'static str) -> Response {
     let status = StatusCode::from_u16(error.kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let body = serde_json::to_vec(&error.to_json()).unwrap_or_default();
     let mut response = (status, body).into_response();
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// The Content-Type of an answer: DynamoDB answers `application/json` to a request sent as
+/// `application/json` (which it takes as well as its own `application/x-amz-json-1.0`), and
+/// `application/x-amz-json-1.0` otherwise.
+fn answer_content_type(request: &HeaderMap) -> &'static str {
+    let sent = request
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = sent.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        "application/json"
+    } else {
+        CONTENT_TYPE
+    }
 }
 
 /// How the store shows a limit's refusal: a DynamoDB error shape with a stable `__type`.
@@ -1080,7 +1100,7 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             let mut response = (StatusCode::OK, body).into_response();
             response
                 .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(answer_content_type(&headers)));
             response.headers_mut().extend(out);
             response
         }
@@ -1090,7 +1110,7 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             } else {
                 tracing::debug!(operation = %label, %error, "request refused");
             }
-            error_response(&error)
+            error_response_as(&error, answer_content_type(&headers))
         }
     }
 }
