@@ -1098,9 +1098,10 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             let mut out = HeaderMap::new();
             let body = crate::compat::encode_response(&headers, body, &mut out);
             let mut response = (StatusCode::OK, body).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(answer_content_type(&headers)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(answer_content_type(&headers)),
+            );
             response.headers_mut().extend(out);
             response
         }
