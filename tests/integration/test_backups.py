@@ -261,13 +261,18 @@ def test_a_backup_arn_names_its_backup_whole(store):
     assert [b["BackupArn"] for b in client.list_backups(TableName="exact")["BackupSummaries"]] == [arn]
 
 
+def available_backup(client, table, items):
+    """A new table of `items` items and an AVAILABLE backup of it: (its ARN, its id)."""
+    create_table(client, table)
+    put_items(client, table, items, sort=False)
+    arn = client.create_backup(TableName=table, BackupName="bkp")["BackupDetails"]["BackupArn"]
+    wait_available(client, arn)
+    return arn, arn.rsplit("/", 1)[1]
+
+
 def test_damaged_backup_is_refused(store):
     client = store.client()
-    create_table(client, "fragile")
-    put_items(client, "fragile", 50, sort=False)
-    arn = client.create_backup(TableName="fragile", BackupName="bkp")["BackupDetails"]["BackupArn"]
-    wait_available(client, arn)
-    backup_id = arn.rsplit("/", 1)[1]
+    arn, backup_id = available_backup(client, "fragile", 50)
     items = store.data_dir / "backups" / f"{backup_id}.items"
     data = bytearray(items.read_bytes())
     data[len(data) // 2] ^= 0x20
@@ -284,11 +289,7 @@ def test_a_backup_whose_items_file_was_removed_is_listed_deleted(store):
     in DescribeBackup and ListBackups (it said AVAILABLE), its restore is refused naming the
     file, and DeleteBackup removes what is left."""
     client = store.client()
-    create_table(client, "orphaned")
-    put_items(client, "orphaned", 5, sort=False)
-    arn = client.create_backup(TableName="orphaned", BackupName="gone")["BackupDetails"]["BackupArn"]
-    wait_available(client, arn)
-    backup_id = arn.rsplit("/", 1)[1]
+    arn, backup_id = available_backup(client, "orphaned", 5)
     (store.data_dir / "backups" / f"{backup_id}.items").unlink()
     described = client.describe_backup(BackupArn=arn)["BackupDescription"]["BackupDetails"]
     assert described["BackupStatus"] == "DELETED", described

@@ -154,18 +154,10 @@ impl Replication {
             }),
             signature: None,
         };
-        // The request authenticated, so its date header parses.
-        let date_ms = headers
-            .get(DATE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_default();
-        answer.signature = Some(sign(
-            &self.config.key,
-            &self.region,
+        answer.signature = Some(self.sign_answer(
+            headers,
             &source,
             MARK_ANSWER_PATH,
-            date_ms,
             &mark_answer_payload(&answer.replicas_missing_here),
         ));
         Ok(serde_json::to_value(answer).expect("a mark answer serialises"))

@@ -237,18 +237,10 @@ impl Replication {
             }
             answer.tables.insert(name.clone(), ours);
         }
-        // The request authenticated, so its date header parses.
-        let date_ms = headers
-            .get(DATE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_default();
-        answer.signature = Some(sign(
-            &self.config.key,
-            &self.region,
+        answer.signature = Some(self.sign_answer(
+            headers,
             &source,
             SETTINGS_ANSWER_PATH,
-            date_ms,
             &settings_answer_payload(&answer.tables),
         ));
         if !found.is_empty() {

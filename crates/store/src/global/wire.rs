@@ -237,6 +237,26 @@ impl Replication {
         serde_json::from_slice(&body).map_err(|e| format!("{}: bad answer to {path}: {e}", peer.url))
     }
 
+    /// The signature of an answer with `payload` to the authenticated request of `headers` from
+    /// `asker`: made as a request's from this region to the asker, over `answer_path` (never a
+    /// path a request is sent to) and the request's signing time, so it is valid for that one
+    /// request only.
+    pub(super) fn sign_answer(
+        &self,
+        headers: &axum::http::HeaderMap,
+        asker: &str,
+        answer_path: &str,
+        payload: &[u8],
+    ) -> String {
+        // The request authenticated, so its date header parses.
+        let date_ms = headers
+            .get(DATE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_default();
+        sign(&self.config.key, &self.region, asker, answer_path, date_ms, payload)
+    }
+
     pub(super) fn authenticate(
         &self,
         headers: &axum::http::HeaderMap,
