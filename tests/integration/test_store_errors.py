@@ -1076,6 +1076,26 @@ def test_booleans_and_integers_are_read_leniently_as_dynamodb_reads_them(store):
     assert status == 200 and response["Count"] == 1 and response["ScannedCount"] == 1, response
 
 
+def test_a_stream_specifications_boolean_is_read_leniently(store):
+    """StreamSpecification.StreamEnabled is a Boolean like any other: "true" enables the stream
+    (CreateTable and UpdateTable), a number is the deserializer's refusal."""
+    body = {"TableName": "lenient-stream", "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "StreamSpecification": {"StreamEnabled": "true", "StreamViewType": "KEYS_ONLY"}}
+    status, response = store.raw("CreateTable", json.dumps(body).encode())
+    assert status == 200, response
+    assert response["TableDescription"]["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"}
+    status, response = store.raw("UpdateTable", json.dumps({
+        "TableName": "lenient-stream", "StreamSpecification": {"StreamEnabled": "no"}}).encode())
+    assert status == 200, response
+    assert "LatestStreamArn" in response["TableDescription"], response
+    assert store.client().describe_table(TableName="lenient-stream")["Table"].get("StreamSpecification") is None
+    kind, message = raw_error(store, "UpdateTable", {
+        "TableName": "lenient-stream", "StreamSpecification": {"StreamEnabled": 1, "StreamViewType": "KEYS_ONLY"}})
+    assert (kind, message) == ("SerializationException", "NUMBER_VALUE cannot be converted to Boolean")
+
+
 @pytest.mark.parametrize("operation, body", [
     ("GetItem", {"TableName": GHOST, "Key": {"pk": {"S": "a"}}, "ProjectionExpression": "pk"}),
     ("PutItem", {"TableName": GHOST, "Item": {"pk": {"S": "a"}, "v": {"S": "x" * 1000}}}),

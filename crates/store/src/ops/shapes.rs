@@ -298,6 +298,19 @@ const PROJECTION: Shape = Shape::Struct {
     ],
 };
 
+/// CreateTable's and UpdateTable's StreamSpecification: its Boolean is read leniently, like
+/// any other (`"StreamEnabled": "true"`).
+const STREAM_SPECIFICATION: Shape = Shape::Struct {
+    java: "StreamSpecification",
+    members: &[
+        required("StreamEnabled", &BOOLEAN),
+        member(
+            "StreamViewType",
+            &one_of(&["NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES", "KEYS_ONLY"]),
+        ),
+    ],
+};
+
 pub const GET_ITEM: Shape = Shape::Struct {
     java: "GetItemInput",
     members: &[
@@ -554,6 +567,7 @@ pub const CREATE_TABLE: Shape = Shape::Struct {
                 members: &[required("Key", &STRING), required("Value", &STRING)],
             }),
         ),
+        member("StreamSpecification", &STREAM_SPECIFICATION),
         member("DeletionProtectionEnabled", &BOOLEAN),
     ],
 };
@@ -611,6 +625,7 @@ pub const UPDATE_TABLE: Shape = Shape::Struct {
                 ],
             }),
         ),
+        member("StreamSpecification", &STREAM_SPECIFICATION),
         member("DeletionProtectionEnabled", &BOOLEAN),
     ],
 };
@@ -1701,6 +1716,35 @@ mod tests {
         assert_eq!(answer(&GET_ITEM, body).expect("accepted"), body);
         assert_eq!(judge(&GET_ITEM, b"not json").expect("accepted").as_ref(), b"not json");
         assert!(check(&GET_ITEM, b"not json").is_ok());
+    }
+
+    #[test]
+    fn a_stream_specifications_boolean_is_read_leniently_and_its_view_type_checked() {
+        let body =
+            r#"{"TableName": "abc", "StreamSpecification": {"StreamEnabled": "true", "StreamViewType": "KEYS_ONLY"}}"#;
+        let rewritten: Value = serde_json::from_str(&answer(&UPDATE_TABLE, body).expect("accepted")).expect("JSON");
+        assert_eq!(rewritten["StreamSpecification"]["StreamEnabled"], Value::Bool(true));
+        let (kind, message) = answer(
+            &CREATE_TABLE,
+            r#"{"TableName": "abc", "AttributeDefinitions": [], "KeySchema": [{}], "StreamSpecification": {"StreamEnabled": 1}}"#,
+        )
+        .expect_err("refused");
+        assert_eq!(
+            (kind.as_str(), message.as_str()),
+            ("SerializationException", "NUMBER_VALUE cannot be converted to Boolean")
+        );
+        let (kind, message) = answer(
+            &UPDATE_TABLE,
+            r#"{"TableName": "abc", "StreamSpecification": {"StreamViewType": "BAD"}}"#,
+        )
+        .expect_err("refused");
+        assert_eq!(kind, "ValidationException");
+        assert!(
+            message.starts_with("2 validation errors detected: ")
+                && message.contains("Value null at 'streamSpecification.streamEnabled' failed to satisfy constraint: Member must not be null")
+                && message.contains("Value 'BAD' at 'streamSpecification.streamViewType' failed to satisfy constraint: Member must satisfy enum value set: [NEW_IMAGE, OLD_IMAGE, NEW_AND_OLD_IMAGES, KEYS_ONLY]"),
+            "{message}"
+        );
     }
 
     /// The fast path (`check`, reading only what constraints need) and the whole request's
