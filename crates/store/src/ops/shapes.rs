@@ -32,6 +32,19 @@ use super::lower_first;
 /// DynamoDB names at most this many violated constraints in one answer.
 pub const CONSTRAINT_ERRORS_MAX: usize = 10;
 
+/// Elements of one list, or entries of one map, the fast path reads; past it they are only
+/// counted. Every list DynamoDB bounds is bounded well below it (100 keys, 25 writes, 255
+/// names), so a longer one already breaks a constraint; what it bounds is the memory a hostile
+/// body of millions of small elements takes (a [`Value`] map costs some 600 bytes).
+pub const ENTRIES_READ_MAX: usize = 1024;
+
+/// Largest body whose refusal is judged whole (`judge`: the first wrong type before the
+/// constraints, and DynamoDB's order after a refusal, `earlier_refusal`), which parses it into
+/// a [`Value`] of up to ~100 times its size. A larger body (only a BatchWriteItem near its
+/// 16 MiB limit is one) is answered with the constraints the fast path found, or the
+/// operation's own refusal.
+pub const JUDGED_BODY_BYTES_MAX: usize = 1024 * 1024;
+
 /// The Java package of DynamoDB's model classes, as its deserializer names them.
 const MODEL_PACKAGE: &str = "com.amazonaws.dynamodb.v20120810";
 
@@ -722,7 +735,9 @@ pub fn check(shape: &Shape, body: &[u8]) -> Result<(), ApiError> {
         }
     };
     // A wrong type is answered before any constraint.
-    judge(shape, body)?;
+    if body.len() <= JUDGED_BODY_BYTES_MAX {
+        judge(shape, body)?;
+    }
     Err(refusal)
 }
 
@@ -761,6 +776,9 @@ pub enum Reread {
 /// After the operation's decoder refused `body`: DynamoDB's words for the wrong type, or the
 /// body with its leniently read members rewritten.
 pub fn reread(shape: &Shape, body: &[u8]) -> Reread {
+    if body.len() > JUDGED_BODY_BYTES_MAX {
+        return Reread::Unchanged;
+    }
     match judge(shape, body) {
         Err(error) => Reread::Refused(error),
         Ok(Cow::Owned(rewritten)) => Reread::Rewritten(rewritten),
@@ -815,11 +833,11 @@ impl Shape {
     }
 }
 
-/// Stands for a value no constraint looks into (an item, a key): shown as `{...}`.
+/// Stands for a value no constraint looks into (an item, a key).
 fn skipped() -> Value {
-    let mut marker = Map::new();
-    marker.insert(String::new(), Value::Null);
-    Value::Object(marker)
+    // An empty map allocates nothing (a hostile body of millions of small items costs no
+    // memory here); no constraint looks into it, so it is never shown.
+    Value::Object(Map::new())
 }
 
 /// Reads a request into a [`Value`] holding only what its constraints need.
@@ -911,8 +929,15 @@ impl<'de> serde::de::Visitor<'de> for PrunedVisitor<'_> {
             return Ok(Value::Bool(true));
         };
         let mut elements = Vec::new();
-        while let Some(element) = seq.next_element_seed(Pruned(member))? {
-            elements.push(element);
+        while elements.len() < ENTRIES_READ_MAX {
+            match seq.next_element_seed(Pruned(member))? {
+                Some(element) => elements.push(element),
+                None => return Ok(Value::Array(elements)),
+            }
+        }
+        // Past the bound, counted (a length constraint judges the whole list) and not read.
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            elements.push(Value::Null);
         }
         Ok(Value::Array(elements))
     }
@@ -934,7 +959,14 @@ impl<'de> serde::de::Visitor<'de> for PrunedVisitor<'_> {
             }
             Shape::Map { value, .. } => {
                 while let Some(key) = map.next_key::<String>()? {
-                    let entry = map.next_value_seed(Pruned(value))?;
+                    // Past the bound, an entry's key is kept (key constraints judge every one)
+                    // and its value not read.
+                    let entry = if fields.len() < ENTRIES_READ_MAX {
+                        map.next_value_seed(Pruned(value))?
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        Value::Null
+                    };
                     fields.insert(key, entry);
                 }
             }
@@ -1039,6 +1071,9 @@ fn value_problem(value: &Value) -> Option<String> {
 /// Query's or Scan's ExclusiveStartKey value is "The provided starting key is invalid: ...".
 /// Only a refused request pays for this.
 pub fn earlier_refusal(operation: &str, body: &[u8], refusal: &ApiError) -> Option<ApiError> {
+    if body.len() > JUDGED_BODY_BYTES_MAX {
+        return None;
+    }
     let parameters = expression_parameters(operation)?;
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
         return None;
@@ -1904,6 +1939,47 @@ mod tests {
             earlier("BatchGetItem", r#"{"RequestItems": {"abc": {"Keys": [{"a": {}}], "AttributesToGet": ["a"], "ProjectionExpression": "a"}}}"#).as_deref(),
             Some("Can not use both expression and non-expression parameters in the same request: Non-expression parameters: {AttributesToGet} Expression parameters: {ProjectionExpression}")
         );
+    }
+
+    #[test]
+    fn a_long_list_or_map_is_counted_past_the_read_bound_and_still_judged() {
+        // 3,000 writes for one table, 2,000 tables: the lengths and every key still judged.
+        let writes: Vec<String> = (0..3_000)
+            .map(|_| r#"{"PutRequest": {"Item": {}}}"#.to_string())
+            .collect();
+        let body = format!(r#"{{"RequestItems": {{"abc": [{}]}}}}"#, writes.join(", "));
+        let message = check(&BATCH_WRITE_ITEM, body.as_bytes())
+            .expect_err("too many writes")
+            .message;
+        assert!(
+            message.contains("Map value must satisfy constraint: [Member must have length less than or equal to 25"),
+            "{message}"
+        );
+        let tables: Vec<String> = (0..2_000)
+            .map(|i| format!(r#""t{i:04}": [{{"PutRequest": {{"Item": {{}}}}}}]"#))
+            .collect();
+        let mut body = format!(r#"{{"RequestItems": {{{}}}}}"#, tables.join(", "));
+        assert!(check(&BATCH_WRITE_ITEM, body.as_bytes()).is_ok());
+        body = body.replace(r#""t1999""#, r#""t;""#);
+        let message = check(&BATCH_WRITE_ITEM, body.as_bytes())
+            .expect_err("a bad name past the bound")
+            .message;
+        assert!(message.contains("Map keys must satisfy constraint"), "{message}");
+    }
+
+    #[test]
+    fn a_body_past_the_judged_bound_is_answered_with_its_constraints_only() {
+        // A wrong type and a broken constraint in a body over JUDGED_BODY_BYTES_MAX: the
+        // constraint is named (the whole judgement would name the type first).
+        let padding = "x".repeat(JUDGED_BODY_BYTES_MAX);
+        let body = format!(r#"{{"TableName": "ab", "Key": {{"a": {{"S": "{padding}"}}}}, "ConsistentRead": 5}}"#);
+        let message = check(&GET_ITEM, body.as_bytes()).expect_err("refused").message;
+        assert!(
+            message.contains("Member must have length greater than or equal to 3"),
+            "{message}"
+        );
+        assert!(matches!(reread(&GET_ITEM, body.as_bytes()), Reread::Unchanged));
+        assert!(earlier_refusal("GetItem", body.as_bytes(), &ApiError::validation("x")).is_none());
     }
 
     #[test]
