@@ -157,10 +157,12 @@ fn canonical_set<T: Ord, E: de::Error>(
             "{VALIDATION_MARKER}One or more parameter values were invalid: An {kind} set  may not be empty"
         )));
     }
-    let as_sent = listed(&members);
-    members.sort();
-    if members.windows(2).any(|w| w[0] == w[1]) {
-        return Err(E::custom(match (kind, as_sent) {
+    // Duplicates are looked for on a sorted view, so the members are listed as sent (the
+    // listing is built only for a refusal: a valid set pays a sort of references).
+    let mut view: Vec<&T> = members.iter().collect();
+    view.sort();
+    if view.windows(2).any(|w| w[0] == w[1]) {
+        return Err(E::custom(match (kind, listed(&members)) {
             // DynamoDB's words, its missing space included.
             ("binary", Some(listed)) => format!(
                 "{VALIDATION_MARKER}One or more parameter values were invalid: Input collection [{listed}]of type BS contains duplicates."
@@ -174,6 +176,8 @@ fn canonical_set<T: Ord, E: de::Error>(
             ),
         }));
     }
+    drop(view);
+    members.sort();
     Ok(members)
 }
 
