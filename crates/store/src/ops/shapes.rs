@@ -720,7 +720,8 @@ pub fn check(shape: &Shape, body: &[u8]) -> Result<(), ApiError> {
     let Ok(pruned) = serde::de::DeserializeSeed::deserialize(Pruned(shape), &mut deserializer) else {
         return Ok(());
     };
-    if !pruned.is_object() {
+    // Text after the JSON value, like a body that is not JSON, is the decoder's to refuse.
+    if !pruned.is_object() || deserializer.end().is_err() {
         return Ok(());
     }
     let refusal = match table_name_prelude(&pruned, shape) {
@@ -1751,6 +1752,10 @@ mod tests {
         assert_eq!(answer(&GET_ITEM, body).expect("accepted"), body);
         assert_eq!(judge(&GET_ITEM, b"not json").expect("accepted").as_ref(), b"not json");
         assert!(check(&GET_ITEM, b"not json").is_ok());
+        // Text after the value: left to the decoder (a SerializationException), whatever the
+        // value breaks.
+        assert!(check(&GET_ITEM, br#"{"TableName": "ab"} garbage"#).is_ok());
+        assert!(check(&GET_ITEM, br#"{"TableName": "ab"}"#).is_err());
     }
 
     #[test]
