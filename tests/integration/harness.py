@@ -73,6 +73,16 @@ def require_binary():
         pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
 
 
+def complete_jsonl(path):
+    """The records of a JSON-lines file another process is appending to: only the lines it has
+    finished (ended by a newline), so a line caught half-written is not read yet."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    finished = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in finished.splitlines() if line.strip()]
+
+
 def wait_until(what, condition, deadline_s=20, logs=(), ignore=(), poll_s=POLL_S):
     """Calls `condition` every `poll_s` until it returns something truthy, and returns that.
 

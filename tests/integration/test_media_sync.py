@@ -19,8 +19,8 @@ import urllib.request
 import boto3
 import pytest
 
-from harness import (BINARY, CHECKED_HEAD, App, controller_toml, free_port, http_check_toml, media_sync_toml,
-                     regions_toml, running_moto, start_controller, wait_until)
+from harness import (BINARY, CHECKED_HEAD, App, complete_jsonl, controller_toml, free_port, http_check_toml,
+                     media_sync_toml, regions_toml, running_moto, start_controller, wait_until)
 
 START_DEADLINE_S = 30
 CHANGE_DEADLINE_S = 30
@@ -1025,9 +1025,8 @@ def active_region(base):
 
 
 def audit_records(audit, **fields):
-    lines = audit.read_text().splitlines() if audit.exists() else []
-    records = [json.loads(line) for line in lines]
-    return [r for r in records if all(r.get(k) == v for k, v in fields.items())]
+    # The controller is appending to it: a line caught half-written is read next time.
+    return [r for r in complete_jsonl(audit) if all(r.get(k) == v for k, v in fields.items())]
 
 
 def manual_failover(base):
