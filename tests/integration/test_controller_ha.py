@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from harness import (BINARY, TOKEN, App, QuietHandler, Served, controller_toml, failover_zone_toml, free_port, start_controller, stop_all,
-                     two_regions_toml, wait_until)
+from harness import (BINARY, TOKEN, App, QuietHandler, Served, complete_jsonl, controller_toml, failover_zone_toml,
+                     free_port, start_controller, stop_all, two_regions_toml, wait_until)
 from test_dns import DnsServer
 from test_fault_proxy import FaultProxy
 from test_providers_cloudalerts import ROUTING_KEY, Receivers
@@ -505,7 +505,7 @@ def test_a_leader_cut_from_etcd_mid_step_drops_the_step_it_was_running(group, tm
         audit_path = group.tmp / f"audit-{first}.jsonl"
 
         def stopped_mid_step():
-            audit = [json.loads(line) for line in audit_path.read_text().splitlines()]
+            audit = complete_jsonl(audit_path)
             return [r for r in audit if r.get("kind") == "step" and r["step"] == "hold" and r["outcome"] == "stopped"]
 
         stopped = wait_until("the cut leader to drop its held step", stopped_mid_step, TAKEOVER_DEADLINE_S,
@@ -873,7 +873,7 @@ def test_a_new_leader_adopts_the_open_incident_and_does_not_page_a_condition_sti
         audit = group.tmp / f"audit-{other}.jsonl"
 
         def raised_by_the_new_leader():
-            records = [json.loads(line) for line in audit.read_text().splitlines()]
+            records = complete_jsonl(audit)
             return [r for r in records if r.get("kind") == "alert" and r["key"] == "all_down"]
 
         record = wait_until("the new leader to take the condition as holding", raised_by_the_new_leader,
