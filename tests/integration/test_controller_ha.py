@@ -492,6 +492,12 @@ def test_a_leader_cut_from_etcd_mid_step_drops_the_step_it_was_running(group, tm
         wait_until("etcd to record the failover's first step as done, the held step running", lambda: "record" in (
             ((group.status(first) or {}).get("ha", {}).get("shared") or {}).get("runbook") or {}).get(
             "steps_done", []), logs=group.logs())
+        # The held step is under way, past its guard in etcd (health says which, and under
+        # which generation): the cut below catches the step itself, not the guard's call.
+        in_flight = wait_until("the leader's health to show the held step under way", lambda: (
+            request(group.members[first][1], "/health")[1].get("ha") or {}).get("step_in_flight"),
+            logs=group.logs())
+        assert in_flight["step"] == "hold" and in_flight["generation"] == failover, in_flight
         for stream in ("upstream", "downstream"):
             status, body = proxy.call("POST", f"/proxies/etcd-{first}/toxics",
                                       {"type": "timeout", "stream": stream, "attributes": {"timeout": 0}})
@@ -511,6 +517,8 @@ def test_a_leader_cut_from_etcd_mid_step_drops_the_step_it_was_running(group, tm
         stopped = wait_until("the cut leader to drop its held step", stopped_mid_step, TAKEOVER_DEADLINE_S,
                              group.logs())
         assert "stopped mid-step" in stopped[0]["detail"], stopped
+        # Dropped, the step is no longer shown under way.
+        assert request(group.members[first][1], "/health")[1]["ha"]["step_in_flight"] is None
         # Released now, the held step would finish on the old leader had it kept running.
         (group.tmp / "hold").unlink()
         wait_until("the other member to finish the failover", lambda: json.loads(group.dns.get("/v1/health"))[

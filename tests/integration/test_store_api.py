@@ -56,6 +56,22 @@ def test_table_lifecycle_create_describe_update_delete(client):
     )["TableDescription"]
     assert updated["ProvisionedThroughput"]["ReadCapacityUnits"] == 7
     assert client.describe_table(TableName=name)["Table"]["ProvisionedThroughput"]["WriteCapacityUnits"] == 3
+    # A provisioned table's new capacity is answered as DynamoDB answers it while UPDATING: the
+    # old units and decreases, the change's date already set; DescribeTable shows the new ones.
+    units = lambda t: (t["ReadCapacityUnits"], t["WriteCapacityUnits"])
+    tripled = client.update_table(
+        TableName=name, ProvisionedThroughput={"ReadCapacityUnits": 21, "WriteCapacityUnits": 9})["TableDescription"]
+    assert tripled["TableStatus"] == "UPDATING" and units(tripled["ProvisionedThroughput"]) == (7, 3)
+    assert "LastIncreaseDateTime" in tripled["ProvisionedThroughput"]
+    described = client.describe_table(TableName=name)["Table"]["ProvisionedThroughput"]
+    assert units(described) == (21, 9) and described["NumberOfDecreasesToday"] == 0
+    reduced = client.update_table(
+        TableName=name, ProvisionedThroughput={"ReadCapacityUnits": 7, "WriteCapacityUnits": 3})["TableDescription"]
+    assert units(reduced["ProvisionedThroughput"]) == (21, 9)
+    assert reduced["ProvisionedThroughput"]["NumberOfDecreasesToday"] == 0
+    assert "LastDecreaseDateTime" in reduced["ProvisionedThroughput"]
+    described = client.describe_table(TableName=name)["Table"]["ProvisionedThroughput"]
+    assert units(described) == (7, 3) and described["NumberOfDecreasesToday"] == 1
 
     client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 5})
     deleted = client.delete_table(TableName=name)["TableDescription"]

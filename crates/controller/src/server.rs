@@ -392,6 +392,39 @@ struct Shared {
     /// With `[controller.ha]`: the open incidents' list for the task that writes it to etcd
     /// (the latest only; a newer list replaces one not yet written).
     incidents_out: Option<tokio::sync::watch::Sender<Option<Pending>>>,
+    /// With `[controller.ha]`: the runbook step whose attempt is under way (its guard in etcd
+    /// passed), for `health` and `status`; `None` between steps.
+    step_in_flight: Mutex<Option<StepInFlight>>,
+}
+
+/// A runbook step being attempted, as `health` and `status` show it (`ha.step_in_flight`).
+#[derive(Clone, Debug, serde::Serialize)]
+struct StepInFlight {
+    step: String,
+    generation: u64,
+    /// Wall-clock ms when its guard passed and its first attempt began.
+    since_ms: u64,
+}
+
+/// Clears `Shared::step_in_flight` when the step ends, however it ends (finished, stopped,
+/// or its runbook task dropped).
+struct InFlightGuard<'a>(&'a Mutex<Option<StepInFlight>>);
+
+impl<'a> InFlightGuard<'a> {
+    fn enter(slot: &'a Mutex<Option<StepInFlight>>, step: &str, generation: Generation) -> Self {
+        *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(StepInFlight {
+            step: step.to_string(),
+            generation: generation.0,
+            since_ms: wall_ms(),
+        });
+        InFlightGuard(slot)
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
 }
 
 fn wall_ms() -> u64 {
@@ -1012,6 +1045,7 @@ impl Shared {
             // the moment the term ends: a step may outlast the lease many times over (a media
             // copy, a promotion's wait, a hook), and another member may be acting by then.
             let started = std::time::Instant::now();
+            let in_flight = InFlightGuard::enter(&self.step_in_flight, &step.name, order.generation);
             let outcome = tokio::select! {
                 biased;
                 outcome = runbook::execute_guarded(
@@ -1025,6 +1059,8 @@ impl Shared {
                     self.step_recorder(order.generation),
                 ) => outcome,
                 () = ha.term_ended(term) => {
+                    // No longer under way once it is recorded as dropped.
+                    drop(in_flight);
                     let why = format!(
                         "stopped mid-step: {}",
                         crate::ha::GuardError::NotLeading(term)
@@ -1042,6 +1078,7 @@ impl Shared {
                     };
                 }
             };
+            drop(in_flight);
             if outcome != RunbookOutcome::Succeeded {
                 if let Err(error) = ha.finish_runbook(term, order, &outcome).await {
                     tracing::warn!(%error, "could not record the failed runbook in etcd");
@@ -1369,6 +1406,7 @@ impl Shared {
                     "etcd_error": status.etcd_error,
                     "last_etcd_ok_ms_ago": status.last_etcd_ok_ms_ago,
                     "last_step_down": status.last_step_down,
+                    "step_in_flight": *self.step_in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
                     "shared": ha.seen(),
                 })
             }
@@ -1623,6 +1661,7 @@ pub async fn run(
         generation_floor: Generation(options.generation_floor),
         control_token: options.token.clone().filter(|t| !t.is_empty()),
         incidents_out,
+        step_in_flight: Mutex::new(None),
     });
     {
         let mut core = shared.lock();

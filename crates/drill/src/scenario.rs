@@ -242,7 +242,7 @@ impl FaultAction {
             FaultAction::HealNetwork { region } => format!("heal the {region:?} region's network").to_lowercase(),
             FaultAction::FillDisk { region } => format!("fill the {region:?} store's disk").to_lowercase(),
             FaultAction::FreeDisk { region } => format!("free the {region:?} store's disk").to_lowercase(),
-            FaultAction::AwaitRunbook => "wait for the leader's runbook in flight".into(),
+            FaultAction::AwaitRunbook => "wait for a step of the leader's runbook under way".into(),
             FaultAction::AwaitTakeover => "wait for another member to lead and finish the runbook".into(),
             FaultAction::LeadFrom { region } => format!("make the {} site's controller the leader", role(region)),
             FaultAction::DelayReplication { region, delay_s } => {

@@ -23,6 +23,9 @@ pub struct MemberHealth {
     pub acting: bool,
     /// etcd's shared state (as this member last read it) records a runbook in progress.
     pub runbook_in_progress: bool,
+    /// The runbook step whose attempt is under way on this member (its guard in etcd passed),
+    /// if any.
+    pub step_in_flight: Option<String>,
     pub generation: u64,
 }
 
@@ -48,6 +51,7 @@ pub async fn health(http: &HttpClient, member: &ControllerMember) -> Result<Memb
     Ok(MemberHealth {
         acting,
         runbook_in_progress: !ha["shared"]["runbook"].is_null(),
+        step_in_flight: ha["step_in_flight"]["step"].as_str().map(str::to_string),
         generation: value["generation"].as_u64().unwrap_or(0),
     })
 }

@@ -548,13 +548,16 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                     members::health(&self.http, member)
                         .await
                         .ok()
-                        .filter(|h| h.acting && h.runbook_in_progress)
+                        // A step under way, not only a runbook recorded in etcd: the fault
+                        // that follows must catch a step's push in flight (held), not the
+                        // guard's call to etcd before it.
+                        .filter(|h| h.acting && h.runbook_in_progress && h.step_in_flight.is_some())
                 })
                 .await
                 .map(|_| ())
                 .ok_or_else(|| {
                     failed(format!(
-                        "leader {} had no runbook in progress within {AWAIT_MS_MAX} ms",
+                        "leader {} had no runbook step under way within {AWAIT_MS_MAX} ms",
                         member.name
                     ))
                 })

@@ -597,11 +597,17 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     // the table as it is.
     let engine = store.engine().clone();
     let region = engine.region().to_string();
-    let (result, followed, created, deleted, capacity) = store
+    let (result, followed, created, deleted, capacity, before) = store
         .engine()
         .write_exclusive(move |context| {
             let current = context.latest_table(&meta)?;
             refuse_restoring(&current)?;
+            let before = (
+                current.throughput,
+                current
+                    .throughput_changes
+                    .decreases_today(engine.now_unix_ms() as f64 / 1000.0),
+            );
             // Which of the global indexes this request creates or deletes, and whether the
             // table's capacity, were changed here and are not yet confirmed by every replica
             // (read in this job, with the table).
@@ -662,6 +668,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
                 planned.created,
                 deleted,
                 planned.capacity.is_some(),
+                before,
             ))
         })
         .await?;
@@ -689,6 +696,17 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     // UPDATING, as DynamoDB answers UpdateTable (an asynchronous operation: "the table status
     // changes from ACTIVE to UPDATING"); the change is made, so DescribeTable says ACTIVE.
     let mut description = describe(store, &result, "UPDATING");
+    // A provisioned table's new capacity is answered as DynamoDB answers it while UPDATING:
+    // the units and today's decreases still the old ones, the change's date already set;
+    // DescribeTable shows the new units. (A switch of billing mode answers the new mode.)
+    if let (Some(was), Some(now)) = (before.0, result.throughput)
+        && was != now
+        && let Some(out) = description.get_mut("ProvisionedThroughput")
+    {
+        out["ReadCapacityUnits"] = json!(was.read);
+        out["WriteCapacityUnits"] = json!(was.write);
+        out["NumberOfDecreasesToday"] = json!(before.1);
+    }
     // The index this call creates is answered as DynamoDB answers it: CREATING, in its first
     // phase (resources), Backfilling false; DescribeTable shows the copy under way after it.
     for index in global_indexes_mut(&mut description) {
