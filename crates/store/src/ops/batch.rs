@@ -241,8 +241,93 @@ pub struct WriteRequest {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct BatchWriteRequest {
-    request_items: BTreeMap<String, Vec<WriteRequest>>,
+    request_items: RequestItems,
     return_consumed_capacity: Option<String>,
+}
+
+/// BatchWriteItem's `RequestItems`, read within the call's limit: once `BATCH_WRITE_ITEMS_MAX`
+/// writes are kept, the further ones are counted, not built (nor their tables' names kept).
+/// Such a request is refused, and a hostile body of hundreds of thousands of writes (16 MiB of
+/// them) no longer takes hundreds of MB to decode first.
+#[derive(Default)]
+struct RequestItems {
+    /// Every table's list, when the writes in all are within the limit (else some are left out).
+    kept: BTreeMap<String, Vec<WriteRequest>>,
+    /// Writes in all (a table named twice counts its last list, as a map read by serde keeps
+    /// it, while its first was within the limit).
+    total: usize,
+    /// The longest table's list.
+    longest: usize,
+    /// Tables named.
+    tables: usize,
+}
+
+impl<'de> Deserialize<'de> for RequestItems {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> serde::de::Visitor<'de> for Tables {
+            type Value = RequestItems;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of table names to lists of write requests")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RequestItems, A::Error> {
+                let mut items = RequestItems::default();
+                let mut kept_writes = 0usize;
+                while let Some(name) = map.next_key::<String>()? {
+                    if let Some(earlier) = items.kept.remove(&name) {
+                        kept_writes -= earlier.len();
+                        items.total -= earlier.len();
+                    }
+                    let room = BATCH_WRITE_ITEMS_MAX.saturating_sub(kept_writes);
+                    let (writes, count) = map.next_value_seed(Writes { room })?;
+                    items.total = items.total.saturating_add(count);
+                    items.longest = items.longest.max(count);
+                    items.tables += 1;
+                    // Writes left out put the total over the limit: the request is refused.
+                    if writes.len() == count {
+                        kept_writes += count;
+                        items.kept.insert(name, writes);
+                    }
+                }
+                Ok(items)
+            }
+        }
+        deserializer.deserialize_map(Tables)
+    }
+}
+
+/// One table's list of writes: at most `room` built, all counted.
+struct Writes {
+    room: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for Writes {
+    type Value = (Vec<WriteRequest>, usize);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of write requests")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut writes = Vec::new();
+        let mut count = 0usize;
+        loop {
+            let more = if writes.len() < self.room {
+                seq.next_element::<WriteRequest>()?.map(|write| writes.push(write))
+            } else {
+                seq.next_element::<serde::de::IgnoredAny>()?.map(|_| ())
+            };
+            if more.is_none() {
+                return Ok((writes, count));
+            }
+            count += 1;
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Writes {
+    type Value = (Vec<WriteRequest>, usize);
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
 }
 
 enum Mutation {
@@ -251,10 +336,11 @@ enum Mutation {
 }
 
 pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Value, ApiError> {
-    let total: usize = request.request_items.values().map(Vec::len).sum();
+    let items = &request.request_items;
+    let total = items.total;
     // One table's list past the limit breaks the API model's constraint on the map's values;
     // several tables' lists that are each within it, but not together, get DynamoDB's sentence.
-    if total > BATCH_WRITE_ITEMS_MAX && request.request_items.values().all(|r| r.len() <= BATCH_WRITE_ITEMS_MAX) {
+    if total > BATCH_WRITE_ITEMS_MAX && items.longest <= BATCH_WRITE_ITEMS_MAX {
         return Err(ApiError::validation(
             "Too many items requested for the BatchWriteItem call",
         ));
@@ -264,7 +350,8 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
             "1 validation error detected: Value '{{...}}' at 'requestItems' failed to satisfy constraint: Map value must satisfy constraint: [Member must have length less than or equal to {BATCH_WRITE_ITEMS_MAX}, Member must have length greater than or equal to 1]"
         )));
     }
-    if request.request_items.is_empty() || request.request_items.values().any(Vec::is_empty) {
+    // Within the limit, every table's list was kept.
+    if items.tables == 0 || items.kept.values().any(Vec::is_empty) {
         return Err(ApiError::validation(
             "1 validation error detected: Value at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
         ));
@@ -272,7 +359,7 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
     // Everything that does not need the tables is checked before any is looked up, as DynamoDB
     // does: the names, each request's form, each item's size.
     let mut checked = Vec::new();
-    for (name, requests) in request.request_items {
+    for (name, requests) in request.request_items.kept {
         crate::catalog::validate_table_name(&name, "tableName")?;
         let mutations = requests
             .into_iter()
@@ -658,4 +745,53 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
         response["ConsumedCapacity"] = list;
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(body: &str) -> RequestItems {
+        serde_json::from_str::<BatchWriteRequest>(body)
+            .expect("decodes")
+            .request_items
+    }
+
+    fn put(key: &str) -> String {
+        format!(r#"{{"PutRequest":{{"Item":{{"pk":{{"S":"{key}"}}}}}}}}"#)
+    }
+
+    #[test]
+    fn writes_past_the_limit_are_counted_and_not_kept() {
+        let tables: Vec<String> = (0..40).map(|i| format!(r#""t{i:03}":[{}]"#, put("k"))).collect();
+        let items = read(&format!(r#"{{"RequestItems":{{{}}}}}"#, tables.join(",")));
+        assert_eq!((items.total, items.longest, items.tables), (40, 1, 40));
+        assert_eq!(items.kept.values().map(Vec::len).sum::<usize>(), BATCH_WRITE_ITEMS_MAX);
+
+        // One table's long list: counted whole, kept only while within the limit.
+        let long: Vec<String> = (0..30).map(|i| put(&i.to_string())).collect();
+        let items = read(&format!(
+            r#"{{"RequestItems":{{"a":[{}],"b":[{}]}}}}"#,
+            put("x"),
+            long.join(",")
+        ));
+        assert_eq!((items.total, items.longest, items.tables), (31, 30, 2));
+        assert_eq!(items.kept.keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn within_the_limit_everything_is_kept_and_a_table_named_again_counts_its_last_list() {
+        let items = read(&format!(
+            r#"{{"RequestItems":{{"a":[{p},{p}],"b":[],"a":[{p}]}}}}"#,
+            p = put("x")
+        ));
+        assert_eq!(items.total, 1);
+        assert_eq!(items.kept["a"].len(), 1);
+        assert!(items.kept["b"].is_empty());
+        // A wrong type anywhere in a kept write is still the decoder's error.
+        assert!(
+            serde_json::from_str::<BatchWriteRequest>(r#"{"RequestItems":{"a":[{"PutRequest":{"Item":7}}]}}"#).is_err()
+        );
+        assert!(serde_json::from_str::<BatchWriteRequest>(r#"{"RequestItems":[]}"#).is_err());
+    }
 }
