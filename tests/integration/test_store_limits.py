@@ -261,13 +261,25 @@ def test_memory_is_returned_to_the_system_after_a_burst(tmp_path):
         store.stop()
 
 
-# A BatchWriteItem of far more writes than the call's limit (25), over many tables so that no
-# one table's list breaks the API model's constraint: refused by its count, the writes past the
-# limit counted, not built. Built, this 15 MB body of them grew the store's peak resident memory
-# by ~420 MB (debug build); counted, by ~70 MB (the body read and collected, the request checks'
-# table names).
-HOSTILE_BATCH_TABLES = 300_000
-HOSTILE_BATCH_PEAK_GROWTH_BYTES_MAX = 128 * 1024 * 1024
+# Calls of far more elements than their limit (BatchWriteItem's 25 writes, BatchGetItem's 100 keys,
+# spread over many tables so no one table's list breaks the API model's constraint; the
+# transactions' 100 items): refused by their count, the elements past the limit counted, not
+# built. Built, these 11-15 MB bodies grew the store's peak resident memory by 330-780 MB (debug
+# build); counted, by 35-70 MB (the body read and collected, the request checks' table names).
+HOSTILE_ELEMENTS = 300_000
+HOSTILE_PEAK_GROWTH_BYTES_MAX = 128 * 1024 * 1024
+HOSTILE_BODIES = {
+    "BatchWriteItem": ('{"RequestItems":{%s}}', '"t%07d":[{"PutRequest":{"Item":{"pk":{"S":"k"}}}}]',
+                       "Too many items requested for the BatchWriteItem call"),
+    "BatchGetItem": ('{"RequestItems":{%s}}', '"t%07d":{"Keys":[{"pk":{"S":"k"}}]}',
+                     "Too many items requested for the BatchGetItem call"),
+    "TransactWriteItems": ('{"TransactItems":[%s]}', '{"Put":{"TableName":"kept","Item":{"pk":{"S":"k"}}}}',
+                           "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy "
+                           "constraint: Member must have length less than or equal to 100 and greater than or equal to 1"),
+    "TransactGetItems": ('{"TransactItems":[%s]}', '{"Get":{"TableName":"kept","Key":{"pk":{"S":"k"}}}}',
+                         "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy "
+                         "constraint: Member must have length less than or equal to 100 and greater than or equal to 1"),
+}
 
 
 def peak_resident_bytes(process):
@@ -278,25 +290,29 @@ def peak_resident_bytes(process):
     raise AssertionError("no VmHWM in /proc status")
 
 
-def test_a_batch_write_of_hundreds_of_thousands_of_writes_is_refused_without_building_them(tmp_path):
+@pytest.mark.parametrize("operation", sorted(HOSTILE_BODIES))
+def test_a_call_of_hundreds_of_thousands_of_elements_is_refused_without_building_them(tmp_path, operation):
     require_binary()
     store = StoreProcess(tmp_path / "data").start()
     try:
         client = store.client()
         create_table(client, "kept")
-        entries = ",".join(f'"t{index:07d}":[{{"PutRequest":{{"Item":{{"pk":{{"S":"k"}}}}}}}}]'
-                           for index in range(HOSTILE_BATCH_TABLES))
-        body = ('{"RequestItems":{' + entries + '}}').encode()
-        assert len(body) > 14 * 1024 * 1024
+        outer, element, message = HOSTILE_BODIES[operation]
+        elements = (element % index if "%" in element else element for index in range(HOSTILE_ELEMENTS))
+        body = (outer % ",".join(elements)).encode()
+        assert len(body) > 10 * 1024 * 1024
         before = peak_resident_bytes(store.process)
-        status, answer = store.raw("BatchWriteItem", body)
+        status, answer = store.raw(operation, body)
         grown = peak_resident_bytes(store.process) - before
         assert status == 400 and answer["__type"].endswith("#ValidationException"), (status, answer)
-        assert answer["message"] == "Too many items requested for the BatchWriteItem call", answer
-        assert grown < HOSTILE_BATCH_PEAK_GROWTH_BYTES_MAX, f"peak resident memory grew {grown} bytes"
-        # Within the limit, several tables' writes are all applied.
+        assert answer["message"] == message, answer
+        assert grown < HOSTILE_PEAK_GROWTH_BYTES_MAX, f"peak resident memory grew {grown} bytes"
+        # Within the limit, every element is applied or read.
         client.batch_write_item(RequestItems={"kept": [
             {"PutRequest": {"Item": {"pk": {"S": f"k{index}"}}}} for index in range(25)]})
         assert client.scan(TableName="kept", Select="COUNT")["Count"] == 25
+        got = client.transact_get_items(TransactItems=[
+            {"Get": {"TableName": "kept", "Key": {"pk": {"S": f"k{index}"}}}} for index in range(100)])
+        assert sum(1 for response in got["Responses"] if response.get("Item")) == 25
     finally:
         store.stop()

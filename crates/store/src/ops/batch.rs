@@ -81,19 +81,96 @@ pub struct KeysAndAttributes {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct BatchGetRequest {
-    request_items: BTreeMap<String, KeysAndAttributes>,
+    request_items: GetRequestItems,
     return_consumed_capacity: Option<String>,
 }
 
+/// BatchGetItem's `RequestItems`, read within the call's limit: once `BATCH_GET_KEYS_MAX` keys
+/// are kept, the further tables' keys are counted, not built (nor their names kept), as for
+/// BatchWriteItem's writes.
+#[derive(Default)]
+struct GetRequestItems {
+    /// Every table's keys and attributes, when the keys in all are within the limit.
+    kept: BTreeMap<String, KeysAndAttributes>,
+    /// Keys in all (a table named twice counts its last entry while its first was kept).
+    total: usize,
+    /// The first table by name whose own keys pass the limit.
+    over: Option<String>,
+    /// Tables named.
+    tables: usize,
+}
+
+impl<'de> Deserialize<'de> for GetRequestItems {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> serde::de::Visitor<'de> for Tables {
+            type Value = GetRequestItems;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of table names to keys and attributes")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<GetRequestItems, A::Error> {
+                let mut items = GetRequestItems::default();
+                let mut kept_keys = 0usize;
+                while let Some(name) = map.next_key::<String>()? {
+                    if let Some(earlier) = items.kept.remove(&name) {
+                        kept_keys -= earlier.keys.len();
+                        items.total -= earlier.keys.len();
+                    }
+                    items.tables += 1;
+                    let count = if kept_keys < BATCH_GET_KEYS_MAX {
+                        let entry: KeysAndAttributes = map.next_value()?;
+                        let count = entry.keys.len();
+                        kept_keys += count;
+                        items.kept.insert(name.clone(), entry);
+                        count
+                    } else {
+                        map.next_value_seed(CountKeys)?
+                    };
+                    items.total = items.total.saturating_add(count);
+                    if count > BATCH_GET_KEYS_MAX && items.over.as_ref().is_none_or(|over| name < *over) {
+                        items.over = Some(name);
+                    }
+                }
+                Ok(items)
+            }
+        }
+        deserializer.deserialize_map(Tables)
+    }
+}
+
+/// One table's `KeysAndAttributes` past the limit: its `Keys` counted, the rest skipped.
+struct CountKeys;
+
+impl<'de> serde::de::Visitor<'de> for CountKeys {
+    type Value = usize;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("keys and attributes")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let mut count = 0;
+        while let Some(member) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if member == "Keys" {
+                count = map.next_value_seed(Room::<serde::de::IgnoredAny>::new(0))?.1;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for CountKeys {
+    type Value = usize;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
 pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiError> {
-    let total: usize = request.request_items.values().map(|r| r.keys.len()).sum();
+    let total = request.request_items.total;
     // One table's keys past the limit break the API model's constraint on that list; several
     // tables' lists that are each within it, but not together, get DynamoDB's sentence.
-    if let Some((name, _)) = request
-        .request_items
-        .iter()
-        .find(|(_, r)| r.keys.len() > BATCH_GET_KEYS_MAX)
-    {
+    if let Some(name) = &request.request_items.over {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '[...]' at 'requestItems.{name}.member.keys' failed to satisfy constraint: Member must have length less than or equal to {BATCH_GET_KEYS_MAX}"
         )));
@@ -104,7 +181,9 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
             "Too many items requested for the BatchGetItem call",
         ));
     }
-    if request.request_items.is_empty() || request.request_items.values().any(|r| r.keys.is_empty()) {
+    // Within the limit, every table's entry was kept.
+    let request_items = &request.request_items.kept;
+    if request.request_items.tables == 0 || request_items.values().any(|r| r.keys.is_empty()) {
         return Err(ApiError::validation(
             "1 validation error detected: Value at 'requestItems' failed to satisfy constraint: Member must have length greater than or equal to 1",
         ));
@@ -118,7 +197,7 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
     // Everything that does not need the tables is checked before any is looked up, as DynamoDB
     // does (an invalid request names its problem, whether or not its tables exist).
     let mut checked = Vec::new();
-    for (name, entry) in &request.request_items {
+    for (name, entry) in request_items {
         crate::catalog::validate_table_name(name, "tableName")?;
         let inputs = ExpressionInputs {
             names: entry.expression_attribute_names.clone(),
@@ -200,7 +279,7 @@ pub fn batch_get(store: &Store, request: BatchGetRequest) -> Result<Value, ApiEr
         }
         responses.insert(name.clone(), Value::Array(found));
         if !left.is_empty() {
-            let original = &request.request_items[&name];
+            let original = &request_items[&name];
             let mut entry = json!({"Keys": left});
             if let Some(p) = &original.projection_expression {
                 entry["ProjectionExpression"] = json!(p);
@@ -279,7 +358,7 @@ impl<'de> Deserialize<'de> for RequestItems {
                         items.total -= earlier.len();
                     }
                     let room = BATCH_WRITE_ITEMS_MAX.saturating_sub(kept_writes);
-                    let (writes, count) = map.next_value_seed(Writes { room })?;
+                    let (writes, count) = map.next_value_seed(Room::<WriteRequest>::new(room))?;
                     items.total = items.total.saturating_add(count);
                     items.longest = items.longest.max(count);
                     items.tables += 1;
@@ -296,37 +375,63 @@ impl<'de> Deserialize<'de> for RequestItems {
     }
 }
 
-/// One table's list of writes: at most `room` built, all counted.
-struct Writes {
+/// A list read with room for `room` elements: that many built, the rest counted, not built.
+struct Room<T> {
     room: usize,
+    element: std::marker::PhantomData<T>,
 }
 
-impl<'de> serde::de::Visitor<'de> for Writes {
-    type Value = (Vec<WriteRequest>, usize);
+impl<T> Room<T> {
+    fn new(room: usize) -> Self {
+        Room {
+            room,
+            element: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Room<T> {
+    type Value = (Vec<T>, usize);
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a list of write requests")
+        f.write_str("a list")
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut writes = Vec::new();
+        let mut kept = Vec::new();
         let mut count = 0usize;
         loop {
-            let more = if writes.len() < self.room {
-                seq.next_element::<WriteRequest>()?.map(|write| writes.push(write))
+            let more = if kept.len() < self.room {
+                seq.next_element::<T>()?.map(|element| kept.push(element))
             } else {
                 seq.next_element::<serde::de::IgnoredAny>()?.map(|_| ())
             };
             if more.is_none() {
-                return Ok((writes, count));
+                return Ok((kept, count));
             }
             count += 1;
         }
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Writes {
-    type Value = (Vec<WriteRequest>, usize);
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for Room<T> {
+    type Value = (Vec<T>, usize);
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_seq(self)
+    }
+}
+
+/// A request's list with a limit of `LIMIT` elements (TransactItems' 100), read within it: past
+/// the limit its elements are counted, not built. The request is refused then, and a hostile
+/// body of hundreds of thousands of them is never built first.
+pub struct Bounded<T, const LIMIT: usize> {
+    /// Every element, when `count` is within the limit.
+    kept: Vec<T>,
+    count: usize,
+}
+
+impl<'de, T: Deserialize<'de>, const LIMIT: usize> Deserialize<'de> for Bounded<T, LIMIT> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (kept, count) = deserializer.deserialize_seq(Room::new(LIMIT))?;
+        Ok(Bounded { kept, count })
     }
 }
 
@@ -468,7 +573,7 @@ pub struct TransactWriteItem {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TransactWriteRequest {
-    transact_items: Vec<TransactWriteItem>,
+    transact_items: Bounded<TransactWriteItem, TRANSACTION_ITEMS_MAX>,
     client_request_token: Option<String>,
     return_consumed_capacity: Option<String>,
 }
@@ -596,14 +701,16 @@ fn request_digest(body: &[u8]) -> [u8; 32] {
 
 /// `body` is the raw request, digested for ClientRequestToken idempotency.
 pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: &[u8]) -> Result<Value, ApiError> {
-    let count = request.transact_items.len();
+    let count = request.transact_items.count;
     if count == 0 || count > TRANSACTION_ITEMS_MAX {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
         )));
     }
+    // Within the limit, every element was kept.
     let payload: usize = request
         .transact_items
+        .kept
         .iter()
         .flat_map(|item| [&item.condition_check, &item.put, &item.delete, &item.update])
         .flatten()
@@ -635,7 +742,7 @@ pub async fn transact_write(store: &Store, request: TransactWriteRequest, body: 
     // in the request itself (expressions, missing members) still win, as they come first.
     let mut invalid_put: Option<(usize, String)> = None;
     let mut steps = Vec::with_capacity(count);
-    for (position, item) in request.transact_items.into_iter().enumerate() {
+    for (position, item) in request.transact_items.kept.into_iter().enumerate() {
         match put_key_type_mismatch(store, &item) {
             Some(message) => {
                 invalid_put.get_or_insert((position, message));
@@ -680,12 +787,12 @@ pub struct TransactGetItem {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TransactGetRequest {
-    transact_items: Vec<TransactGetItem>,
+    transact_items: Bounded<TransactGetItem, TRANSACTION_ITEMS_MAX>,
     return_consumed_capacity: Option<String>,
 }
 
 pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value, ApiError> {
-    let count = request.transact_items.len();
+    let count = request.transact_items.count;
     if count == 0 || count > TRANSACTION_ITEMS_MAX {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value '[...]' at 'transactItems' failed to satisfy constraint: Member must have length less than or equal to {TRANSACTION_ITEMS_MAX} and greater than or equal to 1"
@@ -693,7 +800,7 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
     }
     let mut plans = Vec::with_capacity(count);
     let mut seen = HashSet::new();
-    for entry in &request.transact_items {
+    for entry in &request.transact_items.kept {
         let get = &entry.get;
         let meta = store.engine().require_table(&get.table_name)?;
         let inputs = ExpressionInputs {
