@@ -492,6 +492,29 @@ pub async fn run_with_limits(
     result
 }
 
+/// A replication endpoint's answer; a 200 answer carries this store's signature of it for the
+/// request it answers (`ANSWER_SIGNATURE_HEADER`), which the asker checks before taking it.
+fn signed_replication_response(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    request: &[u8],
+    result: Result<serde_json::Value, ApiError>,
+) -> Response {
+    let (Ok(value), Some(replication)) = (&result, state.store.replication()) else {
+        return replication_response(result);
+    };
+    let answer = value.to_string();
+    let signature = replication.sign_answer_body(path, headers, request, answer.as_bytes());
+    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], answer).into_response();
+    if let Some(value) = signature.and_then(|s| header::HeaderValue::from_str(&s).ok()) {
+        response
+            .headers_mut()
+            .insert(crate::global::ANSWER_SIGNATURE_HEADER, value);
+    }
+    response
+}
+
 fn replication_response(result: Result<serde_json::Value, ApiError>) -> Response {
     match result {
         Ok(value) => (
@@ -549,7 +572,7 @@ async fn replication_batch(State(state): State<Arc<AppState>>, request: Request)
         Some(replication) => replication.receive_batch(&headers, &body).await,
         None => Err(no_replication()),
     };
-    replication_response(result)
+    signed_replication_response(&state, "/replication/v1/batch", &headers, &body, result)
 }
 
 async fn replication_repair(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -561,7 +584,7 @@ async fn replication_repair(State(state): State<Arc<AppState>>, request: Request
         Some(replication) => replication.receive_repair(&headers, &body).await,
         None => Err(no_replication()),
     };
-    replication_response(result)
+    signed_replication_response(&state, "/replication/v1/repair", &headers, &body, result)
 }
 
 async fn replication_table(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -573,7 +596,7 @@ async fn replication_table(State(state): State<Arc<AppState>>, request: Request)
         Some(replication) => replication.receive_table(&headers, &body).await,
         None => Err(no_replication()),
     };
-    replication_response(result)
+    signed_replication_response(&state, "/replication/v1/table", &headers, &body, result)
 }
 
 async fn replication_digest(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -585,7 +608,7 @@ async fn replication_digest(State(state): State<Arc<AppState>>, request: Request
         Some(replication) => replication.receive_digest(&headers, &body).await,
         None => Err(no_replication()),
     };
-    replication_response(result)
+    signed_replication_response(&state, "/replication/v1/digest", &headers, &body, result)
 }
 
 async fn replication_settings(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -597,7 +620,7 @@ async fn replication_settings(State(state): State<Arc<AppState>>, request: Reque
         Some(replication) => replication.receive_settings(&headers, &body).await,
         None => Err(no_replication()),
     };
-    replication_response(result)
+    signed_replication_response(&state, "/replication/v1/settings", &headers, &body, result)
 }
 
 async fn replication_mark(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -609,7 +632,7 @@ async fn replication_mark(State(state): State<Arc<AppState>>, request: Request) 
         Some(replication) => replication.receive_mark(&headers, &body).await,
         None => Err(no_replication()),
     };
-    replication_response(result)
+    signed_replication_response(&state, "/replication/v1/mark", &headers, &body, result)
 }
 
 /// Per-peer replication figures for `/health`.
@@ -636,6 +659,7 @@ fn replication_health(store: &Store) -> serde_json::Value {
                     "acked_seq": status.acked.load(Relaxed),
                     "repairing": status.repairing.load(Relaxed),
                     "consecutive_failures": status.consecutive_failures.load(Relaxed),
+                    "answers_refused": status.answers_refused.load(Relaxed),
                     "repairs": status.repairs.load(Relaxed),
                     "last_repair": {
                         "ranges_compared": status.last_repair_ranges_compared.load(Relaxed),

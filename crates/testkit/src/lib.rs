@@ -117,6 +117,16 @@ pub fn start_mariadb(mariadbd: &Path, dir: &Path, name: &str, port: u16, init: &
 /// POSTs `body` to `url` with these headers over plain HTTP: the status and the body.
 /// Panics when nothing answers (a test's server must).
 pub async fn http_post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, bytes::Bytes) {
+    let (status, _, body) = http_post_full(url, headers, body).await;
+    (status, body)
+}
+
+/// [`http_post`], with the answer's headers.
+pub async fn http_post_full(
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, hyper::HeaderMap, bytes::Bytes) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let mut request = hyper::Request::post(url);
@@ -128,11 +138,12 @@ pub async fn http_post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> 
         .expect("valid request");
     let response = client.request(request).await.expect("the server answers");
     let status = response.status().as_u16();
+    let answer_headers = response.headers().clone();
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
         .expect("body")
         .to_bytes();
-    (status, body)
+    (status, answer_headers, body)
 }
 
 /// An unsigned DynamoDB JSON call (`X-Amz-Target: DynamoDB_20120810.<operation>`) to the store

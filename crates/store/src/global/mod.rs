@@ -61,6 +61,13 @@ use wire::*;
 pub use wire::{DefinitionAnswer, TableRequest, sign};
 
 pub const SIGNATURE_HEADER: &str = "x-switchyard-signature";
+/// The answerer's signature of a 200 answer (`wire::answer_body_payload`): made as a request's
+/// from the answerer to the asker, over `answer-body:` and the path, the request's signing time,
+/// the SHA-256 of the request's body and the answer's bytes, so it holds for that one request's
+/// exact answer. The asker takes no 200 answer without it: a batch's acknowledgement, a range's
+/// digests, a replica's join barrier forged or swapped on the way would otherwise make it skip
+/// what the peer never applied.
+pub const ANSWER_SIGNATURE_HEADER: &str = "x-switchyard-answer-signature";
 pub const REGION_HEADER: &str = "x-switchyard-region";
 /// The region the request is for (part of the signature): what a region sends one peer (a
 /// batch with the entries of tables that peer lacks left out, a replica's delete, a repair's
@@ -282,6 +289,10 @@ pub struct PeerStatus {
     /// Items the running repair has to copy (the shared tables' item counts at its start).
     pub repair_total: AtomicU64,
     pub consecutive_failures: AtomicU64,
+    /// 200 answers from the peer refused for want of a valid signature for their request
+    /// (`ANSWER_SIGNATURE_HEADER`): forged or changed on the way, or the peer runs an earlier
+    /// build.
+    pub answers_refused: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// When `last_error` happened (0: never), so a healed peer's old error reads as old.
     pub last_error_at_unix_ms: AtomicU64,

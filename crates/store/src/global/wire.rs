@@ -168,6 +168,22 @@ pub(super) fn verify(
     mac(key, from, to, path, date_ms, body).verify_slice(&signature).is_ok()
 }
 
+/// What an answer's `ANSWER_SIGNATURE_HEADER` is made over in place of a request path (never a
+/// path a request is sent to, nor an in-body answer signature's).
+pub(super) fn answer_body_path(path: &str) -> String {
+    format!("answer-body:{path}")
+}
+
+/// What an answer's `ANSWER_SIGNATURE_HEADER` covers: the SHA-256 of the request's body (so an
+/// answer cannot be swapped between two requests signed in the same millisecond), then the
+/// answer's bytes.
+pub(super) fn answer_body_payload(request_sha256: &[u8], answer: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(request_sha256.len() + answer.len());
+    payload.extend_from_slice(request_sha256);
+    payload.extend_from_slice(answer);
+    payload
+}
+
 pub(super) fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::AccessDenied, message)
 }
@@ -186,6 +202,7 @@ impl Replication {
         date_ms: u64,
     ) -> Result<(u16, Bytes), String> {
         let signature = sign(&self.config.key, &self.region, &peer.region, path, date_ms, &body);
+        let request_sha256 = <Sha256 as sha2::Digest>::digest(&body);
         let request = hyper::Request::post(format!("{}{path}", peer.url.trim_end_matches('/')))
             .header("content-type", "application/json")
             .header(REGION_HEADER, &self.region)
@@ -201,6 +218,11 @@ impl Replication {
                 .await
                 .map_err(|e| format!("{}: {}", peer.url, common::error::chain(&e)))?;
             let status = response.status().as_u16();
+            let answer_signature = response
+                .headers()
+                .get(ANSWER_SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let body = http_body_util::Limited::new(response.into_body(), ANSWER_BYTES_MAX)
                 .collect()
                 .await
@@ -211,6 +233,31 @@ impl Replication {
                     )
                 })?
                 .to_bytes();
+            // A 200 answer is taken only as the peer signed it for this request.
+            let signed = |signature: &str| {
+                verify(
+                    &self.config.key,
+                    (&peer.region, &self.region),
+                    &answer_body_path(path),
+                    date_ms,
+                    &answer_body_payload(&request_sha256, &body),
+                    signature,
+                )
+            };
+            if status == 200 && !answer_signature.as_deref().is_some_and(signed) {
+                let refused = self
+                    .status
+                    .get(&peer.region)
+                    .map_or(1, |s| s.answers_refused.fetch_add(1, Ordering::Relaxed) + 1);
+                // The first, then every hundredth: marks alone ask every second.
+                if refused == 1 || refused % 100 == 0 {
+                    tracing::warn!(peer = %peer.region, %path, refused, "an answer from a peer has no valid signature for its request; not taken (forged or changed on the way, the replication keys differ, or the peer runs an earlier build)");
+                }
+                return Err(format!(
+                    "{}: the answer to {path} is not signed by {} with the replication key: forged or changed on the way, or that store runs an earlier build that does not sign its answers (upgrade it)",
+                    peer.url, peer.region
+                ));
+            }
             Ok::<_, String>((status, body))
         };
         tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), exchange)
@@ -255,6 +302,26 @@ impl Replication {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or_default();
         sign(&self.config.key, &self.region, asker, answer_path, date_ms, payload)
+    }
+
+    /// The `ANSWER_SIGNATURE_HEADER` of `answer` to the authenticated request to `path` with
+    /// `headers` and `request` body; `None` when the request names no region (it did not
+    /// authenticate, and gets no 200 answer).
+    pub fn sign_answer_body(
+        &self,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+        request: &[u8],
+        answer: &[u8],
+    ) -> Option<String> {
+        let asker = headers.get(REGION_HEADER)?.to_str().ok()?;
+        let request_sha256 = <Sha256 as sha2::Digest>::digest(request);
+        Some(self.sign_answer(
+            headers,
+            asker,
+            &answer_body_path(path),
+            &answer_body_payload(&request_sha256, answer),
+        ))
     }
 
     pub(super) fn authenticate(

@@ -1425,7 +1425,7 @@ async fn mark_answerer(
 ) -> String {
     let app = axum::Router::new().route(
         "/replication/v1/mark",
-        axum::routing::post(move |headers: axum::http::HeaderMap| {
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
             let (mode, marks) = (mode.clone(), marks.clone());
             async move {
                 marks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -1458,7 +1458,24 @@ async fn mark_answerer(
                     }
                     MarkAnswerMode::Signed => json!({"replicas_missing_here": missing, "signature": sign(date)}),
                 };
-                answer.to_string()
+                let answer = answer.to_string();
+                let mut response = axum::response::IntoResponse::into_response(answer.clone());
+                // The peer's own answers carry its signature of the whole answer for this
+                // mark; a forgery on the way cannot make one.
+                if matches!(mode, MarkAnswerMode::Nothing | MarkAnswerMode::Signed) {
+                    let signature = answer_signature(
+                        "eu-west-1",
+                        "us-east-1",
+                        "/replication/v1/mark",
+                        date,
+                        &body,
+                        answer.as_bytes(),
+                    );
+                    response
+                        .headers_mut()
+                        .insert(store::global::ANSWER_SIGNATURE_HEADER, signature.parse().expect("hex"));
+                }
+                response
             }
         }),
     );
@@ -1677,5 +1694,186 @@ async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_se
     let (status, answer) = compare_settings(&region.url, Value::Object(many)).await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer.to_string().contains("at most"), "{answer}");
+    stop(&mut region).await;
+}
+
+/// What the answerer signs for its 200 answer to a request: `ANSWER_SIGNATURE_HEADER`.
+fn answer_signature(from: &str, to: &str, path: &str, date_ms: u64, request: &[u8], answer: &[u8]) -> String {
+    use sha2::Digest as _;
+    let mut payload = sha2::Sha256::digest(request).to_vec();
+    payload.extend_from_slice(answer);
+    store::global::sign(KEY, from, to, &format!("answer-body:{path}"), date_ms, &payload)
+}
+
+/// Every 200 answer of a replication endpoint is signed by the answering region for the
+/// request it answers: its exact bytes, that request's signing time and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_answer_is_signed_for_the_request_it_answers() {
+    let (mut region, mut table) = lone_region_with_carts().await;
+    table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
+    define(&region.url, &table, 1, false).await;
+    put_carts(&region.url, 3).await;
+    let path = "/replication/v1/digest";
+    let body = json!({"table": "carts", "ranges": sixteen_ranges()})
+        .to_string()
+        .into_bytes();
+    let date_ms = now_ms();
+    let headers = [
+        (store::global::REGION_HEADER, "eu-west-1".to_string()),
+        (store::global::TO_REGION_HEADER, "us-east-1".to_string()),
+        (store::global::DATE_HEADER, date_ms.to_string()),
+        (
+            store::global::SIGNATURE_HEADER,
+            store::global::sign(KEY, "eu-west-1", "us-east-1", path, date_ms, &body),
+        ),
+    ];
+    let (status, answer_headers, answer) =
+        testkit::http_post_full(&format!("{}{path}", region.url), &headers, body.clone()).await;
+    assert_eq!(status, 200, "{answer:?}");
+    let signature = answer_headers
+        .get(store::global::ANSWER_SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .expect("a signed answer");
+    assert_eq!(
+        signature,
+        answer_signature("us-east-1", "eu-west-1", path, date_ms, &body, &answer)
+    );
+    // Bound to that request: not another body's, nor another signing time's.
+    assert_ne!(
+        signature,
+        answer_signature("us-east-1", "eu-west-1", path, date_ms, b"{}", &answer)
+    );
+    assert_ne!(
+        signature,
+        answer_signature("us-east-1", "eu-west-1", path, date_ms + 1, &body, &answer)
+    );
+    // A refused request gets no signature.
+    let (status, answer_headers, _) = testkit::http_post_full(
+        &format!("{}{path}", region.url),
+        &[
+            (store::global::REGION_HEADER, "eu-west-1".to_string()),
+            (store::global::TO_REGION_HEADER, "us-east-1".to_string()),
+            (store::global::DATE_HEADER, date_ms.to_string()),
+            (store::global::SIGNATURE_HEADER, "00".repeat(32)),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(answer_headers.get(store::global::ANSWER_SIGNATURE_HEADER).is_none());
+    stop(&mut region).await;
+}
+
+/// How the stand-in eu-west-1 answers the batches shipped to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AckMode {
+    /// Every change taken, without a signature (an acknowledgement forged on the way).
+    Unsigned,
+    /// Every change taken, signed for another request (an answer swapped or replayed).
+    SignedForAnotherRequest,
+    /// Every change taken, signed for this request.
+    Signed,
+}
+
+/// Serves `POST /replication/v1/batch` as eu-west-1, acknowledging each batch whole per `mode`;
+/// counts the batches.
+async fn batch_acknowledger(
+    mode: Arc<std::sync::Mutex<AckMode>>,
+    batches: Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/replication/v1/batch",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (mode, batches) = (mode.clone(), batches.clone());
+                async move {
+                    batches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let date: u64 = headers
+                        .get(store::global::DATE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .expect("a signed batch has a date");
+                    let request: Value = serde_json::from_slice(&body).expect("a batch is JSON");
+                    let changes = request["changes"].as_array().map_or(0, Vec::len);
+                    let answer = json!({"through": request["to_seq"], "applied": changes}).to_string();
+                    let path = "/replication/v1/batch";
+                    let signature = match *mode.lock().expect("lock") {
+                        AckMode::Unsigned => None,
+                        AckMode::SignedForAnotherRequest => Some(answer_signature(
+                            "eu-west-1",
+                            "us-east-1",
+                            path,
+                            date,
+                            b"another batch",
+                            answer.as_bytes(),
+                        )),
+                        AckMode::Signed => Some(answer_signature(
+                            "eu-west-1",
+                            "us-east-1",
+                            path,
+                            date,
+                            &body,
+                            answer.as_bytes(),
+                        )),
+                    };
+                    let mut response = axum::response::IntoResponse::into_response(answer);
+                    if let Some(signature) = signature {
+                        response
+                            .headers_mut()
+                            .insert(store::global::ANSWER_SIGNATURE_HEADER, signature.parse().expect("hex"));
+                    }
+                    response
+                }
+            }),
+        )
+        // Anything else (marks, settings, a repair's digests) answered 200, unsigned: never taken.
+        .fallback(|| async { "{}" });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A batch's acknowledgement moves what this region counts as delivered only when the peer
+/// signed it for that batch: one forged or swapped on the way would have it skip changes the
+/// peer never applied (and never ship them again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_signed_acknowledgement_of_this_batch_counts_it_delivered() {
+    let mode = Arc::new(std::sync::Mutex::new(AckMode::Unsigned));
+    let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let europe = batch_acknowledger(mode.clone(), batches.clone()).await;
+    let (listener, mut region) = bind_region("us-east-1", tempfile::tempdir().expect("temp dir")).await;
+    let peers = [
+        ("us-east-1".to_string(), region.url.clone()),
+        ("eu-west-1".to_string(), europe),
+    ];
+    start(&mut region, listener, &peers).await;
+    let create = on_demand_table("carts", "id");
+    ok(&region.url, "CreateTable", create.clone()).await;
+    let request: store::catalog::CreateTableRequest = serde_json::from_value(create).expect("request");
+    let mut table = store::catalog::table_from_request(&request, 1, 0.0).expect("table");
+    table.replicas = vec!["us-east-1".into(), "eu-west-1".into()];
+    define(&region.url, &table, 1, false).await;
+    put_carts(&region.url, 5).await;
+    let peer =
+        || async { get_json(&format!("{}/health", region.url)).await["replication"]["peers"]["eu-west-1"].clone() };
+    for forged in [AckMode::Unsigned, AckMode::SignedForAnotherRequest] {
+        *mode.lock().expect("lock") = forged;
+        let seen = batches.load(std::sync::atomic::Ordering::SeqCst);
+        wait_until("two batches answered with the forgery", async || {
+            batches.load(std::sync::atomic::Ordering::SeqCst) >= seen + 2
+        })
+        .await;
+        let figures = peer().await;
+        assert_eq!(figures["acked_seq"], 0, "{forged:?}: {figures}");
+        let error = figures["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains("is not signed by eu-west-1"), "{forged:?}: {figures}");
+    }
+    *mode.lock().expect("lock") = AckMode::Signed;
+    wait_until("the signed acknowledgement taken", async || {
+        let figures = peer().await;
+        figures["acked_seq"].as_u64().is_some_and(|acked| acked > 0) && figures["pending_changes"] == 0
+    })
+    .await;
     stop(&mut region).await;
 }
