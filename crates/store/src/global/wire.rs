@@ -250,7 +250,7 @@ impl Replication {
                     .get(&peer.region)
                     .map_or(1, |s| s.answers_refused.fetch_add(1, Ordering::Relaxed) + 1);
                 // The first, then every hundredth: marks alone ask every second.
-                if refused == 1 || refused % 100 == 0 {
+                if refused == 1 || refused.is_multiple_of(100) {
                     tracing::warn!(peer = %peer.region, %path, refused, "an answer from a peer has no valid signature for its request; not taken (forged or changed on the way, the replication keys differ, or the peer runs an earlier build)");
                 }
                 return Err(format!(
