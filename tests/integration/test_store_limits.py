@@ -35,12 +35,17 @@ POLL_S = 0.2
 SETTLE_DEADLINE_S = 60
 
 
-def resident_bytes(process):
+def status_bytes(process, field):
+    """A memory figure of /proc/PID/status (`VmRSS`, `VmHWM`: the peak), in bytes."""
     with open(f"/proc/{process.pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc status")
+    raise AssertionError(f"no {field} in /proc status")
+
+
+def resident_bytes(process):
+    return status_bytes(process, "VmRSS")
 
 
 def open_connection(store):
@@ -282,14 +287,6 @@ HOSTILE_BODIES = {
 }
 
 
-def peak_resident_bytes(process):
-    with open(f"/proc/{process.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc status")
-
-
 @pytest.mark.parametrize("operation", sorted(HOSTILE_BODIES))
 def test_a_call_of_hundreds_of_thousands_of_elements_is_refused_without_building_them(tmp_path, operation):
     require_binary()
@@ -301,9 +298,9 @@ def test_a_call_of_hundreds_of_thousands_of_elements_is_refused_without_building
         elements = (element % index if "%" in element else element for index in range(HOSTILE_ELEMENTS))
         body = (outer % ",".join(elements)).encode()
         assert len(body) > 10 * 1024 * 1024
-        before = peak_resident_bytes(store.process)
+        before = status_bytes(store.process, "VmHWM")
         status, answer = store.raw(operation, body)
-        grown = peak_resident_bytes(store.process) - before
+        grown = status_bytes(store.process, "VmHWM") - before
         assert status == 400 and answer["__type"].endswith("#ValidationException"), (status, answer)
         assert answer["message"] == message, answer
         assert grown < HOSTILE_PEAK_GROWTH_BYTES_MAX, f"peak resident memory grew {grown} bytes"

@@ -81,64 +81,109 @@ pub struct KeysAndAttributes {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct BatchGetRequest {
-    request_items: GetRequestItems,
+    request_items: Tables<KeysAndAttributes, BATCH_GET_KEYS_MAX>,
     return_consumed_capacity: Option<String>,
 }
 
-/// BatchGetItem's `RequestItems`, read within the call's limit: once `BATCH_GET_KEYS_MAX` keys
-/// are kept, the further tables' keys are counted, not built (nor their names kept), as for
-/// BatchWriteItem's writes.
-#[derive(Default)]
-struct GetRequestItems {
-    /// Every table's keys and attributes, when the keys in all are within the limit.
-    kept: BTreeMap<String, KeysAndAttributes>,
-    /// Keys in all (a table named twice counts its last entry while its first was kept).
+/// One table's entry of a batch's `RequestItems`: what it counts toward the call's limit
+/// (keys, writes), and how to count that without building the entry.
+trait Counted: serde::de::DeserializeOwned {
+    fn count(&self) -> usize;
+    /// Reads one entry, counting its elements without building them.
+    fn skip<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error>;
+}
+
+impl Counted for KeysAndAttributes {
+    fn count(&self) -> usize {
+        self.keys.len()
+    }
+    fn skip<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_map(CountKeys)
+    }
+}
+
+impl Counted for Vec<WriteRequest> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn skip<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+        Ok(deserializer.deserialize_seq(Room::<serde::de::IgnoredAny>::new(0))?.1)
+    }
+}
+
+/// A batch's `RequestItems` (BatchGetItem's keys, BatchWriteItem's writes), read within the
+/// call's limit of `LIMIT` elements in all: once that many are kept, the further tables'
+/// elements are counted, not built (nor their names kept). Such a request is refused, and a
+/// hostile body of hundreds of thousands of them (16 MiB) no longer takes hundreds of MB to
+/// decode first. (One table's own list is held to the limit before, by `shapes::check`.)
+struct Tables<V, const LIMIT: usize> {
+    /// Every table's entry, when the elements in all are within the limit.
+    kept: BTreeMap<String, V>,
+    /// Elements in all (a table named twice counts its last entry while its first was kept,
+    /// as a map read by serde keeps the last).
     total: usize,
-    /// The first table by name whose own keys pass the limit.
+    /// The first table by name whose own elements pass the limit.
     over: Option<String>,
     /// Tables named.
     tables: usize,
 }
 
-impl<'de> Deserialize<'de> for GetRequestItems {
+impl<'de, V: Counted, const LIMIT: usize> Deserialize<'de> for Tables<V, LIMIT> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Tables;
-        impl<'de> serde::de::Visitor<'de> for Tables {
-            type Value = GetRequestItems;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map of table names to keys and attributes")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<GetRequestItems, A::Error> {
-                let mut items = GetRequestItems::default();
-                let mut kept_keys = 0usize;
-                while let Some(name) = map.next_key::<String>()? {
-                    if let Some(earlier) = items.kept.remove(&name) {
-                        kept_keys -= earlier.keys.len();
-                        items.total -= earlier.keys.len();
-                    }
-                    items.tables += 1;
-                    let count = if kept_keys < BATCH_GET_KEYS_MAX {
-                        let entry: KeysAndAttributes = map.next_value()?;
-                        let count = entry.keys.len();
-                        kept_keys += count;
-                        items.kept.insert(name.clone(), entry);
-                        count
-                    } else {
-                        map.next_value_seed(CountKeys)?
-                    };
-                    items.total = items.total.saturating_add(count);
-                    if count > BATCH_GET_KEYS_MAX && items.over.as_ref().is_none_or(|over| name < *over) {
-                        items.over = Some(name);
-                    }
-                }
-                Ok(items)
-            }
-        }
-        deserializer.deserialize_map(Tables)
+        deserializer.deserialize_map(TablesVisitor::<V, LIMIT>(std::marker::PhantomData))
     }
 }
 
-/// One table's `KeysAndAttributes` past the limit: its `Keys` counted, the rest skipped.
+struct TablesVisitor<V, const LIMIT: usize>(std::marker::PhantomData<V>);
+
+impl<'de, V: Counted, const LIMIT: usize> serde::de::Visitor<'de> for TablesVisitor<V, LIMIT> {
+    type Value = Tables<V, LIMIT>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of table names to their requests")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut items: Tables<V, LIMIT> = Tables {
+            kept: BTreeMap::new(),
+            total: 0,
+            over: None,
+            tables: 0,
+        };
+        let mut kept_count = 0usize;
+        while let Some(name) = map.next_key::<String>()? {
+            if let Some(earlier) = items.kept.remove(&name) {
+                kept_count -= earlier.count();
+                items.total -= earlier.count();
+            }
+            items.tables += 1;
+            let count = if kept_count < LIMIT {
+                let entry: V = map.next_value()?;
+                let count = entry.count();
+                kept_count += count;
+                items.kept.insert(name.clone(), entry);
+                count
+            } else {
+                map.next_value_seed(Skip::<V>(std::marker::PhantomData))?
+            };
+            items.total = items.total.saturating_add(count);
+            if count > LIMIT && items.over.as_ref().is_none_or(|over| name < *over) {
+                items.over = Some(name);
+            }
+        }
+        Ok(items)
+    }
+}
+
+/// One table's entry past the limit: counted by [`Counted::skip`].
+struct Skip<V>(std::marker::PhantomData<V>);
+
+impl<'de, V: Counted> serde::de::DeserializeSeed<'de> for Skip<V> {
+    type Value = usize;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        V::skip(deserializer)
+    }
+}
+
+/// A `KeysAndAttributes` past the limit: its `Keys` counted, the rest skipped.
 struct CountKeys;
 
 impl<'de> serde::de::Visitor<'de> for CountKeys {
@@ -156,13 +201,6 @@ impl<'de> serde::de::Visitor<'de> for CountKeys {
             }
         }
         Ok(count)
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for CountKeys {
-    type Value = usize;
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
-        deserializer.deserialize_map(self)
     }
 }
 
@@ -320,59 +358,8 @@ pub struct WriteRequest {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct BatchWriteRequest {
-    request_items: RequestItems,
+    request_items: Tables<Vec<WriteRequest>, BATCH_WRITE_ITEMS_MAX>,
     return_consumed_capacity: Option<String>,
-}
-
-/// BatchWriteItem's `RequestItems`, read within the call's limit: once `BATCH_WRITE_ITEMS_MAX`
-/// writes are kept, the further ones are counted, not built (nor their tables' names kept).
-/// Such a request is refused, and a hostile body of hundreds of thousands of writes (16 MiB of
-/// them) no longer takes hundreds of MB to decode first.
-#[derive(Default)]
-struct RequestItems {
-    /// Every table's list, when the writes in all are within the limit (else some are left out).
-    kept: BTreeMap<String, Vec<WriteRequest>>,
-    /// Writes in all (a table named twice counts its last list, as a map read by serde keeps
-    /// it, while its first was within the limit).
-    total: usize,
-    /// The longest table's list.
-    longest: usize,
-    /// Tables named.
-    tables: usize,
-}
-
-impl<'de> Deserialize<'de> for RequestItems {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Tables;
-        impl<'de> serde::de::Visitor<'de> for Tables {
-            type Value = RequestItems;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map of table names to lists of write requests")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RequestItems, A::Error> {
-                let mut items = RequestItems::default();
-                let mut kept_writes = 0usize;
-                while let Some(name) = map.next_key::<String>()? {
-                    if let Some(earlier) = items.kept.remove(&name) {
-                        kept_writes -= earlier.len();
-                        items.total -= earlier.len();
-                    }
-                    let room = BATCH_WRITE_ITEMS_MAX.saturating_sub(kept_writes);
-                    let (writes, count) = map.next_value_seed(Room::<WriteRequest>::new(room))?;
-                    items.total = items.total.saturating_add(count);
-                    items.longest = items.longest.max(count);
-                    items.tables += 1;
-                    // Writes left out put the total over the limit: the request is refused.
-                    if writes.len() == count {
-                        kept_writes += count;
-                        items.kept.insert(name, writes);
-                    }
-                }
-                Ok(items)
-            }
-        }
-        deserializer.deserialize_map(Tables)
-    }
 }
 
 /// A list read with room for `room` elements: that many built, the rest counted, not built.
@@ -445,7 +432,7 @@ pub async fn batch_write(store: &Store, request: BatchWriteRequest) -> Result<Va
     let total = items.total;
     // One table's list past the limit breaks the API model's constraint on the map's values;
     // several tables' lists that are each within it, but not together, get DynamoDB's sentence.
-    if total > BATCH_WRITE_ITEMS_MAX && items.longest <= BATCH_WRITE_ITEMS_MAX {
+    if total > BATCH_WRITE_ITEMS_MAX && items.over.is_none() {
         return Err(ApiError::validation(
             "Too many items requested for the BatchWriteItem call",
         ));
@@ -858,7 +845,7 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
 mod tests {
     use super::*;
 
-    fn read(body: &str) -> RequestItems {
+    fn read(body: &str) -> Tables<Vec<WriteRequest>, BATCH_WRITE_ITEMS_MAX> {
         serde_json::from_str::<BatchWriteRequest>(body)
             .expect("decodes")
             .request_items
@@ -872,18 +859,19 @@ mod tests {
     fn writes_past_the_limit_are_counted_and_not_kept() {
         let tables: Vec<String> = (0..40).map(|i| format!(r#""t{i:03}":[{}]"#, put("k"))).collect();
         let items = read(&format!(r#"{{"RequestItems":{{{}}}}}"#, tables.join(",")));
-        assert_eq!((items.total, items.longest, items.tables), (40, 1, 40));
+        assert_eq!((items.total, items.over.as_deref(), items.tables), (40, None, 40));
         assert_eq!(items.kept.values().map(Vec::len).sum::<usize>(), BATCH_WRITE_ITEMS_MAX);
 
-        // One table's long list: counted whole, kept only while within the limit.
+        // One table's long list: counted whole, and named as the one over the limit.
         let long: Vec<String> = (0..30).map(|i| put(&i.to_string())).collect();
         let items = read(&format!(
-            r#"{{"RequestItems":{{"a":[{}],"b":[{}]}}}}"#,
+            r#"{{"RequestItems":{{"a":[{}],"b":[{}],"c":[{}]}}}}"#,
             put("x"),
-            long.join(",")
+            long.join(","),
+            put("y")
         ));
-        assert_eq!((items.total, items.longest, items.tables), (31, 30, 2));
-        assert_eq!(items.kept.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!((items.total, items.over.as_deref(), items.tables), (32, Some("b"), 3));
+        assert_eq!(items.kept.keys().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]

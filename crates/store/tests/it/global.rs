@@ -1459,23 +1459,19 @@ async fn mark_answerer(
                     MarkAnswerMode::Signed => json!({"replicas_missing_here": missing, "signature": sign(date)}),
                 };
                 let answer = answer.to_string();
-                let mut response = axum::response::IntoResponse::into_response(answer.clone());
                 // The peer's own answers carry its signature of the whole answer for this
                 // mark; a forgery on the way cannot make one.
-                if matches!(mode, MarkAnswerMode::Nothing | MarkAnswerMode::Signed) {
-                    let signature = answer_signature(
+                let signature = matches!(mode, MarkAnswerMode::Nothing | MarkAnswerMode::Signed).then(|| {
+                    answer_signature(
                         "eu-west-1",
                         "us-east-1",
                         "/replication/v1/mark",
                         date,
                         &body,
                         answer.as_bytes(),
-                    );
-                    response
-                        .headers_mut()
-                        .insert(store::global::ANSWER_SIGNATURE_HEADER, signature.parse().expect("hex"));
-                }
-                response
+                    )
+                });
+                signed_answer(answer, signature)
             }
         }),
     );
@@ -1697,6 +1693,17 @@ async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_se
     stop(&mut region).await;
 }
 
+/// A stand-in peer's 200 `answer`, with `signature` as its `ANSWER_SIGNATURE_HEADER` if any.
+fn signed_answer(answer: String, signature: Option<String>) -> axum::response::Response {
+    let mut response = axum::response::IntoResponse::into_response(answer);
+    if let Some(signature) = signature {
+        response
+            .headers_mut()
+            .insert(store::global::ANSWER_SIGNATURE_HEADER, signature.parse().expect("hex"));
+    }
+    response
+}
+
 /// What the answerer signs for its 200 answer to a request: `ANSWER_SIGNATURE_HEADER`.
 fn answer_signature(from: &str, to: &str, path: &str, date_ms: u64, request: &[u8], answer: &[u8]) -> String {
     use sha2::Digest as _;
@@ -1816,13 +1823,7 @@ async fn batch_acknowledger(
                             answer.as_bytes(),
                         )),
                     };
-                    let mut response = axum::response::IntoResponse::into_response(answer);
-                    if let Some(signature) = signature {
-                        response
-                            .headers_mut()
-                            .insert(store::global::ANSWER_SIGNATURE_HEADER, signature.parse().expect("hex"));
-                    }
-                    response
+                    signed_answer(answer, signature)
                 }
             }),
         )
