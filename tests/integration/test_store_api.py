@@ -88,6 +88,39 @@ def test_table_lifecycle_create_describe_update_delete(client):
     assert name in message or "not found" in message.lower()
 
 
+def test_update_table_answers_indexes_updating_as_dynamodb_does(client):
+    units = lambda t: (t["ReadCapacityUnits"], t["WriteCapacityUnits"])
+    client.create_table(
+        TableName="capacity-idx", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "g", "AttributeType": "S"}],
+        ProvisionedThroughput={"ReadCapacityUnits": 5, "WriteCapacityUnits": 5},
+        GlobalSecondaryIndexes=[{"IndexName": name, "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                                 "Projection": {"ProjectionType": "KEYS_ONLY"},
+                                 "ProvisionedThroughput": {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}}
+                                for name in ("by-g", "by-g-too")])
+    # An index whose capacity changes is UPDATING in the answer, with its old units; the other
+    # stays ACTIVE. DescribeTable shows the change made.
+    answer = client.update_table(TableName="capacity-idx", GlobalSecondaryIndexUpdates=[{"Update": {
+        "IndexName": "by-g", "ProvisionedThroughput": {"ReadCapacityUnits": 15, "WriteCapacityUnits": 15}}}])
+    indexes = {i["IndexName"]: i for i in answer["TableDescription"]["GlobalSecondaryIndexes"]}
+    assert indexes["by-g"]["IndexStatus"] == "UPDATING" and units(indexes["by-g"]["ProvisionedThroughput"]) == (5, 5)
+    assert indexes["by-g-too"]["IndexStatus"] == "ACTIVE"
+    described = {i["IndexName"]: i for i in client.describe_table(TableName="capacity-idx")["Table"]["GlobalSecondaryIndexes"]}
+    assert described["by-g"]["IndexStatus"] == "ACTIVE" and units(described["by-g"]["ProvisionedThroughput"]) == (15, 15)
+    # A switch to on demand: every index UPDATING with the new mode's units, its own decreases
+    # not yet counted; DescribeTable counts the switch as each index's decrease.
+    answer = client.update_table(TableName="capacity-idx", BillingMode="PAY_PER_REQUEST")["TableDescription"]
+    indexes = {i["IndexName"]: i for i in answer["GlobalSecondaryIndexes"]}
+    assert all(index["IndexStatus"] == "UPDATING" for index in indexes.values()), indexes
+    # (by-g keeps the date of its earlier increase.)
+    assert indexes["by-g-too"]["ProvisionedThroughput"] == {
+        "NumberOfDecreasesToday": 0, "ReadCapacityUnits": 0, "WriteCapacityUnits": 0}, indexes
+    assert "LastDecreaseDateTime" not in indexes["by-g"]["ProvisionedThroughput"]
+    assert units(indexes["by-g"]["ProvisionedThroughput"]) == (0, 0)
+    for index in client.describe_table(TableName="capacity-idx")["Table"]["GlobalSecondaryIndexes"]:
+        assert index["IndexStatus"] == "ACTIVE" and index["ProvisionedThroughput"]["NumberOfDecreasesToday"] == 1, index
+
+
 def test_update_table_adds_and_removes_a_global_secondary_index(client):
     name = new_table(client)
     client.put_item(TableName=name, Item={"pk": {"S": "a"}, "color": {"S": "red"}})

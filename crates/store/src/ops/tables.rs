@@ -602,12 +602,7 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
         .write_exclusive(move |context| {
             let current = context.latest_table(&meta)?;
             refuse_restoring(&current)?;
-            let before = (
-                current.throughput,
-                current
-                    .throughput_changes
-                    .decreases_today(engine.now_unix_ms() as f64 / 1000.0),
-            );
+            let before = (*current).clone();
             // Which of the global indexes this request creates or deletes, and whether the
             // table's capacity, were changed here and are not yet confirmed by every replica
             // (read in this job, with the table).
@@ -696,17 +691,12 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
     // UPDATING, as DynamoDB answers UpdateTable (an asynchronous operation: "the table status
     // changes from ACTIVE to UPDATING"); the change is made, so DescribeTable says ACTIVE.
     let mut description = describe(store, &result, "UPDATING");
-    // A provisioned table's new capacity is answered as DynamoDB answers it while UPDATING:
-    // the units and today's decreases still the old ones, the change's date already set;
-    // DescribeTable shows the new units. (A switch of billing mode answers the new mode.)
-    if let (Some(was), Some(now)) = (before.0, result.throughput)
-        && was != now
-        && let Some(out) = description.get_mut("ProvisionedThroughput")
-    {
-        out["ReadCapacityUnits"] = json!(was.read);
-        out["WriteCapacityUnits"] = json!(was.write);
-        out["NumberOfDecreasesToday"] = json!(before.1);
-    }
+    answer_while_updating(
+        &mut description,
+        &before,
+        &result,
+        store.engine().now_unix_ms() as f64 / 1000.0,
+    );
     // The index this call creates is answered as DynamoDB answers it: CREATING, in its first
     // phase (resources), Backfilling false; DescribeTable shows the copy under way after it.
     for index in global_indexes_mut(&mut description) {
@@ -733,6 +723,47 @@ pub async fn update_table(store: &Store, request: UpdateTableRequest) -> Result<
         }
     }
     Ok(json!({"TableDescription": description}))
+}
+
+/// UpdateTable's answer as DynamoDB gives it while the change is under way (the store has made
+/// it already, and DescribeTable shows it made): a provisioned table's or index's new capacity
+/// shows the old units and today's decreases as they were (its date already set), and that
+/// index is UPDATING; after a switch of billing mode every global index is UPDATING, with the
+/// new mode's units and its own dates and decreases as before the switch.
+fn answer_while_updating(description: &mut Value, before: &TableMeta, after: &TableMeta, now_seconds: f64) {
+    let as_before = |out: &mut Value, was: catalog::Throughput, changes: &catalog::ThroughputChanges| {
+        out["ReadCapacityUnits"] = json!(was.read);
+        out["WriteCapacityUnits"] = json!(was.write);
+        out["NumberOfDecreasesToday"] = json!(changes.decreases_today(now_seconds));
+    };
+    if let (Some(was), Some(now)) = (before.throughput, after.throughput)
+        && was != now
+        && let Some(out) = description.get_mut("ProvisionedThroughput")
+    {
+        as_before(out, was, &before.throughput_changes);
+    }
+    let switched = before.throughput.is_some() != after.throughput.is_some();
+    for index in global_indexes_mut(description) {
+        let name = index["IndexName"].as_str().unwrap_or_default().to_string();
+        let (Some(was), Some(now)) = (before.index(&name), after.index(&name)) else {
+            continue;
+        };
+        if index["IndexStatus"] != "ACTIVE" {
+            continue;
+        }
+        if switched {
+            index["IndexStatus"] = json!("UPDATING");
+            let units = now.throughput.unwrap_or(catalog::Throughput { read: 0, write: 0 });
+            let mut throughput = json!({"ReadCapacityUnits": units.read, "WriteCapacityUnits": units.write});
+            was.throughput_changes.describe_into(&mut throughput, now_seconds);
+            index["ProvisionedThroughput"] = throughput;
+        } else if let (Some(old), Some(new)) = (was.throughput, now.throughput)
+            && old != new
+        {
+            index["IndexStatus"] = json!("UPDATING");
+            as_before(&mut index["ProvisionedThroughput"], old, &was.throughput_changes);
+        }
+    }
 }
 
 /// The global indexes an UpdateTable creates or deletes.
