@@ -172,12 +172,20 @@ pub enum FaultAction {
         region: RegionRole,
     },
     /// With several controllers: wait (at most [`AWAIT_MS_MAX`]) until the leader (pinned
-    /// here) has a runbook in progress recorded in etcd. Breaks nothing.
+    /// here) has a step of its runbook under way (`/health`'s `ha.step_in_flight`: the step's
+    /// guard in etcd passed). Breaks nothing.
     AwaitRunbook,
     /// With several controllers: wait (at most [`AWAIT_MS_MAX`]) until a member other than
     /// the pinned leader acts and no runbook is in progress any more (it rolled the
     /// interrupted one forward). Breaks nothing.
     AwaitTakeover,
+    /// With several controllers: wait (at most [`AWAIT_MS_MAX`]) until a member other than the
+    /// pinned leader acts, records the region as active and has no runbook in progress: it
+    /// took over and failed over. Breaks nothing; the heal waits for it, so the fault lasts
+    /// until the failover however long a takeover takes on a busy machine.
+    AwaitFailover {
+        to: RegionRole,
+    },
     /// With several controllers: make the member at the region's site the leader before the
     /// fault (SIGSTOP the other members until it leads, then SIGCONT them) and pin it.
     LeadFrom {
@@ -217,7 +225,10 @@ impl FaultAction {
             FaultAction::CutNetwork { region } => Some(FaultAction::HealNetwork { region: *region }),
             FaultAction::FillDisk { region } => Some(FaultAction::FreeDisk { region: *region }),
             FaultAction::DelayReplication { region, .. } => Some(FaultAction::UndelayReplication { region: *region }),
-            FaultAction::AwaitRunbook | FaultAction::AwaitTakeover | FaultAction::LeadFrom { .. } => None,
+            FaultAction::AwaitRunbook
+            | FaultAction::AwaitTakeover
+            | FaultAction::AwaitFailover { .. }
+            | FaultAction::LeadFrom { .. } => None,
             FaultAction::Cont { .. }
             | FaultAction::Restart { .. }
             | FaultAction::RemoveToxic { .. }
@@ -244,6 +255,9 @@ impl FaultAction {
             FaultAction::FreeDisk { region } => format!("free the {region:?} store's disk").to_lowercase(),
             FaultAction::AwaitRunbook => "wait for a step of the leader's runbook under way".into(),
             FaultAction::AwaitTakeover => "wait for another member to lead and finish the runbook".into(),
+            FaultAction::AwaitFailover { to } => {
+                format!("wait for another member to lead and fail over to the {}", role(to))
+            }
             FaultAction::LeadFrom { region } => format!("make the {} site's controller the leader", role(region)),
             FaultAction::DelayReplication { region, delay_s } => {
                 format!("delay the {} database's replica by {delay_s} s", role(region))
@@ -883,13 +897,24 @@ impl Scenario {
                     phase: StepPhase::Prepare,
                     action: FaultAction::LeadFrom { region: Primary },
                 }];
-                steps.extend(fault_then_heal(
-                    vec![FaultAction::Kill {
-                        target: Component::Site(Primary),
-                    }],
-                    at,
-                    heal,
-                ));
+                let kill = FaultAction::Kill {
+                    target: Component::Site(Primary),
+                };
+                let await_failover = FaultAction::AwaitFailover { to: Secondary };
+                steps.extend(
+                    [kill.clone(), await_failover]
+                        .into_iter()
+                        .map(|action| Step {
+                            at_ms: at,
+                            phase: StepPhase::Fault,
+                            action,
+                        })
+                        .chain(kill.undo().map(|action| Step {
+                            at_ms: heal,
+                            phase: StepPhase::Heal,
+                            action,
+                        })),
+                );
                 steps
             }
             "disk-full" => fault_then_heal(vec![FaultAction::FillDisk { region: Primary }], at, heal),

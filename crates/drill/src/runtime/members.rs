@@ -26,6 +26,8 @@ pub struct MemberHealth {
     /// The runbook step whose attempt is under way on this member (its guard in etcd passed),
     /// if any.
     pub step_in_flight: Option<String>,
+    /// The active region etcd's shared state records (the last runbook's that succeeded).
+    pub active: Option<String>,
     pub generation: u64,
 }
 
@@ -52,6 +54,7 @@ pub async fn health(http: &HttpClient, member: &ControllerMember) -> Result<Memb
         acting,
         runbook_in_progress: !ha["shared"]["runbook"].is_null(),
         step_in_flight: ha["step_in_flight"]["step"].as_str().map(str::to_string),
+        active: ha["shared"]["observed"]["active"].as_str().map(str::to_string),
         generation: value["generation"].as_u64().unwrap_or(0),
     })
 }

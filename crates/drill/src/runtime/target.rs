@@ -577,6 +577,28 @@ impl<P: ProcessControl> FaultTarget for DeploymentTarget<P> {
                     ))
                 })
             }
+            FaultAction::AwaitFailover { to } => {
+                let old = self.leader_member().await.map_err(unsupported)?.name.clone();
+                let to = roles.region(*to).to_string();
+                self.wait(|| async {
+                    match members::acting(&self.http, &self.deployment).await {
+                        Some((member, health))
+                            if member != old
+                                && !health.runbook_in_progress
+                                && health.active.as_deref() == Some(to.as_str()) =>
+                        {
+                            Some(())
+                        }
+                        _ => None,
+                    }
+                })
+                .await
+                .ok_or_else(|| {
+                    failed(format!(
+                        "no member other than {old} led with {to} active within {AWAIT_MS_MAX} ms"
+                    ))
+                })
+            }
             FaultAction::LeadFrom { region } => self.lead_from(roles.region(*region)).await.map_err(failed),
             FaultAction::DelayReplication { region, delay_s } => {
                 super::databases::set_replication_delay(&self.deployment, roles.region(*region), *delay_s)

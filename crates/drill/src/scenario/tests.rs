@@ -534,6 +534,10 @@ fn the_leader_scenarios_hold_the_dns_step_then_break_the_leader_mid_runbook() {
                 "kill -9 primary site (region, controller, etcd)".to_string()
             ),
             (
+                StepPhase::Fault,
+                "wait for another member to lead and fail over to the secondary".to_string()
+            ),
+            (
                 StepPhase::Heal,
                 "restart primary site (region, controller, etcd)".to_string()
             ),
