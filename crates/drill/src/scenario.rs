@@ -795,7 +795,17 @@ fn leader_plan(crash: bool, at: u64, heal: u64) -> Vec<Step> {
     fault.push(FaultAction::AwaitTakeover);
     fault.extend(hold.iter().rev().filter_map(FaultAction::undo));
     heals.extend(region.undo());
-    fault
+    staged(fault, at, heals, heal)
+}
+
+/// `faults` in order at `at`, then `heals` in order at `heal`.
+fn staged(
+    faults: impl IntoIterator<Item = FaultAction>,
+    at: u64,
+    heals: impl IntoIterator<Item = FaultAction>,
+    heal: u64,
+) -> Vec<Step> {
+    faults
         .into_iter()
         .map(|action| Step {
             at_ms: at,
@@ -901,20 +911,8 @@ impl Scenario {
                     target: Component::Site(Primary),
                 };
                 let await_failover = FaultAction::AwaitFailover { to: Secondary };
-                steps.extend(
-                    [kill.clone(), await_failover]
-                        .into_iter()
-                        .map(|action| Step {
-                            at_ms: at,
-                            phase: StepPhase::Fault,
-                            action,
-                        })
-                        .chain(kill.undo().map(|action| Step {
-                            at_ms: heal,
-                            phase: StepPhase::Heal,
-                            action,
-                        })),
-                );
+                let heals = kill.undo();
+                steps.extend(staged([kill, await_failover], at, heals, heal));
                 steps
             }
             "disk-full" => fault_then_heal(vec![FaultAction::FillDisk { region: Primary }], at, heal),

@@ -1475,10 +1475,7 @@ async fn mark_answerer(
             }
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    serve_stand_in(app).await
 }
 
 /// A peer's word that this region's database lacks its replicas fails this region's health,
@@ -1693,6 +1690,14 @@ async fn a_region_holding_a_peers_setting_newer_than_another_peer_marks_it_to_se
     stop(&mut region).await;
 }
 
+/// Serves `app` on a loopback port, as a stand-in peer; its URL.
+async fn serve_stand_in(app: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 /// A stand-in peer's 200 `answer`, with `signature` as its `ANSWER_SIGNATURE_HEADER` if any.
 fn signed_answer(answer: String, signature: Option<String>) -> axum::response::Response {
     let mut response = axum::response::IntoResponse::into_response(answer);
@@ -1829,10 +1834,7 @@ async fn batch_acknowledger(
         )
         // Anything else (marks, settings, a repair's digests) answered 200, unsigned: never taken.
         .fallback(|| async { "{}" });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    serve_stand_in(app).await
 }
 
 /// A batch's acknowledgement moves what this region counts as delivered only when the peer
