@@ -407,8 +407,12 @@ struct StepInFlight {
 }
 
 /// Clears `Shared::step_in_flight` when the step ends, however it ends (finished, stopped,
-/// or its runbook task dropped).
-struct InFlightGuard<'a>(&'a Mutex<Option<StepInFlight>>);
+/// or its runbook task dropped), unless another runbook's step took the slot since (a
+/// superseded runbook that did not stop in time).
+struct InFlightGuard<'a> {
+    slot: &'a Mutex<Option<StepInFlight>>,
+    generation: u64,
+}
 
 impl<'a> InFlightGuard<'a> {
     fn enter(slot: &'a Mutex<Option<StepInFlight>>, step: &str, generation: Generation) -> Self {
@@ -417,13 +421,19 @@ impl<'a> InFlightGuard<'a> {
             generation: generation.0,
             since_ms: wall_ms(),
         });
-        InFlightGuard(slot)
+        InFlightGuard {
+            slot,
+            generation: generation.0,
+        }
     }
 }
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let mut slot = self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|s| s.generation == self.generation) {
+            *slot = None;
+        }
     }
 }
 
@@ -2726,4 +2736,29 @@ fn runbook_budget_ms(steps: &[crate::config::Step]) -> u64 {
             attempts.saturating_mul(step.timeout_ms).saturating_add(backoffs)
         })
         .fold(0u64, u64::saturating_add)
+}
+
+#[cfg(test)]
+mod step_in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn a_step_shows_while_under_way_and_a_superseded_runbooks_end_leaves_the_next_ones() {
+        let slot = Mutex::new(None);
+        let shown = |slot: &Mutex<Option<StepInFlight>>| {
+            slot.lock()
+                .expect("not poisoned")
+                .as_ref()
+                .map(|s| (s.step.clone(), s.generation))
+        };
+        let old = InFlightGuard::enter(&slot, "dns", Generation(4));
+        assert_eq!(shown(&slot), Some(("dns".to_string(), 4)));
+        // The next runbook starts before the superseded one stopped: its step is shown, and
+        // stays shown when the old step ends.
+        let new = InFlightGuard::enter(&slot, "pointer", Generation(5));
+        drop(old);
+        assert_eq!(shown(&slot), Some(("pointer".to_string(), 5)));
+        drop(new);
+        assert_eq!(shown(&slot), None);
+    }
 }
