@@ -2,11 +2,15 @@
 memory (the issue's figure: 60 stalled 16 MiB uploads, the store under 100 MB resident and still
 serving; checked as what the uploads add to the store's resident memory, so it holds for debug
 builds too), stalled and idle connections are closed by the timeouts, and a request whose head
-cannot be authenticated is refused before its body is read."""
+cannot be authenticated is refused before its body is read; large requests that together pass
+the body budget and the budget for requests in flight are all served, in turn."""
 
+import gzip
+import json
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -311,5 +315,69 @@ def test_a_call_of_hundreds_of_thousands_of_elements_is_refused_without_building
         got = client.transact_get_items(TransactItems=[
             {"Get": {"TableName": "kept", "Key": {"pk": {"S": f"k{index}"}}}} for index in range(100)])
         assert sum(1 for response in got["Responses"] if response.get("Item")) == 25
+    finally:
+        store.stop()
+
+
+# Large requests that together pass both the body budget and the budget for requests in flight (the
+# smallest body budget, 1 MiB, so 16 MiB in flight): each takes its whole share of one, then of the
+# other, or waits for it, so all are served. Taken frame by frame, the budget was split between
+# the bodies being read, none could finish, and all waited for their read timeout (60 s, past this
+# test's client timeout of 30 s).
+CROWD_REQUESTS = 6
+CROWD_ITEMS = 8
+CROWD_ATTRIBUTE_BYTES = 300 * 1024
+CROWD_BUDGET_BYTES = 1024 * 1024
+CROWD_IN_FLIGHT_BYTES = 16 * CROWD_BUDGET_BYTES
+
+
+def crowd_body(index):
+    return json.dumps({"RequestItems": {"crowd": [
+        {"PutRequest": {"Item": {"pk": {"S": f"r{index}-{item}"}, "blob": {"S": chr(97 + item) * CROWD_ATTRIBUTE_BYTES}}}}
+        for item in range(CROWD_ITEMS)]}}).encode()
+
+
+def in_flight_metrics(store):
+    with urllib.request.urlopen(store.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {name: float(value) for name, value in
+            (line.split(" ", 1) for line in text.splitlines() if line.startswith("switchyard_store_in_flight_"))}
+
+
+def test_large_requests_together_past_both_budgets_are_all_served(tmp_path):
+    require_binary()
+    store = StoreProcess(tmp_path / "data", args=["--buffered-body-bytes-max", str(CROWD_BUDGET_BYTES)]).start()
+    try:
+        client = store.client()
+        create_table(client, "crowd")
+        bodies = [crowd_body(index) for index in range(CROWD_REQUESTS)]
+        assert all(len(body) > CROWD_BUDGET_BYTES for body in bodies)
+        # One more, compressed: it is charged for what it inflates to, not its few kilobytes.
+        compressed = gzip.compress(crowd_body(CROWD_REQUESTS))
+        assert len(compressed) * 16 < CROWD_ITEMS * CROWD_ATTRIBUTE_BYTES
+        answers = [None] * (CROWD_REQUESTS + 1)
+
+        def send(index):
+            if index < CROWD_REQUESTS:
+                answers[index] = store.raw("BatchWriteItem", bodies[index])
+            else:
+                answers[index] = store.raw("BatchWriteItem", compressed, {"Content-Encoding": "gzip"})
+
+        threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(CROWD_REQUESTS + 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [status for status, _ in answers] == [200] * (CROWD_REQUESTS + 1), answers
+        assert all(answer == {"UnprocessedItems": {}} for _, answer in answers), answers
+        pages = client.get_paginator("scan").paginate(TableName="crowd", Select="COUNT")
+        assert sum(page["Count"] for page in pages) == (CROWD_REQUESTS + 1) * CROWD_ITEMS
+        got = client.get_item(TableName="crowd", Key={"pk": {"S": f"r{CROWD_REQUESTS}-3"}})["Item"]
+        assert got["blob"]["S"] == "d" * CROWD_ATTRIBUTE_BYTES
+        # The budget in flight is the body budget times the charge per body byte; all of it is
+        # given back.
+        metrics = in_flight_metrics(store)
+        assert metrics["switchyard_store_in_flight_bytes_max"] == CROWD_IN_FLIGHT_BYTES, metrics
+        assert metrics["switchyard_store_in_flight_bytes"] == 0, metrics
     finally:
         store.stop()

@@ -972,12 +972,21 @@ async fn discard(mut body: Incoming, timeout_ms: u64) {
 }
 
 /// A request body under the listener's limits: size, read timeout and the shared budget.
+///
+/// A body's share of the budget is taken whole, once its bytes pass the unbudgeted first ones:
+/// its declared length (a body without one, chunked, takes the body limit and gives back what
+/// it did not use when it ends), at most the whole budget. Taken frame by frame instead, bodies
+/// that together pass the budget would each hold part of it and wait for the rest, which none
+/// gives back before it ends: three 16 MiB uploads in a 32 MiB budget waited so until their
+/// read timeout. A share taken whole is held or waited for, never both, so the bodies that
+/// hold the budget always finish.
 struct LimitedBody {
     inner: Incoming,
     limit_bytes: usize,
     received_bytes: usize,
     budget: Arc<Semaphore>,
     budget_total: usize,
+    /// The body's whole share, once taken (`reservation`).
     held: Option<OwnedSemaphorePermit>,
     /// A frame read but not yet covered by the budget, and the wait for it.
     waiting: Option<(
@@ -1005,10 +1014,30 @@ impl LimitedBody {
         }
     }
 
-    fn hold(&mut self, permit: OwnedSemaphorePermit) {
-        match &mut self.held {
-            Some(held) => held.merge(permit),
-            None => self.held = Some(permit),
+    /// The body's whole share of the budget: the bytes past the unbudgeted ones of its declared
+    /// length (of the body limit when it declares none), at most the whole budget.
+    fn reservation(&self) -> usize {
+        let expected = match self.inner.size_hint().exact() {
+            Some(declared) => usize::try_from(declared).unwrap_or(usize::MAX).min(self.limit_bytes),
+            None => self.limit_bytes,
+        };
+        expected
+            .max(self.received_bytes)
+            .saturating_sub(BODY_BYTES_UNBUDGETED)
+            .min(self.budget_total)
+    }
+
+    /// At the body's end: gives back the part of its share it did not use (a body without a
+    /// declared length took the body limit's).
+    fn give_back_unused(&mut self) {
+        let used = self
+            .received_bytes
+            .saturating_sub(BODY_BYTES_UNBUDGETED)
+            .min(self.budget_total);
+        if let Some(held) = &mut self.held
+            && held.num_permits() > used
+        {
+            drop(held.split(held.num_permits() - used));
         }
     }
 
@@ -1028,11 +1057,9 @@ impl LimitedBody {
         }
     }
 
-    /// Bytes of a frame of `len` that must come from the budget.
-    fn budgeted(&self, len: usize) -> usize {
-        let before = self.received_bytes - len;
-        let free = BODY_BYTES_UNBUDGETED.saturating_sub(before);
-        len.saturating_sub(free).min(self.budget_total)
+    /// Whether the body's bytes so far need its share of the budget, not yet taken.
+    fn needs_share(&self) -> bool {
+        self.held.is_none() && self.received_bytes > BODY_BYTES_UNBUDGETED
     }
 }
 
@@ -1048,7 +1075,7 @@ impl HttpBody for LimitedBody {
         if let Some((_, wait)) = &mut this.waiting {
             return match wait.as_mut().poll(cx) {
                 Poll::Ready(Some(permit)) => {
-                    this.hold(permit);
+                    this.held = Some(permit);
                     let (frame, _) = this.waiting.take().expect("a frame waits while its permit is awaited");
                     Poll::Ready(Some(Ok(frame)))
                 }
@@ -1071,18 +1098,17 @@ impl HttpBody for LimitedBody {
                         limit_bytes,
                     });
                 }
-                let needed = this.budgeted(len);
-                if needed == 0 {
+                if !this.needs_share() {
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                let permits = u32::try_from(needed).unwrap_or(u32::MAX);
+                let permits = u32::try_from(this.reservation()).unwrap_or(u32::MAX);
                 match Arc::clone(&this.budget).try_acquire_many_owned(permits) {
                     Ok(permit) => {
-                        this.hold(permit);
+                        this.held = Some(permit);
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Err(_) => {
-                        // Stop reading this body until others release their share: the
+                        // Stop reading this body until others give back their share: the
                         // client's further bytes wait in kernel buffers, then in the client.
                         let budget = Arc::clone(&this.budget);
                         let wait = Box::pin(async move { budget.acquire_many_owned(permits).await.ok() });
@@ -1094,7 +1120,10 @@ impl HttpBody for LimitedBody {
             Poll::Ready(Some(Err(error))) => this.fail(Refusal::BodyIncomplete {
                 reason: error.to_string(),
             }),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.give_back_unused();
+                Poll::Ready(None)
+            }
             Poll::Pending => this.pending(cx),
         }
     }
@@ -1271,5 +1300,74 @@ mod tests {
         let v4: IpAddr = "192.0.2.7".parse().expect("ip");
         assert_eq!(client_key(v4), v4);
         assert_eq!(client_key("::ffff:192.0.2.7".parse().expect("ip")), v4);
+    }
+
+    /// Uploads that together pass the body budget each take their whole share or wait for it,
+    /// so they all finish. Taken frame by frame, each held part of the budget and waited for
+    /// the rest, which none gave back before its end: all of them waited for their read timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_larger_together_than_the_budget_all_finish() {
+        const UPLOADS: usize = 8;
+        const UPLOAD_BYTES: usize = 600 * 1024;
+        const CHUNK_BYTES: usize = 8 * 1024;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut limits = Limits::with_body_limit(1024 * 1024);
+        limits.buffered_body_bytes_max = BUFFERED_BODY_BYTES_MIN;
+        // Far longer than the test waits: only finishing, not timing out, answers in time.
+        limits.body_read_timeout_ms = 600_000;
+        let app = Router::new().route(
+            "/upload",
+            axum::routing::post(|body: Body| async move {
+                match axum::body::to_bytes(body, usize::MAX).await {
+                    Ok(bytes) => bytes.len().to_string(),
+                    Err(error) => format!("refused: {error}"),
+                }
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Options::new("test", limits), app, async {
+            let _ = stopped.await;
+        }));
+        let mut streams = Vec::new();
+        for _ in 0..UPLOADS {
+            let mut stream = TcpStream::connect(address).await.expect("connect");
+            let head = format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {UPLOAD_BYTES}\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.expect("head");
+            streams.push(stream);
+        }
+        // Every upload's bytes interleaved with the others', as many clients at once send them.
+        let uploads = streams.into_iter().map(|mut stream| {
+            tokio::spawn(async move {
+                let chunk = vec![b'x'; CHUNK_BYTES];
+                for _ in 0..UPLOAD_BYTES / CHUNK_BYTES {
+                    stream.write_all(&chunk).await.ok()?;
+                    tokio::task::yield_now().await;
+                }
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await.ok()?;
+                Some(String::from_utf8_lossy(&answer).into_owned())
+            })
+        });
+        let answers = tokio::time::timeout(Duration::from_secs(60), futures_join(uploads.collect()))
+            .await
+            .expect("every upload is answered before its read timeout");
+        for answer in answers {
+            let answer = answer.expect("task").expect("an answer");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.ends_with(&UPLOAD_BYTES.to_string()), "{answer}");
+        }
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(DEADLINE, server).await;
+    }
+
+    async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<Result<T, tokio::task::JoinError>> {
+        let mut out = Vec::new();
+        for handle in handles {
+            out.push(handle.await);
+        }
+        out
     }
 }

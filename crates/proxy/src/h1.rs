@@ -1164,7 +1164,9 @@ async fn serve_request(
             }
             loop {
                 let arrived = (input.len() - head.head_len).min(length);
-                if !budget.cover(shared, arrived, body_deadline).await {
+                // The whole declared length once the body's first bytes are here (`BodyBudget`).
+                let share = if arrived > 0 { length } else { 0 };
+                if !budget.cover(shared, share, body_deadline).await {
                     shared.note_body_budget_spent(client);
                     return answer_local(shared, stream, out, 503, proxy::BODY_BUDGET_SPENT, true, false).await;
                 }
@@ -1208,11 +1210,15 @@ async fn serve_request(
                         return answer_local(shared, stream, out, 400, error.message(), true, false).await;
                     }
                 }
-                if !budget.cover(shared, body.len(), body_deadline).await {
+                // No length declared: the body limit's share once its first bytes are here,
+                // the unused part given back at its end (`BodyBudget`).
+                let share = if body.is_empty() { 0 } else { limit };
+                if !budget.cover(shared, share, body_deadline).await {
                     shared.note_body_budget_spent(client);
                     return answer_local(shared, stream, out, 503, proxy::BODY_BUDGET_SPENT, true, false).await;
                 }
                 if decoder.is_done() {
+                    budget.shrink_to(body.len());
                     break;
                 }
                 // Keep the buffer small: drop what was decoded.
@@ -1286,8 +1292,12 @@ async fn serve_request(
     }
 }
 
-/// A request body's share of the shared budget (`buffered_body_bytes_max`), taken as its bytes
-/// arrive.
+/// A request body's share of the shared budget (`buffered_body_bytes_max`), taken whole once
+/// its first bytes arrive: its declared length, or the body limit for a chunked body (the part
+/// it did not use given back at its end). A declared length alone holds nothing. Taken as the
+/// bytes arrived instead, bodies that together passed the budget each held part of it and
+/// waited for the rest, which none gave back before its end, so all of them waited until
+/// `client_body_ms` and were refused; a share taken whole is held or waited for, never both.
 #[derive(Default)]
 struct BodyBudget<'a> {
     permit: Option<tokio::sync::SemaphorePermit<'a>>,
@@ -1310,6 +1320,16 @@ impl<'a> BodyBudget<'a> {
         }
         self.held = bytes;
         true
+    }
+
+    /// Gives back what the body holds past `bytes` (a chunked body's unused share).
+    fn shrink_to(&mut self, bytes: usize) {
+        if let Some(permit) = &mut self.permit
+            && permit.num_permits() > bytes
+        {
+            drop(permit.split(permit.num_permits() - bytes));
+            self.held = permit.num_permits();
+        }
     }
 }
 

@@ -165,8 +165,8 @@ impl Shared {
 
     /// Takes `bytes` more of the shared budget for buffered request bodies
     /// (`buffered_body_bytes_max`), waiting while it is spent but not past `deadline`: `None`
-    /// when it could not be had by then. Callers take it as the bytes arrive, never for a
-    /// length only declared, so a client holds no more of it than it has sent.
+    /// when it could not be had by then. Callers take a body's whole share once its first
+    /// bytes arrive, never for a length only declared (h1's `BodyBudget`).
     pub(crate) async fn take_body_budget(
         &self,
         bytes: usize,

@@ -15,6 +15,7 @@ pub mod disk;
 pub mod engine;
 pub mod expr;
 pub mod global;
+pub mod in_flight;
 pub mod keys;
 pub mod ops;
 pub mod partiql;

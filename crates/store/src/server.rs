@@ -111,6 +111,8 @@ struct Metrics {
     checkpoints: Counter,
     open_repair_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     write_ahead_log_bytes: Gauge,
+    in_flight_bytes: Gauge,
+    in_flight_bytes_max: Gauge,
     writes_refused: Counter,
     backups_failed: Counter,
     restores_failed: Counter,
@@ -290,6 +292,18 @@ impl Metrics {
             "Bytes of write-ahead log since the last checkpoint: what an open after a crash would replay",
             write_ahead_log_bytes.clone(),
         );
+        let in_flight_bytes = Gauge::default();
+        registry.register(
+            "in_flight_bytes",
+            "Bytes of the budget for requests in flight held now (each request's body bytes times the charge per byte)",
+            in_flight_bytes.clone(),
+        );
+        let in_flight_bytes_max = Gauge::default();
+        registry.register(
+            "in_flight_bytes_max",
+            "The budget for requests in flight: buffered_body_bytes_max times the charge per body byte",
+            in_flight_bytes_max.clone(),
+        );
         let writes_refused = Counter::default();
         registry.register(
             "writes_refused_disk_low",
@@ -332,6 +346,8 @@ impl Metrics {
             checkpoints,
             open_repair_seconds,
             write_ahead_log_bytes,
+            in_flight_bytes,
+            in_flight_bytes_max,
             writes_refused,
             backups_failed,
             restores_failed,
@@ -363,6 +379,8 @@ struct AppState {
     credentials: Option<Credentials>,
     replays: std::sync::Mutex<ReplayGuard>,
     metrics: Metrics,
+    /// Requests in flight between their body's end and their answer (`in_flight`).
+    in_flight: crate::in_flight::Budget,
 }
 
 /// How the API server is set up.
@@ -423,6 +441,10 @@ pub async fn run_with_limits(
         credentials: config.credentials.filter(|c| !c.is_empty()),
         replays: std::sync::Mutex::new(ReplayGuard::new(sigv4::REPLAY_SIGNATURES_MAX)),
         metrics: Metrics::new(),
+        in_flight: crate::in_flight::Budget::new(
+            crate::in_flight::budget_bytes(limits.buffered_body_bytes_max),
+            Duration::from_millis(limits.body_read_timeout_ms),
+        ),
     });
     let mut replication_routes = Router::new()
         .route("/replication/v1/batch", post(replication_batch))
@@ -834,16 +856,73 @@ fn refusal_response(refusal: &Refusal) -> Response {
     common::http::response_of(render_refusal(refusal))
 }
 
-/// Reads a body under the listener's limits; a refusal becomes the store's error response.
-async fn read_body(body: axum::body::Body) -> Result<Bytes, Response> {
-    axum::body::to_bytes(body, usize::MAX).await.map_err(|error| {
-        let refusal = common::http::refusal_of(&error)
-            .cloned()
-            .unwrap_or(Refusal::BodyIncomplete {
-                reason: error.to_string(),
-            });
-        refusal_response(&refusal)
-    })
+/// Why a body was not admitted with its budget share.
+enum BodyRead {
+    /// Refused by a listener limit: the limit's own answer.
+    Refused(Response),
+    /// The budget for requests in flight stayed spent: 503, retried by clients.
+    InFlightSpent(ApiError),
+}
+
+/// Reads a body under the listener's limits and admits the request to the budget for requests
+/// in flight (`in_flight`) before the body's share of the listener's budget is given back, so the
+/// request is never outside both.
+async fn read_body(
+    budget: &crate::in_flight::Budget,
+    mut body: axum::body::Body,
+) -> Result<(Bytes, Admission), BodyRead> {
+    use http_body_util::BodyExt;
+    let read = match (&mut body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            let refusal = common::http::refusal_of(&error)
+                .cloned()
+                .unwrap_or(Refusal::BodyIncomplete {
+                    reason: error.to_string(),
+                });
+            return Err(BodyRead::Refused(refusal_response(&refusal)));
+        }
+    };
+    let admission = budget
+        .admit(read.len())
+        .await
+        .map_err(|spent| BodyRead::InFlightSpent(budget_spent(spent)))?;
+    drop(body);
+    Ok((read, admission))
+}
+
+use crate::in_flight::Admission;
+
+fn budget_spent(spent: crate::in_flight::Spent) -> ApiError {
+    tracing::warn!(%spent, "request refused: the budget for requests in flight stayed spent");
+    ApiError::new(ErrorKind::ServiceUnavailable, spent.to_string())
+}
+
+/// The body as the operation reads it (`compat::inflate`), the admission grown to its inflated
+/// size. It is first inflated within what the admission covers; a body that inflates past that
+/// gives back its share and waits for the largest body's before it is inflated again, so an
+/// inflated body is never held outside the budget.
+async fn inflate_within(
+    budget: &crate::in_flight::Budget,
+    admission: &mut Admission,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Result<Bytes, crate::compat::Inflate>, ApiError> {
+    let covered = admission.covered_body_bytes().min(REQUEST_BODY_BYTES_MAX);
+    let inflated = match crate::compat::inflate(headers, body.clone(), covered) {
+        Err(crate::compat::Inflate::TooLarge(_)) if covered < REQUEST_BODY_BYTES_MAX => {
+            budget
+                .grow(admission, REQUEST_BODY_BYTES_MAX)
+                .await
+                .map_err(budget_spent)?;
+            crate::compat::inflate(headers, body, REQUEST_BODY_BYTES_MAX)
+        }
+        other => other,
+    };
+    if let Ok(inflated) = &inflated {
+        budget.grow(admission, inflated.len()).await.map_err(budget_spent)?;
+    }
+    Ok(inflated)
 }
 
 /// Headers and body of a replication request; a body refused by a limit is an error.
@@ -1034,48 +1113,57 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
         .or_else(|| target.strip_prefix(crate::streams::api::TARGET_PREFIX))
         .unwrap_or(target)
         .to_string();
+    // The request's share of the budget for requests in flight, held until its answer is serialised.
+    let mut held: Option<Admission> = None;
     let result = match authenticate_head(&state, &method, &uri, &headers) {
         Err(error) => Err(error),
-        Ok(admitted) => match read_body(body).await {
-            Err(response) => return response,
-            Ok(body) => match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
-                Err(error) => Err(error),
-                Ok(_)
-                    if !target.starts_with(TARGET_PREFIX)
-                        && !target.starts_with(crate::streams::api::TARGET_PREFIX) =>
-                {
-                    Err(ApiError::new(
-                        ErrorKind::UnknownOperation,
-                        format!("Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"),
-                    ))
-                }
-                Ok(signature) => {
-                    // One endpoint: DynamoDB Streams reads compressed bodies as DynamoDB does.
-                    let result = match crate::compat::inflate(&headers, body, REQUEST_BODY_BYTES_MAX) {
-                        Err(crate::compat::Inflate::TooLarge(refusal)) => return refusal_response(&refusal),
-                        Err(crate::compat::Inflate::Invalid(error)) => Err(error),
-                        Ok(body) if target.starts_with(crate::streams::api::TARGET_PREFIX) => {
-                            crate::streams::api::handle(state.store.engine(), &operation, &body)
-                                .await
-                                .map(Answer::Body)
-                        }
-                        Ok(_) if operation == "DescribeEndpoints" => {
-                            Ok(Answer::Json(crate::compat::describe_endpoints(&headers)))
-                        }
-                        Ok(body) => state.store.handle(&operation, &body).await.map(Answer::Json),
-                    };
-                    if let (Err(error), Some(verified)) = (&result, &signature)
-                        && retried_by_clients(error.kind)
+        Ok(admitted) => match read_body(&state.in_flight, body).await {
+            Err(BodyRead::Refused(response)) => return response,
+            Err(BodyRead::InFlightSpent(error)) => Err(error),
+            Ok((body, admission)) => {
+                match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
+                    Err(error) => Err(error),
+                    Ok(_)
+                        if !target.starts_with(TARGET_PREFIX)
+                            && !target.starts_with(crate::streams::api::TARGET_PREFIX) =>
                     {
-                        state
-                            .replays
-                            .lock()
-                            .expect("replay guard lock is never poisoned")
-                            .forget(verified);
+                        Err(ApiError::new(
+                            ErrorKind::UnknownOperation,
+                            format!(
+                                "Unknown operation: X-Amz-Target must be {TARGET_PREFIX}<Operation>, got '{target}'"
+                            ),
+                        ))
                     }
-                    result
+                    Ok(signature) => {
+                        let admission = held.insert(admission);
+                        // One endpoint: DynamoDB Streams reads compressed bodies as DynamoDB does.
+                        let result = match inflate_within(&state.in_flight, admission, &headers, body).await {
+                            Err(error) => Err(error),
+                            Ok(Err(crate::compat::Inflate::TooLarge(refusal))) => return refusal_response(&refusal),
+                            Ok(Err(crate::compat::Inflate::Invalid(error))) => Err(error),
+                            Ok(Ok(body)) if target.starts_with(crate::streams::api::TARGET_PREFIX) => {
+                                crate::streams::api::handle(state.store.engine(), &operation, &body)
+                                    .await
+                                    .map(Answer::Body)
+                            }
+                            Ok(Ok(_)) if operation == "DescribeEndpoints" => {
+                                Ok(Answer::Json(crate::compat::describe_endpoints(&headers)))
+                            }
+                            Ok(Ok(body)) => state.store.handle(&operation, &body).await.map(Answer::Json),
+                        };
+                        if let (Err(error), Some(verified)) = (&result, &signature)
+                            && retried_by_clients(error.kind)
+                        {
+                            state
+                                .replays
+                                .lock()
+                                .expect("replay guard lock is never poisoned")
+                                .forget(verified);
+                        }
+                        result
+                    }
                 }
-            },
+            }
         },
     };
     let label = if crate::ops::OPERATIONS.contains(&operation.as_str())
@@ -1397,6 +1485,12 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::Header
         .write_ahead_log_bytes
         .set(i64::try_from(writer.log_bytes).unwrap_or(i64::MAX));
     advance(&metrics.writes_refused, writer.writes_refused_total);
+    metrics
+        .in_flight_bytes
+        .set(i64::try_from(state.in_flight.held_bytes()).unwrap_or(i64::MAX));
+    metrics
+        .in_flight_bytes_max
+        .set(i64::try_from(state.in_flight.total_bytes()).unwrap_or(i64::MAX));
     let backups = state.store.backups().status();
     advance(&metrics.backups_failed, backups.failed_total);
     advance(&metrics.restores_failed, backups.restores_failed_total);

@@ -1682,6 +1682,72 @@ async fn a_declared_body_length_holds_no_body_budget_until_its_bytes_arrive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_larger_together_than_the_budget_all_reach_the_server() {
+    // Eight bodies, each a third of the budget, their bytes interleaved. Taken as the bytes
+    // arrived, each held part of the budget and waited for the rest, which none gave back before
+    // its end: all waited until client_body_ms (a minute here, past the test's deadline). One
+    // body is chunked: it takes the body limit's share and gives back what it did not use.
+    const BODY_BYTES: usize = 100_000;
+    const CHUNK_BYTES: usize = 4096;
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(
+        address,
+        "[proxy.limits]\nrequest_body_bytes_max = 150000\nbuffered_body_bytes_max = 300000\n[proxy.timeouts]\nclient_body_ms = 60000",
+    )
+    .await;
+    let mut uploads = Vec::new();
+    for index in 0..8 {
+        let proxy_address = proxy.address;
+        uploads.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(proxy_address).await.ok()?;
+            let chunked = index == 0;
+            let head = if chunked {
+                format!("POST /upload-{index} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+            } else {
+                format!("POST /upload-{index} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {BODY_BYTES}\r\n\r\n")
+            };
+            stream.write_all(head.as_bytes()).await.ok()?;
+            let chunk = vec![b'x'; CHUNK_BYTES];
+            let mut sent = 0;
+            while sent < BODY_BYTES {
+                let piece = &chunk[..CHUNK_BYTES.min(BODY_BYTES - sent)];
+                if chunked {
+                    stream.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await.ok()?;
+                    stream.write_all(piece).await.ok()?;
+                    stream.write_all(b"\r\n").await.ok()?;
+                } else {
+                    stream.write_all(piece).await.ok()?;
+                }
+                sent += piece.len();
+                tokio::task::yield_now().await;
+            }
+            if chunked {
+                stream.write_all(b"0\r\n\r\n").await.ok()?;
+            }
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.ok()?;
+            Some(String::from_utf8_lossy(&answer).into_owned())
+        }));
+    }
+    for upload in uploads {
+        let answer = tokio::time::timeout(DEADLINE, upload)
+            .await
+            .expect("every body is answered before client_body_ms")
+            .expect("task")
+            .expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let requests = seen.lock().expect("log").clone();
+    for index in 0..8 {
+        assert!(
+            requests.iter().any(|r| r.contains(&format!("/upload-{index} "))),
+            "upload {index} reached the server"
+        );
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_finds_no_room_before_client_body_ms_gets_503() {
     // The first body is whole and held (its server never answers): the budget is spent, so
     // the second waits for room at most its client_body_ms, then gets 503, never reaching the
