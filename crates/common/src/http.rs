@@ -53,6 +53,14 @@ pub const ADMIN_REQUEST_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// The first bytes of every body are outside the shared budget, so small requests are never
 /// held up by large stalled ones (their memory is bounded by the connection limit instead).
 pub const BODY_BYTES_UNBUDGETED: usize = 64 * 1024;
+/// A body holding its share of the budget must keep arriving at this rate at least (after
+/// [`BODY_HOLDING_GRACE_MS`]), or it is refused (408) and its share given back: a client that
+/// declares a large body and stalls cannot keep the budget from others for the whole body read
+/// timeout. 128 KiB/s is a 1 Mbit/s uplink; a 16 MiB body within the default 60 s timeout
+/// already needs twice that.
+pub const BODY_HOLDING_BYTES_PER_S_MIN: u64 = 128 * 1024;
+/// How long a body may hold its share before the rate above applies.
+pub const BODY_HOLDING_GRACE_MS: u64 = 5_000;
 /// Bytes of hyper's read buffer per HTTP/1 connection; also the largest request head.
 pub const READ_BUFFER_BYTES_MAX: usize = 64 * 1024;
 /// HTTP/2: streams per connection, and the flow-control windows that bound what a peer may
@@ -60,6 +68,11 @@ pub const READ_BUFFER_BYTES_MAX: usize = 64 * 1024;
 pub const H2_STREAMS_MAX: u32 = 64;
 pub const H2_STREAM_WINDOW_BYTES: u32 = 64 * 1024;
 pub const H2_CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
+/// HTTP/2: streams of one connection that may wait for their share of the body budget at once.
+/// A waiting stream is not read, so what its client sent meanwhile (up to its stream window)
+/// stays in the connection's window; past this many, the streams holding their share could
+/// not receive the rest of their bodies. A stream beyond it is refused (503) instead.
+pub const H2_BUDGET_WAITERS_MAX: u32 = H2_CONNECTION_WINDOW_BYTES / H2_STREAM_WINDOW_BYTES - 1;
 /// How long shutdown waits for requests in flight before it drops their connections.
 pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Pause after an accept error (out of file descriptors, say) before accepting again.
@@ -153,8 +166,16 @@ pub enum Refusal {
     },
     #[error("the request body did not arrive within {timeout_ms} ms; send it without pausing")]
     BodyTimeout { timeout_ms: u64 },
+    #[error(
+        "the request body arrived slower than {bytes_per_s_min} bytes/s while it held its share of the server's room for bodies; send it without pausing"
+    )]
+    BodyTooSlow { bytes_per_s_min: u64 },
     #[error("the request body could not be read: {reason}")]
     BodyIncomplete { reason: String },
+    #[error(
+        "{waiting} request bodies of this HTTP/2 connection already wait for the server's room for bodies; send fewer large bodies at once on one connection, or retry"
+    )]
+    BodyWaitersBusy { waiting: u32 },
     #[error(
         "too many connections {}: the limit is {limit}; reuse connections (keep-alive) or retry later",
         if *per_client { "from this client address" } else { "to this listener" }
@@ -172,9 +193,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyTimeout { .. } | Refusal::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
             Refusal::BodyIncomplete { .. } => StatusCode::BAD_REQUEST,
-            Refusal::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooManyConnections { .. } | Refusal::BodyWaitersBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::MissingHost => StatusCode::BAD_REQUEST,
             Refusal::UnsupportedTransferCoding { .. } => StatusCode::NOT_IMPLEMENTED,
         }
@@ -184,9 +205,10 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::BodyTooLarge { .. } => "RequestEntityTooLarge",
-            Refusal::BodyTimeout { .. } => "RequestTimeout",
+            Refusal::BodyTimeout { .. } | Refusal::BodyTooSlow { .. } => "RequestTimeout",
             Refusal::BodyIncomplete { .. } => "IncompleteBody",
             Refusal::TooManyConnections { .. } => "TooManyConnections",
+            Refusal::BodyWaitersBusy { .. } => "BodyWaitersBusy",
             Refusal::MissingHost => "MissingHost",
             Refusal::UnsupportedTransferCoding { .. } => "UnsupportedTransferCoding",
         }
@@ -628,6 +650,8 @@ struct ConnectionState {
     /// a response streams, PING, SETTINGS), not the start of a head, so only the idle timeout
     /// applies between its requests.
     http2: std::sync::atomic::AtomicBool,
+    /// Request bodies of this connection waiting for their share of the body budget.
+    budget_waiters: AtomicU32,
     /// Chosen to make room on a full listener: closed at once (it was idle).
     evicted: std::sync::atomic::AtomicBool,
     evict: tokio::sync::Notify,
@@ -643,6 +667,7 @@ impl ConnectionState {
             client_verified: std::sync::atomic::AtomicBool::new(false),
             head_began: tokio::sync::Notify::new(),
             http2: std::sync::atomic::AtomicBool::new(false),
+            budget_waiters: AtomicU32::new(0),
             evicted: std::sync::atomic::AtomicBool::new(false),
             evict: tokio::sync::Notify::new(),
         }
@@ -920,7 +945,7 @@ async fn dispatch(
     if state.client_verified.load(Ordering::Relaxed) {
         parts.extensions.insert(VerifiedClientCertificate);
     }
-    let body = LimitedBody::new(body, limits, Arc::clone(&shared.budget));
+    let body = LimitedBody::new(body, limits, Arc::clone(&shared.budget), Arc::clone(&state));
     let request = Request::from_parts(parts, Body::new(body));
     tower_service::Service::call(&mut app, request).await
 }
@@ -971,6 +996,30 @@ async fn discard(mut body: Incoming, timeout_ms: u64) {
     .await;
 }
 
+/// One body of a connection waiting for its share of the budget; uncounted when dropped.
+struct WaiterCount(Arc<ConnectionState>);
+
+impl WaiterCount {
+    /// Counts a waiting body, unless the connection is HTTP/2 and already has
+    /// [`H2_BUDGET_WAITERS_MAX`] waiting (an HTTP/1 connection has one request at a time).
+    fn join(connection: &Arc<ConnectionState>) -> Option<WaiterCount> {
+        let http2 = connection.http2.load(Ordering::Relaxed);
+        connection
+            .budget_waiters
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (!http2 || waiting < H2_BUDGET_WAITERS_MAX).then_some(waiting + 1)
+            })
+            .ok()?;
+        Some(WaiterCount(Arc::clone(connection)))
+    }
+}
+
+impl Drop for WaiterCount {
+    fn drop(&mut self) {
+        self.0.budget_waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A request body under the listener's limits: size, read timeout and the shared budget.
 ///
 /// A body's share of the budget is taken whole, once its bytes pass the unbudgeted first ones:
@@ -979,35 +1028,54 @@ async fn discard(mut body: Incoming, timeout_ms: u64) {
 /// that together pass the budget would each hold part of it and wait for the rest, which none
 /// gives back before it ends: three 16 MiB uploads in a 32 MiB budget waited so until their
 /// read timeout. A share taken whole is held or waited for, never both, so the bodies that
-/// hold the budget always finish.
+/// hold the budget always finish. A body holding its share must keep arriving
+/// ([`BODY_HOLDING_BYTES_PER_S_MIN`]), so one that declares much and stalls gives it back.
 struct LimitedBody {
     inner: Incoming,
     limit_bytes: usize,
+    /// The length the request declared, read before any of the body (hyper's size hint then
+    /// counts down what is still to come).
+    declared_bytes: Option<usize>,
     received_bytes: usize,
+    /// When the share was taken and the bytes received by then (the rate's start).
+    holding_since: Option<(Instant, usize)>,
+    /// When a body holding its share falls behind the minimum rate unless more arrives.
+    behind: Pin<Box<tokio::time::Sleep>>,
     budget: Arc<Semaphore>,
     budget_total: usize,
     /// The body's whole share, once taken (`reservation`).
     held: Option<OwnedSemaphorePermit>,
-    /// A frame read but not yet covered by the budget, and the wait for it.
+    /// A frame read but not yet covered by the budget, and the wait for it (counted in the
+    /// connection's `budget_waiters` while it lasts).
     waiting: Option<(
         Frame<Bytes>,
         Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>,
+        WaiterCount,
     )>,
+    connection: Arc<ConnectionState>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout_ms: u64,
     failed: bool,
 }
 
 impl LimitedBody {
-    fn new(inner: Incoming, limits: &Limits, budget: Arc<Semaphore>) -> LimitedBody {
+    fn new(inner: Incoming, limits: &Limits, budget: Arc<Semaphore>, connection: Arc<ConnectionState>) -> LimitedBody {
+        let declared_bytes = inner
+            .size_hint()
+            .exact()
+            .map(|declared| usize::try_from(declared).unwrap_or(usize::MAX));
         LimitedBody {
             inner,
             limit_bytes: limits.request_body_bytes_max,
+            declared_bytes,
             received_bytes: 0,
+            holding_since: None,
+            behind: Box::pin(tokio::time::sleep(Duration::from_secs(0))),
             budget,
             budget_total: limits.buffered_body_bytes_max,
             held: None,
             waiting: None,
+            connection,
             deadline: Box::pin(tokio::time::sleep(Duration::from_millis(limits.body_read_timeout_ms))),
             timeout_ms: limits.body_read_timeout_ms,
             failed: false,
@@ -1017,10 +1085,7 @@ impl LimitedBody {
     /// The body's whole share of the budget: the bytes past the unbudgeted ones of its declared
     /// length (of the body limit when it declares none), at most the whole budget.
     fn reservation(&self) -> usize {
-        let expected = match self.inner.size_hint().exact() {
-            Some(declared) => usize::try_from(declared).unwrap_or(usize::MAX).min(self.limit_bytes),
-            None => self.limit_bytes,
-        };
+        let expected = self.declared_bytes.unwrap_or(self.limit_bytes).min(self.limit_bytes);
         expected
             .max(self.received_bytes)
             .saturating_sub(BODY_BYTES_UNBUDGETED)
@@ -1047,11 +1112,18 @@ impl LimitedBody {
         Poll::Ready(Some(Err(refusal)))
     }
 
-    /// Nothing to give yet: pending, or refused once the body's deadline has passed.
+    /// Nothing to give yet: pending, or refused once the body's deadline has passed or, while
+    /// it holds its share, it fell behind the minimum rate.
     fn pending(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Refusal>>> {
         if self.deadline.as_mut().poll(cx).is_ready() {
             let timeout_ms = self.timeout_ms;
             self.fail(Refusal::BodyTimeout { timeout_ms })
+        } else if self.holding_since.is_some() && self.behind.as_mut().poll(cx).is_ready() {
+            // Given back at once, not when the handler drops the body.
+            self.held = None;
+            self.fail(Refusal::BodyTooSlow {
+                bytes_per_s_min: BODY_HOLDING_BYTES_PER_S_MIN,
+            })
         } else {
             Poll::Pending
         }
@@ -1060,6 +1132,25 @@ impl LimitedBody {
     /// Whether the body's bytes so far need its share of the budget, not yet taken.
     fn needs_share(&self) -> bool {
         self.held.is_none() && self.received_bytes > BODY_BYTES_UNBUDGETED
+    }
+
+    /// The share is held from now: the minimum rate's clock starts.
+    fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        self.held = Some(permit);
+        self.holding_since = Some((Instant::now(), self.received_bytes));
+        self.schedule_behind();
+    }
+
+    /// Sets `behind` to when the body, holding its share, falls behind the minimum rate with
+    /// the bytes received so far.
+    fn schedule_behind(&mut self) {
+        if let Some((since, at_start)) = self.holding_since {
+            let arrived = (self.received_bytes - at_start) as u64;
+            let allowed_ms =
+                BODY_HOLDING_GRACE_MS.saturating_add(arrived.saturating_mul(1000) / BODY_HOLDING_BYTES_PER_S_MIN);
+            let when = since + Duration::from_millis(allowed_ms);
+            self.behind.as_mut().reset(tokio::time::Instant::from_std(when));
+        }
     }
 }
 
@@ -1072,11 +1163,11 @@ impl HttpBody for LimitedBody {
         if this.failed {
             return Poll::Ready(None);
         }
-        if let Some((_, wait)) = &mut this.waiting {
+        if let Some((_, wait, _)) = &mut this.waiting {
             return match wait.as_mut().poll(cx) {
                 Poll::Ready(Some(permit)) => {
-                    this.held = Some(permit);
-                    let (frame, _) = this.waiting.take().expect("a frame waits while its permit is awaited");
+                    this.hold(permit);
+                    let (frame, _, _) = this.waiting.take().expect("a frame waits while its permit is awaited");
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => this.fail(Refusal::BodyIncomplete {
@@ -1099,20 +1190,27 @@ impl HttpBody for LimitedBody {
                     });
                 }
                 if !this.needs_share() {
+                    this.schedule_behind();
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 let permits = u32::try_from(this.reservation()).unwrap_or(u32::MAX);
                 match Arc::clone(&this.budget).try_acquire_many_owned(permits) {
                     Ok(permit) => {
-                        this.held = Some(permit);
+                        this.hold(permit);
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Err(_) => {
                         // Stop reading this body until others give back their share: the
-                        // client's further bytes wait in kernel buffers, then in the client.
+                        // client's further bytes wait in kernel buffers, then in the client
+                        // (on HTTP/2, in the connection's window: hence the bound on waiters).
+                        let Some(count) = WaiterCount::join(&this.connection) else {
+                            return this.fail(Refusal::BodyWaitersBusy {
+                                waiting: H2_BUDGET_WAITERS_MAX,
+                            });
+                        };
                         let budget = Arc::clone(&this.budget);
                         let wait = Box::pin(async move { budget.acquire_many_owned(permits).await.ok() });
-                        this.waiting = Some((frame, wait));
+                        this.waiting = Some((frame, wait, count));
                         Pin::new(this).poll_frame(cx)
                     }
                 }
@@ -1122,6 +1220,8 @@ impl HttpBody for LimitedBody {
             }),
             Poll::Ready(None) => {
                 this.give_back_unused();
+                // Whole: the rate no longer applies (the handler may hold the body a while).
+                this.holding_since = None;
                 Poll::Ready(None)
             }
             Poll::Pending => this.pending(cx),
@@ -1361,6 +1461,113 @@ mod tests {
         }
         let _ = stop.send(());
         let _ = tokio::time::timeout(DEADLINE, server).await;
+    }
+
+    /// An upload app: answers the length of the body it read, or the refusal.
+    fn upload_app() -> Router {
+        Router::new().route(
+            "/upload",
+            axum::routing::post(|body: Body| async move {
+                match axum::body::to_bytes(body, usize::MAX).await {
+                    Ok(bytes) => bytes.len().to_string(),
+                    Err(error) => format!("refused: {error}"),
+                }
+            }),
+        )
+    }
+
+    /// A listener with the smallest budget, serving [`upload_app`]; its address and stopper.
+    async fn small_budget_listener() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut limits = Limits::with_body_limit(1024 * 1024);
+        limits.buffered_body_bytes_max = BUFFERED_BODY_BYTES_MIN;
+        // Far longer than the tests wait: only the budget's own rules answer in time.
+        limits.body_read_timeout_ms = 600_000;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, Options::new("test", limits), upload_app(), async {
+            let _ = stopped.await;
+        }));
+        (address, stop)
+    }
+
+    /// A body that declares much, sends a little past the unbudgeted bytes and stalls holds
+    /// its share only until it falls behind the minimum rate: it is refused (408) and the
+    /// upload waiting behind it is served, long before the body read timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_body_gives_back_its_share_once_behind_the_minimum_rate() {
+        let (address, stop) = small_budget_listener().await;
+        let mut stalled = TcpStream::connect(address).await.expect("connect");
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n";
+        stalled.write_all(head.as_bytes()).await.expect("head");
+        stalled.write_all(&vec![b'x'; 100 * 1024]).await.expect("first bytes");
+        let mut victim = TcpStream::connect(address).await.expect("connect");
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 600000\r\n\r\n";
+        victim.write_all(head.as_bytes()).await.expect("head");
+        victim.write_all(&vec![b'y'; 600_000]).await.expect("body");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), victim.read_to_end(&mut answer))
+            .await
+            .expect("the waiting upload is served once the stalled one gives its share back")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("600000"),
+            "{answer}"
+        );
+        let mut refused = vec![0u8; 4096];
+        let read = tokio::time::timeout(DEADLINE, stalled.read(&mut refused))
+            .await
+            .expect("the stalled upload is answered")
+            .expect("read");
+        let refused = String::from_utf8_lossy(&refused[..read]);
+        assert!(refused.contains("refused") && refused.contains("bytes/s"), "{refused}");
+        let _ = stop.send(());
+    }
+
+    /// HTTP/2 streams of one connection, together past the budget: a stream waiting for its
+    /// share is not read, so what its client sent stays in the connection's window. Past
+    /// `H2_BUDGET_WAITERS_MAX` waiting, the streams holding their share could no longer receive
+    /// the rest of their bodies, and none was answered; now each is answered, served or 503.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http2_streams_larger_together_than_the_budget_are_all_answered() {
+        const STREAMS: usize = 8;
+        const UPLOAD_BYTES: usize = 600 * 1024;
+        let (address, stop) = small_budget_listener().await;
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut tasks = Vec::new();
+        for _ in 0..STREAMS {
+            let mut sender = sender.clone();
+            tasks.push(tokio::spawn(async move {
+                let request = hyper::Request::post(format!("http://{address}/upload"))
+                    .body(http_body_util::Full::new(Bytes::from(vec![b'x'; UPLOAD_BYTES])))
+                    .expect("request");
+                let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok::<_, String>(String::from_utf8_lossy(&body).into_owned())
+            }));
+        }
+        let answers = tokio::time::timeout(Duration::from_secs(60), futures_join(tasks))
+            .await
+            .expect("every stream is answered");
+        let mut served = 0;
+        for answer in answers {
+            let answer = answer.expect("task").expect("an answer");
+            if answer == UPLOAD_BYTES.to_string() {
+                served += 1;
+            } else {
+                assert!(answer.contains("already wait for the server's room"), "{answer}");
+            }
+        }
+        assert!(served > H2_BUDGET_WAITERS_MAX as usize, "{served} served");
+        let _ = stop.send(());
     }
 
     async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<Result<T, tokio::task::JoinError>> {

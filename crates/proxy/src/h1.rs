@@ -1173,7 +1173,9 @@ async fn serve_request(
                 if arrived == length {
                     break;
                 }
-                if let Err(next) = read_body_more(shared, stream, client, input, out, body_deadline).await {
+                budget.start_rate(arrived);
+                let deadline = budget.read_deadline(arrived, body_deadline);
+                if let Err(next) = read_body_more(shared, stream, client, input, out, deadline).await {
                     return next;
                 }
             }
@@ -1224,7 +1226,9 @@ async fn serve_request(
                 // Keep the buffer small: drop what was decoded.
                 input.drain(head.head_len..consumed);
                 consumed = head.head_len;
-                if let Err(next) = read_body_more(shared, stream, client, input, out, body_deadline).await {
+                budget.start_rate(body.len());
+                let deadline = budget.read_deadline(body.len(), body_deadline);
+                if let Err(next) = read_body_more(shared, stream, client, input, out, deadline).await {
                     return next;
                 }
             }
@@ -1298,10 +1302,14 @@ async fn serve_request(
 /// bytes arrived instead, bodies that together passed the budget each held part of it and
 /// waited for the rest, which none gave back before its end, so all of them waited until
 /// `client_body_ms` and were refused; a share taken whole is held or waited for, never both.
+/// Holding its share, the body must keep arriving (`proxy::BODY_HOLDING_BYTES_PER_S_MIN`):
+/// one that declares much and stalls is refused (408) and gives its share back.
 #[derive(Default)]
 struct BodyBudget<'a> {
     permit: Option<tokio::sync::SemaphorePermit<'a>>,
     held: usize,
+    /// When the share was taken, and the body bytes arrived by then.
+    holding_since: Option<(Instant, usize)>,
 }
 
 impl<'a> BodyBudget<'a> {
@@ -1320,6 +1328,22 @@ impl<'a> BodyBudget<'a> {
         }
         self.held = bytes;
         true
+    }
+
+    /// Starts the minimum rate's clock once a share is held, with `arrived` body bytes here.
+    fn start_rate(&mut self, arrived: usize) {
+        if self.held > 0 && self.holding_since.is_none() {
+            self.holding_since = Some((Instant::now(), arrived));
+        }
+    }
+
+    /// Until when the next body bytes may take: the body's own deadline, or sooner when it
+    /// holds its share and would fall behind the minimum rate with `arrived` bytes.
+    fn read_deadline(&self, arrived: usize, body_deadline: Instant) -> Instant {
+        match self.holding_since {
+            Some((since, at_start)) => proxy::behind_at(since, arrived.saturating_sub(at_start)).min(body_deadline),
+            None => body_deadline,
+        }
     }
 
     /// Gives back what the body holds past `bytes` (a chunked body's unused share).

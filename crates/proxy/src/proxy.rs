@@ -64,7 +64,34 @@ pub struct Shared {
 
 enum BodyError {
     TooLarge,
+    /// Holding its share of the budget, the body fell behind [`BODY_HOLDING_BYTES_PER_S_MIN`].
+    TooSlow,
     Read(hyper::Error),
+}
+
+/// A body holding its share of the body budget must keep arriving at this rate at least (after
+/// [`BODY_HOLDING_GRACE_MS`]), or it is refused (408) and its share given back: a client that
+/// declares a large body and stalls cannot keep the budget from others until `client_body_ms`.
+/// The store's listeners apply the same rule (`common::http`).
+pub(crate) const BODY_HOLDING_BYTES_PER_S_MIN: u64 = common::http::BODY_HOLDING_BYTES_PER_S_MIN;
+/// How long a body may hold its share before the rate above applies.
+pub(crate) const BODY_HOLDING_GRACE_MS: u64 = common::http::BODY_HOLDING_GRACE_MS;
+
+/// When a body that took its share at `since`, and has received `arrived` bytes since, falls
+/// behind the minimum rate.
+pub(crate) fn behind_at(since: tokio::time::Instant, arrived: usize) -> tokio::time::Instant {
+    let allowed_ms =
+        BODY_HOLDING_GRACE_MS.saturating_add((arrived as u64).saturating_mul(1000) / BODY_HOLDING_BYTES_PER_S_MIN);
+    since + Duration::from_millis(allowed_ms)
+}
+
+/// `permit` with what the body did not use (past `used` bytes) given back.
+fn shrunk(permit: Option<OwnedSemaphorePermit>, used: usize) -> Option<OwnedSemaphorePermit> {
+    let mut permit = permit?;
+    if permit.num_permits() > used {
+        drop(permit.split(permit.num_permits() - used));
+    }
+    Some(permit)
 }
 
 /// Counters of what clients saw, for `/stats` and `/metrics`.
@@ -173,7 +200,7 @@ impl Shared {
         deadline: tokio::time::Instant,
     ) -> Option<tokio::sync::SemaphorePermit<'_>> {
         let budget = self.config.limits.buffered_body_bytes_max.min(Semaphore::MAX_PERMITS);
-        let wanted = u32::try_from(bytes.min(budget)).ok()?;
+        let wanted = u32::try_from(bytes.min(budget)).unwrap_or(u32::MAX);
         match tokio::time::timeout_at(deadline, self.body_budget.acquire_many(wanted)).await {
             Ok(Ok(permit)) => Some(permit),
             _ => None,
@@ -737,6 +764,10 @@ impl Shared {
                     bytes
                 }
                 Ok(Err(BodyError::TooLarge)) => return self.body_too_large(client, None),
+                Ok(Err(BodyError::TooSlow)) => {
+                    self.note_body_failed(client, None);
+                    return local_response(StatusCode::REQUEST_TIMEOUT, BODY_TOO_SLOW);
+                }
                 Ok(Err(BodyError::Read(error))) => {
                     self.note_body_failed(client, Some(&error));
                     return local_response(StatusCode::BAD_REQUEST, BODY_UNREADABLE);
@@ -891,40 +922,61 @@ impl Shared {
         Dispatched::Refused(StatusCode::BAD_GATEWAY, "every attempt failed")
     }
 
-    /// Reads a request body up to `limit` bytes, taking its size from the shared budget
-    /// (`buffered_body_bytes_max`) as it arrives; waits while the budget is spent.
+    /// Reads a request body up to `limit` bytes, taking its whole share of the shared budget
+    /// (`buffered_body_bytes_max`) once its first bytes arrive: its declared length, or `limit`
+    /// without one (the unused part given back at its end); waits while the budget is spent,
+    /// holding none of it. Taken frame by frame, bodies that together passed the budget each
+    /// held part and waited for the rest. Holding its share, the body must keep arriving
+    /// ([`BODY_HOLDING_BYTES_PER_S_MIN`]).
     async fn read_body(
         &self,
         mut body: Incoming,
         limit: usize,
     ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
+        // Read before any of the body: hyper's hint then counts down what is still to come.
+        let declared = body
+            .size_hint()
+            .exact()
+            .map(|declared| usize::try_from(declared).unwrap_or(usize::MAX));
+        if declared.is_some_and(|declared| declared > limit) {
+            return Err(BodyError::TooLarge);
+        }
+        let budget_total = self.config.limits.buffered_body_bytes_max.min(Semaphore::MAX_PERMITS);
         let mut buffer = BytesMut::new();
         let mut budget: Option<OwnedSemaphorePermit> = None;
-        while let Some(frame) = body.frame().await {
+        let mut holding_since: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match holding_since {
+                Some(since) => tokio::time::timeout_at(behind_at(since, buffer.len()), body.frame())
+                    .await
+                    .map_err(|_| BodyError::TooSlow)?,
+                None => body.frame().await,
+            };
+            let Some(frame) = next else { break };
             let frame = frame.map_err(BodyError::Read)?;
             let Ok(data) = frame.into_data() else { continue };
             if buffer.len() + data.len() > limit {
                 return Err(BodyError::TooLarge);
             }
-            let size = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
-            if size > 0 {
+            if budget.is_none() && !data.is_empty() {
+                let share = declared.unwrap_or(limit).min(budget_total).max(data.len());
+                let permits = u32::try_from(share).unwrap_or(u32::MAX);
                 let permit = self
                     .body_budget
                     .clone()
-                    .acquire_many_owned(size)
+                    .acquire_many_owned(permits)
                     .await
                     .map_err(|_| BodyError::TooLarge)?;
-                match &mut budget {
-                    Some(held) => held.merge(permit),
-                    None => budget = Some(permit),
-                }
+                budget = Some(permit);
+                holding_since = Some(tokio::time::Instant::now());
             }
             if buffer.is_empty() && body.is_end_stream() {
-                return Ok((data, budget));
+                return Ok((data.clone(), shrunk(budget, data.len())));
             }
             buffer.extend_from_slice(&data);
         }
-        Ok((buffer.freeze(), budget))
+        let used = buffer.len();
+        Ok((buffer.freeze(), shrunk(budget, used)))
     }
 
     /// Counts and logs a request refused for its `Host`.

@@ -12,7 +12,7 @@
 //! bytes sent) and never past [`crate::server::REQUEST_BODY_BYTES_MAX`] bytes: a body inflating
 //! beyond it is refused with 413, as an uncompressed body of that size is.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -39,56 +39,70 @@ pub enum Inflate {
 /// The request body as the operation reads it: inflated when `Content-Encoding` says gzip or
 /// deflate (zlib, or raw deflate as some clients send), as is without one (or `identity`).
 pub fn inflate(headers: &HeaderMap, body: Bytes, limit_bytes: usize) -> Result<Bytes, Inflate> {
-    let Some(encoding) = headers.get(header::CONTENT_ENCODING) else {
+    let Some(encoding) = compression(headers, &body)? else {
         return Ok(body);
     };
+    let mut inflated = Vec::new();
+    read_inflated(&encoding, &body, limit_bytes, &mut inflated)?;
+    Ok(Bytes::from(inflated))
+}
+
+/// The bytes `body` inflates to (at most `limit_bytes`, else the limit's refusal), without
+/// keeping them: what to make room for before [`inflate`]. `None` when it is not compressed.
+pub fn inflated_bytes(headers: &HeaderMap, body: &[u8], limit_bytes: usize) -> Result<Option<usize>, Inflate> {
+    let Some(encoding) = compression(headers, body)? else {
+        return Ok(None);
+    };
+    read_inflated(&encoding, body, limit_bytes, &mut std::io::sink()).map(Some)
+}
+
+/// The body's compression, from `Content-Encoding`: `None` for none (or `identity`).
+fn compression(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, Inflate> {
+    let Some(encoding) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(None);
+    };
     let encoding = encoding.to_str().unwrap_or("").trim().to_ascii_lowercase();
-    if body.is_empty() && matches!(encoding.as_str(), "gzip" | "x-gzip" | "deflate") {
-        return Err(Inflate::Invalid(ApiError::internal(format!(
+    match encoding.as_str() {
+        "" | "identity" => Ok(None),
+        "gzip" | "x-gzip" | "deflate" if body.is_empty() => Err(Inflate::Invalid(ApiError::internal(format!(
             "The request body is empty but Content-Encoding says {encoding}: send the compressed body, or drop the header"
-        ))));
+        )))),
+        "gzip" | "x-gzip" | "deflate" => Ok(Some(encoding)),
+        other => Err(Inflate::Invalid(ApiError::internal(format!(
+            "Content-Encoding '{other}' is not supported: send the body uncompressed, or compressed with gzip or deflate"
+        )))),
     }
-    let too_large = || {
-        Inflate::TooLarge(Refusal::BodyTooLarge {
-            declared_bytes: None,
-            limit_bytes,
-        })
-    };
-    let read_bounded = |reader: &mut dyn Read| -> Result<Vec<u8>, std::io::Error> {
-        let mut out = Vec::new();
-        // One byte past the limit tells "at the limit" from "over it".
-        reader.take(limit_bytes as u64 + 1).read_to_end(&mut out)?;
-        Ok(out)
-    };
-    let inflated = match encoding.as_str() {
-        "" | "identity" => return Ok(body),
-        "gzip" | "x-gzip" => read_bounded(&mut flate2::read::MultiGzDecoder::new(&body[..])),
+}
+
+/// Inflates `body` (compressed as `encoding`, one [`compression`] accepted) into `out`, at most
+/// `limit_bytes`; the bytes it inflated to.
+fn read_inflated(encoding: &str, body: &[u8], limit_bytes: usize, out: &mut dyn Write) -> Result<usize, Inflate> {
+    let mut reader: Box<dyn Read + '_> = match encoding {
         "deflate" => {
             // RFC 9110's deflate is zlib-wrapped; some clients send the raw stream.
-            let zlib = body.len() >= 2
-                && ((u16::from(body[0]) << 8) | u16::from(body[1])) % 31 == 0
-                && (body[0] & 0x0f) == 8;
+            let zlib =
+                body.len() >= 2 && ((u16::from(body[0]) << 8) | u16::from(body[1])) % 31 == 0 && (body[0] & 0x0f) == 8;
             if zlib {
-                read_bounded(&mut flate2::read::ZlibDecoder::new(&body[..]))
+                Box::new(flate2::read::ZlibDecoder::new(body))
             } else {
-                read_bounded(&mut flate2::read::DeflateDecoder::new(&body[..]))
+                Box::new(flate2::read::DeflateDecoder::new(body))
             }
         }
-        other => {
-            return Err(Inflate::Invalid(ApiError::internal(format!(
-                "Content-Encoding '{other}' is not supported: send the body uncompressed, or compressed with gzip or deflate"
-            ))));
-        }
-    }
-    .map_err(|error| {
+        _ => Box::new(flate2::read::MultiGzDecoder::new(body)),
+    };
+    // One byte past the limit tells "at the limit" from "over it".
+    let inflated = std::io::copy(&mut (&mut reader).take(limit_bytes as u64 + 1), out).map_err(|error| {
         Inflate::Invalid(ApiError::internal(format!(
             "The request body is not valid {encoding} data ({error}); compress it with {encoding} or drop the Content-Encoding header"
         )))
     })?;
-    if inflated.len() > limit_bytes {
-        return Err(too_large());
+    if inflated > limit_bytes as u64 {
+        return Err(Inflate::TooLarge(Refusal::BodyTooLarge {
+            declared_bytes: None,
+            limit_bytes,
+        }));
     }
-    Ok(Bytes::from(inflated))
+    Ok(inflated as usize)
 }
 
 /// Responses larger than this many bytes are compressed when the client accepts gzip or

@@ -816,7 +816,7 @@ fn render_refusal(refusal: &Refusal) -> Rendered {
                  split the request (BatchWriteItem takes at most 25 items per call)"
             ),
         ),
-        Refusal::BodyTimeout { .. } => (
+        Refusal::BodyTimeout { .. } | Refusal::BodyTooSlow { .. } => (
             "com.amazon.coral.service#RequestTimeoutException".to_string(),
             refusal.to_string(),
         ),
@@ -827,7 +827,7 @@ fn render_refusal(refusal: &Refusal) -> Rendered {
                 error.message,
             )
         }
-        Refusal::TooManyConnections { .. } => {
+        Refusal::TooManyConnections { .. } | Refusal::BodyWaitersBusy { .. } => {
             let kind = ErrorKind::ServiceUnavailable;
             (format!("{}#{}", kind.namespace(), kind.name()), refusal.to_string())
         }
@@ -899,30 +899,23 @@ fn budget_spent(spent: crate::in_flight::Spent) -> ApiError {
 }
 
 /// The body as the operation reads it (`compat::inflate`), the admission grown to its inflated
-/// size. It is first inflated within what the admission covers; a body that inflates past that
-/// gives back its share and waits for the largest body's before it is inflated again, so an
-/// inflated body is never held outside the budget.
+/// size: a compressed body is first inflated only to count its bytes, so its share grows to
+/// exactly what the inflated body needs (giving back what it holds while it waits for it), and
+/// an inflated body is never held outside the budget.
 async fn inflate_within(
     budget: &crate::in_flight::Budget,
     admission: &mut Admission,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Result<Bytes, crate::compat::Inflate>, ApiError> {
-    let covered = admission.covered_body_bytes().min(REQUEST_BODY_BYTES_MAX);
-    let inflated = match crate::compat::inflate(headers, body.clone(), covered) {
-        Err(crate::compat::Inflate::TooLarge(_)) if covered < REQUEST_BODY_BYTES_MAX => {
-            budget
-                .grow(admission, REQUEST_BODY_BYTES_MAX)
-                .await
-                .map_err(budget_spent)?;
-            crate::compat::inflate(headers, body, REQUEST_BODY_BYTES_MAX)
+    match crate::compat::inflated_bytes(headers, &body, REQUEST_BODY_BYTES_MAX) {
+        Ok(None) => Ok(Ok(body)),
+        Err(refused) => Ok(Err(refused)),
+        Ok(Some(inflated)) => {
+            budget.grow(admission, inflated).await.map_err(budget_spent)?;
+            Ok(crate::compat::inflate(headers, body, REQUEST_BODY_BYTES_MAX))
         }
-        other => other,
-    };
-    if let Ok(inflated) = &inflated {
-        budget.grow(admission, inflated.len()).await.map_err(budget_spent)?;
     }
-    Ok(inflated)
 }
 
 /// Headers and body of a replication request; a body refused by a limit is an error.

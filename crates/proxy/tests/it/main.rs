@@ -1696,8 +1696,11 @@ async fn bodies_larger_together_than_the_budget_all_reach_the_server() {
     )
     .await;
     let mut uploads = Vec::new();
+    // Every body's first half is sent before any second half: each is then partly read.
+    let halfway = Arc::new(tokio::sync::Barrier::new(8));
     for index in 0..8 {
         let proxy_address = proxy.address;
+        let halfway = Arc::clone(&halfway);
         uploads.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(proxy_address).await.ok()?;
             let chunked = index == 0;
@@ -1719,6 +1722,9 @@ async fn bodies_larger_together_than_the_budget_all_reach_the_server() {
                     stream.write_all(piece).await.ok()?;
                 }
                 sent += piece.len();
+                if sent >= BODY_BYTES / 2 && sent - piece.len() < BODY_BYTES / 2 {
+                    halfway.wait().await;
+                }
                 tokio::task::yield_now().await;
             }
             if chunked {
@@ -1744,6 +1750,85 @@ async fn bodies_larger_together_than_the_budget_all_reach_the_server() {
             "upload {index} reached the server"
         );
     }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_bodies_larger_together_than_the_budget_all_reach_the_server() {
+    // The same crowd over HTTP/2 (hyper's path, `Shared::read_body`), one connection per
+    // body: there too a body takes its whole share once its first bytes arrive. Taken frame by
+    // frame, the bodies each held part and none was answered before client_body_ms.
+    const BODY_BYTES: usize = 100_000;
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(
+        address,
+        "[proxy.limits]\nrequest_body_bytes_max = 150000\nbuffered_body_bytes_max = 300000\n[proxy.timeouts]\nclient_body_ms = 60000",
+    )
+    .await;
+    let mut uploads = Vec::new();
+    for index in 0..8 {
+        let proxy_address = proxy.address;
+        uploads.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(proxy_address).await.map_err(|e| e.to_string())?;
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            let request = Request::post(format!("http://a/h2-upload-{index}"))
+                .body(Full::new(Bytes::from(vec![b'x'; BODY_BYTES])))
+                .expect("request");
+            let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(response.status())
+        }));
+    }
+    for upload in uploads {
+        let status = tokio::time::timeout(DEADLINE, upload)
+            .await
+            .expect("every body is answered before client_body_ms")
+            .expect("task")
+            .expect("an answer");
+        assert_eq!(status, StatusCode::OK);
+    }
+    let requests = seen.lock().expect("log").clone();
+    for index in 0..8 {
+        assert!(
+            requests.iter().any(|r| r.contains(&format!("/h2-upload-{index} "))),
+            "upload {index} reached the server"
+        );
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gives_back_its_share_once_behind_the_minimum_rate() {
+    let (address, seen) = scripted_backend(ok_script).await;
+    // Room for one full body. The attacker declares one, sends a byte (so it takes its whole
+    // share) and stalls: it keeps it only until it falls behind the minimum rate, not for its
+    // client_body_ms (a minute here, past the test's deadline), and the victim is then served.
+    let proxy = proxy_for(
+        address,
+        "[proxy.limits]\nrequest_body_bytes_max = 65536\nbuffered_body_bytes_max = 65536\n[proxy.timeouts]\nclient_body_ms = 60000",
+    )
+    .await;
+    let mut attacker = hold(
+        proxy.address,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\nx",
+    )
+    .await;
+    let victim = tokio::spawn(raw_exchange(
+        proxy.address,
+        b"POST /victim HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+    ));
+    let answer = victim.await.expect("task");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut refused = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, attacker.read_to_end(&mut refused)).await;
+    let refused = String::from_utf8_lossy(&refused);
+    assert!(refused.starts_with("HTTP/1.1 408"), "{refused}");
+    let requests = seen.lock().expect("log").clone();
+    assert!(requests.iter().any(|r| r.contains("/victim") && r.ends_with("hello")));
+    assert!(!requests.iter().any(|r| r.contains("/upload")));
     proxy.stop().await;
 }
 
