@@ -381,3 +381,52 @@ def test_large_requests_together_past_both_budgets_are_all_served(tmp_path):
         assert metrics["switchyard_store_in_flight_bytes"] == 0, metrics
     finally:
         store.stop()
+
+
+# A client that asks for a large answer and does not read it: the answer's bytes stay charged to
+# the budget in flight until the client has taken them, so many such clients fill the budget (and
+# further requests wait, then get 503) instead of the store's memory.
+SLOW_READER_ITEMS = 40
+SLOW_READER_ITEM_BYTES = 380 * 1024
+
+
+def test_an_unread_answer_holds_its_bytes_in_the_budget_until_the_client_takes_them(tmp_path):
+    require_binary()
+    store = StoreProcess(tmp_path / "data").start()
+    try:
+        client = store.client()
+        create_table(client, "big")
+        for index in range(SLOW_READER_ITEMS):
+            client.put_item(TableName="big", Item={"pk": {"S": f"k{index}"},
+                                                   "blob": {"S": chr(97 + index % 26) * SLOW_READER_ITEM_BYTES}})
+        assert in_flight_metrics(store)["switchyard_store_in_flight_bytes"] == 0
+        body = json.dumps({"RequestItems": {"big": {"Keys": [{"pk": {"S": f"k{index}"}}
+                                                             for index in range(SLOW_READER_ITEMS)]}}}).encode()
+        connection = open_connection(store)
+        connection.sendall(head("BatchGetItem", len(body)) + body)
+        # The head only: the rest of the answer is left unread.
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += connection.recv(1024)
+        answer_head, _ = received.split(b"\r\n\r\n", 1)
+        assert answer_head.startswith(b"HTTP/1.1 200"), answer_head
+        length = next(int(line.split(b":", 1)[1]) for line in answer_head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        assert length > SLOW_READER_ITEMS * SLOW_READER_ITEM_BYTES
+        # The answer is charged whole while the client has not taken it (the kernel's buffers
+        # took only part of it).
+        wait_for(lambda: in_flight_metrics(store)["switchyard_store_in_flight_bytes"] == length, 30,
+                 f"the unread answer's {length} bytes held in the budget in flight")
+        # Read, the answer is whole and its share is given back.
+        rest = received.split(b"\r\n\r\n", 1)[1]
+        connection.settimeout(30)
+        while len(rest) < length:
+            chunk = connection.recv(1 << 20)
+            assert chunk, "the connection closed mid-answer"
+            rest += chunk
+        assert len(json.loads(rest)["Responses"]["big"]) == SLOW_READER_ITEMS
+        wait_for(lambda: in_flight_metrics(store)["switchyard_store_in_flight_bytes"] == 0, 30,
+                 "the answer's share given back once it was read")
+        connection.close()
+    finally:
+        store.stop()

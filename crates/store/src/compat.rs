@@ -401,6 +401,8 @@ pub fn answer_headers(body: &[u8]) -> [(&'static str, String); 2] {
 pub async fn with_answer_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
     let (mut parts, body) = response.into_parts();
+    // The request's share of the budget in flight, kept until the answer has been taken.
+    let held = parts.extensions.remove::<crate::in_flight::Held>();
     // Every answer is already in memory (JSON, or the health and metrics text).
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(body) => body,
@@ -421,7 +423,7 @@ pub async fn with_answer_headers(request: axum::extract::Request, next: axum::mi
             parts.headers.insert(name, value);
         }
     }
-    Response::from_parts(parts, axum::body::Body::from(body))
+    Response::from_parts(parts, crate::in_flight::HeldAnswer::body(body, held))
 }
 
 /// What DynamoDB's endpoints answer in the `Server` header, on every response.

@@ -10,8 +10,13 @@
 //! budget spent waits (its connection reads nothing more meanwhile) for at most the listener's
 //! body read timeout, then is answered 503 `ServiceUnavailable`, which SDKs retry.
 //!
-//! A compressed body is charged for its inflated size: it is inflated within what it holds,
-//! and when it inflates past that, it first gives back its share and waits for the largest body's.
+//! A compressed body is charged for its inflated size (counted first, then charged).
+//!
+//! Answers are charged too: an operation whose answer may be large (a read: BatchGetItem's up
+//! to 16 MB of items) takes [`answer_reserve_bytes`] at least when admitted, for the time it
+//! builds its answer; once the answer is serialised its share shrinks to the answer's bytes,
+//! and it holds that until the client has read the answer (or its connection closed). A client
+//! that asks for large answers and never reads them so fills this budget, not the memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +29,29 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// ExpressionAttributeNames of hundreds of thousands of placeholders, and Expected or Tags of as
 /// many entries, more (up to ~30×), though refused once decoded.
 pub const DECODED_BYTES_PER_BODY_BYTE: usize = 16;
+
+/// The least a request of `operation` takes when admitted, for the answer it builds: a read's
+/// largest answer (DynamoDB's size limits on what it returns) times 4 for its JSON (type tags,
+/// base64, escapes), whatever its body. Writes answer little (ReturnValues at most an item)
+/// and take nothing more: they wait for their commit while admitted.
+pub fn answer_reserve_bytes(operation: &str) -> usize {
+    const MIB: usize = 1024 * 1024;
+    const JSON_BYTES_PER_ITEM_BYTE: usize = 4;
+    let largest = match operation {
+        // DynamoDB: 100 items, 16 MB in all.
+        "BatchGetItem" => 16 * MIB,
+        // 25 statements of an item each (400 KB).
+        "BatchExecuteStatement" => 10 * MIB,
+        // 100 items, 4 MB in all.
+        "TransactGetItems" | "ExecuteTransaction" => 4 * MIB,
+        // A page is at most 1 MB of items; GetRecords at most 1 MB of records.
+        "Query" | "Scan" | "ExecuteStatement" | "GetRecords" => MIB,
+        // An item is at most 400 KB.
+        "GetItem" => 400 * 1024,
+        _ => 0,
+    };
+    largest * JSON_BYTES_PER_ITEM_BYTE
+}
 
 /// The budget's size: the listener's body budget times [`DECODED_BYTES_PER_BODY_BYTE`] (512 MiB
 /// with the default 32 MiB budget), at most `u32::MAX` bytes (a semaphore's largest grant).
@@ -73,6 +101,15 @@ impl Admission {
     /// Bytes of the budget held.
     pub fn held_bytes(&self) -> usize {
         self.permit.num_permits()
+    }
+
+    /// Keeps `bytes` of the share (the answer's, once it is serialised) and gives back the rest.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let held = self.permit.num_permits();
+        if held > bytes {
+            drop(self.permit.split(held - bytes));
+        }
+        self.covered_body_bytes = 0;
     }
 }
 
@@ -129,9 +166,10 @@ impl Budget {
         }
     }
 
-    /// Admits a request whose body has `body_bytes`, waiting while the budget is spent.
-    pub async fn admit(&self, body_bytes: usize) -> Result<Admission, Spent> {
-        let charge = self.charge(body_bytes);
+    /// Admits a request whose body has `body_bytes`, taking `at_least_bytes` at least (an
+    /// answer's reserve), waiting while the budget is spent.
+    pub async fn admit(&self, body_bytes: usize, at_least_bytes: usize) -> Result<Admission, Spent> {
+        let charge = self.charge(body_bytes).max(at_least_bytes.min(self.total_bytes));
         let permit = self.take(charge).await?;
         Ok(Admission {
             permit,
@@ -157,6 +195,72 @@ impl Budget {
     }
 }
 
+/// A request's share kept with its answer: `api` puts it in the response's extensions, and
+/// `compat::with_answer_headers` hands it to the answer's body ([`HeldAnswer::body`]).
+#[derive(Clone)]
+pub struct Held(Arc<std::sync::Mutex<Option<Admission>>>);
+
+impl Held {
+    pub fn new(admission: Admission) -> Held {
+        Held(Arc::new(std::sync::Mutex::new(Some(admission))))
+    }
+
+    fn take(&self) -> Option<Admission> {
+        self.0.lock().map(|mut held| held.take()).unwrap_or(None)
+    }
+}
+
+/// Bytes of an answer given to the connection at a time: it asks for the next piece only once
+/// it has room for it (hyper's write buffer, HTTP/2's flow-control window), so the share is
+/// held about as long as the answer is.
+pub const ANSWER_PIECE_BYTES: usize = 64 * 1024;
+
+/// An answer's body that keeps its request's share of the budget until its last piece has been
+/// taken by the connection (or the connection closed).
+pub struct HeldAnswer {
+    rest: bytes::Bytes,
+    held: Option<Admission>,
+}
+
+impl HeldAnswer {
+    /// `answer` as a body holding `held`'s share (none: a plain body).
+    pub fn body(answer: bytes::Bytes, held: Option<Held>) -> axum::body::Body {
+        match held.and_then(|held| held.take()) {
+            Some(admission) => axum::body::Body::new(HeldAnswer {
+                rest: answer,
+                held: Some(admission),
+            }),
+            None => axum::body::Body::from(answer),
+        }
+    }
+}
+
+impl axum::body::HttpBody for HeldAnswer {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            this.held = None;
+            return std::task::Poll::Ready(None);
+        }
+        let piece = this.rest.split_to(this.rest.len().min(ANSWER_PIECE_BYTES));
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,7 +270,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_holds_its_body_times_the_charge_until_dropped() {
         let budget = Budget::new(1000, WAIT);
-        let admission = budget.admit(10).await.expect("admitted");
+        let admission = budget.admit(10, 0).await.expect("admitted");
         assert_eq!(admission.held_bytes(), 10 * DECODED_BYTES_PER_BODY_BYTE);
         assert_eq!(admission.covered_body_bytes(), 10);
         assert_eq!(budget.held_bytes(), 160);
@@ -177,8 +281,8 @@ mod tests {
     #[tokio::test]
     async fn a_spent_budget_refuses_after_the_wait_and_admits_once_a_share_is_given_back() {
         let budget = Arc::new(Budget::new(320, WAIT));
-        let first = budget.admit(20).await.expect("admitted");
-        let refused = budget.admit(1).await.err().expect("refused");
+        let first = budget.admit(20, 0).await.expect("admitted");
+        let refused = budget.admit(1, 0).await.err().expect("refused");
         assert_eq!(refused.total_bytes, 320);
         assert!(
             refused.to_string().contains("raise buffered_body_bytes_max"),
@@ -187,7 +291,7 @@ mod tests {
         // A waiter is admitted as soon as the share it waits for is given back.
         let waiting = {
             let budget = Arc::clone(&budget);
-            tokio::spawn(async move { budget.admit(20).await.map(|a| a.held_bytes()) })
+            tokio::spawn(async move { budget.admit(20, 0).await.map(|a| a.held_bytes()) })
         };
         tokio::task::yield_now().await;
         drop(first);
@@ -197,29 +301,29 @@ mod tests {
     #[tokio::test]
     async fn a_body_larger_than_the_budget_takes_all_of_it_and_covers_any_size() {
         let budget = Budget::new(100, WAIT);
-        let admission = budget.admit(1_000_000).await.expect("admitted");
+        let admission = budget.admit(1_000_000, 0).await.expect("admitted");
         assert_eq!(admission.held_bytes(), 100);
         assert_eq!(admission.covered_body_bytes(), usize::MAX);
-        assert!(budget.admit(0).await.is_ok(), "an empty body takes nothing");
-        assert!(budget.admit(1).await.is_err());
+        assert!(budget.admit(0, 0).await.is_ok(), "an empty body takes nothing");
+        assert!(budget.admit(1, 0).await.is_err());
     }
 
     #[tokio::test]
     async fn growing_waits_for_the_larger_share_whole_holding_nothing_meanwhile() {
         let budget = Arc::new(Budget::new(1600, WAIT));
-        let mut admission = budget.admit(10).await.expect("admitted");
+        let mut admission = budget.admit(10, 0).await.expect("admitted");
         budget.grow(&mut admission, 5).await.expect("grown");
         assert_eq!(admission.held_bytes(), 160, "a smaller body needs nothing more");
         budget.grow(&mut admission, 50).await.expect("grown");
         assert_eq!((admission.held_bytes(), admission.covered_body_bytes()), (800, 50));
-        let other = budget.admit(40).await.expect("admitted");
+        let other = budget.admit(40, 0).await.expect("admitted");
         assert!(budget.grow(&mut admission, 100).await.is_err());
         assert_eq!(admission.held_bytes(), 0, "a refused growth holds nothing");
         assert_eq!(budget.held_bytes(), 640);
         // A request queued for the whole budget does not wait on one that grows behind it.
         let whole = {
             let budget = Arc::clone(&budget);
-            tokio::spawn(async move { budget.admit(1000).await.map(|a| a.held_bytes()) })
+            tokio::spawn(async move { budget.admit(1000, 0).await.map(|a| a.held_bytes()) })
         };
         tokio::task::yield_now().await;
         drop(other);
@@ -228,6 +332,38 @@ mod tests {
         assert_eq!(
             (admission.held_bytes(), admission.covered_body_bytes()),
             (1600, usize::MAX)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_takes_its_answers_reserve_then_keeps_only_its_answer() {
+        let budget = Budget::new(100 * 1024 * 1024, WAIT);
+        let mut admission = budget
+            .admit(100, answer_reserve_bytes("BatchGetItem"))
+            .await
+            .expect("admitted");
+        assert_eq!(admission.held_bytes(), 64 * 1024 * 1024);
+        admission.shrink_to(5000);
+        assert_eq!((admission.held_bytes(), budget.held_bytes()), (5000, 5000));
+        let write = budget
+            .admit(100, answer_reserve_bytes("PutItem"))
+            .await
+            .expect("admitted");
+        assert_eq!(
+            write.held_bytes(),
+            100 * DECODED_BYTES_PER_BODY_BYTE,
+            "a write takes only its body's charge"
+        );
+        // A reserve larger than the whole budget takes all of it.
+        drop((admission, write));
+        let small = Budget::new(1000, WAIT);
+        assert_eq!(
+            small
+                .admit(1, answer_reserve_bytes("Query"))
+                .await
+                .expect("admitted")
+                .held_bytes(),
+            1000
         );
     }
 

@@ -870,6 +870,7 @@ enum BodyRead {
 async fn read_body(
     budget: &crate::in_flight::Budget,
     mut body: axum::body::Body,
+    answer_reserve_bytes: usize,
 ) -> Result<(Bytes, Admission), BodyRead> {
     use http_body_util::BodyExt;
     let read = match (&mut body).collect().await {
@@ -884,7 +885,7 @@ async fn read_body(
         }
     };
     let admission = budget
-        .admit(read.len())
+        .admit(read.len(), answer_reserve_bytes)
         .await
         .map_err(|spent| BodyRead::InFlightSpent(budget_spent(spent)))?;
     drop(body);
@@ -1106,11 +1107,18 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
         .or_else(|| target.strip_prefix(crate::streams::api::TARGET_PREFIX))
         .unwrap_or(target)
         .to_string();
-    // The request's share of the budget for requests in flight, held until its answer is serialised.
+    // The request's share of the budget for requests in flight, held until its answer is
+    // serialised, then its answer's bytes until the client has taken them.
     let mut held: Option<Admission> = None;
     let result = match authenticate_head(&state, &method, &uri, &headers) {
         Err(error) => Err(error),
-        Ok(admitted) => match read_body(&state.in_flight, body).await {
+        Ok(admitted) => match read_body(
+            &state.in_flight,
+            body,
+            crate::in_flight::answer_reserve_bytes(&operation),
+        )
+        .await
+        {
             Err(BodyRead::Refused(response)) => return response,
             Err(BodyRead::InFlightSpent(error)) => Err(error),
             Ok((body, admission)) => {
@@ -1202,7 +1210,13 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             };
             let mut out = HeaderMap::new();
             let body = crate::compat::encode_response(&headers, body, &mut out);
+            let answer_bytes = body.len();
             let mut response = (StatusCode::OK, body).into_response();
+            // The share shrinks to the answer's bytes, held until the client has taken them.
+            if let Some(mut admission) = held.take() {
+                admission.shrink_to(answer_bytes);
+                response.extensions_mut().insert(crate::in_flight::Held::new(admission));
+            }
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(answer_content_type(&headers)),
