@@ -856,40 +856,24 @@ fn refusal_response(refusal: &Refusal) -> Response {
     common::http::response_of(render_refusal(refusal))
 }
 
-/// Why a body was not admitted with its budget share.
-enum BodyRead {
-    /// Refused by a listener limit: the limit's own answer.
-    Refused(Response),
-    /// The budget for requests in flight stayed spent: 503, retried by clients.
-    InFlightSpent(ApiError),
-}
-
-/// Reads a body under the listener's limits and admits the request to the budget for requests
-/// in flight (`in_flight`) before the body's share of the listener's budget is given back, so the
-/// request is never outside both.
-async fn read_body(
-    budget: &crate::in_flight::Budget,
-    mut body: axum::body::Body,
-    answer_reserve_bytes: usize,
-) -> Result<(Bytes, Admission), BodyRead> {
+/// Reads a body under the listener's limits; a refusal becomes the store's error response. The
+/// body is returned with its bytes: it holds the body's share of the listener's budget until
+/// it is dropped, which the caller does once the request is admitted to the budget in flight
+/// (`in_flight`), after its signature is checked, so the request is never outside both and a
+/// request that fails authentication never takes any of the second.
+async fn read_body(mut body: axum::body::Body) -> Result<(Bytes, axum::body::Body), Response> {
     use http_body_util::BodyExt;
-    let read = match (&mut body).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    match (&mut body).collect().await {
+        Ok(collected) => Ok((collected.to_bytes(), body)),
         Err(error) => {
             let refusal = common::http::refusal_of(&error)
                 .cloned()
                 .unwrap_or(Refusal::BodyIncomplete {
                     reason: error.to_string(),
                 });
-            return Err(BodyRead::Refused(refusal_response(&refusal)));
+            Err(refusal_response(&refusal))
         }
-    };
-    let admission = budget
-        .admit(read.len(), answer_reserve_bytes)
-        .await
-        .map_err(|spent| BodyRead::InFlightSpent(budget_spent(spent)))?;
-    drop(body);
-    Ok((read, admission))
+    }
 }
 
 use crate::in_flight::Admission;
@@ -1112,16 +1096,9 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let mut held: Option<Admission> = None;
     let result = match authenticate_head(&state, &method, &uri, &headers) {
         Err(error) => Err(error),
-        Ok(admitted) => match read_body(
-            &state.in_flight,
-            body,
-            crate::in_flight::answer_reserve_bytes(&operation),
-        )
-        .await
-        {
-            Err(BodyRead::Refused(response)) => return response,
-            Err(BodyRead::InFlightSpent(error)) => Err(error),
-            Ok((body, admission)) => {
+        Ok(admitted) => match read_body(body).await {
+            Err(response) => return response,
+            Ok((body, reading)) => {
                 match authenticate_body(&state, admitted, &operation, &method, &uri, &headers, &body) {
                     Err(error) => Err(error),
                     Ok(_)
@@ -1136,9 +1113,21 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
                         ))
                     }
                     Ok(signature) => {
-                        let admission = held.insert(admission);
+                        let admitted = state
+                            .in_flight
+                            .admit(body.len(), crate::in_flight::answer_reserve_bytes(&operation))
+                            .await
+                            .map_err(budget_spent);
+                        // Admitted (or refused): the body's share of the listener's budget goes.
+                        drop(reading);
                         // One endpoint: DynamoDB Streams reads compressed bodies as DynamoDB does.
-                        let result = match inflate_within(&state.in_flight, admission, &headers, body).await {
+                        let inflated = match admitted {
+                            Err(error) => Err(error),
+                            Ok(admission) => {
+                                inflate_within(&state.in_flight, held.insert(admission), &headers, body).await
+                            }
+                        };
+                        let result = match inflated {
                             Err(error) => Err(error),
                             Ok(Err(crate::compat::Inflate::TooLarge(refusal))) => return refusal_response(&refusal),
                             Ok(Err(crate::compat::Inflate::Invalid(error))) => Err(error),

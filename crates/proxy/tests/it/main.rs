@@ -1687,18 +1687,12 @@ async fn bodies_larger_together_than_the_budget_all_reach_the_server() {
     // arrived, each held part of the budget and waited for the rest, which none gave back before
     // its end: all waited until client_body_ms (a minute here, past the test's deadline). One
     // body is chunked: it takes the body limit's share and gives back what it did not use.
-    const BODY_BYTES: usize = 100_000;
     const CHUNK_BYTES: usize = 4096;
-    let (address, seen) = scripted_backend(ok_script).await;
-    let proxy = proxy_for(
-        address,
-        "[proxy.limits]\nrequest_body_bytes_max = 150000\nbuffered_body_bytes_max = 300000\n[proxy.timeouts]\nclient_body_ms = 60000",
-    )
-    .await;
+    let (proxy, seen) = crowd_proxy().await;
     let mut uploads = Vec::new();
     // Every body's first half is sent before any second half: each is then partly read.
-    let halfway = Arc::new(tokio::sync::Barrier::new(8));
-    for index in 0..8 {
+    let halfway = Arc::new(tokio::sync::Barrier::new(CROWD));
+    for index in 0..CROWD {
         let proxy_address = proxy.address;
         let halfway = Arc::clone(&halfway);
         uploads.push(tokio::spawn(async move {
@@ -1743,14 +1737,36 @@ async fn bodies_larger_together_than_the_budget_all_reach_the_server() {
             .expect("an answer");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
+    assert_crowd_reached(&seen, "/upload-");
+    proxy.stop().await;
+}
+
+/// The crowd's body size: a third of [`crowd_proxy`]'s budget.
+const BODY_BYTES: usize = 100_000;
+/// Bodies in the crowd, together past the budget.
+const CROWD: usize = 8;
+
+/// A proxy whose body budget holds three of the crowd's bodies, before a server that answers
+/// every request (and the requests it saw).
+async fn crowd_proxy() -> (TestProxy, Arc<std::sync::Mutex<Vec<String>>>) {
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(
+        address,
+        "[proxy.limits]\nrequest_body_bytes_max = 150000\nbuffered_body_bytes_max = 300000\n[proxy.timeouts]\nclient_body_ms = 60000",
+    )
+    .await;
+    (proxy, seen)
+}
+
+/// Every body of the crowd, sent to `{prefix}{index}`, reached the server.
+fn assert_crowd_reached(seen: &std::sync::Mutex<Vec<String>>, prefix: &str) {
     let requests = seen.lock().expect("log").clone();
-    for index in 0..8 {
+    for index in 0..CROWD {
         assert!(
-            requests.iter().any(|r| r.contains(&format!("/upload-{index} "))),
+            requests.iter().any(|r| r.contains(&format!("{prefix}{index} "))),
             "upload {index} reached the server"
         );
     }
-    proxy.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1758,15 +1774,9 @@ async fn http2_bodies_larger_together_than_the_budget_all_reach_the_server() {
     // The same crowd over HTTP/2 (hyper's path, `Shared::read_body`), one connection per
     // body: there too a body takes its whole share once its first bytes arrive. Taken frame by
     // frame, the bodies each held part and none was answered before client_body_ms.
-    const BODY_BYTES: usize = 100_000;
-    let (address, seen) = scripted_backend(ok_script).await;
-    let proxy = proxy_for(
-        address,
-        "[proxy.limits]\nrequest_body_bytes_max = 150000\nbuffered_body_bytes_max = 300000\n[proxy.timeouts]\nclient_body_ms = 60000",
-    )
-    .await;
+    let (proxy, seen) = crowd_proxy().await;
     let mut uploads = Vec::new();
-    for index in 0..8 {
+    for index in 0..CROWD {
         let proxy_address = proxy.address;
         uploads.push(tokio::spawn(async move {
             let stream = TcpStream::connect(proxy_address).await.map_err(|e| e.to_string())?;
@@ -1790,13 +1800,7 @@ async fn http2_bodies_larger_together_than_the_budget_all_reach_the_server() {
             .expect("an answer");
         assert_eq!(status, StatusCode::OK);
     }
-    let requests = seen.lock().expect("log").clone();
-    for index in 0..8 {
-        assert!(
-            requests.iter().any(|r| r.contains(&format!("/h2-upload-{index} "))),
-            "upload {index} reached the server"
-        );
-    }
+    assert_crowd_reached(&seen, "/h2-upload-");
     proxy.stop().await;
 }
 
