@@ -1175,7 +1175,8 @@ async fn serve_request(
                 }
                 budget.start_rate(arrived);
                 let deadline = budget.read_deadline(arrived, body_deadline);
-                if let Err(next) = read_body_more(shared, stream, client, input, out, deadline).await {
+                let behind_rate = deadline < body_deadline;
+                if let Err(next) = read_body_more(shared, stream, client, input, out, deadline, behind_rate).await {
                     return next;
                 }
             }
@@ -1228,7 +1229,8 @@ async fn serve_request(
                 consumed = head.head_len;
                 budget.start_rate(body.len());
                 let deadline = budget.read_deadline(body.len(), body_deadline);
-                if let Err(next) = read_body_more(shared, stream, client, input, out, deadline).await {
+                let behind_rate = deadline < body_deadline;
+                if let Err(next) = read_body_more(shared, stream, client, input, out, deadline, behind_rate).await {
                     return next;
                 }
             }
@@ -1391,6 +1393,7 @@ async fn read_body_more(
     input: &mut Vec<u8>,
     out: &mut Vec<u8>,
     deadline: Instant,
+    behind_rate: bool,
 ) -> Result<(), Next> {
     match read_more(stream, input, Some(deadline)).await {
         Ok(0) => {
@@ -1399,7 +1402,11 @@ async fn read_body_more(
         }
         Ok(_) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::TimedOut => {
-            shared.note_body_failed(client, None);
+            if behind_rate {
+                shared.note_body_behind_rate(client);
+            } else {
+                shared.note_body_failed(client, None);
+            }
             Err(answer_local(shared, stream, out, 408, proxy::BODY_TOO_SLOW, true, false).await)
         }
         Err(error) => {

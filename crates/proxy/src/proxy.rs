@@ -765,7 +765,7 @@ impl Shared {
                 }
                 Ok(Err(BodyError::TooLarge)) => return self.body_too_large(client, None),
                 Ok(Err(BodyError::TooSlow)) => {
-                    self.note_body_failed(client, None);
+                    self.note_body_behind_rate(client);
                     return local_response(StatusCode::REQUEST_TIMEOUT, BODY_TOO_SLOW);
                 }
                 Ok(Err(BodyError::Read(error))) => {
@@ -993,6 +993,16 @@ impl Shared {
         if let Some(suppressed) = self.logs.body_too_large.allow(self.now_ms()) {
             tracing::warn!(%client, declared_bytes = declared, request_body_bytes_max = self.config.limits.request_body_bytes_max,
                 suppressed, "request body over the limit; answered 413 (raise limits.request_body_bytes_max to allow it)");
+        }
+    }
+
+    /// Counts and logs a client whose body, holding its share of the body budget, fell behind
+    /// [`BODY_HOLDING_BYTES_PER_S_MIN`].
+    pub(crate) fn note_body_behind_rate(&self, client: SocketAddr) {
+        self.stats.client_errors_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.logs.client_connection.allow(self.now_ms()) {
+            tracing::warn!(%client, bytes_per_s_min = BODY_HOLDING_BYTES_PER_S_MIN, grace_ms = BODY_HOLDING_GRACE_MS,
+                suppressed, "client's request body fell behind the minimum rate while it held its share of buffered_body_bytes_max; answered 408");
         }
     }
 
