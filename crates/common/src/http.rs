@@ -1039,8 +1039,9 @@ struct LimitedBody {
     received_bytes: usize,
     /// When the share was taken and the bytes received by then (the rate's start).
     holding_since: Option<(Instant, usize)>,
-    /// When a body holding its share falls behind the minimum rate unless more arrives.
-    behind: Pin<Box<tokio::time::Sleep>>,
+    /// When a body holding its share falls behind the minimum rate unless more arrives (made
+    /// only once a share is held: most bodies never take one).
+    behind: Option<Pin<Box<tokio::time::Sleep>>>,
     budget: Arc<Semaphore>,
     budget_total: usize,
     /// The body's whole share, once taken (`reservation`).
@@ -1070,7 +1071,7 @@ impl LimitedBody {
             declared_bytes,
             received_bytes: 0,
             holding_since: None,
-            behind: Box::pin(tokio::time::sleep(Duration::from_secs(0))),
+            behind: None,
             budget,
             budget_total: limits.buffered_body_bytes_max,
             held: None,
@@ -1118,7 +1119,12 @@ impl LimitedBody {
         if self.deadline.as_mut().poll(cx).is_ready() {
             let timeout_ms = self.timeout_ms;
             self.fail(Refusal::BodyTimeout { timeout_ms })
-        } else if self.holding_since.is_some() && self.behind.as_mut().poll(cx).is_ready() {
+        } else if self.holding_since.is_some()
+            && self
+                .behind
+                .as_mut()
+                .is_some_and(|behind| behind.as_mut().poll(cx).is_ready())
+        {
             // Given back at once, not when the handler drops the body.
             self.held = None;
             self.fail(Refusal::BodyTooSlow {
@@ -1149,7 +1155,11 @@ impl LimitedBody {
             let allowed_ms =
                 BODY_HOLDING_GRACE_MS.saturating_add(arrived.saturating_mul(1000) / BODY_HOLDING_BYTES_PER_S_MIN);
             let when = since + Duration::from_millis(allowed_ms);
-            self.behind.as_mut().reset(tokio::time::Instant::from_std(when));
+            let when = tokio::time::Instant::from_std(when);
+            match &mut self.behind {
+                Some(behind) => behind.as_mut().reset(when),
+                None => self.behind = Some(Box::pin(tokio::time::sleep_until(when))),
+            }
         }
     }
 }
