@@ -711,6 +711,60 @@ def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_
         group.stop()
 
 
+def etcd_raft_leader(etcd):
+    """The index of the etcd member leading raft (as a one-item list, never falsy), once every
+    member names the same one."""
+    ids, leaders = [], set()
+    for url in etcd.urls:
+        req = urllib.request.Request(url + "/v3/maintenance/status", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as response:
+                body = json.loads(response.read())
+        except OSError:
+            return None
+        ids.append(str(body["header"]["member_id"]))
+        leaders.add(str(body.get("leader")))
+    if len(leaders) != 1:
+        return None
+    leader = leaders.pop()
+    return [ids.index(leader)] if leader in ids else None
+
+
+def test_a_leader_dying_with_etcds_raft_leader_is_deposed_though_etcd_extends_its_lease(tmp_path):
+    """One site lost: the leading controller and the etcd member leading raft die at once. The
+    new raft leader gives every lease its whole TTL again (etcd's lessor `Promote`), so the dead
+    leader's key would outlive it by the TTL plus an election; a follower deposes it once it
+    has seen it unrenewed for the lease (a heartbeat moves its mod revision every third)."""
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    if ETCD is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
+    group = Group(tmp_path, etcd_size=3)
+    try:
+        for member in ("us", "eu", "ap"):
+            group.start(member, shared=True)
+        first = wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        [raft] = wait_until("etcd's raft leader", lambda: etcd_raft_leader(group.etcd), START_DEADLINE_S,
+                            group.logs())
+        process = group.members[first][0]
+        started = time.monotonic()
+        process.kill()
+        group.etcd.processes[raft].kill()
+        process.wait(timeout=10)
+        group.etcd.processes[raft].wait(timeout=10)
+        rest = [m for m in group.members if m != first]
+        second = wait_until("another member to lead", lambda: group.leader(rest), TAKEOVER_DEADLINE_S, group.logs())
+        print(f"leader and raft leader killed -> {second} acting: {time.monotonic() - started:.2f} s")
+        deposed = [json.loads(line) for line in (tmp_path / f"audit-{second}.jsonl").read_text().splitlines()
+                   if '"event":"deposed"' in line]
+        assert deposed, "the new leader took over by deposing the dead one's key, not by waiting out its lease"
+        assert f"member {first}'s leader key" in deposed[-1]["detail"], deposed
+        assert group.status(second)["ha"]["last_deposed"].startswith(f"deposed {first}'s leader key")
+    finally:
+        group.stop()
+
+
 class RefusingMember(Served):
     """A stand-in for a member that could not pass a command on: it answers every POST with
     421 naming `leader`, as a follower does when the leader did not answer it in time."""

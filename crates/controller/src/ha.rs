@@ -48,6 +48,9 @@ pub enum Notice {
     Leading { term: Term, generation: Generation },
     /// This member stopped acting.
     SteppedDown { reason: String },
+    /// This member deleted `member`'s leader key, unchanged for `unchanged_ms` (more than the
+    /// lease: its leader stopped acting), and campaigns.
+    Deposed { member: String, unchanged_ms: u64 },
 }
 
 /// Why a guarded change was not made.

@@ -1345,6 +1345,12 @@ impl Shared {
                 ),
             ),
             crate::ha::Notice::SteppedDown { reason } => ("stepped_down", reason.clone()),
+            crate::ha::Notice::Deposed { member, unchanged_ms } => (
+                "deposed",
+                format!(
+                    "deleted member {member}'s leader key: not renewed for {unchanged_ms} ms (longer than the lease; its leader stopped acting a third of the lease before)"
+                ),
+            ),
         };
         if let Err(error) = core.audit.append(
             wall_ms(),
@@ -1416,6 +1422,7 @@ impl Shared {
                     "etcd_error": status.etcd_error,
                     "last_etcd_ok_ms_ago": status.last_etcd_ok_ms_ago,
                     "last_step_down": status.last_step_down,
+                    "last_deposed": status.last_deposed,
                     "step_in_flight": *self.step_in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
                     "shared": ha.seen(),
                 })

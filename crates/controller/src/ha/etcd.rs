@@ -18,7 +18,7 @@ use etcd_client::{
 };
 
 use super::incidents::IncidentList;
-use super::leadership::{Action, Input, LeaderInfo, Leadership, LeadershipStatus, Role, Term};
+use super::leadership::{Action, Input, KeySeen, LeaderInfo, Leadership, LeadershipStatus, Role, Term};
 use super::{
     GuardError, HaSection, HoldTimers, LEADER_VALUE_BYTES_MAX, Notice, STATE_BYTES_MAX, SharedState, StateError,
 };
@@ -200,6 +200,69 @@ impl Etcd {
             .find(|kv| kv.key() == key.as_bytes())
             .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
         Ok((value, read_at))
+    }
+
+    /// The leader key with its create and mod revision, and the shared state read at the same
+    /// revision (a follower's look).
+    async fn observe(&self) -> Result<(Option<KeySeen>, SharedState), String> {
+        let options = etcd_client::GetOptions::new();
+        let answer = self
+            .retrying("read", |mut client| {
+                let options = options.clone();
+                let key = self.leader_key.clone();
+                async move { client.get(key, Some(options)).await }
+            })
+            .await
+            .map_err(|e| format!("etcd: {e}"))?;
+        let read_at = answer
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| format!("etcd answered the read of {} without a header", self.leader_key))?;
+        let seen = match answer.kvs().iter().find(|kv| kv.key() == self.leader_key.as_bytes()) {
+            Some(kv) => Some(KeySeen {
+                leader: parse_leader(kv.value())?,
+                created: kv.create_revision(),
+                modified: kv.mod_revision(),
+            }),
+            None => None,
+        };
+        let (state, _) = self.get(&self.state_key, read_at).await?;
+        let state = match state {
+            Some((value, _)) => parse_state(&value)?,
+            None => SharedState::default(),
+        };
+        Ok((seen, state))
+    }
+
+    /// The leader's heartbeat: puts the leader key again (its value, its lease) if `term` still
+    /// holds it, which moves its mod revision on. `Ok(false)`: the key is another term's (or
+    /// gone); `Err` names a lease etcd no longer has as such.
+    async fn heartbeat(&self, term: Term, me: &LeaderInfo) -> Result<bool, String> {
+        let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.leader_key.clone(),
+                CompareOp::Equal,
+                term.revision,
+            )])
+            .and_then([TxnOp::put(
+                self.leader_key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(term.lease_id)),
+            )]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Deletes the leader key if its create and mod revision are still `created` and
+    /// `modified` (its leader has not renewed it since): `Ok(false)` when it changed.
+    async fn depose(&self, created: i64, modified: i64) -> Result<bool, String> {
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.leader_key.clone(), CompareOp::Equal, created),
+                Compare::mod_revision(self.leader_key.clone(), CompareOp::Equal, modified),
+            ])
+            .and_then([TxnOp::delete(self.leader_key.clone(), None)]);
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// The leader key and the shared state (with its mod revision), read together: the state
@@ -603,11 +666,26 @@ impl Member {
 
     async fn perform(&self, etcd: &Etcd, action: Action) -> Option<Action> {
         let input = match action {
-            Action::Observe => match etcd.read().await {
-                Ok((leader, state, _)) => {
+            Action::Observe => match etcd.observe().await {
+                Ok((seen, state)) => {
                     self.note_seen(&state);
-                    Input::Observed(leader)
+                    Input::Observed(seen)
                 }
+                Err(error) => Input::Failed(error),
+            },
+            Action::Depose {
+                member,
+                created,
+                modified,
+                unchanged_ms,
+            } => match etcd.depose(created, modified).await {
+                Ok(true) => {
+                    tracing::warn!(%member, revision = created, unchanged_ms, lease_ms = self.section.lease_ms,
+                        "deposed the leader key: its leader has not renewed it for longer than the lease (it stopped acting a third of the lease ago); campaigning");
+                    self.notice(Notice::Deposed { member, unchanged_ms });
+                    Input::Deposed
+                }
+                Ok(false) => Input::DeposeRefused,
                 Err(error) => Input::Failed(error),
             },
             Action::Campaign => {
@@ -621,9 +699,20 @@ impl Member {
                 }
             }
             Action::Renew(term) => {
+                // Sent before either request: the right to act counts from here.
                 let sent_ms = self.now_ms();
                 match etcd.renew(term.lease_id).await {
-                    Ok(true) => Input::Renewed { sent_ms },
+                    Ok(true) => {
+                        let me = self.leadership().me().clone();
+                        match etcd.heartbeat(term, &me).await {
+                            Ok(true) => Input::Renewed { sent_ms },
+                            Ok(false) => Input::Superseded(
+                                "the leader key is no longer this term's (a follower deposed it, or it expired)".into(),
+                            ),
+                            Err(error) if error.contains("lease not found") => Input::LeaseGone,
+                            Err(error) => Input::Failed(error),
+                        }
+                    }
                     Ok(false) => Input::LeaseGone,
                     Err(error) => Input::Failed(error),
                 }

@@ -14,7 +14,23 @@
 //!   beyond what NTP-disciplined or even free-running quartz clocks do; the runtime feeds
 //!   CLOCK_BOOTTIME, which keeps counting while the host is suspended) and lets in-flight
 //!   requests land before another member can win;
-//! - a new leader can only win after etcd deleted the old key, i.e. after the old lease expired.
+//! - every renewal is two requests, both of which must succeed: the keep-alive and a *heartbeat*,
+//!   a put of the leader key (same value, same lease) in a transaction conditioned on the key's
+//!   create revision (the term), which moves the key's mod revision on;
+//! - a new leader can only win after the old key is gone: its lease expired, or a follower
+//!   *deposed* it. A follower deposes a key whose mod revision it has seen unchanged for
+//!   `lease_ms` by its own clock (from the first read that showed it), in a transaction
+//!   conditioned on that create and mod revision, then campaigns as usual. The key's last
+//!   heartbeat committed before that first read, and was sent before it committed, so its
+//!   leader stopped acting at least a third of the lease before the depose, exactly as with an
+//!   expiry; a heartbeat landing after the first read moves the mod revision and the depose is
+//!   refused.
+//!
+//! Why deposing: etcd does not keep a lease's remaining time across a change of its raft leader.
+//! The new raft leader's lessor gives every lease its whole TTL again plus an election timeout
+//! (`Promote`), so when the etcd member that led raft dies with the controller leader (one site
+//! lost), the dead controller's key outlived it by ~8–10 s instead of ~5 s. The heartbeat puts
+//! the clock that matters on the followers' side, where etcd's leader changes do not reset it.
 //!
 //! So at any instant at most one member may act, and the generation counter in etcd (written
 //! in a transaction conditioned on the leader key) fences whatever an old leader still had in
@@ -38,6 +54,16 @@ pub struct LeaderInfo {
     pub vantage: Option<String>,
 }
 
+/// The leader key as one read showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySeen {
+    pub leader: LeaderInfo,
+    /// Its create revision: the term.
+    pub created: i64,
+    /// Its mod revision: moved on by every heartbeat of its leader.
+    pub modified: i64,
+}
+
 /// One leadership term: the leader key's create revision and the lease that holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Term {
@@ -52,8 +78,17 @@ pub enum Action {
     Observe,
     /// Grant a lease and create the leader key with it in a transaction, if it is absent.
     Campaign,
-    /// Send one keep-alive for the term's lease.
+    /// Send one keep-alive for the term's lease and one heartbeat (the leader key put again,
+    /// conditioned on the term's create revision); renewed only if both succeed.
     Renew(Term),
+    /// Delete the leader key if its create and mod revision are still these: its leader has
+    /// not renewed it for `unchanged_ms` (at least `lease_ms`) by this member's clock.
+    Depose {
+        member: String,
+        created: i64,
+        modified: i64,
+        unchanged_ms: u64,
+    },
     /// Read the shared state (generation, placement, runbook) before acting in `term`.
     Load(Term),
     /// Stop acting at once (abort runbooks at their next step) and revoke the lease if etcd
@@ -65,7 +100,11 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// The leader key as read: who holds it, or nobody.
-    Observed(Option<LeaderInfo>),
+    Observed(Option<KeySeen>),
+    /// The depose deleted the stale leader key.
+    Deposed,
+    /// The depose found the key changed (renewed, or already replaced): look again.
+    DeposeRefused,
     /// Our campaign created the leader key; the lease grant was sent at `sent_ms`.
     Won { term: Term, sent_ms: u64 },
     /// Our campaign found the key held by `leader`.
@@ -121,6 +160,16 @@ pub struct LeadershipStatus {
     pub last_etcd_ok_ms_ago: Option<u64>,
     /// Why this member last stopped leading.
     pub last_step_down: Option<String>,
+    /// The last stale leader key this member deposed, and why.
+    pub last_deposed: Option<String>,
+}
+
+/// A leader key a follower watches: since when (its own clock) it has seen these revisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Watch {
+    created: i64,
+    modified: i64,
+    since_ms: u64,
 }
 
 pub struct Leadership {
@@ -134,6 +183,8 @@ pub struct Leadership {
     etcd_error: Option<String>,
     last_ok_ms: Option<u64>,
     last_step_down: Option<String>,
+    watching: Option<Watch>,
+    last_deposed: Option<String>,
 }
 
 impl Leadership {
@@ -149,6 +200,8 @@ impl Leadership {
             etcd_error: None,
             last_ok_ms: None,
             last_step_down: None,
+            watching: None,
+            last_deposed: None,
         }
     }
 
@@ -231,18 +284,58 @@ impl Leadership {
         match (self.phase.clone(), input) {
             (Phase::Follower, Input::Observed(None)) => {
                 self.leader = None;
+                self.watching = None;
                 // Nobody leads: campaign at once.
                 self.phase = Phase::Follower;
                 self.next_observe_ms = now_ms;
                 Some(Action::Campaign)
             }
-            (Phase::Follower, Input::Observed(Some(leader)) | Input::Beaten(leader)) => {
+            (Phase::Follower, Input::Observed(Some(seen))) => {
+                let since_ms = match self.watching {
+                    Some(watch) if watch.created == seen.created && watch.modified == seen.modified => watch.since_ms,
+                    _ => now_ms,
+                };
+                self.watching = Some(Watch {
+                    created: seen.created,
+                    modified: seen.modified,
+                    since_ms,
+                });
+                self.leader = Some(seen.leader.clone());
+                self.next_observe_ms = now_ms.saturating_add(self.observe_every_ms());
+                let unchanged_ms = now_ms.saturating_sub(since_ms);
+                (unchanged_ms >= self.lease_ms).then_some(Action::Depose {
+                    member: seen.leader.member,
+                    created: seen.created,
+                    modified: seen.modified,
+                    unchanged_ms,
+                })
+            }
+            (Phase::Follower, Input::Beaten(leader)) => {
                 self.leader = Some(leader);
                 self.next_observe_ms = now_ms.saturating_add(self.observe_every_ms());
                 None
             }
+            (Phase::Follower, Input::Deposed) => {
+                if let Some(watch) = self.watching.take() {
+                    self.last_deposed = Some(format!(
+                        "deposed {}'s leader key (revision {}): not renewed for {} ms, at least lease_ms {}",
+                        self.leader.as_ref().map_or("an unnamed member", |l| l.member.as_str()),
+                        watch.created,
+                        now_ms.saturating_sub(watch.since_ms),
+                        self.lease_ms
+                    ));
+                }
+                self.leader = None;
+                self.next_observe_ms = now_ms;
+                Some(Action::Campaign)
+            }
+            (Phase::Follower, Input::DeposeRefused) => {
+                self.next_observe_ms = now_ms;
+                None
+            }
             (Phase::Follower, Input::Won { term, sent_ms }) => {
                 self.leader = Some(self.me.clone());
+                self.watching = None;
                 self.phase = Phase::Loading(Held {
                     term,
                     renewed_sent_ms: sent_ms,
@@ -297,6 +390,7 @@ impl Leadership {
 
     fn step_down(&mut self, now_ms: u64, term: Term, reason: String) -> Action {
         self.phase = Phase::Follower;
+        self.watching = None;
         if self.leader.as_ref() == Some(&self.me) {
             self.leader = None;
         }
@@ -326,6 +420,7 @@ impl Leadership {
             etcd_error: self.etcd_error.clone(),
             last_etcd_ok_ms_ago: self.last_ok_ms.map(|at| now_ms.saturating_sub(at)),
             last_step_down: self.last_step_down.clone(),
+            last_deposed: self.last_deposed.clone(),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::leadership::{Action, Input, LeaderInfo, Leadership, Role, Term};
+use super::leadership::{Action, Input, KeySeen, LeaderInfo, Leadership, Role, Term};
 use super::{HaSection, HoldTimers, SharedState, StateError};
 use crate::engine::{
     FAILOVER_WINDOW_MS, Generation, Placement, RegionId, RunbookOrder, RunbookOutcome, TransitionKind,
@@ -20,15 +20,27 @@ fn info(name: &str) -> LeaderInfo {
     }
 }
 
+/// etcd's election timeout, which a new raft leader adds to every lease it promotes.
+const ELECTION_MS: u64 = 1_000;
+
+/// The leader key in [`FakeEtcd`].
+struct Key {
+    holder: LeaderInfo,
+    lease: i64,
+    created: i64,
+    modified: i64,
+}
+
 /// etcd as the leadership machine needs it: one leader key, leases with expiry times on
-/// etcd's own clock, the campaign transaction and the guarded state write.
+/// etcd's own clock (and etcd's lessor `Promote`: a new raft leader gives every lease its whole
+/// TTL again plus an election timeout), the campaign transaction, the heartbeat and the depose
+/// transactions and the guarded state write.
 #[derive(Default)]
 struct FakeEtcd {
     revision: i64,
     next_lease: i64,
     leases: BTreeMap<i64, u64>,
-    /// (holder, lease, create revision)
-    key: Option<(LeaderInfo, i64, i64)>,
+    key: Option<Key>,
     state: SharedState,
     state_mod: i64,
 }
@@ -36,30 +48,59 @@ struct FakeEtcd {
 impl FakeEtcd {
     fn expire(&mut self, now_ms: u64) {
         self.leases.retain(|_, expiry| *expiry > now_ms);
-        if let Some((_, lease, _)) = &self.key
-            && !self.leases.contains_key(lease)
+        if let Some(key) = &self.key
+            && !self.leases.contains_key(&key.lease)
         {
             self.key = None;
             self.revision += 1;
         }
     }
 
+    /// A new raft leader at `now_ms`: every lease lives a whole TTL and an election from now.
+    fn promote(&mut self, now_ms: u64) {
+        self.expire(now_ms);
+        for expiry in self.leases.values_mut() {
+            *expiry = now_ms + LEASE_MS + ELECTION_MS;
+        }
+    }
+
+    fn seen(&self) -> Option<KeySeen> {
+        self.key.as_ref().map(|key| KeySeen {
+            leader: key.holder.clone(),
+            created: key.created,
+            modified: key.modified,
+        })
+    }
+
     /// Handles `action` from `me`, received at `now_ms` (etcd's clock).
     fn handle(&mut self, now_ms: u64, me: &LeaderInfo, action: &Action, sent_ms: u64) -> Option<Input> {
         self.expire(now_ms);
         match action {
-            Action::Observe => Some(Input::Observed(self.key.as_ref().map(|(l, _, _)| l.clone()))),
+            Action::Observe => Some(Input::Observed(self.seen())),
+            Action::Depose { created, modified, .. } => match &self.key {
+                Some(key) if key.created == *created && key.modified == *modified => {
+                    self.key = None;
+                    self.revision += 1;
+                    Some(Input::Deposed)
+                }
+                _ => Some(Input::DeposeRefused),
+            },
             Action::Campaign => {
                 self.next_lease += 1;
                 let lease = self.next_lease;
                 self.leases.insert(lease, now_ms + LEASE_MS);
-                if let Some((holder, _, _)) = &self.key {
-                    let holder = holder.clone();
+                if let Some(key) = &self.key {
+                    let holder = key.holder.clone();
                     self.leases.remove(&lease);
                     return Some(Input::Beaten(holder));
                 }
                 self.revision += 1;
-                self.key = Some((me.clone(), lease, self.revision));
+                self.key = Some(Key {
+                    holder: me.clone(),
+                    lease,
+                    created: self.revision,
+                    modified: self.revision,
+                });
                 Some(Input::Won {
                     term: Term {
                         revision: self.revision,
@@ -69,8 +110,16 @@ impl FakeEtcd {
                 })
             }
             Action::Renew(term) => match self.leases.get_mut(&term.lease_id) {
+                // The keep-alive, then the heartbeat (guarded by the term).
                 Some(expiry) => {
                     *expiry = now_ms + LEASE_MS;
+                    if !self.holds(*term) {
+                        return Some(Input::Superseded("the leader key is another term's".into()));
+                    }
+                    self.revision += 1;
+                    if let Some(key) = &mut self.key {
+                        key.modified = self.revision;
+                    }
                     Some(Input::Renewed { sent_ms })
                 }
                 None => Some(Input::LeaseGone),
@@ -91,9 +140,7 @@ impl FakeEtcd {
     }
 
     fn holds(&self, term: Term) -> bool {
-        self.key
-            .as_ref()
-            .is_some_and(|(_, _, revision)| *revision == term.revision)
+        self.key.as_ref().is_some_and(|key| key.created == term.revision)
     }
 
     /// The guarded write: the term must hold the key and nobody wrote since `expect_mod`.
@@ -138,7 +185,12 @@ fn a_lone_member_campaigns_loads_and_acts() {
 fn a_follower_names_the_leader_and_looks_again_soon() {
     let mut machine = Leadership::new(info("b"), LEASE_MS);
     assert_eq!(machine.poll(0), Some(Action::Observe));
-    assert_eq!(machine.input(1, Input::Observed(Some(info("a")))), None);
+    let seen = KeySeen {
+        leader: info("a"),
+        created: 4,
+        modified: 4,
+    };
+    assert_eq!(machine.input(1, Input::Observed(Some(seen))), None);
     assert_eq!(machine.leader(), Some(&info("a")));
     let every = (LEASE_MS / 3).min(super::leadership::OBSERVE_MS_MAX);
     assert_eq!(machine.poll(every), None);
@@ -248,6 +300,159 @@ fn two_members_racing_for_an_empty_key_one_wins_the_other_follows_it() {
     assert!(b.acting(6).is_some());
     assert!(a.acting(6).is_none());
     assert_eq!(a.leader(), Some(&info("b")));
+}
+
+/// Runs `members` against `etcd` in lockstep (every request answered at once) from `from_ms`
+/// to `until_ms` in steps of 10 ms; `alive[i]` false: member i sends nothing (dead). Calls
+/// `each(now, etcd)` every step. Answers who acted at the end.
+fn run_lockstep(
+    etcd: &mut FakeEtcd,
+    members: &mut [(LeaderInfo, Leadership)],
+    alive: &[bool],
+    from_ms: u64,
+    until_ms: u64,
+    mut each: impl FnMut(u64, &mut FakeEtcd, &[(LeaderInfo, Leadership)]),
+) {
+    let mut now = from_ms;
+    while now < until_ms {
+        now += 10;
+        for (index, (me, machine)) in members.iter_mut().enumerate() {
+            if !alive[index] {
+                continue;
+            }
+            let mut next = machine.poll(now);
+            while let Some(action) = next.take() {
+                let answer = etcd.handle(now, me, &action, now);
+                if let Some(input) = answer {
+                    next = machine.input(now, input);
+                }
+            }
+        }
+        each(now, etcd, members);
+    }
+}
+
+#[test]
+fn a_dead_leaders_key_that_etcd_keeps_extending_is_deposed_a_lease_after_its_last_heartbeat() {
+    let mut etcd = FakeEtcd::default();
+    let mut members = vec![
+        (info("a"), Leadership::new(info("a"), LEASE_MS)),
+        (info("b"), Leadership::new(info("b"), LEASE_MS)),
+    ];
+    // a campaigns first and leads; b follows.
+    run_lockstep(&mut etcd, &mut members, &[true, false], 0, 100, |_, _, _| {});
+    run_lockstep(&mut etcd, &mut members, &[true, true], 100, 5_000, |_, _, _| {});
+    assert!(members[0].1.acting(5_000).is_some());
+    let last_heartbeat = etcd.key.as_ref().map(|k| k.modified).expect("a holds the key");
+    // a dies at 5000; etcd's raft leader changes at 5500 and again at 8000, each time giving
+    // every lease its whole TTL again: the key alone would outlive a until 12000.
+    let mut took_over_at = None;
+    run_lockstep(
+        &mut etcd,
+        &mut members,
+        &[false, true],
+        5_000,
+        12_000,
+        |now, etcd, members| {
+            if now == 5_500 || now == 8_000 {
+                etcd.promote(now);
+            }
+            if took_over_at.is_none() && members[1].1.acting(now).is_some() {
+                took_over_at = Some(now);
+            }
+        },
+    );
+    let took_over_at = took_over_at.expect("b takes over while etcd still holds a's lease");
+    // a's last heartbeat was sent at most a third of the lease before it died, and b saw it
+    // within one look: b deposes a lease after that, not after etcd's extended lease.
+    assert!(
+        took_over_at <= 5_000 + LEASE_MS + super::leadership::OBSERVE_MS_MAX + 20,
+        "took over at {took_over_at}"
+    );
+    assert!(
+        took_over_at >= 5_000 + LEASE_MS - LEASE_MS / 3,
+        "took over at {took_over_at}: too early"
+    );
+    assert!(
+        etcd.leases.len() >= 2,
+        "a's lease still lives in etcd: deposing, not expiry, ended its term"
+    );
+    let status = members[1].1.status(took_over_at);
+    let why = status.last_deposed.expect("b says it deposed a");
+    assert!(why.contains("deposed a's leader key"), "{why}");
+    assert!(
+        etcd.key
+            .as_ref()
+            .is_some_and(|k| k.holder == info("b") && k.created > last_heartbeat)
+    );
+}
+
+#[test]
+fn a_live_leader_renewing_through_raft_leader_changes_is_never_deposed() {
+    let mut etcd = FakeEtcd::default();
+    let mut members = vec![
+        (info("a"), Leadership::new(info("a"), LEASE_MS)),
+        (info("b"), Leadership::new(info("b"), LEASE_MS)),
+        (info("c"), Leadership::new(info("c"), LEASE_MS)),
+    ];
+    run_lockstep(&mut etcd, &mut members, &[true, false, false], 0, 100, |_, _, _| {});
+    let term = members[0].1.acting(100).expect("a leads");
+    run_lockstep(
+        &mut etcd,
+        &mut members,
+        &[true, true, true],
+        100,
+        60_000,
+        |now, etcd, members| {
+            if now % 2_500 == 0 {
+                etcd.promote(now);
+            }
+            assert_eq!(members[0].1.acting(now), Some(term), "a acts throughout, at {now}");
+        },
+    );
+    assert!(members[1].1.status(60_000).last_deposed.is_none());
+    assert!(members[2].1.status(60_000).last_deposed.is_none());
+}
+
+#[test]
+fn a_heartbeat_landing_after_the_followers_first_look_refuses_its_depose() {
+    let mut etcd = FakeEtcd::default();
+    let (a, b) = (info("a"), info("b"));
+    let mut leader = Leadership::new(a.clone(), LEASE_MS);
+    let mut follower = Leadership::new(b.clone(), LEASE_MS);
+    let term = leading(&mut leader, 0);
+    // Kept alive (etcd promoted it) past the whole test.
+    etcd.leases.insert(term.lease_id, 10 * LEASE_MS);
+    etcd.key = Some(Key {
+        holder: a.clone(),
+        lease: term.lease_id,
+        created: term.revision,
+        modified: term.revision,
+    });
+    etcd.revision = term.revision;
+    // The follower first sees the key at 100, then not again until a lease later: it deposes.
+    follower.poll(100);
+    let seen = etcd.handle(100, &b, &Action::Observe, 100).expect("answer");
+    assert_eq!(follower.input(100, seen), None);
+    follower.poll(100 + LEASE_MS);
+    let seen = etcd
+        .handle(100 + LEASE_MS, &b, &Action::Observe, 100 + LEASE_MS)
+        .expect("answer");
+    let depose = follower.input(100 + LEASE_MS, seen).expect("a lease unchanged: depose");
+    assert!(matches!(depose, Action::Depose { unchanged_ms, .. } if unchanged_ms == LEASE_MS));
+    // The leader's renewal lands first (it had been slow): the depose finds another revision.
+    etcd.handle(100 + LEASE_MS, &a, &Action::Renew(term), 100 + LEASE_MS)
+        .expect("renewed");
+    let refused = etcd.handle(100 + LEASE_MS + 1, &b, &depose, 0).expect("answer");
+    assert_eq!(refused, Input::DeposeRefused);
+    assert_eq!(follower.input(100 + LEASE_MS + 1, refused), None);
+    // It looks again at once, and counts the new revision from now.
+    assert_eq!(follower.poll(100 + LEASE_MS + 1), Some(Action::Observe));
+    let seen = etcd
+        .handle(100 + LEASE_MS + 2, &b, &Action::Observe, 0)
+        .expect("answer");
+    assert_eq!(follower.input(100 + LEASE_MS + 2, seen), None);
+    assert!(etcd.holds(term));
 }
 
 fn order(generation: u64, to: &str) -> RunbookOrder {
@@ -360,7 +565,8 @@ fn a_failed_runbook_stays_recorded_for_the_next_leader() {
 
 use common::rng::Rng;
 
-/// Three members, etcd partitions that come and go, request delays up to the timeout, a
+/// Three members, etcd partitions that come and go, raft leader changes that extend every
+/// lease (`promote`), request delays up to the timeout, a
 /// leader that writes a new generation whenever it can: at every instant at most one member
 /// acts, a member acts only while etcd still holds its key, every accepted write comes from the
 /// term holding the key, and the generation only grows.
@@ -368,6 +574,7 @@ use common::rng::Rng;
 fn simulation_at_most_one_member_acts_and_generations_grow() {
     let timeout_ms = LEASE_MS / 6;
     let mut handovers = 0;
+    let mut deposes = 0;
     for seed in common::rng::seeds_from_env("simulation_at_most_one_member_acts_and_generations_grow", 1..=40) {
         let mut rng = Rng::new(seed);
         let mut etcd = FakeEtcd::default();
@@ -388,6 +595,9 @@ fn simulation_at_most_one_member_acts_and_generations_grow() {
         while now < 120_000 {
             now += 10;
             etcd.expire(now);
+            if rng.below(700) == 0 {
+                etcd.promote(now);
+            }
             if rng.below(400) == 0 {
                 let who = rng.below(3) as usize;
                 sims[who].partitioned = !sims[who].partitioned;
@@ -405,6 +615,7 @@ fn simulation_at_most_one_member_acts_and_generations_grow() {
                     }
                     if now >= answer_at {
                         let input = answer.unwrap_or_else(|| Input::Failed("timed out".into()));
+                        deposes += usize::from(input == Input::Deposed);
                         if let Some(next) = sim.machine.input(now, input) {
                             start(sim, next, now, &mut rng, timeout_ms, &mut etcd, &me);
                         }
@@ -452,6 +663,8 @@ fn simulation_at_most_one_member_acts_and_generations_grow() {
         handovers >= 20,
         "partitions moved the leadership only {handovers} times"
     );
+    // Raft leader changes keep cut-off leaders' leases alive: some handovers go by deposing.
+    assert!(deposes >= 5, "only {deposes} deposes");
 }
 
 fn start(
