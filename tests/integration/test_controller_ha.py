@@ -765,6 +765,33 @@ def test_a_leader_dying_with_etcds_raft_leader_is_deposed_though_etcd_extends_it
         group.stop()
 
 
+def test_the_leader_compacts_etcds_history_older_than_compact_history_s(group):
+    """The heartbeat writes the leader key every third of the lease; etcd keeps every revision
+    until compacted (its quota fills in months), so the leader compacts history older than
+    `compact_history_s` (here 10 s: rounds every 10 s, each up to the revision of the round
+    before)."""
+    group.start("c1", ha_extra="compact_history_s = 10\n")
+    wait_until("c1 to lead", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+    key = base64.b64encode(b"/switchyard/test/leader").decode()
+    first = int(group.etcd.call("/v3/kv/range", {"key": key})["header"]["revision"])
+
+    def compacted():
+        try:
+            group.etcd.call("/v3/kv/range", {"key": key, "revision": str(first)})
+            return False
+        except urllib.error.HTTPError as error:
+            body = error.read().decode()
+            assert "compacted" in body, body
+            return True
+
+    wait_until("etcd's history before the first look compacted", compacted, 60, group.logs())
+    # History newer than compact_history_s is kept: the revision now is still readable.
+    now = int(group.etcd.call("/v3/kv/range", {"key": key})["header"]["revision"])
+    assert now > first, "the heartbeat moved the revision on"
+    group.etcd.call("/v3/kv/range", {"key": key, "revision": str(now)})
+    assert group.status("c1")["ha"]["acting"]
+
+
 class RefusingMember(Served):
     """A stand-in for a member that could not pass a command on: it answers every POST with
     421 naming `leader`, as a follower does when the leader did not answer it in time."""

@@ -85,8 +85,20 @@ pub const TRANSITION_TIMES_MAX: usize = 64;
 /// Largest leader-key value read back from etcd.
 pub const LEADER_VALUE_BYTES_MAX: usize = 4096;
 
+/// History of etcd's keyspace the leader keeps when it compacts (`compact_history_s`).
+pub const COMPACT_HISTORY_S_DEFAULT: u64 = 600;
+/// Shortest history kept: a member reads the shared state at the revision it just read the
+/// leader key at, and must not find it compacted in between.
+pub const COMPACT_HISTORY_S_MIN: u64 = 10;
+/// Longest history kept (a week).
+pub const COMPACT_HISTORY_S_MAX: u64 = 7 * 24 * 3600;
+
 fn lease_ms_default() -> u64 {
     LEASE_MS_DEFAULT
+}
+
+fn compact_history_s_default() -> u64 {
+    COMPACT_HISTORY_S_DEFAULT
 }
 
 fn prefix_default() -> String {
@@ -107,6 +119,12 @@ pub struct HaSection {
     /// Key prefix in etcd: groups of controllers sharing one etcd use different prefixes.
     #[serde(default = "prefix_default")]
     pub prefix: String,
+    /// The leader compacts etcd's history older than this every as many seconds (the
+    /// heartbeat writes the leader key every third of the lease, ~52,000 revisions a day with
+    /// the default lease, which etcd keeps until compacted: its 2 GB quota fills in months).
+    /// 0: never (etcd's `--auto-compaction-retention`, or another client, compacts it).
+    #[serde(default = "compact_history_s_default")]
+    pub compact_history_s: u64,
     /// The URL other members and operators reach this member's API at (default
     /// `http://LISTEN`, the bound address).
     #[serde(default)]
@@ -221,6 +239,20 @@ impl HaSection {
                     self.lease_ms
                 ),
                 format!("etcd leases count whole seconds: use e.g. lease_ms = {LEASE_MS_DEFAULT}"),
+            ));
+        }
+        if self.compact_history_s != 0
+            && !(COMPACT_HISTORY_S_MIN..=COMPACT_HISTORY_S_MAX).contains(&self.compact_history_s)
+        {
+            problems.push((
+                "compact_history_s",
+                format!(
+                    "compact_history_s {} is not 0 or between {COMPACT_HISTORY_S_MIN} and {COMPACT_HISTORY_S_MAX}",
+                    self.compact_history_s
+                ),
+                format!(
+                    "keep the default ({COMPACT_HISTORY_S_DEFAULT}: the leader compacts history older than 10 minutes), or 0 when etcd compacts itself (--auto-compaction-retention)"
+                ),
             ));
         }
         if cfg!(not(feature = "etcd")) {

@@ -372,6 +372,20 @@ impl Etcd {
         let _ = tokio::time::timeout(self.timeout, client.lease_revoke(lease_id)).await;
     }
 
+    /// Compacts etcd's history up to `revision` (an earlier compaction past it is no error).
+    async fn compact(&self, revision: i64) -> Result<(), String> {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(self.timeout, client.compact(revision, None)).await {
+            Err(_) => Err(format!(
+                "etcd did not answer the compaction within {} ms",
+                self.timeout.as_millis()
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if error.to_string().contains("required revision has been compacted") => Ok(()),
+            Ok(Err(error)) => Err(format!("etcd compaction: {error}")),
+        }
+    }
+
     /// Writes `state` if `term` still holds the leader key and nobody wrote the state since
     /// `expect_mod`; returns the new mod revision, or `None` when the condition failed.
     async fn write(&self, term: Term, expect_mod: i64, state: &SharedState) -> Result<Option<i64>, String> {
@@ -424,6 +438,17 @@ pub struct Member {
     version_seen: Mutex<Option<(String, u64, u64)>>,
     /// Hears of every start and end of a term (set by `drive`).
     notify: std::sync::OnceLock<Box<dyn Fn(Notice) + Send + Sync>>,
+    compaction: Mutex<Compaction>,
+}
+
+/// The leader's compaction of etcd's history: every `compact_history_s` it compacts up to the
+/// revision it noted the round before, so at least that much history is always kept.
+#[derive(Default)]
+struct Compaction {
+    next_at_ms: u64,
+    /// etcd's revision at the last round.
+    marked: Option<i64>,
+    running: bool,
 }
 
 impl Member {
@@ -453,6 +478,7 @@ impl Member {
             seen: Mutex::new(None),
             version_seen: Mutex::new(None),
             notify: std::sync::OnceLock::new(),
+            compaction: Mutex::new(Compaction::default()),
         }
     }
 
@@ -642,6 +668,7 @@ impl Member {
                 }
                 continue;
             };
+            self.maybe_compact(&etcd);
             let now = self.now_ms();
             let action = self.leadership().poll(now);
             match action {
@@ -655,6 +682,46 @@ impl Member {
                 },
             }
         }
+    }
+
+    /// While acting, every `compact_history_s`: compacts etcd's history up to the revision
+    /// noted the round before, and notes the current one (in a task of its own: the loop's
+    /// renewals never wait for it). Errors are logged; the next round tries again.
+    fn maybe_compact(self: &Arc<Self>, etcd: &Etcd) {
+        let history_ms = self.section.compact_history_s.saturating_mul(1000);
+        if history_ms == 0 || self.acting().is_none() {
+            return;
+        }
+        let now = self.now_ms();
+        let marked = {
+            let mut compaction = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
+            if compaction.running || now < compaction.next_at_ms {
+                return;
+            }
+            compaction.running = true;
+            compaction.next_at_ms = now.saturating_add(history_ms);
+            compaction.marked
+        };
+        let (member, etcd) = (Arc::clone(self), etcd.clone());
+        tokio::spawn(async move {
+            let result = async {
+                let (_, current) = etcd.get(&etcd.leader_key, 0).await?;
+                if let Some(marked) = marked {
+                    etcd.compact(marked).await?;
+                    tracing::debug!(revision = marked, "compacted etcd's history (compact_history_s)");
+                }
+                Ok::<i64, String>(current)
+            }
+            .await;
+            let mut compaction = member.compaction.lock().unwrap_or_else(|p| p.into_inner());
+            compaction.running = false;
+            match result {
+                Ok(current) => compaction.marked = Some(current),
+                Err(error) => {
+                    tracing::warn!(%error, "could not compact etcd's history; trying again in compact_history_s")
+                }
+            }
+        });
     }
 
     /// Performs one action and feeds its answer; returns an action that must follow at once.
