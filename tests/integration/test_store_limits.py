@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import pytest
+from botocore.exceptions import ClientError
 
 from test_store_harness import ACCESS_KEY_ID, SECRET, StoreProcess, create_table, require_binary, wait_for
 
@@ -315,6 +316,82 @@ def test_a_call_of_hundreds_of_thousands_of_elements_is_refused_without_building
         got = client.transact_get_items(TransactItems=[
             {"Get": {"TableName": "kept", "Key": {"pk": {"S": f"k{index}"}}}} for index in range(100)])
         assert sum(1 for response in got["Responses"] if response.get("Item")) == 25
+    finally:
+        store.stop()
+
+
+# Maps and lists of hundreds of thousands of small entries that DynamoDB bounds otherwise: the
+# expressions' names and values (2 MB for all substitution variables of a request, read within it)
+# and tags (50 per resource: past 1024 counted, not built). Built whole, through serde's
+# `flatten` buffer or a JSON tree, these 10-13 MB bodies grew the store's peak resident memory by
+# 20-30 times their bytes (debug build: 250-390 MB).
+HOSTILE_MAPS = {
+    "Query": ('{"TableName":"kept","KeyConditionExpression":"pk = :k","ExpressionAttributeValues":{":k":{"S":"a"},%s}}',
+              '":v%07d":{"S":"x"}',
+              "ExpressionAttributeValues exceed the maximum length of all substitution variables in an expression: "),
+    "GetItem": ('{"TableName":"kept","Key":{"pk":{"S":"a"}},"ProjectionExpression":"#n0000000","ExpressionAttributeNames":{%s}}',
+                '"#n%07d":"xxxxxxxxxxxxxxxxxx"',
+                "ExpressionAttributeNames exceed the maximum length of all substitution variables in an expression: "),
+    "PutItem": ('{"TableName":"kept","Item":{"pk":{"S":"a"}},"ConditionExpression":"attribute_exists(#n0000000)",'
+                '"ExpressionAttributeNames":{%s}}',
+                '"#n%07d":"xxxxxxxxxxxxxxxxxx"',
+                "ExpressionAttributeNames exceed the maximum length of all substitution variables in an expression: "),
+    "TagResource": ('{"ResourceArn":"arn:aws:dynamodb:us-east-1:000000000000:table/kept","Tags":[%s]}',
+                    '{"Key":"k%07d","Value":"v"}',
+                    "One or more parameter values were invalid: The number of tags exceeds the limit of 50 per "
+                    "resource (500000 given)"),
+}
+HOSTILE_MAP_ENTRIES = 500_000
+
+
+@pytest.mark.parametrize("operation", sorted(HOSTILE_MAPS))
+def test_a_map_of_hundreds_of_thousands_of_placeholders_or_tags_is_refused_without_building_it(tmp_path, operation):
+    require_binary()
+    store = StoreProcess(tmp_path / "data").start()
+    try:
+        client = store.client()
+        create_table(client, "kept")
+        outer, entry, message = HOSTILE_MAPS[operation]
+        body = (outer % ",".join(entry % index for index in range(HOSTILE_MAP_ENTRIES))).encode()
+        assert len(body) > 10 * 1024 * 1024
+        before = status_bytes(store.process, "VmHWM")
+        status, answer = store.raw(operation, body)
+        grown = status_bytes(store.process, "VmHWM") - before
+        assert status == 400 and answer["__type"].endswith("#ValidationException"), (status, answer)
+        assert answer["message"].startswith(message), answer
+        assert grown < HOSTILE_PEAK_GROWTH_BYTES_MAX, f"peak resident memory grew {grown} bytes"
+        assert client.get_item(TableName="kept", Key={"pk": {"S": "a"}}).get("Item") is None
+    finally:
+        store.stop()
+
+
+def test_substitution_variables_are_bounded_at_dynamodbs_2_mb_for_the_whole_request(tmp_path):
+    """DynamoDB: "the maximum length of all substitution variables in an expression is 2 MB: the
+    sum of the lengths of all ExpressionAttributeNames and ExpressionAttributeValues". Under it a
+    request is judged as usual; over it (each map under it, both together over) it is refused."""
+    require_binary()
+    store = StoreProcess(tmp_path / "data").start()
+    try:
+        client = store.client()
+        create_table(client, "kept")
+        client.put_item(TableName="kept", Item={"pk": {"S": "a"}, "n": {"N": "1"}})
+        big = "x" * (1024 * 1024)
+        # 300 KB of values, used: within the limit, the update applies; 1 MiB unused: judged as usual.
+        client.update_item(TableName="kept", Key={"pk": {"S": "a"}}, UpdateExpression="SET #b = :b",
+                           ExpressionAttributeNames={"#b": "b"}, ExpressionAttributeValues={":b": {"S": big[:300_000]}})
+        with pytest.raises(ClientError) as unused:
+            client.update_item(TableName="kept", Key={"pk": {"S": "a"}}, UpdateExpression="SET n = :one",
+                               ExpressionAttributeValues={":one": {"N": "1"}, ":big": {"S": big}})
+        assert "unused in expressions" in unused.value.response["Error"]["Message"]
+        # Names and values of 1.2 MiB each: each map within 2 MB, both together over it.
+        with pytest.raises(ClientError) as both:
+            client.update_item(TableName="kept", Key={"pk": {"S": "a"}}, UpdateExpression="SET #n = :one",
+                               ExpressionAttributeNames={"#n": "n", "#long": "l" * 60_000,
+                                                         **{f"#x{i}": "y" * 60_000 for i in range(20)}},
+                               ExpressionAttributeValues={":one": {"N": "1"}, ":big": {"S": big + big[:200_000]}})
+        message = both.value.response["Error"]["Message"]
+        assert message.startswith("ExpressionAttributeNames and ExpressionAttributeValues exceed the maximum length"), message
+        assert client.get_item(TableName="kept", Key={"pk": {"S": "a"}})["Item"]["n"] == {"N": "1"}
     finally:
         store.stop()
 

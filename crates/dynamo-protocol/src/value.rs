@@ -286,9 +286,25 @@ fn parse_number<E: de::Error>(text: &str) -> Result<Number, E> {
     })
 }
 
+/// DynamoDB's limit on "the sum of the lengths of all ExpressionAttributeNames and
+/// ExpressionAttributeValues" of a request, in bytes (2 MB): each placeholder's bytes, and each
+/// name's bytes or each value's size as an item counts it.
+pub const SUBSTITUTIONS_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// The refusal of substitution variables past [`SUBSTITUTIONS_BYTES_MAX`].
+pub fn substitutions_too_large_message(parameters: &str, bytes: usize) -> String {
+    format!(
+        "{parameters} exceed the maximum length of all substitution variables in an expression: {bytes} bytes or more, above {SUBSTITUTIONS_BYTES_MAX} (placeholders, names and values together); give each expression only the placeholders it uses"
+    )
+}
+
 /// `ExpressionAttributeValues` as a request carries them: a value DynamoDB refuses is named
 /// with its placeholder, in DynamoDB's words (`ExpressionAttributeValues contains invalid value:
 /// PROBLEM for key :v`). Use with `#[serde(default, deserialize_with = ...)]`.
+///
+/// Read within [`SUBSTITUTIONS_BYTES_MAX`]: a map past it is refused as soon as its entries
+/// pass it, so a hostile body of hundreds of thousands of placeholders is never built whole
+/// (each entry decodes to several times its bytes).
 pub fn expression_attribute_values<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<std::collections::HashMap<String, AttributeValue>>, D::Error> {
@@ -301,6 +317,7 @@ pub fn expression_attribute_values<'de, D: Deserializer<'de>>(
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Values, A::Error> {
             let mut values = std::collections::HashMap::new();
+            let mut bytes = 0usize;
             while let Some(key) = map.next_key::<String>()? {
                 let value = map.next_value::<AttributeValue>().map_err(|error| {
                     let text = error.to_string();
@@ -313,6 +330,13 @@ pub fn expression_attribute_values<'de, D: Deserializer<'de>>(
                         error
                     }
                 })?;
+                bytes = bytes.saturating_add(key.len()).saturating_add(value.size_bytes());
+                if bytes > SUBSTITUTIONS_BYTES_MAX {
+                    return Err(validation(&substitutions_too_large_message(
+                        "ExpressionAttributeValues",
+                        bytes,
+                    )));
+                }
                 values.insert(key, value);
             }
             Ok(Values(values))
@@ -324,6 +348,44 @@ pub fn expression_attribute_values<'de, D: Deserializer<'de>>(
         }
     }
     Ok(Option::<Values>::deserialize(deserializer)?.map(|values| values.0))
+}
+
+/// `ExpressionAttributeNames` as a request carries them, read within
+/// [`SUBSTITUTIONS_BYTES_MAX`] (see [`expression_attribute_values`]). Use with
+/// `#[serde(default, deserialize_with = ...)]`.
+pub fn expression_attribute_names<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::collections::HashMap<String, String>>, D::Error> {
+    struct Names(std::collections::HashMap<String, String>);
+    struct NamesVisitor;
+    impl<'de> Visitor<'de> for NamesVisitor {
+        type Value = Names;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of placeholders to attribute names")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Names, A::Error> {
+            let mut names = std::collections::HashMap::new();
+            let mut bytes = 0usize;
+            while let Some(key) = map.next_key::<String>()? {
+                let name = map.next_value::<String>()?;
+                bytes = bytes.saturating_add(key.len()).saturating_add(name.len());
+                if bytes > SUBSTITUTIONS_BYTES_MAX {
+                    return Err(validation(&substitutions_too_large_message(
+                        "ExpressionAttributeNames",
+                        bytes,
+                    )));
+                }
+                names.insert(key, name);
+            }
+            Ok(Names(names))
+        }
+    }
+    impl<'de> Deserialize<'de> for Names {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(NamesVisitor)
+        }
+    }
+    Ok(Option::<Names>::deserialize(deserializer)?.map(|names| names.0))
 }
 
 fn decode_base64<E: de::Error>(text: &str) -> Result<Vec<u8>, E> {

@@ -937,6 +937,57 @@ pub struct IndexRequest {
     pub provisioned_throughput: Option<ThroughputRequest>,
 }
 
+/// Tags a request's list is read with: past these, the rest are counted, not built, and the
+/// request refused (a resource holds at most [`TAGS_PER_RESOURCE_MAX`]), so a hostile body of
+/// hundreds of thousands of tags is never built whole.
+pub const TAGS_READ_MAX: usize = 1024;
+
+/// A request's `Tags` list, read within [`TAGS_READ_MAX`]. Use with `#[serde(deserialize_with
+/// = ...)]` (and `default` where the list is optional: [`optional_tags_within_limit`]).
+pub fn tags_within_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<TagRequest>, D::Error> {
+    struct Within;
+    impl<'de> serde::de::Visitor<'de> for Within {
+        type Value = Vec<TagRequest>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of tags")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut kept = Vec::new();
+            while kept.len() < TAGS_READ_MAX {
+                match seq.next_element::<TagRequest>()? {
+                    Some(tag) => kept.push(tag),
+                    None => return Ok(kept),
+                }
+            }
+            let mut count = kept.len();
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                count = count.saturating_add(1);
+            }
+            if count == kept.len() {
+                return Ok(kept);
+            }
+            Err(serde::de::Error::custom(format!(
+                "{}One or more parameter values were invalid: The number of tags exceeds the limit of {TAGS_PER_RESOURCE_MAX} per resource ({count} given)",
+                dynamo_protocol::value::VALIDATION_MARKER
+            )))
+        }
+    }
+    deserializer.deserialize_seq(Within)
+}
+
+/// [`tags_within_limit`] of an optional list.
+pub fn optional_tags_within_limit<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<TagRequest>>, D::Error> {
+    struct Tags(Vec<TagRequest>);
+    impl<'de> Deserialize<'de> for Tags {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            tags_within_limit(deserializer).map(Tags)
+        }
+    }
+    Ok(Option::<Tags>::deserialize(deserializer)?.map(|tags| tags.0))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct TagRequest {
     #[serde(rename = "Key")]
@@ -958,6 +1009,7 @@ pub struct CreateTableRequest {
     pub billing_mode: Option<String>,
     pub provisioned_throughput: Option<ThroughputRequest>,
     pub stream_specification: Option<Value>,
+    #[serde(default, deserialize_with = "optional_tags_within_limit")]
     pub tags: Option<Vec<TagRequest>>,
     pub table_class: Option<String>,
     pub deletion_protection_enabled: Option<bool>,

@@ -167,6 +167,22 @@ impl<'a> Context<'a> {
     /// The maps themselves, as DynamoDB checks them before it parses the expressions: neither
     /// empty, every key a placeholder, every name an attribute name.
     pub fn check_maps(&self) -> Result<(), ApiError> {
+        // Each map was read within the limit; together they must be too.
+        let names_bytes: usize = self
+            .names
+            .map_or(0, |names| names.iter().map(|(key, name)| key.len() + name.len()).sum());
+        let values_bytes: usize = self.values.map_or(0, |values| {
+            values.iter().map(|(key, value)| key.len() + value.size_bytes()).sum()
+        });
+        let bytes = names_bytes.saturating_add(values_bytes);
+        if bytes > dynamo_protocol::value::SUBSTITUTIONS_BYTES_MAX {
+            return Err(ApiError::validation(
+                dynamo_protocol::value::substitutions_too_large_message(
+                    "ExpressionAttributeNames and ExpressionAttributeValues",
+                    bytes,
+                ),
+            ));
+        }
         check_keys("ExpressionAttributeNames", self.names.map(|names| names.keys()), '#')?;
         if let Some(names) = self.names {
             let mut names: Vec<(&String, &String)> = names.iter().collect();

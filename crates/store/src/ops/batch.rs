@@ -74,6 +74,7 @@ pub struct KeysAndAttributes {
     keys: Vec<Item>,
     projection_expression: Option<String>,
     attributes_to_get: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_names")]
     expression_attribute_names: Option<HashMap<String, String>>,
     consistent_read: Option<bool>,
 }
@@ -542,6 +543,7 @@ pub struct TransactOperation {
     item: Option<Item>,
     condition_expression: Option<String>,
     update_expression: Option<String>,
+    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_names")]
     expression_attribute_names: Option<HashMap<String, String>>,
     #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_values")]
     expression_attribute_values: Option<HashMap<String, AttributeValue>>,
@@ -762,6 +764,7 @@ pub struct TransactGet {
     table_name: String,
     key: Item,
     projection_expression: Option<String>,
+    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_names")]
     expression_attribute_names: Option<HashMap<String, String>>,
 }
 

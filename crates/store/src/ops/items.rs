@@ -161,25 +161,73 @@ pub fn validate_key(meta: &TableMeta, key: &Item) -> Result<Vec<u8>, ApiError> {
     engine::key_of(meta.key_hash, &meta.key, key)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PutItemRequest {
-    table_name: String,
-    item: Item,
-    #[serde(flatten)]
-    write: ConditionalWrite,
+/// Defines a write request: its own members, then [`ConditionalWrite`]'s as `write`, decoded
+/// through one flat struct of all its members (`$wire`). `#[serde(flatten)]` would first
+/// buffer every member the outer struct does not name (expression values, Expected entries)
+/// into serde's intermediate `Content`, twenty to thirty times their bytes, and only then
+/// decode them (and the limits read within them, like [`SUBSTITUTIONS_BYTES_MAX`], after
+/// that).
+///
+/// [`SUBSTITUTIONS_BYTES_MAX`]: dynamo_protocol::value::SUBSTITUTIONS_BYTES_MAX
+macro_rules! conditional_write_request {
+    ($name:ident, $wire:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        pub struct $name {
+            $($field: $ty,)*
+            write: ConditionalWrite,
+        }
+
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct $wire {
+            $($field: $ty,)*
+            condition_expression: Option<String>,
+            expected: Option<HashMap<String, ExpectedAttributeValue>>,
+            conditional_operator: Option<String>,
+            #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_names")]
+            expression_attribute_names: Option<HashMap<String, String>>,
+            #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_values")]
+            expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+            return_values: Option<String>,
+            return_consumed_capacity: Option<String>,
+            return_values_on_condition_check_failure: Option<String>,
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let wire = $wire::deserialize(deserializer)?;
+                Ok($name {
+                    $($field: wire.$field,)*
+                    write: ConditionalWrite {
+                        condition_expression: wire.condition_expression,
+                        expected: wire.expected,
+                        conditional_operator: wire.conditional_operator,
+                        expression_attribute_names: wire.expression_attribute_names,
+                        expression_attribute_values: wire.expression_attribute_values,
+                        return_values: wire.return_values,
+                        return_consumed_capacity: wire.return_consumed_capacity,
+                        return_values_on_condition_check_failure: wire.return_values_on_condition_check_failure,
+                    },
+                })
+            }
+        }
+    };
 }
+
+conditional_write_request!(
+    PutItemRequest,
+    PutItemWire {
+        table_name: String,
+        item: Item
+    }
+);
 
 /// The members PutItem, DeleteItem and UpdateItem share: the condition (an expression or the
 /// legacy Expected map), the expressions' names and values, and what to answer.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
 pub struct ConditionalWrite {
     condition_expression: Option<String>,
     expected: Option<HashMap<String, ExpectedAttributeValue>>,
     conditional_operator: Option<String>,
     expression_attribute_names: Option<HashMap<String, String>>,
-    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_values")]
     expression_attribute_values: Option<HashMap<String, AttributeValue>>,
     return_values: Option<String>,
     return_consumed_capacity: Option<String>,
@@ -269,6 +317,7 @@ pub struct GetItemRequest {
     key: Item,
     projection_expression: Option<String>,
     attributes_to_get: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_names")]
     expression_attribute_names: Option<HashMap<String, String>>,
     consistent_read: Option<bool>,
     return_consumed_capacity: Option<String>,
@@ -317,14 +366,13 @@ pub fn get_item(store: &Store, request: GetItemRequest) -> Result<Value, ApiErro
     Ok(response)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct DeleteItemRequest {
-    table_name: String,
-    key: Item,
-    #[serde(flatten)]
-    write: ConditionalWrite,
-}
+conditional_write_request!(
+    DeleteItemRequest,
+    DeleteItemWire {
+        table_name: String,
+        key: Item
+    }
+);
 
 pub async fn delete_item(store: &Store, mut request: DeleteItemRequest) -> Result<Value, ApiError> {
     // Checked before the table is looked up, as in PutItem.
@@ -351,16 +399,15 @@ pub async fn delete_item(store: &Store, mut request: DeleteItemRequest) -> Resul
     Ok(response)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct UpdateItemRequest {
-    table_name: String,
-    key: Item,
-    update_expression: Option<String>,
-    attribute_updates: Option<HashMap<String, AttributeValueUpdate>>,
-    #[serde(flatten)]
-    write: ConditionalWrite,
-}
+conditional_write_request!(
+    UpdateItemRequest,
+    UpdateItemWire {
+        table_name: String,
+        key: Item,
+        update_expression: Option<String>,
+        attribute_updates: Option<HashMap<String, AttributeValueUpdate>>,
+    }
+);
 
 /// An update from either UpdateExpression or the legacy AttributeUpdates, checked not to touch
 /// key attributes.

@@ -428,22 +428,75 @@ fn refuse_key_in_filter(filter: &Condition, schema: &KeySchema, expression: bool
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct QueryRequest {
-    table_name: String,
-    key_condition_expression: Option<String>,
-    key_conditions: Option<HashMap<String, LegacyCondition>>,
-    query_filter: Option<HashMap<String, LegacyCondition>>,
-    scan_index_forward: Option<bool>,
-    #[serde(flatten)]
-    read: Read,
+/// Defines a read request: its own members, then [`Read`]'s as `read`, decoded through one flat
+/// struct of all its members (`$wire`), not `#[serde(flatten)]`, which would first buffer the
+/// members it does not name (expression values, filters) into serde's intermediate `Content`
+/// at twenty to thirty times their bytes (as `items::conditional_write_request!`).
+macro_rules! read_request {
+    ($name:ident, $wire:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        pub struct $name {
+            $($field: $ty,)*
+            read: Read,
+        }
+
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct $wire {
+            $($field: $ty,)*
+            index_name: Option<String>,
+            filter_expression: Option<String>,
+            conditional_operator: Option<String>,
+            projection_expression: Option<String>,
+            attributes_to_get: Option<Vec<String>>,
+            #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_names")]
+            expression_attribute_names: Option<HashMap<String, String>>,
+            #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_values")]
+            expression_attribute_values: Option<HashMap<String, AttributeValue>>,
+            select: Option<String>,
+            limit: Option<i64>,
+            exclusive_start_key: Option<Item>,
+            consistent_read: Option<bool>,
+            return_consumed_capacity: Option<String>,
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let wire = $wire::deserialize(deserializer)?;
+                Ok($name {
+                    $($field: wire.$field,)*
+                    read: Read {
+                        index_name: wire.index_name,
+                        filter_expression: wire.filter_expression,
+                        conditional_operator: wire.conditional_operator,
+                        projection_expression: wire.projection_expression,
+                        attributes_to_get: wire.attributes_to_get,
+                        expression_attribute_names: wire.expression_attribute_names,
+                        expression_attribute_values: wire.expression_attribute_values,
+                        select: wire.select,
+                        limit: wire.limit,
+                        exclusive_start_key: wire.exclusive_start_key,
+                        consistent_read: wire.consistent_read,
+                        return_consumed_capacity: wire.return_consumed_capacity,
+                    },
+                })
+            }
+        }
+    };
 }
+
+read_request!(
+    QueryRequest,
+    QueryWire {
+        table_name: String,
+        key_condition_expression: Option<String>,
+        key_conditions: Option<HashMap<String, LegacyCondition>>,
+        query_filter: Option<HashMap<String, LegacyCondition>>,
+        scan_index_forward: Option<bool>,
+    }
+);
 
 /// The members Query and Scan share: the index to read, the filter and the projection (as
 /// expressions or in the legacy form), the page and what to answer.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
 pub struct Read {
     index_name: Option<String>,
     filter_expression: Option<String>,
@@ -451,7 +504,6 @@ pub struct Read {
     projection_expression: Option<String>,
     attributes_to_get: Option<Vec<String>>,
     expression_attribute_names: Option<HashMap<String, String>>,
-    #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_values")]
     expression_attribute_values: Option<HashMap<String, AttributeValue>>,
     select: Option<String>,
     limit: Option<i64>,
@@ -985,16 +1037,15 @@ pub fn query(store: &Store, mut request: QueryRequest) -> Result<Value, ApiError
     Ok(response)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ScanRequest {
-    table_name: String,
-    scan_filter: Option<HashMap<String, LegacyCondition>>,
-    segment: Option<i64>,
-    total_segments: Option<i64>,
-    #[serde(flatten)]
-    read: Read,
-}
+read_request!(
+    ScanRequest,
+    ScanWire {
+        table_name: String,
+        scan_filter: Option<HashMap<String, LegacyCondition>>,
+        segment: Option<i64>,
+        total_segments: Option<i64>,
+    }
+);
 
 fn scan_bounds(segment: Option<i64>, total: Option<i64>) -> Result<(Bound<Vec<u8>>, Bound<Vec<u8>>), ApiError> {
     match (segment, total) {

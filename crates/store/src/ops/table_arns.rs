@@ -61,8 +61,50 @@ pub fn table_of_arn<'a>(text: &'a str, region: &str) -> Result<Option<&'a str>, 
 
 /// Rewrites the table ARNs of `operation`'s request to names; `Ok(None)` when it gives none
 /// (or is not JSON: the operation then answers that as it always does).
+/// Whether a member [`rewrite`] renames holds an ARN, read without building the rest of the
+/// body (an item holding an ARN as a value, or TagResource's ResourceArn, is not one). A body
+/// this cannot read (a member of the wrong type) answers yes: `rewrite` then judges it whole.
+fn names_a_table_by_arn(operation: &str, body: &[u8]) -> bool {
+    use serde::de::IgnoredAny;
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(rename = "TableName")]
+        table_name: Option<Value>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Named {
+        table_name: Option<Value>,
+        request_items: Option<HashMap<String, IgnoredAny>>,
+        transact_items: Option<Vec<HashMap<String, Inner>>>,
+    }
+    let Ok(named) = serde_json::from_slice::<Named>(body) else {
+        return true;
+    };
+    let arn = |value: &Option<Value>| {
+        value
+            .as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("arn:"))
+    };
+    arn(&named.table_name)
+        || (matches!(operation, "BatchGetItem" | "BatchWriteItem")
+            && named
+                .request_items
+                .iter()
+                .flatten()
+                .any(|(name, _)| name.starts_with("arn:")))
+        || (matches!(operation, "TransactWriteItems" | "TransactGetItems")
+            && named
+                .transact_items
+                .iter()
+                .flatten()
+                .flat_map(|action| action.values())
+                .any(|inner| arn(&inner.table_name)))
+}
+
 pub fn rewrite(operation: &str, body: &[u8], region: &str) -> Result<Option<Rewritten>, ApiError> {
-    if memchr::memmem::find(body, b"\"arn:").is_none() {
+    if memchr::memmem::find(body, b"\"arn:").is_none() || !names_a_table_by_arn(operation, body) {
         return Ok(None);
     }
     let Ok(mut request) = serde_json::from_slice::<Value>(body) else {

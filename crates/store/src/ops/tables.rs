@@ -1193,6 +1193,7 @@ async fn change_table(
 #[serde(rename_all = "PascalCase")]
 pub struct TagResourceRequest {
     resource_arn: String,
+    #[serde(deserialize_with = "catalog::tags_within_limit")]
     tags: Vec<TagRequest>,
 }
 

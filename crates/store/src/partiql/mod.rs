@@ -53,25 +53,43 @@ pub(crate) fn parse_statement(text: &str) -> Result<Parsed, ApiError> {
 /// check). The replay guard lets such requests repeat, as it does GetItem and Query (a client
 /// polling with one SELECT sends the same signed body again). Anything unreadable counts as
 /// a write.
+///
+/// Only the statements are read (every other member, the parameters included, is skipped, not
+/// built), and only for those three operations: every other signed write passes through here.
 pub(crate) fn reads_only(operation: &str, body: &[u8]) -> bool {
-    let Ok(request) = serde_json::from_slice::<serde_json::Value>(body) else {
+    #[derive(serde::Deserialize)]
+    struct One {
+        #[serde(rename = "Statement")]
+        statement: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Statements {
+        statement: Option<String>,
+        statements: Option<Vec<One>>,
+        transact_statements: Option<Vec<One>>,
+    }
+    if !matches!(
+        operation,
+        "ExecuteStatement" | "BatchExecuteStatement" | "ExecuteTransaction"
+    ) {
+        return false;
+    }
+    let Ok(request) = serde_json::from_slice::<Statements>(body) else {
         return false;
     };
-    let reads = |statement: Option<&serde_json::Value>| {
+    let reads = |statement: Option<&String>| {
         statement
-            .and_then(serde_json::Value::as_str)
             .and_then(|text| parse_statement(text).ok())
             .is_some_and(|parsed| matches!(parsed.statement, Statement::Select(_) | Statement::Exists(_)))
     };
-    let all = |list: Option<&serde_json::Value>| {
-        list.and_then(serde_json::Value::as_array)
-            .is_some_and(|items| !items.is_empty() && items.iter().all(|item| reads(item.get("Statement"))))
+    let all = |list: Option<&Vec<One>>| {
+        list.is_some_and(|items| !items.is_empty() && items.iter().all(|item| reads(item.statement.as_ref())))
     };
     match operation {
-        "ExecuteStatement" => reads(request.get("Statement")),
-        "BatchExecuteStatement" => all(request.get("Statements")),
-        "ExecuteTransaction" => all(request.get("TransactStatements")),
-        _ => false,
+        "ExecuteStatement" => reads(request.statement.as_ref()),
+        "BatchExecuteStatement" => all(request.statements.as_ref()),
+        _ => all(request.transact_statements.as_ref()),
     }
 }
 
