@@ -1109,15 +1109,24 @@ async fn read_head(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> 
 
 /// A backend written on TCP directly, counting the connections it accepted.
 async fn raw_backend(mode: RawMode) -> (SocketAddr, Arc<AtomicU64>) {
+    let (address, connections, _) = raw_backend_counting_closes(mode).await;
+    (address, connections)
+}
+
+/// [`raw_backend`], also counting the connections it closed itself (`RawMode::CloseSilently`).
+async fn raw_backend_counting_closes(mode: RawMode) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
     let address = listener.local_addr().expect("address");
     let connections = Arc::new(AtomicU64::new(0));
     let counted = connections.clone();
+    let closes = Arc::new(AtomicU64::new(0));
+    let closed = closes.clone();
     let served = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
             let served = served.clone();
+            let closed = closed.clone();
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 loop {
@@ -1137,6 +1146,9 @@ async fn raw_backend(mode: RawMode) -> (SocketAddr, Arc<AtomicU64>) {
                             let _ = stream
                                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
                                 .await;
+                            // Closed (its FIN on its way) before it counts as closed.
+                            drop(stream);
+                            closed.fetch_add(1, Ordering::SeqCst);
                             return;
                         }
                         RawMode::StallFirst if first => {
@@ -1163,7 +1175,19 @@ async fn raw_backend(mode: RawMode) -> (SocketAddr, Arc<AtomicU64>) {
             });
         }
     });
-    (address, connections)
+    (address, connections, closes)
+}
+
+/// Waits until the backend has closed `count` connections: a request sent after that finds
+/// its idle connection closed (on loopback the FIN is queued to the proxy by the close
+/// itself), which is what the tests below are about; sent before, it races the close and may
+/// reach a server that then drops it unanswered (not retried for a POST: it may have acted).
+async fn wait_closed(closes: &AtomicU64, count: u64) {
+    let deadline = Instant::now() + DEADLINE;
+    while closes.load(Ordering::SeqCst) < count {
+        assert!(Instant::now() < deadline, "the backend closed {count} connections");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1190,7 +1214,7 @@ async fn server_connections_are_kept_alive_and_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_after_the_server_closed_an_idle_connection_is_not_lost() {
-    let (address, connections) = raw_backend(RawMode::CloseSilently).await;
+    let (address, connections, closes) = raw_backend_counting_closes(RawMode::CloseSilently).await;
     let proxy = TestProxy::start(
         "threads = 1\nretries = 0\n[proxy.check]\nenabled = false\n",
         &[("s", address, 1, false)],
@@ -1201,6 +1225,7 @@ async fn a_post_after_the_server_closed_an_idle_connection_is_not_lost() {
     for round in 0..10 {
         let (status, body) = send(&client, "POST", &proxy.url("/order"), b"", &[]).await;
         assert_eq!(status, StatusCode::OK, "POST {round}: {body}");
+        wait_closed(&closes, round + 1).await;
     }
     assert_eq!(
         connections.load(Ordering::SeqCst),
@@ -1626,12 +1651,13 @@ async fn a_client_that_stops_reading_a_response_is_given_up_after_idle_ms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_after_the_server_closed_an_idle_connection_is_retried_on_a_new_one() {
-    let (address, connections) = raw_backend(RawMode::CloseSilently).await;
+    let (address, connections, closes) = raw_backend_counting_closes(RawMode::CloseSilently).await;
     let proxy = proxy_for(address, "retries = 0").await;
     let client = client();
     for round in 0..10 {
         let (status, body) = get(&client, &proxy.url("/again")).await;
         assert_eq!(status, StatusCode::OK, "GET {round}: {body}");
+        wait_closed(&closes, round + 1).await;
     }
     assert_eq!(connections.load(Ordering::SeqCst), 10);
     proxy.stop().await;
