@@ -320,7 +320,8 @@ impl Tls {
         Ok(())
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    /// An acceptor with the configuration in use now (ALPN: `h2`, then `http/1.1`).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(
             &self.current.read().expect("TLS configuration lock is never poisoned"),
         ))

@@ -54,6 +54,8 @@ pub enum Balance {
 struct RawProxy {
     listen: Spanned<String>,
     admin_listen: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
     #[serde(default)]
     balance: Balance,
     #[serde(default = "default_retries")]
@@ -252,11 +254,21 @@ pub struct ServerConfig {
     pub backup: bool,
 }
 
+/// The certificate chain and private key (PEM) clients are served with over TLS.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TlsPaths {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
 /// The validated `[proxy]` section.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// `tls_cert` and `tls_key`: with them every client connection is TLS (HTTP/1.1 or HTTP/2 by
+    /// ALPN), terminated here, and servers see `X-Forwarded-Proto: https`.
+    pub tls: Option<TlsPaths>,
     pub balance: Balance,
     /// Further attempts after a failed one (HAProxy `retries`, default 3).
     pub retries: u32,
@@ -289,10 +301,19 @@ pub fn load(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|message| ConfigError::Invalid {
+    let mut config = parse(&text).map_err(|message| ConfigError::Invalid {
         path: path.display().to_string(),
         message,
-    })
+    })?;
+    // The certificate's files are named relative to the configuration file.
+    if let (Some(tls), Some(folder)) = (config.tls.as_mut(), path.parent()) {
+        for file in [&mut tls.cert, &mut tls.key] {
+            if file.is_relative() {
+                *file = folder.join(&*file);
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// Parses the `[proxy]` section out of a whole deployment file; other sections are ignored.
@@ -333,6 +354,31 @@ fn socket_address(text: &str, value: &Spanned<String>, key: &str) -> Result<Sock
 
 fn validate(text: &str, raw: RawProxy) -> Result<ProxyConfig, String> {
     let listen = socket_address(text, &raw.listen, "listen")?;
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            for (value, name) in [(cert, "tls_cert"), (key, "tls_key")] {
+                if value.get_ref().trim().is_empty() {
+                    return Err(at(
+                        text,
+                        value,
+                        format!("{name} is empty; name the PEM file (relative to this file's folder, or absolute)"),
+                    ));
+                }
+            }
+            Some(TlsPaths {
+                cert: cert.get_ref().into(),
+                key: key.get_ref().into(),
+            })
+        }
+        (Some(given), None) | (None, Some(given)) => {
+            return Err(at(
+                text,
+                given,
+                "tls_cert and tls_key come together: give both (the PEM certificate chain and its private key) to serve clients over TLS, or neither".to_string(),
+            ));
+        }
+    };
     let admin_listen = raw
         .admin_listen
         .as_ref()
@@ -452,6 +498,7 @@ fn validate(text: &str, raw: RawProxy) -> Result<ProxyConfig, String> {
         threads,
         listen,
         admin_listen,
+        tls,
         balance: raw.balance,
         retries,
         redispatch: raw.redispatch,

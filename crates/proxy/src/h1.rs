@@ -350,7 +350,7 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
     out.extend_from_slice(b"x-forwarded-for: ");
     proxy::push_x_forwarded_for(out, values(b"x-forwarded-for"), client);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nforwarded: ");
-    proxy::push_forwarded(out, values(b"forwarded"), client, host);
+    proxy::push_forwarded(out, values(b"forwarded"), client, host, proxy::Proto::Http);
     out.extend_from_slice(b"\r\n");
     Ok(Some(RequestHead {
         head_len,

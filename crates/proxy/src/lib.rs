@@ -40,7 +40,22 @@ pub async fn run(
     config: ProxyConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let shared = Shared::new(config);
+    let tls = match &config.tls {
+        None => None,
+        Some(paths) => {
+            let tls = common::http::Tls::load(common::http::TlsFiles {
+                cert: paths.cert.clone(),
+                key: paths.key.clone(),
+                client_ca: None,
+            })
+            .map_err(|message| std::io::Error::other(format!("[proxy] tls_cert / tls_key: {message}")))?;
+            let tls = Arc::new(tls);
+            #[cfg(unix)]
+            tokio::spawn(common::http::reload_on_hangup(Arc::clone(&tls), "proxy"));
+            Some(tls)
+        }
+    };
+    let shared = Shared::with_tls(config, tls);
     run_shared(shared, listener, admin, shutdown).await
 }
 

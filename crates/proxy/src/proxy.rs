@@ -60,6 +60,8 @@ pub struct Shared {
     authorities: Vec<hyper::http::uri::Authority>,
     /// Bytes of request bodies buffered at once, across all requests.
     body_budget: Arc<Semaphore>,
+    /// With `[proxy] tls_cert`: every client connection is TLS, terminated here.
+    tls: Option<Arc<common::http::Tls>>,
 }
 
 enum BodyError {
@@ -145,6 +147,12 @@ struct Logs {
 
 impl Shared {
     pub fn new(config: ProxyConfig) -> Arc<Shared> {
+        Shared::with_tls(config, None)
+    }
+
+    /// As [`Shared::new`], serving clients over TLS with `tls` (loaded from `[proxy] tls_cert`
+    /// and `tls_key`; reloaded on SIGHUP by whoever holds it).
+    pub fn with_tls(config: ProxyConfig, tls: Option<Arc<common::http::Tls>>) -> Arc<Shared> {
         let params = CheckParams {
             rise: config.check.rise,
             fall: config.check.fall,
@@ -171,6 +179,7 @@ impl Shared {
             stats: FrontendStats::default(),
             logs: Logs::default(),
             body_budget: Arc::new(Semaphore::new(config_budget)),
+            tls,
         })
     }
 
@@ -374,6 +383,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// How the client reached the proxy: the `proto` of `X-Forwarded-Proto` and `Forwarded`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Http,
+    /// Over TLS, terminated by the proxy (`[proxy] tls_cert`).
+    Https,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Http => "http",
+            Proto::Https => "https",
+        }
+    }
+}
+
 /// Appends this hop to `X-Forwarded-For` and `Forwarded` and sets `X-Forwarded-Proto`.
 ///
 /// Every line of the client's `X-Forwarded-For` and `Forwarded` is kept, in order, as one list
@@ -381,7 +407,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 ///
 /// On the hot path: each header value is built in one buffer and moved into the header, without
 /// `format!` (which cost more than the rest of the request's header handling together).
-pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>) {
+pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<&str>, proto: Proto) {
     let mut xff = Vec::with_capacity(64);
     push_x_forwarded_for(
         &mut xff,
@@ -391,13 +417,14 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, host: Option<
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto.name()));
     let mut forwarded = Vec::with_capacity(96);
     push_forwarded(
         &mut forwarded,
         headers.get_all(header::FORWARDED).iter().map(HeaderValue::as_bytes),
         client,
         host.map(str::as_bytes),
+        proto,
     );
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, value);
@@ -429,6 +456,7 @@ pub(crate) fn push_forwarded<'a>(
     previous: impl Iterator<Item = &'a [u8]>,
     client: SocketAddr,
     host: Option<&[u8]>,
+    proto: Proto,
 ) {
     let ip = client.ip();
     for value in previous.map(<[u8]>::trim_ascii) {
@@ -446,7 +474,8 @@ pub(crate) fn push_forwarded<'a>(
             out.extend_from_slice(b"]\"");
         }
     }
-    out.extend_from_slice(b";proto=http");
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.name().as_bytes());
     if let Some(host) = host.filter(|h| quotable(h)) {
         out.extend_from_slice(b";host=");
         push_forwarded_value(out, host);
@@ -725,9 +754,10 @@ impl Shared {
         pool: &Arc<Pool>,
         request: Request<Incoming>,
         client: SocketAddr,
+        proto: Proto,
     ) -> Response<ProxyBody> {
         self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        let response = self.clone().forward(pool, request, client).await;
+        let response = self.clone().forward(pool, request, client, proto).await;
         self.stats.count_response(response.status());
         response
     }
@@ -737,6 +767,7 @@ impl Shared {
         pool: &Arc<Pool>,
         request: Request<Incoming>,
         client: SocketAddr,
+        proto: Proto,
     ) -> Response<ProxyBody> {
         let (parts, body) = request.into_parts();
         let forward_host = match forwarded_host(parts.version, &parts.uri, &parts.headers) {
@@ -787,6 +818,7 @@ impl Shared {
             &mut headers,
             client,
             forward_host.as_ref().and_then(|h| h.to_str().ok()),
+            proto,
         );
         if let Some(value) = forward_host {
             headers.insert(header::HOST, value);
@@ -1223,6 +1255,19 @@ async fn run_worker(
             let mut stream = stream;
             let header_ms = Duration::from_millis(shared.config.timeouts.client_header_ms);
             let deadline = tokio::time::Instant::now() + header_ms;
+            if let Some(tls) = shared.tls.as_ref() {
+                // TLS (`[proxy] tls_cert`): the handshake within client_header_ms, then hyper
+                // serves HTTP/1.1 or HTTP/2, as ALPN agreed.
+                match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_hyper(shared.clone(), builder, upstream, stream, client, stop, Proto::Https).await;
+                    }
+                    Ok(Err(error)) => shared.note_client_problem(client, ClientProblem::Handshake(&error)),
+                    Err(_) => shared.note_client_problem(client, ClientProblem::Timeout),
+                }
+                shared.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
             let mut input = Vec::with_capacity(h1::REQUEST_BUFFER_BYTES);
             match h1::sniff_h2(&mut stream, &mut input, deadline).await {
                 Ok(false) => {
@@ -1230,7 +1275,7 @@ async fn run_worker(
                 }
                 Ok(true) => {
                     let stream = h1::Rewind::new(input, stream);
-                    serve_hyper(shared.clone(), builder, upstream, stream, client, stop).await;
+                    serve_hyper(shared.clone(), builder, upstream, stream, client, stop, Proto::Http).await;
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
                     shared.note_client_problem(client, ClientProblem::Timeout);
@@ -1258,14 +1303,17 @@ async fn run_worker(
 /// or never sends WINDOW_UPDATE, would otherwise hold the connection, the stream's task and its
 /// server connection for ever. hyper cannot reset one stream from outside, so the whole
 /// connection is dropped; its responses' server connections are closed, not pooled.
-async fn serve_hyper(
+async fn serve_hyper<S>(
     shared: Arc<Shared>,
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     upstream: Arc<Pool>,
-    stream: h1::Rewind,
+    stream: S,
     client: SocketAddr,
     mut stop: watch::Receiver<bool>,
-) {
+    proto: Proto,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (open_sender, mut open_streams) = watch::channel(0usize);
     let open_sender = Arc::new(open_sender);
     let waits = Arc::new(ClientWaits::new());
@@ -1277,7 +1325,7 @@ async fn serve_hyper(
         // the stream is reset): the future and then the body hold it.
         let open = OpenStream::new(open_sender.clone());
         async move {
-            let response = shared.handle(&upstream, request, client).await;
+            let response = shared.handle(&upstream, request, client, proto).await;
             Ok::<_, Infallible>(response.map(|body| CountedBody {
                 inner: body,
                 _open: open,
@@ -1462,6 +1510,9 @@ pub(crate) enum ClientProblem<'a> {
     /// An HTTP/2 response made no progress towards the client for `idle_ms` (a client that
     /// stopped reading, or sends no WINDOW_UPDATE): the connection was closed.
     Stalled,
+    /// The TLS handshake failed (a client that does not trust the certificate, speaks plain
+    /// HTTP to the TLS port, or offers nothing in common).
+    Handshake(&'a dyn std::fmt::Display),
     /// Anything else (a malformed request, 400).
     Other(&'a dyn std::fmt::Display),
 }
@@ -1505,6 +1556,8 @@ impl Shared {
                 tracing::warn!(%client, idle_ms = self.config.timeouts.idle_ms, suppressed,
                 "closed an HTTP/2 connection whose client took none of a response for idle_ms (stopped reading, or sent no WINDOW_UPDATE)")
             }
+            ClientProblem::Handshake(error) => tracing::info!(%client, %error, suppressed,
+                "TLS handshake with a client failed (it may not trust tls_cert, or spoke plain HTTP to the TLS port)"),
             ClientProblem::Other(error) => tracing::info!(%client, %error, suppressed, "client connection error"),
         }
     }
@@ -1534,7 +1587,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
         let client: SocketAddr = "192.0.2.1:5555".parse().expect("literal");
-        add_forwarding(&mut headers, client, Some("shop.example"));
+        add_forwarding(&mut headers, client, Some("shop.example"), Proto::Http);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["forwarded"], "for=192.0.2.1;proto=http;host=shop.example");
@@ -1563,7 +1616,7 @@ mod tests {
         let client: SocketAddr = "192.0.2.1:5555".parse().expect("literal");
         let written = |host: &[u8]| {
             let mut out = Vec::new();
-            push_forwarded(&mut out, std::iter::empty(), client, Some(host));
+            push_forwarded(&mut out, std::iter::empty(), client, Some(host), Proto::Http);
             String::from_utf8(out).expect("ascii")
         };
         assert_eq!(written(b"a\"b\\c"), "for=192.0.2.1;proto=http;host=\"a\\\"b\\\\c\"");

@@ -167,7 +167,17 @@ impl TestProxy {
             listener.local_addr().expect("address"),
             admin.local_addr().expect("address"),
         );
-        let shared = Shared::new(config);
+        let tls = config.tls.as_ref().map(|paths| {
+            Arc::new(
+                common::http::Tls::load(common::http::TlsFiles {
+                    cert: paths.cert.clone(),
+                    key: paths.key.clone(),
+                    client_ca: None,
+                })
+                .expect("the test's certificate loads"),
+            )
+        });
+        let shared = Shared::with_tls(config, tls);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(proxy::run_shared(
             shared.clone(),
@@ -1979,4 +1989,140 @@ async fn a_client_that_half_closes_after_its_request_gets_the_whole_response() {
         String::from_utf8_lossy(&whole)
     );
     proxy.stop().await;
+}
+
+
+/// A CA and a certificate for 127.0.0.1 in a fresh folder (removed with the returned guard).
+struct TestCa {
+    dir: std::path::PathBuf,
+    files: common::devca::DevCaFiles,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let dir = std::env::temp_dir().join(format!("proxy-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let files = common::devca::generate(&dir, &["127.0.0.1".to_string()]).expect("dev CA");
+        TestCa { dir, files }
+    }
+
+    fn proxy_toml(&self) -> String {
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            self.files.cert.display(),
+            self.files.key.display()
+        )
+    }
+
+    /// A TLS connection to `address` trusting this CA, offering `alpn`.
+    async fn connect(
+        &self,
+        address: SocketAddr,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut config = (*common::tls_client::client_config(Some(&self.files.ca_cert)).expect("client config")).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(address).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        connector.connect(name, tcp).await.expect("TLS handshake with the proxy")
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_http1_and_http2_requests_reach_the_server_marked_https() {
+    let ca = TestCa::new("both");
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(address, &ca.proxy_toml()).await;
+
+    // HTTP/1.1 (ALPN http/1.1), served by hyper's HTTP/1 server over the TLS stream.
+    let mut stream = ca.connect(proxy.address, b"http/1.1").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    stream
+        .write_all(b"POST /tls-one HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok\n"), "{answer}");
+
+    // HTTP/2 (ALPN h2).
+    let stream = ca.connect(proxy.address, b"h2").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("HTTP/2 over TLS");
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .uri("https://shop.example/tls-two")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(&response.into_body().collect().await.expect("body").to_bytes()[..], b"ok\n");
+
+    let requests = seen.lock().expect("log").clone();
+    for path in ["/tls-one", "/tls-two"] {
+        let request = requests
+            .iter()
+            .find(|r| r.contains(&format!(" {path} ")))
+            .unwrap_or_else(|| panic!("{path} reached the server: {requests:?}"));
+        let lower = request.to_ascii_lowercase();
+        assert!(lower.contains("x-forwarded-proto: https\r\n"), "{request}");
+        assert!(lower.contains(";proto=https;host=shop.example"), "{request}");
+    }
+    assert!(requests.iter().any(|r| r.ends_with("hello")), "the body went along: {requests:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_or_an_untrusting_client_on_the_tls_port_is_refused_in_the_handshake() {
+    let ca = TestCa::new("refused");
+    let other = TestCa::new("other");
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(address, &ca.proxy_toml()).await;
+    // Plain HTTP to the TLS port: no request reaches a server, the connection is closed.
+    let mut plain = TcpStream::connect(proxy.address).await.expect("connect");
+    plain
+        .write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    // A client trusting another CA fails its handshake.
+    let mut config = (*common::tls_client::client_config(Some(&other.files.ca_cert)).expect("client config")).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(proxy.address).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    assert!(connector.connect(name, tcp).await.is_err(), "a certificate from another CA is not trusted");
+    assert!(seen.lock().expect("log").is_empty(), "nothing reached the server");
+    // A trusting client is still served.
+    let mut stream = ca.connect(proxy.address, b"http/1.1").await;
+    stream
+        .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    proxy.stop().await;
+}
+
+#[test]
+fn tls_cert_without_tls_key_is_refused_naming_the_line() {
+    let text = "[proxy]\nlisten = \"127.0.0.1:8080\"\ntls_cert = \"cert.pem\"\n[[proxy.servers]]\nname = \"a\"\naddress = \"127.0.0.1:9000\"\n";
+    let error = proxy::config::parse(text).expect_err("half a TLS identity");
+    assert!(error.contains("line 3"), "{error}");
+    assert!(error.contains("tls_cert and tls_key come together"), "{error}");
 }
