@@ -5,6 +5,7 @@ may fail), and `switchyard proxy-ctl` draining a server."""
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -94,7 +95,7 @@ class Backend:
 
 
 class Proxy:
-    def __init__(self, root, backends):
+    def __init__(self, root, backends, extra=""):
         self.port, self.admin_port = free_port(), free_port()
         servers = "".join(
             f'\n[[proxy.servers]]\nname = "{b.name}"\naddress = "127.0.0.1:{b.port}"\n' for b in backends)
@@ -110,7 +111,7 @@ listen = "127.0.0.1:{self.port}"
 admin_listen = "127.0.0.1:{self.admin_port}"
 balance = "roundrobin"
 retries = 3
-
+{extra}
 [proxy.check]
 inter_ms = 60000
 path = "/health"
@@ -265,3 +266,58 @@ def http_get(url):
         return body
     finally:
         connection.close()
+
+
+def make_certificate(directory, name):
+    """A self-signed certificate for 127.0.0.1 (openssl), and its key."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def curl_tls(port, trusted, *flags):
+    """curl over TLS trusting `trusted`: (exit code, body, HTTP version)."""
+    result = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(trusted), *flags,
+                             "-w", "\n%{http_version}", f"https://127.0.0.1:{port}/"],
+                            capture_output=True, text=True, timeout=30)
+    body, _, version = result.stdout.rpartition("\n")
+    return result.returncode, body.strip(), version
+
+
+def test_tls_clients_are_served_over_both_protocols_and_a_renewed_certificate_is_taken_on_sighup(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
+    if shutil.which("curl") is None or shutil.which("openssl") is None:
+        pytest.skip("curl and openssl are needed (Debian packages curl, openssl)")
+    backend = Backend("web1", tmp_path)
+    first, second = make_certificate(tmp_path, "first"), make_certificate(tmp_path, "second")
+    # Named relative to the configuration file's folder; the files a renewal replaces.
+    served_cert, served_key = tmp_path / "shop.pem", tmp_path / "shop-key.pem"
+    served_cert.write_bytes(first[0].read_bytes())
+    served_key.write_bytes(first[1].read_bytes())
+    proxy = Proxy(tmp_path, [backend], extra='tls_cert = "shop.pem"\ntls_key = "shop-key.pem"\n')
+    try:
+        for flag, version in (("--http1.1", "1.1"), ("--http2", "2")):
+            code, body, got = curl_tls(proxy.port, first[0], flag)
+            assert (code, body, got) == (0, "web1", version), (flag, code, body, got)
+        # Plain HTTP to the TLS port is refused in the handshake: no answer from a server.
+        plain = subprocess.run(["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{proxy.port}/"],
+                               capture_output=True, text=True, timeout=30)
+        assert "web1" not in plain.stdout
+        # A renewed certificate (certbot's deploy hook rewrites the files, then sends SIGHUP).
+        served_cert.write_bytes(second[0].read_bytes())
+        served_key.write_bytes(second[1].read_bytes())
+        proxy.process.send_signal(signal.SIGHUP)
+        wait_until("the renewed certificate to be served", lambda: curl_tls(proxy.port, second[0])[0] == 0)
+        assert curl_tls(proxy.port, first[0])[0] != 0, "the old certificate is no longer served"
+        # A reload that fails (a key that is not PEM) keeps the certificate in use.
+        served_key.write_text("not a key\n")
+        proxy.process.send_signal(signal.SIGHUP)
+        wait_until("the failed reload to be logged", lambda: "not reloaded" in proxy.log.read_text())
+        assert curl_tls(proxy.port, second[0], "--http2")[:2] == (0, "web1")
+        assert proxy.process.poll() is None
+    finally:
+        proxy.stop()
+        backend.stop()
