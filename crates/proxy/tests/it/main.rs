@@ -1991,7 +1991,6 @@ async fn a_client_that_half_closes_after_its_request_gets_the_whole_response() {
     proxy.stop().await;
 }
 
-
 /// A CA and a certificate for 127.0.0.1 in a fresh folder (removed with the returned guard).
 struct TestCa {
     dir: std::path::PathBuf,
@@ -2016,17 +2015,17 @@ impl TestCa {
     }
 
     /// A TLS connection to `address` trusting this CA, offering `alpn`.
-    async fn connect(
-        &self,
-        address: SocketAddr,
-        alpn: &[u8],
-    ) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let mut config = (*common::tls_client::client_config(Some(&self.files.ca_cert)).expect("client config")).clone();
+    async fn connect(&self, address: SocketAddr, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut config =
+            (*common::tls_client::client_config(Some(&self.files.ca_cert)).expect("client config")).clone();
         config.alpn_protocols = vec![alpn.to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(address).await.expect("connect");
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-        connector.connect(name, tcp).await.expect("TLS handshake with the proxy")
+        connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake with the proxy")
     }
 }
 
@@ -2046,7 +2045,9 @@ async fn over_tls_http1_and_http2_requests_reach_the_server_marked_https() {
     let mut stream = ca.connect(proxy.address, b"http/1.1").await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     stream
-        .write_all(b"POST /tls-one HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        .write_all(
+            b"POST /tls-one HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
         .await
         .expect("write");
     let mut answer = Vec::new();
@@ -2068,7 +2069,10 @@ async fn over_tls_http1_and_http2_requests_reach_the_server_marked_https() {
         .expect("request");
     let response = sender.send_request(request).await.expect("answered");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(&response.into_body().collect().await.expect("body").to_bytes()[..], b"ok\n");
+    assert_eq!(
+        &response.into_body().collect().await.expect("body").to_bytes()[..],
+        b"ok\n"
+    );
 
     let requests = seen.lock().expect("log").clone();
     for path in ["/tls-one", "/tls-two"] {
@@ -2080,7 +2084,10 @@ async fn over_tls_http1_and_http2_requests_reach_the_server_marked_https() {
         assert!(lower.contains("x-forwarded-proto: https\r\n"), "{request}");
         assert!(lower.contains(";proto=https;host=shop.example"), "{request}");
     }
-    assert!(requests.iter().any(|r| r.ends_with("hello")), "the body went along: {requests:?}");
+    assert!(
+        requests.iter().any(|r| r.ends_with("hello")),
+        "the body went along: {requests:?}"
+    );
     proxy.stop().await;
 }
 
@@ -2105,7 +2112,10 @@ async fn plain_http_or_an_untrusting_client_on_the_tls_port_is_refused_in_the_ha
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(proxy.address).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    assert!(connector.connect(name, tcp).await.is_err(), "a certificate from another CA is not trusted");
+    assert!(
+        connector.connect(name, tcp).await.is_err(),
+        "a certificate from another CA is not trusted"
+    );
     assert!(seen.lock().expect("log").is_empty(), "nothing reached the server");
     // A trusting client is still served.
     let mut stream = ca.connect(proxy.address, b"http/1.1").await;
