@@ -1601,7 +1601,7 @@ mod tests {
         headers.append("forwarded", HeaderValue::from_static("for=6.6.6.6"));
         headers.append("forwarded", HeaderValue::from_static("for=10.9.9.9"));
         let client: SocketAddr = "192.0.2.1:5555".parse().expect("literal");
-        add_forwarding(&mut headers, client, Some("x,for=6.6.6.6"));
+        add_forwarding(&mut headers, client, Some("x,for=6.6.6.6"), Proto::Http);
         let all = |name: &str| headers.get_all(name).iter().count();
         assert_eq!((all("x-forwarded-for"), all("forwarded")), (1, 1));
         assert_eq!(headers["x-forwarded-for"], "6.6.6.6, 10.9.9.9, 192.0.2.1");
@@ -1671,8 +1671,9 @@ mod tests {
     fn forwarded_quotes_ipv6() {
         let mut headers = HeaderMap::new();
         let client: SocketAddr = "[2001:db8::1]:80".parse().expect("literal");
-        add_forwarding(&mut headers, client, None);
-        assert_eq!(headers["forwarded"], "for=\"[2001:db8::1]\";proto=http");
+        add_forwarding(&mut headers, client, None, Proto::Https);
+        assert_eq!(headers["forwarded"], "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(headers["x-forwarded-proto"], "https");
     }
 
     #[test]
