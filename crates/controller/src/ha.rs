@@ -122,7 +122,8 @@ pub struct HaSection {
     /// The leader compacts etcd's history older than this every as many seconds (the
     /// heartbeat writes the leader key every third of the lease, ~52,000 revisions a day with
     /// the default lease, which etcd keeps until compacted: its 2 GB quota fills in months).
-    /// 0: never (etcd's `--auto-compaction-retention`, or another client, compacts it).
+    /// Compaction is the whole cluster's, every key's: 0 where etcd is shared with applications
+    /// that need older revisions, or compacts itself (`--auto-compaction-retention`).
     #[serde(default = "compact_history_s_default")]
     pub compact_history_s: u64,
     /// The URL other members and operators reach this member's API at (default
@@ -241,13 +242,14 @@ impl HaSection {
                 format!("etcd leases count whole seconds: use e.g. lease_ms = {LEASE_MS_DEFAULT}"),
             ));
         }
-        if self.compact_history_s != 0
-            && !(COMPACT_HISTORY_S_MIN..=COMPACT_HISTORY_S_MAX).contains(&self.compact_history_s)
-        {
+        // At least the lease too: a look reads the state at the revision it read the leader key
+        // at, and its requests may be retried for up to a sixth of the lease in between.
+        let history_min_s = COMPACT_HISTORY_S_MIN.max(self.lease_ms.div_ceil(1000));
+        if self.compact_history_s != 0 && !(history_min_s..=COMPACT_HISTORY_S_MAX).contains(&self.compact_history_s) {
             problems.push((
                 "compact_history_s",
                 format!(
-                    "compact_history_s {} is not 0 or between {COMPACT_HISTORY_S_MIN} and {COMPACT_HISTORY_S_MAX}",
+                    "compact_history_s {} is not 0 or between {history_min_s} (the lease, at least {COMPACT_HISTORY_S_MIN}) and {COMPACT_HISTORY_S_MAX}",
                     self.compact_history_s
                 ),
                 format!(

@@ -459,6 +459,7 @@ impl Member {
             member: section.member.clone(),
             address: section.advertise.clone().unwrap_or(address),
             vantage: Some(vantage),
+            lease_ms: Some(section.lease_ms),
         };
         let timeout = Duration::from_millis((section.lease_ms / 6).max(REQUEST_TIMEOUT_MS_MIN));
         Member {
@@ -766,22 +767,19 @@ impl Member {
                 }
             }
             Action::Renew(term) => {
-                // Sent before either request: the right to act counts from here.
+                // Sent before either request: the right to act counts from here. Both at once,
+                // so a slow one does not eat the other's time (the heartbeat is a raft write).
                 let sent_ms = self.now_ms();
-                match etcd.renew(term.lease_id).await {
-                    Ok(true) => {
-                        let me = self.leadership().me().clone();
-                        match etcd.heartbeat(term, &me).await {
-                            Ok(true) => Input::Renewed { sent_ms },
-                            Ok(false) => Input::Superseded(
-                                "the leader key is no longer this term's (a follower deposed it, or it expired)".into(),
-                            ),
-                            Err(error) if error.contains("lease not found") => Input::LeaseGone,
-                            Err(error) => Input::Failed(error),
-                        }
-                    }
-                    Ok(false) => Input::LeaseGone,
-                    Err(error) => Input::Failed(error),
+                let me = self.leadership().me().clone();
+                let (kept, beat) = tokio::join!(etcd.renew(term.lease_id), etcd.heartbeat(term, &me));
+                match (kept, beat) {
+                    (Ok(false), _) => Input::LeaseGone,
+                    (_, Err(error)) if error.contains("lease not found") => Input::LeaseGone,
+                    (_, Ok(false)) => Input::Superseded(
+                        "the leader key is no longer this term's (a follower deposed it, or it expired)".into(),
+                    ),
+                    (Err(error), _) | (_, Err(error)) => Input::Failed(error),
+                    (Ok(true), Ok(true)) => Input::Renewed { sent_ms },
                 }
             }
             Action::Load(term) => match etcd.read_at().await {

@@ -19,7 +19,9 @@
 //!   create revision (the term), which moves the key's mod revision on;
 //! - a new leader can only win after the old key is gone: its lease expired, or a follower
 //!   *deposed* it. A follower deposes a key whose mod revision it has seen unchanged for
-//!   `lease_ms` by its own clock (from the first read that showed it), in a transaction
+//!   `lease_ms` — the longer of its own and the leader's, which the key's value carries; a key
+//!   without it (a previous version's leader, which renews without a heartbeat) is never
+//!   deposed — by its own clock (from the first read that showed it), in a transaction
 //!   conditioned on that create and mod revision, then campaigns as usual. The key's last
 //!   heartbeat committed before that first read, and was sent before it committed, so its
 //!   leader stopped acting at least a third of the lease before the depose, exactly as with an
@@ -52,6 +54,12 @@ pub struct LeaderInfo {
     /// follower with another name passes its own reports on to the leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vantage: Option<String>,
+    /// The leader's `lease_ms`: its right to act ends two thirds of it after a renewal, so a
+    /// follower deposes its key only once unchanged for at least this (and its own). Absent
+    /// in keys of a version before deposing (their leaders renew without a heartbeat): such a
+    /// key is never deposed, only its lease's expiry ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 /// The leader key as one read showed it.
@@ -251,8 +259,13 @@ impl Leadership {
             Phase::Follower => (now_ms >= self.next_observe_ms).then_some(Action::Observe),
             Phase::Loading(held) | Phase::Leading(held) => {
                 if now_ms >= held.renewed_sent_ms.saturating_add(self.act_for_ms()) {
+                    let last_error = self
+                        .etcd_error
+                        .as_deref()
+                        .map(|error| format!(" (last error: {error})"))
+                        .unwrap_or_default();
                     let reason = format!(
-                        "could not renew the leader lease for {} ms (2/3 of lease_ms {}); stopped acting before it can expire in etcd",
+                        "could not renew the leader lease for {} ms (2/3 of lease_ms {}); stopped acting before it can expire in etcd{last_error}",
                         now_ms.saturating_sub(held.renewed_sent_ms),
                         self.lease_ms
                     );
@@ -303,12 +316,17 @@ impl Leadership {
                 self.leader = Some(seen.leader.clone());
                 self.next_observe_ms = now_ms.saturating_add(self.observe_every_ms());
                 let unchanged_ms = now_ms.saturating_sub(since_ms);
-                (unchanged_ms >= self.lease_ms).then_some(Action::Depose {
-                    member: seen.leader.member,
-                    created: seen.created,
-                    modified: seen.modified,
-                    unchanged_ms,
-                })
+                // The leader's lease counts when it is longer than ours (members configured
+                // apart, a rolling change of lease_ms); a key without it is never deposed.
+                let wait_ms = seen.leader.lease_ms.map(|theirs| theirs.max(self.lease_ms));
+                wait_ms
+                    .is_some_and(|wait| unchanged_ms >= wait)
+                    .then_some(Action::Depose {
+                        member: seen.leader.member,
+                        created: seen.created,
+                        modified: seen.modified,
+                        unchanged_ms,
+                    })
             }
             (Phase::Follower, Input::Beaten(leader)) => {
                 self.leader = Some(leader);

@@ -17,6 +17,7 @@ fn info(name: &str) -> LeaderInfo {
         member: name.into(),
         address: format!("http://{name}:7400"),
         vantage: Some(format!("{name}-probes")),
+        lease_ms: Some(LEASE_MS),
     }
 }
 
@@ -453,6 +454,131 @@ fn a_heartbeat_landing_after_the_followers_first_look_refuses_its_depose() {
         .expect("answer");
     assert_eq!(follower.input(100 + LEASE_MS + 2, seen), None);
     assert!(etcd.holds(term));
+}
+
+/// Members configured with different `lease_ms` (a rolling change from 3 s to 6 s): the leader
+/// renews every 2 s and acts until 4 s after its last renewal was sent; a follower still on 3 s
+/// must wait out the leader's 6 s, which the key names, not its own 3 s. The leader is cut off
+/// etcd at 5000 (found by a review: deposing by the follower's own lease let both act).
+#[test]
+fn a_follower_with_a_shorter_lease_waits_out_the_leaders_before_deposing_it() {
+    let mut etcd = FakeEtcd::default();
+    let a = LeaderInfo {
+        lease_ms: Some(2 * LEASE_MS),
+        ..info("a")
+    };
+    let b = info("b");
+    let mut leader = Leadership::new(a.clone(), 2 * LEASE_MS);
+    let mut follower = Leadership::new(b.clone(), LEASE_MS);
+    let (mut now, mut both, mut took_over_at) = (0, Vec::new(), None);
+    while now < 20_000 {
+        now += 10;
+        // etcd keeps a's 6 s lease alive (promoted) for the whole run: only a depose ends it.
+        if let Some(key) = &etcd.key
+            && key.holder == a
+        {
+            etcd.leases.insert(key.lease, now + 2 * LEASE_MS);
+        }
+        if now < 5_000 {
+            let mut next = leader.poll(now);
+            while let Some(action) = next.take() {
+                if let Some(input) = etcd.handle(now, &a, &action, now) {
+                    next = leader.input(now, input);
+                }
+            }
+        } else if let Some(action) = leader.poll(now)
+            && !matches!(action, Action::StepDown { .. })
+        {
+            leader.input(now, Input::Failed("unreachable".into()));
+        }
+        if now > 100 {
+            let mut next = follower.poll(now);
+            while let Some(action) = next.take() {
+                if let Some(input) = etcd.handle(now, &b, &action, now) {
+                    next = follower.input(now, input);
+                }
+            }
+        }
+        if leader.acting(now).is_some() && follower.acting(now).is_some() {
+            both.push(now);
+        }
+        if took_over_at.is_none() && follower.acting(now).is_some() {
+            took_over_at = Some(now);
+        }
+    }
+    assert!(
+        both.is_empty(),
+        "a and b both act from {:?} to {:?}",
+        both.first(),
+        both.last()
+    );
+    let took_over_at = took_over_at.expect("b takes over once a's own lease has passed");
+    assert!(
+        took_over_at >= 5_000 - 2 * LEASE_MS / 3 + 2 * LEASE_MS,
+        "took over at {took_over_at}"
+    );
+}
+
+/// A rolling upgrade: the leader still runs a version before deposing (its renewal is a
+/// keep-alive only, its key names no lease_ms); an upgraded follower never deposes it and
+/// waits for its lease to expire (found by a review: it deposed it, and the old leader,
+/// its keep-alives still answered, went on acting).
+#[test]
+fn a_leader_of_a_version_before_deposing_is_never_deposed_only_outlived() {
+    let mut etcd = FakeEtcd::default();
+    let a = LeaderInfo {
+        lease_ms: None,
+        ..info("a")
+    };
+    let b = info("b");
+    let mut old = Leadership::new(a.clone(), LEASE_MS);
+    let mut follower = Leadership::new(b.clone(), LEASE_MS);
+    let (mut now, mut both) = (0, Vec::new());
+    while now < 20_000 {
+        now += 10;
+        etcd.expire(now);
+        // The old leader dies at 15000; until then it renews with keep-alives only.
+        if now < 15_000 {
+            let mut next = old.poll(now);
+            while let Some(action) = next.take() {
+                let input = match &action {
+                    Action::Renew(term) => match etcd.leases.get_mut(&term.lease_id) {
+                        Some(expiry) => {
+                            *expiry = now + LEASE_MS;
+                            Some(Input::Renewed { sent_ms: now })
+                        }
+                        None => Some(Input::LeaseGone),
+                    },
+                    _ => etcd.handle(now, &a, &action, now),
+                };
+                if let Some(input) = input {
+                    next = old.input(now, input);
+                }
+            }
+        }
+        if now > 100 {
+            let mut next = follower.poll(now);
+            while let Some(action) = next.take() {
+                assert!(
+                    !matches!(action, Action::Depose { .. }),
+                    "deposed a key without lease_ms at {now}"
+                );
+                if let Some(input) = etcd.handle(now, &b, &action, now) {
+                    next = follower.input(now, input);
+                }
+            }
+        }
+        if old.acting(now).is_some() && follower.acting(now).is_some() {
+            both.push(now);
+        }
+    }
+    assert!(
+        both.is_empty(),
+        "a and b both act from {:?} to {:?}",
+        both.first(),
+        both.last()
+    );
+    assert!(follower.acting(20_000).is_some(), "b leads once a's lease expired");
 }
 
 fn order(generation: u64, to: &str) -> RunbookOrder {
