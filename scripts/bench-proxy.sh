@@ -11,6 +11,7 @@
 #   SWITCHYARD_BIN=target/release/switchyard scripts/bench-proxy.sh   # skip the build
 #   PROXY_THREADS="2" scripts/bench-proxy.sh                          # one thread count only
 #   NO_WRITE=1 scripts/bench-proxy.sh                                 # print, leave BENCHMARKS.md
+#   TLS=1 scripts/bench-proxy.sh      # clients over TLS (both proxies terminate it; print only)
 #
 # Both proxies: keep-alive to clients and to servers, X-Forwarded-For on, active HTTP checks
 # every 2 s, retries 3 with redispatch, round robin.
@@ -72,6 +73,13 @@ fi
 
 work="$(mktemp -d)"
 pids=()
+# TLS=1: both proxies terminate TLS for the clients (one self-signed P-256 certificate; wrk
+# speaks HTTP/1.1 over TLS 1.3, one handshake per connection), and the section is only printed.
+scheme="http"
+if [ -n "${TLS:-}" ]; then
+  scheme="https"
+  export NO_WRITE=1
+fi
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -87,6 +95,12 @@ wait_port() {
   done
   echo "nothing listens on port $1" >&2; exit 1
 }
+
+if [ "$scheme" = https ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -days 2 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
+fi
 
 # The backends: one nginx (one worker process, so it takes no more than a core), two ports.
 backend_ports=("$(free_port)" "$(free_port)")
@@ -130,6 +144,7 @@ threads = $threads
 balance = "roundrobin"
 retries = 3
 redispatch = true
+$( [ "$scheme" = https ] && printf 'tls_cert = "%s"\ntls_key = "%s"\n' "$work/cert.pem" "$work/key.pem" || true )
 
 [proxy.check]
 inter_ms = 2000
@@ -163,7 +178,7 @@ defaults
   retries 3
   option redispatch
 frontend fe
-  bind 127.0.0.1:$haproxy_port
+  bind 127.0.0.1:$haproxy_port$( [ "$scheme" = https ] && printf ' ssl crt %s alpn h2,http/1.1' "$work/haproxy.pem" || true )
   default_backend be
 backend be
   balance roundrobin
@@ -177,6 +192,7 @@ EOF
   ports["haproxy-$threads"]="$haproxy_port"
 done
 for name in "${!ports[@]}"; do wait_port "${ports[$name]}"; done
+echo "clients over $scheme" >&2
 
 # CPU time (user + system, clock ticks) a process has used so far: the proxy's CPU per request
 # moves much less with the neighbours' load than its req/s does.
@@ -192,14 +208,14 @@ busy_ticks() {
 nginx_worker="$(pgrep -P "${pids[0]}" | head -1)"
 
 run_wrk() { # name port pid -> "req/s p99_ms cpu_us_per_request other_load_percent"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$2/" >/dev/null
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$scheme://127.0.0.1:$2/" >/dev/null
   local before after busy_before busy_after nginx_before nginx_after start end wrk_cpu
   before=$(cpu_ticks "$3")
   nginx_before=$(cpu_ticks "$nginx_worker")
   busy_before=$(busy_ticks)
   start=$(date +%s.%N)
   wrk_cpu=$( { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
-    "http://127.0.0.1:$2/" >"$work/$1.wrk"; } 2>&1 | tail -1)
+    "$scheme://127.0.0.1:$2/" >"$work/$1.wrk"; } 2>&1 | tail -1)
   end=$(date +%s.%N)
   busy_after=$(busy_ticks)
   nginx_after=$(cpu_ticks "$nginx_worker")
