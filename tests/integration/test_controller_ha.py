@@ -680,17 +680,26 @@ def test_a_new_leader_whose_clock_runs_ahead_keeps_the_old_leaders_hourly_count(
     assert engine["transitions_last_hour"] == counted, engine
 
 
-def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_and_the_leader(tmp_path):
+def three_on_three(tmp_path):
+    """Three controllers (us, eu, ap: one file for the group, each naming itself with --member) on a
+    three-member etcd, once one leads: (group, leader). The caller stops the group."""
     if not BINARY.exists():
         pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
     if ETCD is None:
         pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
     group = Group(tmp_path, etcd_size=3)
     try:
-        # One file for the group; each controller names itself with --member.
         for member in ("us", "eu", "ap"):
             group.start(member, shared=True)
-        first = wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+        return group, wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
+    except BaseException:
+        group.stop()
+        raise
+
+
+def test_three_controllers_on_a_three_member_etcd_survive_losing_an_etcd_member_and_the_leader(tmp_path):
+    group, first = three_on_three(tmp_path)
+    try:
         wait_until("the initial placement in DNS", lambda: dns_generation(group) > 0, logs=group.logs())
         # etcd keeps its quorum with two of three members: nothing changes.
         group.etcd.kill(0)
@@ -736,15 +745,8 @@ def test_a_leader_dying_with_etcds_raft_leader_is_deposed_though_etcd_extends_it
     new raft leader gives every lease its whole TTL again (etcd's lessor `Promote`), so the dead
     leader's key would outlive it by the TTL plus an election; a follower deposes it once it
     has seen it unrenewed for the lease (a heartbeat moves its mod revision every third)."""
-    if not BINARY.exists():
-        pytest.skip(f"{BINARY} not built (cargo build -p switchyard)")
-    if ETCD is None:
-        pytest.skip("etcd is not installed (Debian package etcd-server; scripts/install-test-deps.sh installs it)")
-    group = Group(tmp_path, etcd_size=3)
+    group, first = three_on_three(tmp_path)
     try:
-        for member in ("us", "eu", "ap"):
-            group.start(member, shared=True)
-        first = wait_until("one leader named by every member", group.leader, TAKEOVER_DEADLINE_S, group.logs())
         [raft] = wait_until("etcd's raft leader", lambda: etcd_raft_leader(group.etcd), START_DEADLINE_S,
                             group.logs())
         process = group.members[first][0]

@@ -52,6 +52,13 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A key as one read found it.
+struct Found {
+    value: Vec<u8>,
+    created: i64,
+    modified: i64,
+}
+
 /// The etcd client with the keys of this group of controllers.
 #[derive(Clone)]
 struct Etcd {
@@ -182,6 +189,12 @@ impl Etcd {
     /// Plain range reads only: a transaction's `op_responses()` in etcd-client unwraps each
     /// response op, so a malformed answer from the network would panic the controller.
     async fn get(&self, key: &str, revision: i64) -> Result<(Option<(Vec<u8>, i64)>, i64), String> {
+        let (found, read_at) = self.get_kv(key, revision).await?;
+        Ok((found.map(|kv| (kv.value, kv.modified)), read_at))
+    }
+
+    /// [`Etcd::get`], with the key's create revision too.
+    async fn get_kv(&self, key: &str, revision: i64) -> Result<(Option<Found>, i64), String> {
         let options = etcd_client::GetOptions::new().with_revision(revision);
         let answer = self
             .retrying("read", |mut client| {
@@ -194,35 +207,27 @@ impl Etcd {
             .header()
             .map(|h| h.revision())
             .ok_or_else(|| format!("etcd answered the read of {key} without a header"))?;
-        let value = answer
+        let found = answer
             .kvs()
             .iter()
             .find(|kv| kv.key() == key.as_bytes())
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
-        Ok((value, read_at))
+            .map(|kv| Found {
+                value: kv.value().to_vec(),
+                created: kv.create_revision(),
+                modified: kv.mod_revision(),
+            });
+        Ok((found, read_at))
     }
 
     /// The leader key with its create and mod revision, and the shared state read at the same
     /// revision (a follower's look).
     async fn observe(&self) -> Result<(Option<KeySeen>, SharedState), String> {
-        let options = etcd_client::GetOptions::new();
-        let answer = self
-            .retrying("read", |mut client| {
-                let options = options.clone();
-                let key = self.leader_key.clone();
-                async move { client.get(key, Some(options)).await }
-            })
-            .await
-            .map_err(|e| format!("etcd: {e}"))?;
-        let read_at = answer
-            .header()
-            .map(|h| h.revision())
-            .ok_or_else(|| format!("etcd answered the read of {} without a header", self.leader_key))?;
-        let seen = match answer.kvs().iter().find(|kv| kv.key() == self.leader_key.as_bytes()) {
-            Some(kv) => Some(KeySeen {
-                leader: parse_leader(kv.value())?,
-                created: kv.create_revision(),
-                modified: kv.mod_revision(),
+        let (found, read_at) = self.get_kv(&self.leader_key, 0).await?;
+        let seen = match found {
+            Some(found) => Some(KeySeen {
+                leader: parse_leader(&found.value)?,
+                created: found.created,
+                modified: found.modified,
             }),
             None => None,
         };
