@@ -321,3 +321,114 @@ def test_tls_clients_are_served_over_both_protocols_and_a_renewed_certificate_is
     finally:
         proxy.stop()
         backend.stop()
+
+
+WEBSOCKET_SERVER_SCRIPT = r"""
+import asyncio, sys
+from http import HTTPStatus
+from websockets.asyncio.server import serve
+
+PORT = int(sys.argv[1])
+
+def health(connection, request):
+    if request.path == "/health":
+        return connection.respond(HTTPStatus.OK, "ok\n")
+    return None
+
+async def session(websocket):
+    # What the server saw of the request, then an echo of every message (binary as binary).
+    headers = websocket.request.headers
+    await websocket.send(f"hello {websocket.request.path} proto={headers.get('X-Forwarded-Proto')}")
+    async for message in websocket:
+        if message == "push":
+            for n in range(3):
+                await websocket.send(f"pushed {n}")
+        elif message == "close please":
+            await websocket.close(4001, "asked to")
+        else:
+            await websocket.send(message)
+
+async def main():
+    async with serve(session, "127.0.0.1", PORT, process_request=health, max_size=4 * 1024 * 1024):
+        await asyncio.Future()
+
+asyncio.run(main())
+"""
+
+
+class WebSocketBackend:
+    """A real WebSocket server (the `websockets` package): greets, echoes, pushes, closes."""
+
+    def __init__(self, root):
+        self.name, self.port = "ws1", free_port()
+        self.log = root / "ws1.log"
+        self.process = subprocess.Popen([sys.executable, "-c", WEBSOCKET_SERVER_SCRIPT, str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        wait_until("the WebSocket server to listen", lambda: accepts(self.port), START_DEADLINE_S)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def websocket_session(uri, ssl_context=None):
+    """One session with the real `websockets` client; what it saw."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    seen = {}
+    with connect(uri, ssl=ssl_context, open_timeout=10, close_timeout=10, max_size=4 * 1024 * 1024) as websocket:
+        seen["greeting"] = websocket.recv(timeout=10)
+        websocket.send("text one")
+        seen["text"] = websocket.recv(timeout=10)
+        payload = os.urandom(1024 * 1024)
+        websocket.send(payload)
+        seen["binary_intact"] = websocket.recv(timeout=10) == payload
+        websocket.send("push")
+        seen["pushed"] = [websocket.recv(timeout=10) for _ in range(3)]
+        websocket.ping().wait(10)
+        websocket.send("close please")
+        try:
+            websocket.recv(timeout=10)
+        except ConnectionClosed as closed:
+            seen["close"] = (closed.rcvd.code, closed.rcvd.reason)
+    return seen
+
+
+def stats(proxy):
+    return json.loads(http_get(f"{proxy.admin}/stats.json"))["frontend"]
+
+
+def test_websockets_pass_through_the_proxy_plain_and_over_tls(tmp_path):
+    if not BINARY.exists():
+        pytest.skip(f"{BINARY} not built")
+    import ssl
+
+    backend = WebSocketBackend(tmp_path)
+    cert, key = make_certificate(tmp_path, "ws")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "tls").mkdir()
+    plain = Proxy(tmp_path / "plain", [backend])
+    secure = Proxy(tmp_path / "tls", [backend], extra=f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        for uri, ssl_context, proto in ((f"ws://127.0.0.1:{plain.port}/chat", None, "http"),
+                                        (f"wss://127.0.0.1:{secure.port}/chat", context, "https")):
+            seen = websocket_session(uri, ssl_context)
+            assert seen == {
+                "greeting": f"hello /chat proto={proto}",
+                "text": "text one",
+                "binary_intact": True,
+                "pushed": ["pushed 0", "pushed 1", "pushed 2"],
+                "close": (4001, "asked to"),
+            }, (uri, seen)
+        for proxy in (plain, secure):
+            wait_until("the tunnels to be counted closed", lambda p=proxy: stats(p)["tunnels_active"] == 0)
+            assert stats(proxy)["tunnels_total"] == 1
+        # Plain requests still go through the same proxy.
+        assert http_get(f"http://127.0.0.1:{plain.port}/health") == "ok\n"
+    finally:
+        plain.stop()
+        secure.stop()
+        backend.stop()

@@ -289,6 +289,8 @@ fn frontend_json(shared: &Shared) -> serde_json::Value {
         "no_server_total": load(&s.no_server_total),
         "server_timeouts_total": load(&s.server_timeouts_total),
         "client_errors_total": load(&s.client_errors_total),
+        "tunnels_total": load(&s.tunnels_total),
+        "tunnels_active": load(&s.tunnels_active),
     })
 }
 
@@ -468,12 +470,20 @@ pub fn render_metrics(shared: &Shared) -> String {
             "Client connection errors (header timeouts, oversize heads, bad bodies)",
             &s.client_errors_total,
         ),
+        (
+            "tunnels",
+            "Connections switched to another protocol (WebSocket) and tunnelled",
+            &s.tunnels_total,
+        ),
     ] {
         registry.register(name, help, counter(total));
     }
     let active_connections = Gauge::<i64>::default();
     active_connections.set(i64::try_from(s.connections_active.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     registry.register("connections_active", "Client connections open", active_connections);
+    let active_tunnels = Gauge::<i64>::default();
+    active_tunnels.set(i64::try_from(s.tunnels_active.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    registry.register("tunnels_active", "Tunnels open (WebSocket connections)", active_tunnels);
     let mut text = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
         tracing::error!(%error, "encode metrics");

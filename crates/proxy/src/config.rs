@@ -202,6 +202,11 @@ pub struct Timeouts {
     /// server`/`timeout client`; an HTTP/2 stream whose response waits this long on the
     /// client's flow control closes its connection); the interval of HTTP/2 keep-alive PINGs.
     pub idle_ms: u64,
+    /// A tunnel (a connection its server switched to another protocol, a WebSocket) closes
+    /// when neither side sent a byte for this long, or a side took none for as long (HAProxy
+    /// `timeout tunnel`). WebSocket applications that ping less often than this lose their
+    /// connection and reconnect.
+    pub tunnel_idle_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -212,6 +217,7 @@ impl Default for Timeouts {
             client_header_ms: 10_000,
             client_body_ms: 30_000,
             idle_ms: 60_000,
+            tunnel_idle_ms: 3_600_000,
         }
     }
 }
@@ -447,6 +453,7 @@ fn validate(text: &str, raw: RawProxy) -> Result<ProxyConfig, String> {
         ("timeouts.client_header_ms", timeouts.client_header_ms),
         ("timeouts.client_body_ms", timeouts.client_body_ms),
         ("timeouts.idle_ms", timeouts.idle_ms),
+        ("timeouts.tunnel_idle_ms", timeouts.tunnel_idle_ms),
     ] {
         if value == 0 {
             return Err(format!(

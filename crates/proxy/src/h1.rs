@@ -114,6 +114,10 @@ pub struct RequestHead {
     /// The request had no `Host` (HTTP/1.0): `Host` naming the server goes at this offset of
     /// `out` for each attempt.
     pub host_missing_at: Option<usize>,
+    /// The client asked to switch protocols (`Upgrade` named by `Connection`, HTTP/1.1): the
+    /// server was sent `Connection: upgrade` and the protocols, and a `101` turns the
+    /// connection into a tunnel ([`crate::tunnel`]).
+    pub upgrade: bool,
 }
 
 fn lower_eq(name: &str, lower: &[u8]) -> bool {
@@ -121,7 +125,7 @@ fn lower_eq(name: &str, lower: &[u8]) -> bool {
 }
 
 /// Comma-separated list elements (RFC 9110 §5.6.1), trimmed, empty ones skipped.
-fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
         .map(|t| t.trim_ascii())
@@ -316,6 +320,10 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
         !connection_has(b"close")
     };
     let expect_continue = values(b"expect").any(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    // RFC 9110 §7.8: `Upgrade` counts only when `Connection` names it; HTTP/1.0 cannot upgrade.
+    let upgrade = !http10
+        && connection_has(b"upgrade")
+        && values(b"upgrade").flat_map(list).any(crate::tunnel::tunnelled_protocol);
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -347,6 +355,19 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
         }
         push_header(out, name.as_bytes(), header.value);
     }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+        let protocols = values(b"upgrade")
+            .flat_map(list)
+            .filter(|p| crate::tunnel::tunnelled_protocol(p));
+        for (index, protocol) in protocols.enumerate() {
+            if index > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(protocol);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(b"x-forwarded-for: ");
     proxy::push_x_forwarded_for(out, values(b"x-forwarded-for"), client);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nforwarded: ");
@@ -363,6 +384,7 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
         method_end,
         target_end,
         host_missing_at,
+        upgrade,
     }))
 }
 
@@ -393,6 +415,8 @@ pub struct ClientSide {
     pub http10: bool,
     pub keep_alive: bool,
     pub head_method: bool,
+    /// The request asked to switch protocols: a `101` is its answer, not an error.
+    pub upgrade: bool,
 }
 
 /// How the response body goes to the client.
@@ -406,6 +430,8 @@ pub enum ClientBody {
     Dechunk,
     /// Until the server closes, then the client connection closes.
     UntilClose,
+    /// The server switched protocols (`101`): from here the connection is a tunnel.
+    Tunnel,
 }
 
 /// A parsed response head.
@@ -437,13 +463,13 @@ pub fn parse_response(buf: &[u8], client: ClientSide, out: &mut Vec<u8>) -> Resu
     if bare_lf(&buf[..head_len]) {
         return Err("a line of the response head ends in a bare LF");
     }
-    if status == 101 {
-        return Err("the server switched protocols, though the request asked for no upgrade");
-    }
     if !(100..=999).contains(&status) {
         return Err("the response status is not three digits");
     }
     let headers: &[httparse::Header<'_>] = response.headers;
+    if status == 101 {
+        return switched_protocols(head_len, &response, client, out);
+    }
     let informational = status < 200;
     let values = |name: &'static [u8]| headers.iter().filter(move |h| lower_eq(h.name, name)).map(|h| h.value);
     let connection_has = |token: &[u8]| values(b"connection").any(|v| list(v).any(|t| t.eq_ignore_ascii_case(token)));
@@ -532,6 +558,52 @@ pub fn parse_response(buf: &[u8], client: ClientSide, out: &mut Vec<u8>) -> Resu
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(head))
+}
+
+/// A `101 Switching Protocols` (RFC 9110 §15.2.2): the head for the client, with the
+/// server's `Upgrade` and `Connection: upgrade`; the connection becomes a tunnel.
+fn switched_protocols(
+    head_len: usize,
+    response: &httparse::Response<'_, '_>,
+    client: ClientSide,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, &'static str> {
+    if !client.upgrade {
+        return Err("the server switched protocols, though the request asked for no upgrade");
+    }
+    if response.version != Some(1) {
+        return Err("an HTTP/1.0 server switched protocols (RFC 9110 section 7.8)");
+    }
+    let headers: &[httparse::Header<'_>] = response.headers;
+    let mut protocols = headers
+        .iter()
+        .filter(|h| lower_eq(h.name, b"upgrade"))
+        .flat_map(|h| list(h.value));
+    if protocols.next().is_none() {
+        return Err("the server switched protocols without naming one in Upgrade (RFC 9110 section 15.2.2)");
+    }
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(response.reason.unwrap_or("Switching Protocols").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let any_connection = headers.iter().any(|h| lower_eq(h.name, b"connection"));
+    for header in headers {
+        let name = header.name;
+        if (is_hop_by_hop(name) && !lower_eq(name, b"upgrade"))
+            || (any_connection && named_by_connection(name, headers) && !lower_eq(name, b"upgrade"))
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), header.value);
+    }
+    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+    Ok(Some(ResponseHead {
+        head_len,
+        status: 101,
+        body: ClientBody::Tunnel,
+        server_keep_alive: false,
+        client_close: true,
+    }))
 }
 
 /// Why a chunked body is refused.
@@ -698,11 +770,12 @@ pub fn exercise_parsers(input: &[u8]) {
         }
     });
     debug_assert_eq!(at_once.is_ok(), in_two.is_ok());
-    for http10 in [false, true] {
+    for (http10, upgrade) in [(false, false), (true, false), (false, true)] {
         let client_side = ClientSide {
             http10,
             keep_alive: true,
             head_method: false,
+            upgrade,
         };
         let _ = parse_response(input, client_side, &mut out);
     }
@@ -877,7 +950,7 @@ impl Exchange for H1Exchange<'_> {
             let mut interim = 0;
             loop {
                 match parse_response(&self.response[start..], self.client, self.out) {
-                    Ok(Some(head)) if head.status < 200 => {
+                    Ok(Some(head)) if head.status < 200 && head.body != ClientBody::Tunnel => {
                         // 1xx (100 Continue, 103 Early Hints): not forwarded, as hyper did;
                         // dropped from the buffer, and only so many, so a server sending them
                         // without end grows nothing.
@@ -1139,6 +1212,7 @@ async fn serve_request(
         http10: head.http10,
         keep_alive: head.keep_alive && !stopping,
         head_method: head.head_method,
+        upgrade: head.upgrade && !stopping,
     };
 
     // 2. The body, whole, before any server sees the request.
@@ -1281,6 +1355,16 @@ async fn serve_request(
         head: response_head,
     } = answer;
     let idle = Duration::from_millis(config.timeouts.idle_ms);
+    if response_head.body == ClientBody::Tunnel {
+        let tunneled = open_tunnel(shared, &mut upstream, stream, input, response, out, response_head, stop).await;
+        drop(guard);
+        if let Some(tunneled) = tunneled {
+            tracing::debug!(%client, server = %config.servers[server].name, end = tunneled.end.as_str(),
+                to_server_bytes = tunneled.to_server_bytes, to_client_bytes = tunneled.to_client_bytes,
+                "tunnel closed");
+        }
+        return Next::Close;
+    }
     let streamed = stream_body(&mut upstream, stream, response, out, response_head, idle).await;
     drop(guard);
     match streamed {
@@ -1540,6 +1624,8 @@ async fn stream_body(
                 }
             }
         }
+        // The caller tunnels instead (`open_tunnel`).
+        ClientBody::Tunnel => Err(()),
         ClientBody::UntilClose => {
             out.extend_from_slice(after_head);
             send(client, out, idle).await?;
@@ -1552,6 +1638,32 @@ async fn stream_body(
             }
         }
     }
+}
+
+/// A server switched protocols: sends its `101` and what came after it to the client, the
+/// client's bytes that came after its request to the server, then moves bytes both ways
+/// ([`crate::tunnel`]). `None`: a side failed before the tunnel began.
+#[allow(clippy::too_many_arguments)]
+async fn open_tunnel(
+    shared: &Arc<Shared>,
+    upstream: &mut TcpStream,
+    client: &mut TcpStream,
+    input: &mut Vec<u8>,
+    response: &[u8],
+    out: &mut Vec<u8>,
+    head: ResponseHead,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<crate::tunnel::Tunneled> {
+    let idle = Duration::from_millis(shared.config.timeouts.idle_ms);
+    let _open = crate::tunnel::OpenTunnel::new(shared.clone());
+    out.extend_from_slice(&response[head.head_len..]);
+    send(client, out, idle).await.ok()?;
+    if !input.is_empty() {
+        send(upstream, input, idle).await.ok()?;
+        input.clear();
+    }
+    let tunnel_idle = Duration::from_millis(shared.config.timeouts.tunnel_idle_ms);
+    Some(crate::tunnel::run(&mut *client, &mut *upstream, tunnel_idle, stop).await)
 }
 
 /// Answers 431 to a request head over the limit.

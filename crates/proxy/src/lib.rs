@@ -23,6 +23,7 @@ pub mod health;
 pub mod pool;
 pub mod proxy;
 mod ratelog;
+pub mod tunnel;
 
 use std::sync::Arc;
 

@@ -226,7 +226,8 @@ impl Pool<Sender> {
         tokio::spawn(async move {
             // The connection ends when the server closes it, on an error, or when its sender
             // was dropped (abandoned response, full pool, idle timeout).
-            let _ = connection.await;
+            // With upgrades: a 101 hands the connection to a tunnel (`proxy::switch_protocols`).
+            let _ = connection.with_upgrades().await;
         });
         Ok(sender)
     }

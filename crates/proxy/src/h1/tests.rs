@@ -307,6 +307,7 @@ const H11: ClientSide = ClientSide {
     http10: false,
     keep_alive: true,
     head_method: false,
+    upgrade: false,
 };
 
 #[test]
@@ -325,6 +326,7 @@ fn response_framing_follows_rfc_9112_section_6_3() {
         http10: true,
         keep_alive: true,
         head_method: false,
+        upgrade: false,
     };
     let (head, out) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", http10);
     assert_eq!(head.body, ClientBody::Dechunk);
@@ -485,4 +487,75 @@ fn a_large_body_gives_its_buffers_back_once_the_server_has_it() {
     let before = small.capacity();
     release_body(&mut small, &mut Vec::new(), &mut Vec::new(), BodyBudget::default());
     assert_eq!(small.capacity(), before);
+}
+
+#[test]
+fn an_upgrade_named_by_connection_goes_to_the_server_and_others_do_not() {
+    let (head, out) = head_of(
+        "GET /chat HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert!(head.upgrade);
+    assert!(
+        out.contains("\r\nconnection: upgrade\r\nupgrade: websocket\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "{out}");
+    assert!(!out.contains("keep-alive"), "{out}");
+    // Several protocols, h2c (retired by RFC 9113) left out.
+    let (head, out) = head_of(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c, websocket/13\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    );
+    assert!(head.upgrade);
+    assert!(out.contains("upgrade: websocket/13\r\n"), "{out}");
+    assert!(!out.contains("h2c") && !out.contains("HTTP2-Settings"), "{out}");
+    // Not upgrades: Upgrade not named by Connection, only h2c, HTTP/1.0, Connection alone.
+    for text in [
+        "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: ,\r\n\r\n",
+    ] {
+        let (head, out) = head_of(text);
+        assert!(!head.upgrade, "{text:?}");
+        assert!(!out.to_ascii_lowercase().contains("upgrade"), "{text:?}: {out}");
+    }
+}
+
+#[test]
+fn a_101_answers_an_upgrade_and_nothing_else() {
+    let upgrade = ClientSide { upgrade: true, ..H11 };
+    let (head, out) = response(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\n\
+         X-Hop: 1\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x01\x02hi",
+        upgrade,
+    );
+    assert_eq!(head.body, ClientBody::Tunnel);
+    assert_eq!(head.status, 101);
+    assert!(head.client_close && !head.server_keep_alive);
+    assert_eq!(
+        out,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nconnection: upgrade\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    for bad_response in [
+        // No protocol named.
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: ,\r\n\r\n",
+        // HTTP/1.0 has no upgrade.
+        "HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    ] {
+        assert!(
+            parse_response(bad_response.as_bytes(), upgrade, &mut out).is_err(),
+            "{bad_response:?}"
+        );
+    }
+    // An upgrade request answered otherwise is an ordinary response.
+    let (head, _) = response("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", upgrade);
+    assert_eq!(head.body, ClientBody::Length(2));
+    assert!(head.server_keep_alive);
 }

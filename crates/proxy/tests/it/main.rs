@@ -2136,3 +2136,337 @@ fn tls_cert_without_tls_key_is_refused_naming_the_line() {
     assert!(error.contains("line 3"), "{error}");
     assert!(error.contains("tls_cert and tls_key come together"), "{error}");
 }
+
+/// A WebSocket-like backend on raw TCP: answers an upgrade request with `101` and a greeting,
+/// then echoes every byte it receives; when the proxy closes its sending side, says "bye" and
+/// closes. Anything else gets a plain 200. Records each request head.
+async fn upgrade_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+    let address = listener.local_addr().expect("address");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    let Some(end) = read_head(&mut stream, &mut buffer).await else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                    buffer.drain(..end);
+                    log.lock().expect("log").push(head.clone());
+                    let lower = head.to_ascii_lowercase();
+                    if !lower.contains("\r\nupgrade: websocket\r\n") {
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                        Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nhello-from-server;";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    // Bytes that came right behind the request head are the tunnel's.
+                    if !buffer.is_empty() && stream.write_all(&buffer).await.is_err() {
+                        return;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) => {
+                                let _ = stream.write_all(b"bye").await;
+                                let _ = stream.shutdown().await;
+                                return;
+                            }
+                            Ok(n) => {
+                                if stream.write_all(&chunk[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+const UPGRADE_REQUEST: &[u8] = b"GET /socket HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\n\
+    Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Reads from `stream` until `buffer` ends with `wanted` (or holds `wanted` somewhere).
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8>, wanted: &[u8]) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !buffer.windows(wanted.len()).any(|w| w == wanted) {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) => panic!(
+                "closed before {:?} arrived; got {:?}",
+                String::from_utf8_lossy(wanted),
+                String::from_utf8_lossy(buffer)
+            ),
+            Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
+            Ok(Err(error)) => panic!("read failed: {error}"),
+            Err(_) => panic!(
+                "{:?} did not arrive; got {:?}",
+                String::from_utf8_lossy(wanted),
+                String::from_utf8_lossy(buffer)
+            ),
+        }
+    }
+}
+
+/// Reads until the peer closes; what came.
+async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel closes within the deadline")
+        .expect("read to the end");
+    rest
+}
+
+/// The upgrade exchange through `stream` (plain or TLS): the 101, optimistic bytes, echoes both
+/// ways, and a half-close passed on whose answer still comes back.
+async fn websocket_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    proxy: &TestProxy,
+    mut stream: S,
+    seen: &std::sync::Mutex<Vec<String>>,
+) {
+    let mut request = UPGRADE_REQUEST.to_vec();
+    request.extend_from_slice(b"early;");
+    stream.write_all(&request).await.expect("write the upgrade");
+    let mut got = Vec::new();
+    read_until(&mut stream, &mut got, b"hello-from-server;").await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101 "), "{text}");
+    assert!(text.contains("\r\nupgrade: websocket\r\n"), "{text}");
+    assert!(text.contains("\r\nconnection: upgrade\r\n"), "{text}");
+    assert!(
+        text.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{text}"
+    );
+    let head = seen
+        .lock()
+        .expect("log")
+        .last()
+        .cloned()
+        .expect("the server saw the request");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(lower.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(
+        lower.contains("\r\nsec-websocket-key: dghlihnhbxbszsbub25jzq==\r\n"),
+        "{head}"
+    );
+    assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{head}");
+    // The optimistic bytes were the tunnel's, and the tunnel echoes both ways.
+    read_until(&mut stream, &mut got, b"early;").await;
+    assert_eq!(proxy.shared.stats().tunnels_active.load(Ordering::Relaxed), 1);
+    let big = vec![b'x'; 200_000];
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let write = async {
+        writer.write_all(&big).await.expect("write through the tunnel");
+        writer.write_all(b";ping").await.expect("write through the tunnel");
+    };
+    let mut echo = Vec::new();
+    tokio::join!(write, read_until(&mut reader, &mut echo, b";ping"));
+    let echoed = echo.iter().filter(|b| **b == b'x').count();
+    assert_eq!(echoed, big.len(), "every byte came back once");
+    let mut stream = reader.unsplit(writer);
+    // Our half-close reaches the server; its "bye" still comes back, then the close.
+    stream.shutdown().await.expect("half-close");
+    let rest = read_to_close(&mut stream).await;
+    assert_eq!(rest, b"bye");
+    wait_for("the tunnel closes", || {
+        proxy.shared.stats().tunnels_active.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    assert!(proxy.shared.stats().tunnels_total.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_becomes_a_tunnel_both_ways() {
+    let (address, seen) = upgrade_backend().await;
+    let proxy = proxy_for(address, "").await;
+    let stream = TcpStream::connect(proxy.address).await.expect("connect");
+    websocket_exchange(&proxy, stream, &seen).await;
+    let (_, metrics) = get(&client(), &format!("http://{}/metrics", proxy.admin)).await;
+    assert!(metrics.contains("tunnels_total 1"), "{metrics}");
+    assert!(metrics.contains("tunnels_active 0"), "{metrics}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_over_tls_becomes_a_tunnel_both_ways() {
+    let ca = TestCa::new("websocket");
+    let (address, seen) = upgrade_backend().await;
+    let proxy = proxy_for(address, &ca.proxy_toml()).await;
+    let stream = ca.connect(proxy.address, b"http/1.1").await;
+    websocket_exchange(&proxy, stream, &seen).await;
+    let head = seen.lock().expect("log").last().cloned().expect("a request");
+    assert!(head.to_ascii_lowercase().contains("x-forwarded-proto: https"), "{head}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_the_server_declines_is_an_ordinary_request_on_a_kept_connection() {
+    let (address, seen) = scripted_backend(ok_script).await;
+    let proxy = proxy_for(address, "").await;
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    for _ in 0..2 {
+        stream.write_all(UPGRADE_REQUEST).await.expect("write");
+        let mut got = Vec::new();
+        read_until(&mut stream, &mut got, b"ok\n").await;
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    }
+    assert_eq!(seen.lock().expect("log").len(), 2);
+    assert_eq!(proxy.shared.stats().tunnels_total.load(Ordering::Relaxed), 0);
+    proxy.stop().await;
+    // The same over TLS (hyper's path).
+    let ca = TestCa::new("declined");
+    let proxy = proxy_for(address, &ca.proxy_toml()).await;
+    let mut stream = ca.connect(proxy.address, b"http/1.1").await;
+    for _ in 0..2 {
+        stream.write_all(UPGRADE_REQUEST).await.expect("write");
+        let mut got = Vec::new();
+        read_until(&mut stream, &mut got, b"ok\n").await;
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    }
+    assert_eq!(seen.lock().expect("log").len(), 4);
+    assert_eq!(proxy.shared.stats().tunnels_total.load(Ordering::Relaxed), 0);
+    proxy.stop().await;
+}
+
+fn switch_unasked_script(_: &str) -> (Vec<u8>, bool) {
+    (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec(),
+        false,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_the_client_did_not_ask_for_is_a_502_on_both_paths() {
+    let ca = TestCa::new("unasked");
+    let (address, _) = scripted_backend(switch_unasked_script).await;
+    let plain = proxy_for(address, "").await;
+    let answer = raw_exchange(plain.address, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    plain.stop().await;
+    let tls = proxy_for(address, &ca.proxy_toml()).await;
+    let mut stream = ca.connect(tls.address, b"http/1.1").await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert_eq!(tls.shared.stats().tunnels_total.load(Ordering::Relaxed), 0);
+    tls.stop().await;
+}
+
+/// A backend that switches protocols, then sends a tick every `every` until the peer closes.
+async fn ticking_backend(every: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                if read_head(&mut stream, &mut buffer).await.is_none() {
+                    return;
+                }
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::time::sleep(every).await;
+                    if stream.write_all(b".").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_lives_while_either_side_talks_and_closes_when_both_are_quiet() {
+    // The server talks, the client never does: not idle (tunnel_idle_ms counts both ways).
+    let address = ticking_backend(Duration::from_millis(20)).await;
+    let proxy = proxy_for(address, "[proxy.timeouts]\ntunnel_idle_ms = 2000\n").await;
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    stream.write_all(UPGRADE_REQUEST).await.expect("write");
+    let mut got = Vec::new();
+    let started = Instant::now();
+    // Ticks for twice tunnel_idle_ms, all arriving through one tunnel.
+    while started.elapsed() < Duration::from_millis(4000) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
+            .await
+            .expect("a tick within the deadline")
+            .expect("read");
+        assert!(n > 0, "the tunnel closed while the server was talking");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(proxy.shared.stats().tunnels_active.load(Ordering::Relaxed), 1);
+    drop(stream);
+    proxy.stop().await;
+
+    // Neither side talks: closed after tunnel_idle_ms.
+    let (address, _) = upgrade_backend().await;
+    let proxy = proxy_for(address, "[proxy.timeouts]\ntunnel_idle_ms = 300\n").await;
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    stream.write_all(UPGRADE_REQUEST).await.expect("write");
+    let mut got = Vec::new();
+    read_until(&mut stream, &mut got, b"hello-from-server;").await;
+    let quiet = Instant::now();
+    let rest = read_to_close(&mut stream).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(250),
+        "closed before tunnel_idle_ms"
+    );
+    wait_for("the idle tunnel is counted closed", || {
+        proxy.shared.stats().tunnels_active.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_proxy_closes_its_tunnels_without_waiting_out_the_grace() {
+    let ca = TestCa::new("stop-tunnels");
+    let (address, _) = upgrade_backend().await;
+    let plain = proxy_for(address, "").await;
+    let tls = proxy_for(address, &ca.proxy_toml()).await;
+    let mut plain_stream = TcpStream::connect(plain.address).await.expect("connect");
+    let mut tls_stream = ca.connect(tls.address, b"http/1.1").await;
+    let mut got = Vec::new();
+    plain_stream.write_all(UPGRADE_REQUEST).await.expect("write");
+    read_until(&mut plain_stream, &mut got, b"hello-from-server;").await;
+    got.clear();
+    tls_stream.write_all(UPGRADE_REQUEST).await.expect("write");
+    read_until(&mut tls_stream, &mut got, b"hello-from-server;").await;
+    // Shutdown waits up to SHUTDOWN_GRACE_MS (30 s) for connections; tunnels end at once.
+    let stopping = Instant::now();
+    tokio::time::timeout(DEADLINE, async {
+        plain.stop().await;
+        tls.stop().await;
+    })
+    .await
+    .expect("the proxies stop within the deadline");
+    assert!(stopping.elapsed() < Duration::from_millis(proxy::proxy::SHUTDOWN_GRACE_MS));
+    let _ = read_to_close(&mut plain_stream).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tls_stream.read_to_end(&mut rest)).await;
+}
