@@ -1,8 +1,9 @@
 //! The HTTP/1.1 forwarding core: one task per client connection parses each request head once
 //! (`httparse`), rewrites only what the proxy changes (hop-by-hop headers, `Expect`, `Host`,
 //! the forwarding headers) straight into the server's write buffer, and moves the response
-//! between a pooled raw server connection and the client in the same task. HTTP/2 (prior
-//! knowledge) still goes to hyper ([`crate::proxy`]).
+//! between a pooled raw server connection and the client in the same task. It serves plain
+//! connections and TLS ones whose client chose HTTP/1.1 (ALPN http/1.1, or none) alike
+//! ([`ClientStream`]); HTTP/2 (prior knowledge, or ALPN h2) goes to hyper ([`crate::proxy`]).
 //!
 //! Invariants: a request whose framing is ambiguous (RFC 9112 §6.1, §6.3: `Transfer-Encoding`
 //! with `Content-Length`, a final coding other than chunked, differing `Content-Length`s, a bad
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -125,7 +126,7 @@ fn lower_eq(name: &str, lower: &[u8]) -> bool {
 }
 
 /// Comma-separated list elements (RFC 9110 §5.6.1), trimmed, empty ones skipped.
-pub(crate) fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
         .map(|t| t.trim_ascii())
@@ -252,7 +253,12 @@ fn split_target(target: &[u8]) -> Result<(&[u8], Option<&[u8]>), RequestError> {
 /// Parses a request head from the start of `buf` and writes the head to send to the server
 /// (request line, `Host`, the kept headers, the forwarding headers; no framing header and no
 /// final empty line) into `out`. `Ok(None)`: the head is not complete yet.
-pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Result<Option<RequestHead>, RequestError> {
+pub fn parse_request(
+    buf: &[u8],
+    client: SocketAddr,
+    proto: proxy::Proto,
+    out: &mut Vec<u8>,
+) -> Result<Option<RequestHead>, RequestError> {
     let mut storage = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut request = httparse::Request::new(&mut storage);
     let head_len = match request.parse(buf) {
@@ -370,8 +376,10 @@ pub fn parse_request(buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Resul
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     proxy::push_x_forwarded_for(out, values(b"x-forwarded-for"), client);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nforwarded: ");
-    proxy::push_forwarded(out, values(b"forwarded"), client, host, proxy::Proto::Http);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(proto.name().as_bytes());
+    out.extend_from_slice(b"\r\nforwarded: ");
+    proxy::push_forwarded(out, values(b"forwarded"), client, host, proto);
     out.extend_from_slice(b"\r\n");
     Ok(Some(RequestHead {
         head_len,
@@ -751,7 +759,8 @@ impl ChunkedDecoder {
 pub fn exercise_parsers(input: &[u8]) {
     let client: SocketAddr = SocketAddr::from(([192, 0, 2, 1], 4711));
     let mut out = Vec::new();
-    if let Ok(Some(head)) = parse_request(input, client, &mut out)
+    let _ = parse_request(input, client, proxy::Proto::Https, &mut out);
+    if let Ok(Some(head)) = parse_request(input, client, proxy::Proto::Http, &mut out)
         && head.body == Framing::Chunked
     {
         let mut decoder = ChunkedDecoder::default();
@@ -868,13 +877,44 @@ fn write_local(out: &mut Vec<u8>, status: u16, message: &str, close: bool, head_
     }
 }
 
+/// A client connection the core serves: plain TCP, or TLS over it (`[proxy] tls_cert`, ALPN
+/// http/1.1 or none).
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket under the stream, peeked to notice a client's reset while a server is
+    /// slow ([`client_gone`]).
+    fn socket(&self) -> &TcpStream;
+
+    /// Reads what is already there without waiting; `WouldBlock` when nothing is (or the
+    /// stream cannot tell without waiting).
+    fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let _ = buf;
+        Err(io::Error::from(io::ErrorKind::WouldBlock))
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+
+    fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
 /// Reads more bytes onto the end of `buf` (at least `READ_ROOM_BYTES_MIN` of room); `Ok(0)` at
 /// end of stream, `TimedOut` at `deadline`. Tries without the timer first.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Option<Instant>) -> io::Result<usize> {
+async fn read_more<S: ClientStream>(stream: &mut S, buf: &mut Vec<u8>, deadline: Option<Instant>) -> io::Result<usize> {
     if buf.capacity() - buf.len() < READ_ROOM_BYTES_MIN {
         buf.reserve(buf.capacity().max(REQUEST_BUFFER_BYTES));
     }
-    match stream.try_read_buf(buf) {
+    match stream.try_read_now(buf) {
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
         other => return other,
     }
@@ -1041,15 +1081,17 @@ pub(crate) async fn sniff_h2(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline
 }
 
 /// Serves one HTTP/1 client connection until it closes, fails, times out or `stop` is set.
-/// `input` holds the bytes already read from it.
-pub(crate) async fn serve_connection(
+/// `input` holds the bytes already read from it; `proto` is how it reached the proxy.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_connection<S: ClientStream>(
     shared: Arc<Shared>,
     pool: Arc<Pool<TcpStream>>,
-    mut stream: TcpStream,
+    mut stream: S,
     client: SocketAddr,
     input: Vec<u8>,
     header_deadline: Instant,
     mut stop: watch::Receiver<bool>,
+    proto: proxy::Proto,
 ) {
     let mut buffers = Buffers {
         input,
@@ -1069,6 +1111,7 @@ pub(crate) async fn serve_connection(
             &mut buffers,
             first_deadline.take(),
             &mut stop,
+            proto,
         )
         .await;
         if matches!(next, Next::Close) {
@@ -1090,14 +1133,16 @@ pub(crate) async fn serve_connection(
 }
 
 /// Waits for, reads and answers one request.
-async fn serve_request(
+#[allow(clippy::too_many_arguments)]
+async fn serve_request<S: ClientStream>(
     shared: &Arc<Shared>,
     pool: &Pool<TcpStream>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     client: SocketAddr,
     buffers: &mut Buffers,
     first_deadline: Option<Instant>,
     stop: &mut watch::Receiver<bool>,
+    proto: proxy::Proto,
 ) -> Next {
     let config = &shared.config;
     let header_ms = Duration::from_millis(config.timeouts.client_header_ms);
@@ -1138,7 +1183,7 @@ async fn serve_request(
             deadline.get_or_insert_with(|| Instant::now() + header_ms);
             continue;
         }
-        match parse_request(input, client, request) {
+        match parse_request(input, client, proto, request) {
             Ok(Some(head)) if head.head_len <= header_bytes_max => break head,
             Ok(Some(_)) => return refuse_head(shared, stream, client, out).await,
             Ok(None) if input.len() >= header_bytes_max => {
@@ -1232,7 +1277,9 @@ async fn serve_request(
             if head.expect_continue
                 && !head.http10
                 && !continue_sent(input)
-                && stream.write_all(CONTINUE).await.is_err()
+                && send(stream, CONTINUE, Duration::from_millis(config.timeouts.idle_ms))
+                    .await
+                    .is_err()
             {
                 return Next::Close;
             }
@@ -1261,7 +1308,9 @@ async fn serve_request(
             if head.expect_continue
                 && !head.http10
                 && !continue_sent(input)
-                && stream.write_all(CONTINUE).await.is_err()
+                && send(stream, CONTINUE, Duration::from_millis(config.timeouts.idle_ms))
+                    .await
+                    .is_err()
             {
                 return Next::Close;
             }
@@ -1470,9 +1519,9 @@ fn push_body(request: &mut Vec<u8>, body: &[u8]) {
 
 /// Reads more of a request body within `deadline`; on failure, how the connection goes on (408
 /// when too slow, closed when the client went away).
-async fn read_body_more(
+async fn read_body_more<S: ClientStream>(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut S,
     client: SocketAddr,
     input: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -1502,9 +1551,9 @@ async fn read_body_more(
 
 /// Reads the next bytes of a response body into `response` (cleared first), unless the client
 /// goes away first: then a stalled server cannot hold the connection's task.
-async fn read_upstream(
+async fn read_upstream<S: ClientStream>(
     upstream: &mut TcpStream,
-    client: &TcpStream,
+    client: &S,
     response: &mut Vec<u8>,
     idle: Duration,
 ) -> io::Result<usize> {
@@ -1513,15 +1562,20 @@ async fn read_upstream(
         read = tokio::time::timeout(idle, upstream.read_buf(response)) => {
             read.unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "the server sent nothing for idle_ms")))
         }
-        () = client_gone(client) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")),
+        () = client_gone(client.socket()) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the client went away")),
     }
 }
 
 /// Writes `bytes` to the client. A client that takes none of them within `idle` (`idle_ms`, as
 /// HAProxy's `timeout client`) is given up on, so a client that stops reading cannot hold a
 /// server connection and its task for ever.
-async fn send(client: &mut TcpStream, bytes: &[u8], idle: Duration) -> Result<(), ()> {
-    match tokio::time::timeout(idle, client.write_all(bytes)).await {
+async fn send<W: AsyncWrite + Unpin>(client: &mut W, bytes: &[u8], idle: Duration) -> Result<(), ()> {
+    // Flushed: TLS may keep the last record's bytes until then (plain TCP's flush does nothing).
+    let written = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    match tokio::time::timeout(idle, written).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -1542,9 +1596,9 @@ async fn client_gone(client: &TcpStream) {
 
 /// Forwards the response body. `Ok(true)`: complete, with no byte after it (the server
 /// connection may be reused); `Err`: the client connection must close (a side failed).
-async fn stream_body(
+async fn stream_body<S: ClientStream>(
     upstream: &mut TcpStream,
-    client: &mut TcpStream,
+    client: &mut S,
     response: &mut Vec<u8>,
     out: &mut Vec<u8>,
     head: ResponseHead,
@@ -1644,10 +1698,10 @@ async fn stream_body(
 /// client's bytes that came after its request to the server, then moves bytes both ways
 /// ([`crate::tunnel`]). `None`: a side failed before the tunnel began.
 #[allow(clippy::too_many_arguments)]
-async fn open_tunnel(
+async fn open_tunnel<S: ClientStream>(
     shared: &Arc<Shared>,
     upstream: &mut TcpStream,
-    client: &mut TcpStream,
+    client: &mut S,
     input: &mut Vec<u8>,
     response: &[u8],
     out: &mut Vec<u8>,
@@ -1667,16 +1721,16 @@ async fn open_tunnel(
 }
 
 /// Answers 431 to a request head over the limit.
-async fn refuse_head(shared: &Shared, stream: &mut TcpStream, client: SocketAddr, out: &mut Vec<u8>) -> Next {
+async fn refuse_head<S: ClientStream>(shared: &Shared, stream: &mut S, client: SocketAddr, out: &mut Vec<u8>) -> Next {
     shared.note_client_problem(client, ClientProblem::TooLarge);
     let message = "the request head is larger than limits.request_header_bytes_max";
     answer_local(shared, stream, out, 431, message, true, false).await
 }
 
 /// Writes a local answer; `close`: then the connection closes.
-async fn answer_local(
+async fn answer_local<S: ClientStream>(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut S,
     out: &mut Vec<u8>,
     status: u16,
     message: &str,

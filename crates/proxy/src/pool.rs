@@ -226,8 +226,7 @@ impl Pool<Sender> {
         tokio::spawn(async move {
             // The connection ends when the server closes it, on an error, or when its sender
             // was dropped (abandoned response, full pool, idle timeout).
-            // With upgrades: a 101 hands the connection to a tunnel (`proxy::switch_protocols`).
-            let _ = connection.with_upgrades().await;
+            let _ = connection.await;
         });
         Ok(sender)
     }

@@ -386,40 +386,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// The protocols an HTTP/1.1 request asks to switch to (RFC 9110 §7.8: `Upgrade`, named by
-/// `Connection`), h2c left out; `None`: no upgrade.
-pub(crate) fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version != Version::HTTP_11 {
-        return None;
-    }
-    let named = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| h1::list(v.as_bytes()).any(|token| token.eq_ignore_ascii_case(b"upgrade")));
-    if !named {
-        return None;
-    }
-    let protocols: Vec<&[u8]> = headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .flat_map(|v| h1::list(v.as_bytes()))
-        .filter(|p| crate::tunnel::tunnelled_protocol(p))
-        .collect();
-    if protocols.is_empty() {
-        return None;
-    }
-    HeaderValue::from_bytes(&protocols.join(&b", "[..])).ok()
-}
-
-/// What a connection served by hyper gives a request that may become a tunnel: the proxy's
-/// stop signal, and the count of its open tunnels (the connection's task, which holds its
-/// connection permit, waits for them).
-#[derive(Clone)]
-pub(crate) struct Tunnels {
-    stop: watch::Receiver<bool>,
-    open: Arc<watch::Sender<usize>>,
-}
-
 /// How the client reached the proxy: the `proto` of `X-Forwarded-Proto` and `Forwarded`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
@@ -786,16 +752,15 @@ pub(crate) enum Dispatched<A> {
 
 impl Shared {
     /// Handles one client request end to end.
-    pub(crate) async fn handle(
+    pub async fn handle(
         self: Arc<Self>,
         pool: &Arc<Pool>,
         request: Request<Incoming>,
         client: SocketAddr,
         proto: Proto,
-        tunnels: &Tunnels,
     ) -> Response<ProxyBody> {
         self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        let response = self.clone().forward(pool, request, client, proto, tunnels).await;
+        let response = self.clone().forward(pool, request, client, proto).await;
         self.stats.count_response(response.status());
         response
     }
@@ -806,12 +771,8 @@ impl Shared {
         request: Request<Incoming>,
         client: SocketAddr,
         proto: Proto,
-        tunnels: &Tunnels,
     ) -> Response<ProxyBody> {
-        let (mut parts, body) = request.into_parts();
-        // An upgrade (a WebSocket over TLS): hyper hands the connection over once its 101 is out.
-        let client_upgrade = requested_upgrade(parts.version, &parts.headers)
-            .and_then(|protocols| Some((protocols, parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?)));
+        let (parts, body) = request.into_parts();
         let forward_host = match forwarded_host(parts.version, &parts.uri, &parts.headers) {
             Ok(host) => host,
             Err(problem) => return self.bad_host(client, problem),
@@ -854,10 +815,6 @@ impl Shared {
 
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
-        if let Some((protocols, _)) = &client_upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocols.clone());
-        }
         // The body is already here; the server must not wait for a go-ahead.
         headers.remove(header::EXPECT);
         add_forwarding(
@@ -894,12 +851,6 @@ impl Shared {
             )
             .await;
         match dispatched {
-            Dispatched::Answered((response, sender, server), guard)
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
-            {
-                let client_upgrade = client_upgrade.map(|(_, on_upgrade)| on_upgrade);
-                self.switch_protocols(response, sender, guard, client_upgrade, tunnels, client, server)
-            }
             Dispatched::Answered((response, sender, server), guard) => {
                 let (mut parts, inner) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
@@ -917,64 +868,6 @@ impl Shared {
             }
             Dispatched::Refused(status, message) => local_response(status, message),
         }
-    }
-
-    /// A server's `101 Switching Protocols`: answers it to the client and, once hyper hands
-    /// both connections over, tunnels between them ([`crate::tunnel`]) in a task of the
-    /// client connection's (which waits for it), holding the server's active slot. A 101 to a
-    /// request that asked for no upgrade, or one that names no protocol, is a 502.
-    #[allow(clippy::too_many_arguments)]
-    fn switch_protocols(
-        self: Arc<Self>,
-        mut response: Response<Incoming>,
-        sender: pool::Sender,
-        guard: ActiveGuard,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        tunnels: &Tunnels,
-        client: SocketAddr,
-        server: usize,
-    ) -> Response<ProxyBody> {
-        let protocols = requested_upgrade(Version::HTTP_11, &{
-            let mut named = response.headers().clone();
-            named.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            named
-        });
-        let (Some(client_upgrade), Some(protocols)) = (client_upgrade, protocols) else {
-            drop(guard);
-            self.observe(ServerId(server), Observation::Error);
-            if let Some(suppressed) = self.logs.server_error.allow(self.now_ms()) {
-                tracing::warn!(server = %self.config.servers[server].name, suppressed,
-                    "the server switched protocols, though the request asked for no upgrade (or named none); answered 502");
-            }
-            return local_response(StatusCode::BAD_GATEWAY, "the server switched protocols unasked");
-        };
-        let server_upgrade = hyper::upgrade::on(&mut response);
-        let (mut parts, _) = response.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocols);
-        parts.version = Version::HTTP_11;
-        let open = OpenStream::new(tunnels.open.clone());
-        let mut stop = tunnels.stop.clone();
-        let handover = Duration::from_millis(self.config.timeouts.idle_ms);
-        let idle = Duration::from_millis(self.config.timeouts.tunnel_idle_ms);
-        let shared = self.clone();
-        tokio::spawn(async move {
-            let (_open, _guard, _sender) = (open, guard, sender);
-            let _counted = crate::tunnel::OpenTunnel::new(shared.clone());
-            let upgraded = tokio::time::timeout(handover, async { tokio::join!(client_upgrade, server_upgrade) }).await;
-            let Ok((Ok(client_io), Ok(server_io))) = upgraded else {
-                tracing::debug!(%client, "a switched connection was not handed over; closed");
-                return;
-            };
-            let tunneled = crate::tunnel::run(TokioIo::new(client_io), TokioIo::new(server_io), idle, &mut stop).await;
-            tracing::debug!(%client, server = %shared.config.servers[server].name, end = tunneled.end.as_str(),
-                to_server_bytes = tunneled.to_server_bytes, to_client_bytes = tunneled.to_client_bytes,
-                "tunnel closed");
-        });
-        Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())))
     }
 
     /// Sends a request to a server the balancer picks, retrying on another one when that is
@@ -1366,11 +1259,16 @@ async fn run_worker(
             let header_ms = Duration::from_millis(shared.config.timeouts.client_header_ms);
             let deadline = tokio::time::Instant::now() + header_ms;
             if let Some(tls) = shared.tls.as_ref() {
-                // TLS (`[proxy] tls_cert`): the handshake within client_header_ms, then hyper
-                // serves HTTP/1.1 or HTTP/2, as ALPN agreed.
+                // TLS (`[proxy] tls_cert`): the handshake within client_header_ms, then HTTP/2
+                // (ALPN h2) to hyper, HTTP/1.1 (ALPN http/1.1, or none) to the h1 core.
                 match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
-                    Ok(Ok(stream)) => {
+                    Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
                         serve_hyper(shared.clone(), builder, upstream, stream, client, stop, Proto::Https).await;
+                    }
+                    Ok(Ok(stream)) => {
+                        let input = Vec::with_capacity(h1::REQUEST_BUFFER_BYTES);
+                        h1::serve_connection(shared.clone(), raw, stream, client, input, deadline, stop, Proto::Https)
+                            .await;
                     }
                     Ok(Err(error)) => shared.note_client_problem(client, ClientProblem::Handshake(&error)),
                     Err(_) => shared.note_client_problem(client, ClientProblem::Timeout),
@@ -1381,7 +1279,7 @@ async fn run_worker(
             let mut input = Vec::with_capacity(h1::REQUEST_BUFFER_BYTES);
             match h1::sniff_h2(&mut stream, &mut input, deadline).await {
                 Ok(false) => {
-                    h1::serve_connection(shared.clone(), raw, stream, client, input, deadline, stop).await;
+                    h1::serve_connection(shared.clone(), raw, stream, client, input, deadline, stop, Proto::Http).await;
                 }
                 Ok(true) => {
                     let stream = h1::Rewind::new(input, stream);
@@ -1426,26 +1324,16 @@ async fn serve_hyper<S>(
 {
     let (open_sender, mut open_streams) = watch::channel(0usize);
     let open_sender = Arc::new(open_sender);
-    let (tunnel_sender, mut open_tunnels) = watch::channel(0usize);
-    let tunnels = Tunnels {
-        stop: stop.clone(),
-        open: Arc::new(tunnel_sender),
-    };
     let waits = Arc::new(ClientWaits::new());
     let service_shared = shared.clone();
     let service_waits = waits.clone();
     let service = hyper::service::service_fn(move |request| {
-        let (shared, upstream, waits, tunnels) = (
-            service_shared.clone(),
-            upstream.clone(),
-            service_waits.clone(),
-            tunnels.clone(),
-        );
+        let (shared, upstream, waits) = (service_shared.clone(), upstream.clone(), service_waits.clone());
         // Counted from the moment hyper hands the stream over until its response is sent (or
         // the stream is reset): the future and then the body hold it.
         let open = OpenStream::new(open_sender.clone());
         async move {
-            let response = shared.handle(&upstream, request, client, proto, &tunnels).await;
+            let response = shared.handle(&upstream, request, client, proto).await;
             Ok::<_, Infallible>(response.map(|body| CountedBody {
                 inner: body,
                 _open: open,
@@ -1454,7 +1342,7 @@ async fn serve_hyper<S>(
             }))
         }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let idle_max = Duration::from_millis(shared.config.timeouts.client_header_ms);
     let goaway_grace = Duration::from_millis(H2_GOAWAY_GRACE_MS);
@@ -1500,8 +1388,6 @@ async fn serve_hyper<S>(
     if let Some(Err(error)) = result {
         shared.log_connection_error(client, error.as_ref());
     }
-    // Its tunnels (each ends by itself, or when the proxy stops) keep the connection's permit.
-    let _ = open_tunnels.wait_for(|open| *open == 0).await;
 }
 
 /// One open HTTP/2 stream in its connection's count (for the idle timeout).

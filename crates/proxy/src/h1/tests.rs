@@ -6,7 +6,7 @@ fn client() -> SocketAddr {
 
 fn parse(text: &str) -> (Result<Option<RequestHead>, RequestError>, String) {
     let mut out = Vec::new();
-    let result = parse_request(text.as_bytes(), client(), &mut out);
+    let result = parse_request(text.as_bytes(), client(), crate::proxy::Proto::Http, &mut out);
     (result, String::from_utf8_lossy(&out).into_owned())
 }
 
