@@ -342,6 +342,22 @@ HOSTILE_MAPS = {
                     "resource (500000 given)"),
 }
 HOSTILE_MAP_ENTRIES = 500_000
+# The legacy parameters that predate expressions, read within the same 2 MB (each entry its
+# name, its values and 64 bytes): built whole, 11-14 MB of tiny conditions grew the store's
+# peak memory past 250 MB (debug build).
+LEGACY_TOO_LARGE = " is too large: its entries count "
+HOSTILE_LEGACY_MAPS = {
+    "PutItem": ('{"TableName":"kept","Item":{"pk":{"S":"a"}},"Expected":{%s}}',
+                '"a%07d":{"Exists":false}', "Expected", HOSTILE_MAP_ENTRIES),
+    "UpdateItem": ('{"TableName":"kept","Key":{"pk":{"S":"a"}},"AttributeUpdates":{%s}}',
+                   '"a%07d":{"Action":"DELETE"}', "AttributeUpdates", HOSTILE_MAP_ENTRIES),
+    "Scan": ('{"TableName":"kept","ScanFilter":{%s}}',
+             '"a%06d":{"ComparisonOperator":"NULL"}', "ScanFilter", 300_000),
+    "Query": ('{"TableName":"kept","KeyConditions":{%s}}',
+              '"a%06d":{"ComparisonOperator":"NULL"}', "KeyConditions", 300_000),
+}
+for _operation, (_outer, _entry, _parameter, _count) in HOSTILE_LEGACY_MAPS.items():
+    HOSTILE_MAPS[f"{_operation} {_parameter}"] = (_outer, _entry, _parameter + LEGACY_TOO_LARGE, _count)
 
 
 @pytest.mark.parametrize("operation", sorted(HOSTILE_MAPS))
@@ -351,11 +367,12 @@ def test_a_map_of_hundreds_of_thousands_of_placeholders_or_tags_is_refused_witho
     try:
         client = store.client()
         create_table(client, "kept")
-        outer, entry, message = HOSTILE_MAPS[operation]
-        body = (outer % ",".join(entry % index for index in range(HOSTILE_MAP_ENTRIES))).encode()
+        outer, entry, message, *count = HOSTILE_MAPS[operation]
+        entries = count[0] if count else HOSTILE_MAP_ENTRIES
+        body = (outer % ",".join(entry % index for index in range(entries))).encode()
         assert len(body) > 10 * 1024 * 1024
         before = status_bytes(store.process, "VmHWM")
-        status, answer = store.raw(operation, body)
+        status, answer = store.raw(operation.split()[0], body)
         grown = status_bytes(store.process, "VmHWM") - before
         assert status == 400 and answer["__type"].endswith("#ValidationException"), (status, answer)
         assert answer["message"].startswith(message), answer

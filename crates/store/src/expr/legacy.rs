@@ -41,6 +41,144 @@ pub struct AttributeValueUpdate {
     pub action: Option<String>,
 }
 
+/// What a legacy map's entries may count together, in bytes: DynamoDB's bound on all
+/// substitution variables of the expression such a map stands for (2 MB). A map past it is
+/// refused as soon as its entries pass it, so a hostile body of hundreds of thousands of tiny
+/// conditions is never built whole (each decodes to many times its bytes).
+pub const LEGACY_MAP_BYTES_MAX: usize = dynamo_protocol::value::SUBSTITUTIONS_BYTES_MAX;
+/// What each entry counts besides its attribute name and values: the placeholder and the
+/// comparison it would be in an expression, and what it costs decoded. At most ~30,000 entries
+/// of tiny conditions fit; a real request has a few.
+pub const LEGACY_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// An entry of a legacy map: the bytes of its values, as an item counts them.
+trait LegacyEntry: for<'de> Deserialize<'de> {
+    fn value_bytes(&self) -> usize;
+}
+
+fn list_bytes(list: Option<&Vec<AttributeValue>>) -> usize {
+    list.map_or(0, |values| values.iter().map(AttributeValue::size_bytes).sum())
+}
+
+impl LegacyEntry for ExpectedAttributeValue {
+    fn value_bytes(&self) -> usize {
+        self.value.as_ref().map_or(0, AttributeValue::size_bytes) + list_bytes(self.attribute_value_list.as_ref())
+    }
+}
+
+impl LegacyEntry for LegacyCondition {
+    fn value_bytes(&self) -> usize {
+        list_bytes(self.attribute_value_list.as_ref())
+    }
+}
+
+impl LegacyEntry for AttributeValueUpdate {
+    fn value_bytes(&self) -> usize {
+        self.value.as_ref().map_or(0, AttributeValue::size_bytes)
+    }
+}
+
+/// A legacy map read within [`LEGACY_MAP_BYTES_MAX`]; past it, a ValidationException naming
+/// `parameter`.
+fn bounded_map<'de, D, V>(deserializer: D, parameter: &'static str) -> Result<Option<HashMap<String, V>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: LegacyEntry,
+{
+    struct Bounded<V>(HashMap<String, V>);
+    struct Entries<V> {
+        parameter: &'static str,
+        values: std::marker::PhantomData<V>,
+    }
+    impl<'de, V: LegacyEntry> serde::de::Visitor<'de> for Entries<V> {
+        type Value = Bounded<V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "{} as a map of attribute names to entries", self.parameter)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Bounded<V>, A::Error> {
+            let mut entries = HashMap::new();
+            let mut bytes = 0usize;
+            while let Some(name) = map.next_key::<String>()? {
+                let entry = map.next_value::<V>()?;
+                bytes = bytes
+                    .saturating_add(name.len())
+                    .saturating_add(entry.value_bytes())
+                    .saturating_add(LEGACY_ENTRY_OVERHEAD_BYTES);
+                if bytes > LEGACY_MAP_BYTES_MAX {
+                    return Err(serde::de::Error::custom(format!(
+                        "{}{} is too large: its entries count {bytes} bytes or more (each entry its \
+                         attribute name, its values and {LEGACY_ENTRY_OVERHEAD_BYTES}), above \
+                         {LEGACY_MAP_BYTES_MAX}, DynamoDB's bound on all substitution variables of \
+                         the expression it stands for; send fewer entries, or use an expression",
+                        dynamo_protocol::value::VALIDATION_MARKER,
+                        self.parameter
+                    )));
+                }
+                entries.insert(name, entry);
+            }
+            Ok(Bounded(entries))
+        }
+    }
+    struct OptionOf<V>(Entries<V>);
+    impl<'de, V: LegacyEntry> serde::de::Visitor<'de> for OptionOf<V> {
+        type Value = Option<Bounded<V>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "{} as a map, or null", self.0.parameter)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, deserializer: D2) -> Result<Self::Value, D2::Error> {
+            deserializer.deserialize_map(self.0).map(Some)
+        }
+    }
+    let entries = Entries::<V> {
+        parameter,
+        values: std::marker::PhantomData,
+    };
+    deserializer
+        .deserialize_option(OptionOf(entries))
+        .map(|found| found.map(|map| map.0))
+}
+
+/// `Expected`, read within [`LEGACY_MAP_BYTES_MAX`]. Use with `#[serde(default, deserialize_with = ...)]`.
+pub fn expected<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<HashMap<String, ExpectedAttributeValue>>, D::Error> {
+    bounded_map(deserializer, "Expected")
+}
+
+/// `AttributeUpdates`, read within [`LEGACY_MAP_BYTES_MAX`].
+pub fn attribute_updates<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<HashMap<String, AttributeValueUpdate>>, D::Error> {
+    bounded_map(deserializer, "AttributeUpdates")
+}
+
+/// `KeyConditions`, read within [`LEGACY_MAP_BYTES_MAX`].
+pub fn key_conditions<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<HashMap<String, LegacyCondition>>, D::Error> {
+    bounded_map(deserializer, "KeyConditions")
+}
+
+/// `QueryFilter`, read within [`LEGACY_MAP_BYTES_MAX`].
+pub fn query_filter<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<HashMap<String, LegacyCondition>>, D::Error> {
+    bounded_map(deserializer, "QueryFilter")
+}
+
+/// `ScanFilter`, read within [`LEGACY_MAP_BYTES_MAX`].
+pub fn scan_filter<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<HashMap<String, LegacyCondition>>, D::Error> {
+    bounded_map(deserializer, "ScanFilter")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Operator {
     Eq,

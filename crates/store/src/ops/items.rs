@@ -170,7 +170,7 @@ pub fn validate_key(meta: &TableMeta, key: &Item) -> Result<Vec<u8>, ApiError> {
 ///
 /// [`SUBSTITUTIONS_BYTES_MAX`]: dynamo_protocol::value::SUBSTITUTIONS_BYTES_MAX
 macro_rules! conditional_write_request {
-    ($name:ident, $wire:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+    ($name:ident, $wire:ident { $($(#[$attr:meta])* $field:ident : $ty:ty),* $(,)? }) => {
         pub struct $name {
             $($field: $ty,)*
             write: ConditionalWrite,
@@ -179,8 +179,9 @@ macro_rules! conditional_write_request {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct $wire {
-            $($field: $ty,)*
+            $($(#[$attr])* $field: $ty,)*
             condition_expression: Option<String>,
+            #[serde(default, deserialize_with = "crate::expr::legacy::expected")]
             expected: Option<HashMap<String, ExpectedAttributeValue>>,
             conditional_operator: Option<String>,
             #[serde(default, deserialize_with = "dynamo_protocol::value::expression_attribute_names")]
@@ -405,6 +406,7 @@ conditional_write_request!(
         table_name: String,
         key: Item,
         update_expression: Option<String>,
+        #[serde(default, deserialize_with = "crate::expr::legacy::attribute_updates")]
         attribute_updates: Option<HashMap<String, AttributeValueUpdate>>,
     }
 );

@@ -433,7 +433,7 @@ fn refuse_key_in_filter(filter: &Condition, schema: &KeySchema, expression: bool
 /// members it does not name (expression values, filters) into serde's intermediate `Content`
 /// at twenty to thirty times their bytes (as `items::conditional_write_request!`).
 macro_rules! read_request {
-    ($name:ident, $wire:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+    ($name:ident, $wire:ident { $($(#[$attr:meta])* $field:ident : $ty:ty),* $(,)? }) => {
         pub struct $name {
             $($field: $ty,)*
             read: Read,
@@ -442,7 +442,7 @@ macro_rules! read_request {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct $wire {
-            $($field: $ty,)*
+            $($(#[$attr])* $field: $ty,)*
             index_name: Option<String>,
             filter_expression: Option<String>,
             conditional_operator: Option<String>,
@@ -489,7 +489,9 @@ read_request!(
     QueryWire {
         table_name: String,
         key_condition_expression: Option<String>,
+        #[serde(default, deserialize_with = "crate::expr::legacy::key_conditions")]
         key_conditions: Option<HashMap<String, LegacyCondition>>,
+        #[serde(default, deserialize_with = "crate::expr::legacy::query_filter")]
         query_filter: Option<HashMap<String, LegacyCondition>>,
         scan_index_forward: Option<bool>,
     }
@@ -1041,6 +1043,7 @@ read_request!(
     ScanRequest,
     ScanWire {
         table_name: String,
+        #[serde(default, deserialize_with = "crate::expr::legacy::scan_filter")]
         scan_filter: Option<HashMap<String, LegacyCondition>>,
         segment: Option<i64>,
         total_segments: Option<i64>,
