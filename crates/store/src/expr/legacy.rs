@@ -567,3 +567,45 @@ pub fn attributes_to_get_to_projection(names: &[String]) -> Result<Vec<Path>, Ap
     }
     Ok(names.iter().map(Path::attribute).collect())
 }
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Scan {
+        #[serde(default, rename = "ScanFilter", deserialize_with = "scan_filter")]
+        filter: Option<HashMap<String, LegacyCondition>>,
+    }
+
+    fn filter_of(entries: usize, value_bytes: usize) -> String {
+        let value = "v".repeat(value_bytes);
+        let entries: Vec<String> = (0..entries)
+            .map(|i| format!(r#""a{i:06}":{{"ComparisonOperator":"EQ","AttributeValueList":[{{"S":"{value}"}}]}}"#))
+            .collect();
+        format!(r#"{{"ScanFilter":{{{}}}}}"#, entries.join(","))
+    }
+
+    #[test]
+    fn a_legacy_map_is_read_up_to_its_bound_and_refused_past_it() {
+        // Each entry: a 7-byte name, its value's bytes, and the overhead.
+        let per_entry = 7 + 1000 + LEGACY_ENTRY_OVERHEAD_BYTES;
+        let fits = LEGACY_MAP_BYTES_MAX / per_entry;
+        let read: Scan = serde_json::from_str(&filter_of(fits, 1000)).expect("within the bound");
+        assert_eq!(read.filter.map(|f| f.len()), Some(fits));
+        let error = serde_json::from_str::<Scan>(&filter_of(fits + 1, 1000))
+            .err()
+            .expect("past the bound")
+            .to_string();
+        assert!(error.starts_with(dynamo_protocol::value::VALIDATION_MARKER), "{error}");
+        assert!(error.contains("ScanFilter is too large: its entries count"), "{error}");
+        // Absent and null are no map.
+        assert!(serde_json::from_str::<Scan>("{}").expect("absent").filter.is_none());
+        assert!(
+            serde_json::from_str::<Scan>(r#"{"ScanFilter":null}"#)
+                .expect("null")
+                .filter
+                .is_none()
+        );
+    }
+}
