@@ -24,6 +24,40 @@ enum Which {
     /// meaningful numbers), writes in the first region, and for every n-th write measures the
     /// time from its acknowledgement until every other region serves it.
     Replication(ReplicationArgs),
+    /// An echo server for `tunnel`: answers an HTTP/1.1 upgrade (WebSocket) with 101 and then
+    /// every byte with itself; any other request (a health check) with 200. Runs until killed.
+    TunnelEcho(TunnelEchoArgs),
+    /// Round trips of fixed-size messages on upgraded (WebSocket) connections through a load
+    /// balancer in front of `tunnel-echo`; prints one JSON line (messages per second, round-trip
+    /// percentiles in microseconds). `scripts/bench-websocket.sh` runs it against `switchyard
+    /// proxy` and HAProxy, alternating.
+    Tunnel(TunnelArgs),
+}
+
+#[derive(clap::Args)]
+struct TunnelEchoArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+}
+
+#[derive(clap::Args)]
+struct TunnelArgs {
+    /// The load balancer's address.
+    #[arg(long)]
+    target: std::net::SocketAddr,
+    /// Upgraded connections, each with one message in flight.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Bytes per message (each way).
+    #[arg(long, default_value_t = 128)]
+    message_bytes: usize,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Untimed round trips per connection first.
+    #[arg(long, default_value_t = 200)]
+    warmup_messages: usize,
 }
 
 #[derive(clap::Args)]
@@ -70,7 +104,41 @@ struct ReplicationArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Replication(args) => replication(args).await,
+        Which::TunnelEcho(args) => {
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("listen on {}", args.listen))?;
+            bench::tunnel::echo_server(listener).await;
+            Ok(())
+        }
+        Which::Tunnel(args) => tunnel(args).await,
     }
+}
+
+async fn tunnel(args: TunnelArgs) -> anyhow::Result<()> {
+    let config = bench::tunnel::LoadConfig {
+        target: args.target,
+        connections: args.connections,
+        message_bytes: args.message_bytes,
+        duration: Duration::from_secs(args.duration_s.max(1)),
+        warmup_messages: args.warmup_messages,
+    };
+    let mut result = bench::tunnel::load(&config).await?;
+    let messages_per_s = result.messages as f64 / result.seconds;
+    let p50 = bench::stats::quantile(&mut result.round_trips_us, 0.5).unwrap_or(0.0);
+    let p99 = bench::stats::quantile(&mut result.round_trips_us, 0.99).unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "messages": result.messages,
+            "messages_per_s": messages_per_s,
+            "p50_us": p50,
+            "p99_us": p99,
+            "failures": result.failures,
+        })
+    );
+    anyhow::ensure!(result.failures == 0, "{} connections failed", result.failures);
+    Ok(())
 }
 
 async fn replication(args: ReplicationArgs) -> anyhow::Result<()> {
