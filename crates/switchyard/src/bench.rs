@@ -29,7 +29,7 @@ enum Which {
     TunnelEcho(TunnelEchoArgs),
     /// Round trips of fixed-size messages on upgraded (WebSocket) connections through a load
     /// balancer in front of `tunnel-echo`; prints one JSON line (messages per second, round-trip
-    /// percentiles in microseconds). `scripts/bench-websocket.sh` runs it against `switchyard
+    /// percentiles in microseconds). `scripts/bench-websocket.py` runs it against `switchyard
     /// proxy` and HAProxy, alternating.
     Tunnel(TunnelArgs),
 }
