@@ -54,6 +54,9 @@ const CLOSE_LINGER_MS: u64 = 1000;
 /// At most this many bytes are read (and dropped) while closing.
 const CLOSE_LINGER_BYTES_MAX: usize = 256 * 1024;
 
+/// The answer to an upgrade read while the proxy stops.
+const STOPPING: &str = "the load balancer is stopping; reconnect";
+
 /// The interim answer to `Expect: 100-continue` (RFC 9110 §10.1.1).
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -119,6 +122,9 @@ pub struct RequestHead {
     /// server was sent `Connection: upgrade` and the protocols, and a `101` turns the
     /// connection into a tunnel ([`crate::tunnel`]).
     pub upgrade: bool,
+    /// Where the protocols asked for are in `out` (`start..end`; empty without an upgrade): a
+    /// `101` must name one of them.
+    pub upgrade_protocols: (usize, usize),
 }
 
 fn lower_eq(name: &str, lower: &[u8]) -> bool {
@@ -361,8 +367,10 @@ pub fn parse_request(
         }
         push_header(out, name.as_bytes(), header.value);
     }
+    let mut upgrade_protocols = (0, 0);
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+        upgrade_protocols.0 = out.len();
         let protocols = values(b"upgrade")
             .flat_map(list)
             .filter(|p| crate::tunnel::tunnelled_protocol(p));
@@ -372,6 +380,7 @@ pub fn parse_request(
             }
             out.extend_from_slice(protocol);
         }
+        upgrade_protocols.1 = out.len();
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -393,6 +402,7 @@ pub fn parse_request(
         target_end,
         host_missing_at,
         upgrade,
+        upgrade_protocols,
     }))
 }
 
@@ -456,7 +466,13 @@ pub struct ResponseHead {
 
 /// Parses a response head from the start of `buf`. For a final response (not 1xx), writes the
 /// head for the client into `out` (cleared first). `Ok(None)`: the head is not complete yet.
-pub fn parse_response(buf: &[u8], client: ClientSide, out: &mut Vec<u8>) -> Result<Option<ResponseHead>, &'static str> {
+/// `asked`: the protocols the request asked to switch to, as forwarded (empty: none).
+pub fn parse_response(
+    buf: &[u8],
+    client: ClientSide,
+    asked: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, &'static str> {
     let mut storage = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut response = httparse::Response::new(&mut storage);
     let head_len = match response.parse(buf) {
@@ -476,7 +492,7 @@ pub fn parse_response(buf: &[u8], client: ClientSide, out: &mut Vec<u8>) -> Resu
     }
     let headers: &[httparse::Header<'_>] = response.headers;
     if status == 101 {
-        return switched_protocols(head_len, &response, client, out);
+        return switched_protocols(head_len, &response, client, asked, out);
     }
     let informational = status < 200;
     let values = |name: &'static [u8]| headers.iter().filter(move |h| lower_eq(h.name, name)).map(|h| h.value);
@@ -574,9 +590,10 @@ fn switched_protocols(
     head_len: usize,
     response: &httparse::Response<'_, '_>,
     client: ClientSide,
+    asked: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, &'static str> {
-    if !client.upgrade {
+    if !client.upgrade || asked.is_empty() {
         return Err("the server switched protocols, though the request asked for no upgrade");
     }
     if response.version != Some(1) {
@@ -587,8 +604,16 @@ fn switched_protocols(
         .iter()
         .filter(|h| lower_eq(h.name, b"upgrade"))
         .flat_map(|h| list(h.value));
-    if protocols.next().is_none() {
+    let Some(first) = protocols.next() else {
         return Err("the server switched protocols without naming one in Upgrade (RFC 9110 section 15.2.2)");
+    };
+    // RFC 9110 §7.8: the server switches to a protocol the client indicated (the first listed
+    // is the one switched to; the rest, if any, layered above it must be asked for too).
+    if !std::iter::once(first)
+        .chain(protocols)
+        .all(|chosen| crate::tunnel::asked_for(chosen, asked))
+    {
+        return Err("the server switched to a protocol the request did not ask for (RFC 9110 section 7.8)");
     }
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 101 ");
@@ -786,7 +811,8 @@ pub fn exercise_parsers(input: &[u8]) {
             head_method: false,
             upgrade,
         };
-        let _ = parse_response(input, client_side, &mut out);
+        let asked: &[u8] = if upgrade { b"websocket, foo/2" } else { b"" };
+        let _ = parse_response(input, client_side, asked, &mut out);
     }
 }
 
@@ -948,6 +974,8 @@ struct H1Exchange<'a> {
     /// The head for the client.
     out: &'a mut Vec<u8>,
     client: ClientSide,
+    /// Where the protocols the request asked to switch to are in `request` (empty: none).
+    asked: (usize, usize),
     idempotent: bool,
 }
 
@@ -989,7 +1017,8 @@ impl Exchange for H1Exchange<'_> {
             let mut start = 0;
             let mut interim = 0;
             loop {
-                match parse_response(&self.response[start..], self.client, self.out) {
+                let asked = self.request.get(self.asked.0..self.asked.1).unwrap_or_default();
+                match parse_response(&self.response[start..], self.client, asked, self.out) {
                     Ok(Some(head)) if head.status < 200 && head.body != ClientBody::Tunnel => {
                         // 1xx (100 Continue, 103 Early Hints): not forwarded, as hyper did;
                         // dropped from the buffer, and only so many, so a server sending them
@@ -1253,11 +1282,16 @@ async fn serve_request<S: ClientStream>(
         .requests_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stopping = *stop.borrow();
+    if head.upgrade && stopping {
+        // Its tunnel would close at once: no server sees it, and the client reconnects (to
+        // another proxy, or to this one once it is back).
+        return answer_local(shared, stream, out, 503, STOPPING, true, head.head_method).await;
+    }
     let client_side = ClientSide {
         http10: head.http10,
         keep_alive: head.keep_alive && !stopping,
         head_method: head.head_method,
-        upgrade: head.upgrade && !stopping,
+        upgrade: head.upgrade,
     };
 
     // 2. The body, whole, before any server sees the request.
@@ -1376,6 +1410,7 @@ async fn serve_request<S: ClientStream>(
         response,
         out,
         client: client_side,
+        asked: head.upgrade_protocols,
         idempotent: head.idempotent,
     };
     let dispatched = shared.dispatch(&mut exchange, head.idempotent, method, path).await;
@@ -1405,6 +1440,8 @@ async fn serve_request<S: ClientStream>(
     } = answer;
     let idle = Duration::from_millis(config.timeouts.idle_ms);
     if response_head.body == ClientBody::Tunnel {
+        // A tunnel may live for hours: the request's buffers go now (the tunnel has its own).
+        (*request, *body, *scratch) = (Vec::new(), Vec::new(), Vec::new());
         let tunneled = open_tunnel(shared, &mut upstream, stream, input, response, out, response_head, stop).await;
         drop(guard);
         if let Some(tunneled) = tunneled {
@@ -1703,19 +1740,19 @@ async fn open_tunnel<S: ClientStream>(
     upstream: &mut TcpStream,
     client: &mut S,
     input: &mut Vec<u8>,
-    response: &[u8],
+    response: &mut Vec<u8>,
     out: &mut Vec<u8>,
     head: ResponseHead,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<crate::tunnel::Tunneled> {
     let idle = Duration::from_millis(shared.config.timeouts.idle_ms);
     let _open = crate::tunnel::OpenTunnel::new(shared.clone());
-    out.extend_from_slice(&response[head.head_len..]);
+    out.extend_from_slice(response.get(head.head_len..).unwrap_or_default());
     send(client, out, idle).await.ok()?;
     if !input.is_empty() {
         send(upstream, input, idle).await.ok()?;
-        input.clear();
     }
+    (*input, *response, *out) = (Vec::new(), Vec::new(), Vec::new());
     let tunnel_idle = Duration::from_millis(shared.config.timeouts.tunnel_idle_ms);
     Some(crate::tunnel::run(&mut *client, &mut *upstream, tunnel_idle, stop).await)
 }

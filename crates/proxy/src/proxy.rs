@@ -1180,9 +1180,11 @@ pub async fn serve(
         let _ = senders[next % threads].send(Accepted { stream, client, permit });
         next = next.wrapping_add(1);
     }
+    // Stop first, then close the listener: a client refused a connection knows the
+    // connections it has see the stop.
+    let _ = stop_sender.send(true);
     drop(listener);
     drop(senders);
-    let _ = stop_sender.send(true);
     let all = u32::try_from(connections_max).unwrap_or(u32::MAX);
     let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
     if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {

@@ -4,9 +4,10 @@
 //!
 //! Invariants: a tunnel ends when both sides have closed their sending side (each half-close is
 //! passed on, RFC 9293 §3.6), when either side fails, when neither side sent a byte for
-//! `tunnel_idle_ms` (HAProxy's `timeout tunnel`), when a write to a side that stopped reading
-//! makes no progress for `tunnel_idle_ms`, or when the proxy stops; it holds at most
-//! [`TUNNEL_BUFFER_BYTES`] per direction; nothing here looks into the bytes.
+//! `tunnel_idle_ms` (HAProxy's `timeout tunnel`), when one read's bytes (at most
+//! [`TUNNEL_BUFFER_BYTES`]) cannot be written to a side within `tunnel_idle_ms` (it stopped
+//! reading), or when the proxy stops; it holds at most [`TUNNEL_BUFFER_BYTES`] per direction,
+//! every write flushed; nothing here looks into the bytes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,7 +158,14 @@ where
             Err(_) => return Err(TunnelEnd::Failed),
         };
         last.set(Instant::now());
-        match tokio::time::timeout(idle, to.write_all(&buf[..n])).await {
+        // Flushed: TLS may keep the last record in its buffer until then, and a WebSocket
+        // peer that waits for the end of a message would wait for ever (plain TCP's flush does
+        // nothing).
+        let written = async {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await
+        };
+        match tokio::time::timeout(idle, written).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(TunnelEnd::Failed),
             // The side took nothing for idle_ms: it stopped reading.
@@ -173,6 +181,31 @@ where
 pub fn tunnelled_protocol(protocol: &[u8]) -> bool {
     let name = protocol.split(|b| *b == b'/').next().unwrap_or(protocol).trim_ascii();
     !name.is_empty() && !name.eq_ignore_ascii_case(b"h2c")
+}
+
+/// Whether `chosen` (a protocol of a `101`'s `Upgrade`) is among `asked` (the request's
+/// `Upgrade` list as forwarded): the same name, and the same version where both name one
+/// (RFC 9110 §7.8: a server must not switch to a protocol the client did not indicate).
+pub fn asked_for(chosen: &[u8], asked: &[u8]) -> bool {
+    fn split(protocol: &[u8]) -> (&[u8], Option<&[u8]>) {
+        let protocol = protocol.trim_ascii();
+        match protocol.iter().position(|b| *b == b'/') {
+            Some(at) => (protocol[..at].trim_ascii(), Some(protocol[at + 1..].trim_ascii())),
+            None => (protocol, None),
+        }
+    }
+    let (name, version) = split(chosen);
+    tunnelled_protocol(chosen)
+        && asked
+            .split(|b| *b == b',')
+            .map(split)
+            .any(|(asked_name, asked_version)| {
+                asked_name.eq_ignore_ascii_case(name)
+                    && match (version, asked_version) {
+                        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                        _ => true,
+                    }
+            })
 }
 
 /// Counts a tunnel in the frontend's statistics while it lives.

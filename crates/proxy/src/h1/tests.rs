@@ -295,9 +295,13 @@ fn bad_chunk_framing_is_refused() {
     );
 }
 
+/// What the upgrade tests ask for.
+const ASKED: &[u8] = b"websocket, chat/2";
+
 fn response(text: &str, client: ClientSide) -> (ResponseHead, String) {
     let mut out = Vec::new();
-    match parse_response(text.as_bytes(), client, &mut out) {
+    let asked: &[u8] = if client.upgrade { ASKED } else { b"" };
+    match parse_response(text.as_bytes(), client, asked, &mut out) {
         Ok(Some(head)) => (head, String::from_utf8_lossy(&out).into_owned()),
         other => panic!("{text:?}: {other:?}"),
     }
@@ -363,7 +367,10 @@ fn response_framing_follows_rfc_9112_section_6_3() {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\n",
     ] {
         let mut out = Vec::new();
-        assert!(parse_response(coded.as_bytes(), H11, &mut out).is_err(), "{coded:?}");
+        assert!(
+            parse_response(coded.as_bytes(), H11, b"", &mut out).is_err(),
+            "{coded:?}"
+        );
     }
     let (head, _) = response("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", H11);
     assert!(!head.server_keep_alive);
@@ -378,7 +385,7 @@ fn response_framing_follows_rfc_9112_section_6_3() {
         "SMTP ready\r\n\r\n",
     ] {
         assert!(
-            parse_response(bad_response.as_bytes(), H11, &mut out).is_err(),
+            parse_response(bad_response.as_bytes(), H11, b"", &mut out).is_err(),
             "{bad_response:?}"
         );
     }
@@ -501,6 +508,7 @@ fn an_upgrade_named_by_connection_goes_to_the_server_and_others_do_not() {
         out.contains("\r\nconnection: upgrade\r\nupgrade: websocket\r\n"),
         "{out}"
     );
+    assert_eq!(&out[head.upgrade_protocols.0..head.upgrade_protocols.1], "websocket");
     assert!(out.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "{out}");
     assert!(!out.contains("keep-alive"), "{out}");
     // Several protocols, h2c (retired by RFC 9113) left out.
@@ -548,11 +556,28 @@ fn a_101_answers_an_upgrade_and_nothing_else() {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: ,\r\n\r\n",
         // HTTP/1.0 has no upgrade.
         "HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        // A protocol not asked for (RFC 9110 section 7.8), h2c (never forwarded), or a version
+        // other than the one asked.
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: irc\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket, irc\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat/3\r\n\r\n",
     ] {
         assert!(
-            parse_response(bad_response.as_bytes(), upgrade, &mut out).is_err(),
+            parse_response(bad_response.as_bytes(), upgrade, ASKED, &mut out).is_err(),
             "{bad_response:?}"
         );
+    }
+    // Nothing asked (the request did not upgrade): any 101 is refused.
+    let plain_101 = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+    assert!(parse_response(plain_101, upgrade, b"", &mut out).is_err());
+    // What was asked, in any case, with or without the version asked.
+    for good in ["WebSocket", "chat/2", "chat", "CHAT/2"] {
+        let (head, _) = response(
+            &format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: {good}\r\n\r\n"),
+            upgrade,
+        );
+        assert_eq!(head.body, ClientBody::Tunnel, "{good}");
     }
     // An upgrade request answered otherwise is an ordinary response.
     let (head, _) = response("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", upgrade);

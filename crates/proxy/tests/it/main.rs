@@ -2470,3 +2470,85 @@ async fn stopping_the_proxy_closes_its_tunnels_without_waiting_out_the_grace() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, tls_stream.read_to_end(&mut rest)).await;
 }
+
+/// A stream that keeps what is written to it until flushed (as TLS keeps its last record) or
+/// until its buffer fills: tokio's `BufWriter` over one end of an in-memory pipe.
+type Buffering = tokio::io::BufWriter<tokio::io::DuplexStream>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_flushes_every_write_so_nothing_waits_in_a_buffering_stream() {
+    let (client_end, proxy_client_end) = tokio::io::duplex(64 * 1024);
+    let (proxy_server_end, mut server_end) = tokio::io::duplex(64 * 1024);
+    let client_side: Buffering = tokio::io::BufWriter::new(proxy_client_end);
+    let server_side: Buffering = tokio::io::BufWriter::new(proxy_server_end);
+    let (_stop_sender, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        proxy::tunnel::run(client_side, server_side, Duration::from_secs(60), &mut stop).await;
+    });
+    let mut client = client_end;
+    // A short message each way, then each side waits for the other's: without a flush after
+    // every write both would stay in the buffers (8 KiB) for ever.
+    server_end
+        .write_all(b"hello from the server")
+        .await
+        .expect("server writes");
+    let mut got = Vec::new();
+    read_until(&mut client, &mut got, b"hello from the server").await;
+    client.write_all(b"hello from the client").await.expect("client writes");
+    let mut got = Vec::new();
+    read_until(&mut server_end, &mut got, b"hello from the client").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_read_while_the_proxy_stops_gets_503_and_reaches_no_server() {
+    let (address, seen) = upgrade_backend().await;
+    let proxy = proxy_for(address, "").await;
+    let listen = proxy.address;
+    let mut stream = TcpStream::connect(listen).await.expect("connect");
+    let half = UPGRADE_REQUEST.len() / 2;
+    stream.write_all(&UPGRADE_REQUEST[..half]).await.expect("write");
+    let stopping = tokio::spawn(proxy.stop());
+    // The proxy stops before it closes its listener: refused, it is stopping.
+    let deadline = Instant::now() + DEADLINE;
+    while TcpStream::connect(listen).await.is_ok() {
+        assert!(Instant::now() < deadline, "the proxy never closed its listener");
+        tokio::task::yield_now().await;
+    }
+    stream.write_all(&UPGRADE_REQUEST[half..]).await.expect("write");
+    let answer = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("stopping"), "{answer}");
+    assert!(seen.lock().expect("log").is_empty(), "a server saw the upgrade");
+    tokio::time::timeout(DEADLINE, stopping)
+        .await
+        .expect("the proxy stops")
+        .expect("stop task");
+}
+
+fn switch_to_another_protocol_script(_: &str) -> (Vec<u8>, bool) {
+    (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: irc\r\nConnection: Upgrade\r\n\r\n".to_vec(),
+        false,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
+    for (transport, ca) in [("plain", None), ("tls", Some(TestCa::new("other-protocol")))] {
+        let (address, _) = scripted_backend(switch_to_another_protocol_script).await;
+        let proxy = proxy_for(address, &ca.as_ref().map(TestCa::proxy_toml).unwrap_or_default()).await;
+        let answer = match &ca {
+            None => raw_exchange(proxy.address, UPGRADE_REQUEST).await,
+            Some(ca) => {
+                let mut stream = ca.connect(proxy.address, b"http/1.1").await;
+                stream.write_all(UPGRADE_REQUEST).await.expect("write");
+                let mut got = Vec::new();
+                read_until(&mut stream, &mut got, b"\r\n\r\n").await;
+                String::from_utf8_lossy(&got).into_owned()
+            }
+        };
+        assert!(answer.starts_with("HTTP/1.1 502"), "{transport}: {answer}");
+        assert_eq!(proxy.shared.stats().tunnels_total.load(Ordering::Relaxed), 0);
+        proxy.stop().await;
+    }
+}
