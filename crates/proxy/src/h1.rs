@@ -1149,8 +1149,10 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     }
     // Say we are done, then read what the client still sends for a moment: closing with
     // unread bytes would reset the connection and could destroy the answer in flight.
-    if stream.shutdown().await.is_ok() {
-        let linger = Instant::now() + Duration::from_millis(CLOSE_LINGER_MS);
+    // Bounded: over TLS the shutdown first writes what rustls still holds and its close_notify,
+    // which never completes for a client that stopped reading (plain TCP's cannot wait).
+    let linger = Instant::now() + Duration::from_millis(CLOSE_LINGER_MS);
+    if matches!(tokio::time::timeout_at(linger, stream.shutdown()).await, Ok(Ok(()))) {
         buffers.input.clear();
         while let Ok(n) = read_more(&mut stream, &mut buffers.input, Some(linger)).await {
             if n == 0 || buffers.input.len() > CLOSE_LINGER_BYTES_MAX {
@@ -1627,7 +1629,17 @@ async fn client_gone(client: &TcpStream) {
     let mut probe = [0u8; 1];
     match client.peek(&mut probe).await {
         Err(_) => {}
-        Ok(_) => std::future::pending().await,
+        Ok(0) => std::future::pending().await,
+        // Bytes wait in the socket (a pipelined request, a TLS close_notify): a peek returns
+        // them even after a reset, so wait for the socket's error instead.
+        Ok(_) => match client.ready(tokio::io::Interest::ERROR).await {
+            Ok(ready) if ready.is_error() => match client.take_error() {
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => std::future::pending().await,
+            },
+            Ok(_) => std::future::pending().await,
+            Err(_) => {}
+        },
     }
 }
 

@@ -2041,7 +2041,7 @@ async fn over_tls_http1_and_http2_requests_reach_the_server_marked_https() {
     let (address, seen) = scripted_backend(ok_script).await;
     let proxy = proxy_for(address, &ca.proxy_toml()).await;
 
-    // HTTP/1.1 (ALPN http/1.1), served by hyper's HTTP/1 server over the TLS stream.
+    // HTTP/1.1 (ALPN http/1.1), served by the h1 core over the TLS stream.
     let mut stream = ca.connect(proxy.address, b"http/1.1").await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     stream
@@ -2329,7 +2329,7 @@ async fn an_upgrade_the_server_declines_is_an_ordinary_request_on_a_kept_connect
     assert_eq!(seen.lock().expect("log").len(), 2);
     assert_eq!(proxy.shared.stats().tunnels_total.load(Ordering::Relaxed), 0);
     proxy.stop().await;
-    // The same over TLS (hyper's path).
+    // The same over TLS.
     let ca = TestCa::new("declined");
     let proxy = proxy_for(address, &ca.proxy_toml()).await;
     let mut stream = ca.connect(proxy.address, b"http/1.1").await;
@@ -2551,4 +2551,125 @@ async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
         assert_eq!(proxy.shared.stats().tunnels_total.load(Ordering::Relaxed), 0);
         proxy.stop().await;
     }
+}
+
+/// A backend answering every request with `size` bytes of body; counts the connections it saw
+/// closed by the proxy.
+async fn big_answer_backend(size: usize) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+    let address = listener.local_addr().expect("address");
+    let closed = Arc::new(AtomicU64::new(0));
+    let counted = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                if read_head(&mut stream, &mut buffer).await.is_some() {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut left = size;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if stream.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                        left -= n;
+                    }
+                    let mut rest = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut rest).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (address, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_client_that_stops_reading_is_given_up_and_frees_its_connection() {
+    // 32 MiB: more than every buffer between the server and the client holds. Closing such a
+    // TLS connection waited for ever to write rustls' last records and its close_notify.
+    const SIZE: usize = 32 * 1024 * 1024;
+    let ca = TestCa::new("stalled-reader");
+    let (address, server_closed) = big_answer_backend(SIZE).await;
+    let proxy = proxy_for(
+        address,
+        &format!("{}\n[proxy.timeouts]\nidle_ms = 300\n", ca.proxy_toml()),
+    )
+    .await;
+    let active = || proxy.shared.stats().connections_active.load(Ordering::SeqCst);
+    let mut stream = ca.connect(proxy.address, b"http/1.1").await;
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    // The client reads nothing from here on.
+    wait_for("the server connection to be closed, not pooled", || {
+        server_closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    wait_for("the stalled client's connection (task, permit) to be freed", || {
+        active() == 0
+    })
+    .await;
+    drop(stream);
+    proxy.stop().await;
+}
+
+/// A backend that sends a head and part of a body, then stalls; counts the closes it sees.
+async fn stalling_backend() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let closed = Arc::new(AtomicU64::new(0));
+    let counted = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                if read_head(&mut stream, &mut buffer).await.is_some() {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nstart")
+                        .await;
+                    let _ = stream.read(&mut [0u8; 16]).await;
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (address, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_close_notify_frees_a_stalled_servers_connection_at_once() {
+    // idle_ms past the test's deadline: only noticing the reset frees the server connection.
+    let ca = TestCa::new("reset-after-close-notify");
+    let (address, closed) = stalling_backend().await;
+    let proxy = proxy_for(
+        address,
+        &format!("{}\n[proxy.timeouts]\nidle_ms = 120000\n", ca.proxy_toml()),
+    )
+    .await;
+    let mut stream = ca.connect(proxy.address, b"http/1.1").await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    read_until(&mut stream, &mut got, b"start").await;
+    // close_notify (bytes the proxy does not read while the server stalls), then a reset.
+    stream.shutdown().await.expect("close_notify");
+    stream.get_ref().0.set_zero_linger().expect("linger");
+    drop(stream);
+    wait_for("the stalled server's connection to be closed", || {
+        closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    proxy.stop().await;
 }
