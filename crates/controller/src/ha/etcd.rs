@@ -29,7 +29,12 @@ pub const DRIVER_STEP_MS_MAX: u64 = 50;
 /// Shortest etcd request timeout (a sixth of the lease, but never below this).
 pub const REQUEST_TIMEOUT_MS_MIN: u64 = 300;
 
-/// gRPC status codes after which a request is tried again on another endpoint.
+/// gRPC status codes after which a request is tried again on another endpoint. CANCELLED is
+/// what tonic answers when the connection the request went on closed under it (its endpoint,
+/// an etcd member, died): the client's balancer still picks that connection now and then, so
+/// without a retry a fenced step failed at random after a member's death (the lab's
+/// `leader-region-outage` drill: every retry of the runbook failed at some step).
+const GRPC_CANCELLED: i32 = 1;
 const GRPC_UNKNOWN: i32 = 2;
 const GRPC_UNAVAILABLE: i32 = 14;
 /// Pause between two tries of a request.
@@ -93,6 +98,20 @@ fn parse_state(value: &[u8]) -> Result<SharedState, String> {
     }
     serde_json::from_slice(value)
         .map_err(|e| format!("the shared state in etcd is not readable ({e}); refusing to act on it"))
+}
+
+/// Whether a failed request may be tried again (on another endpoint): the transport failed, or
+/// the connection it went on did.
+fn retryable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => retryable_code(i32::from(status.code())),
+        _ => false,
+    }
+}
+
+fn retryable_code(code: i32) -> bool {
+    matches!(code, GRPC_CANCELLED | GRPC_UNKNOWN | GRPC_UNAVAILABLE)
 }
 
 impl Etcd {
@@ -160,14 +179,7 @@ impl Etcd {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(error)) => error,
             };
-            let retryable = match &error {
-                etcd_client::Error::TransportError(_) => true,
-                etcd_client::Error::GRpcStatus(status) => {
-                    matches!(i32::from(status.code()), GRPC_UNKNOWN | GRPC_UNAVAILABLE)
-                }
-                _ => false,
-            };
-            if !retryable || tokio::time::Instant::now() + Duration::from_millis(RETRY_PAUSE_MS) >= deadline {
+            if !retryable(&error) || tokio::time::Instant::now() + Duration::from_millis(RETRY_PAUSE_MS) >= deadline {
                 return Err(error);
             }
             tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
@@ -992,5 +1004,26 @@ impl Member {
         })
         .await
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn requests_cut_by_a_dead_member_are_retried_and_refusals_are_not() {
+        // gRPC's codes (tonic's numbering): a connection closed under the request (CANCELLED,
+        // tonic's answer when an etcd member died), an unknown failure, an unreachable endpoint:
+        // another endpoint may answer.
+        for code in [1, 2, 14] {
+            assert!(retryable_code(code), "{code}");
+        }
+        // etcd's own answers (invalid argument, not found, permission denied, resource
+        // exhausted, failed precondition, unauthenticated): trying again cannot change them.
+        for code in [3, 5, 7, 8, 9, 16] {
+            assert!(!retryable_code(code), "{code}");
+        }
+        assert!(!retryable(&etcd_client::Error::InvalidArgs("x".into())));
     }
 }
