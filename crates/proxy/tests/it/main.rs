@@ -1282,50 +1282,64 @@ async fn a_connection_whose_response_was_abandoned_is_never_reused() {
 /// What a scripted backend does with a request: the bytes to answer, and whether to close after.
 type Script = fn(&str) -> (Vec<u8>, bool);
 
+/// A backend on raw TCP on a fresh port: each connection it accepts is served by `serve` in a
+/// task of its own.
+async fn tcp_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    address
+}
+
 /// A backend on raw TCP that records each request (head and body as received) and answers what
 /// `script` says for it.
 async fn scripted_backend(script: Script) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
-    let address = listener.local_addr().expect("address");
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                loop {
-                    let Some(end) = read_head(&mut stream, &mut buffer).await else {
-                        return;
-                    };
-                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length: ")
-                                .map(str::to_owned)
-                        })
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    while buffer.len() < end + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let request = String::from_utf8_lossy(&buffer[..end + length]).into_owned();
-                    buffer.drain(..end + length);
-                    let (answer, close) = script(&request);
-                    log.lock().expect("log").push(request);
-                    if stream.write_all(&answer).await.is_err() || close {
-                        return;
+    let address = tcp_backend(move |mut stream| {
+        let log = log.clone();
+        async move {
+            let mut buffer = Vec::new();
+            loop {
+                let Some(end) = read_head(&mut stream, &mut buffer).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                while buffer.len() < end + length {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
                     }
                 }
-            });
+                let request = String::from_utf8_lossy(&buffer[..end + length]).into_owned();
+                buffer.drain(..end + length);
+                let (answer, close) = script(&request);
+                log.lock().expect("log").push(request);
+                if stream.write_all(&answer).await.is_err() || close {
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     (address, seen)
 }
 
@@ -2141,59 +2155,55 @@ fn tls_cert_without_tls_key_is_refused_naming_the_line() {
 /// then echoes every byte it receives; when the proxy closes its sending side, says "bye" and
 /// closes. Anything else gets a plain 200. Records each request head.
 async fn upgrade_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
-    let address = listener.local_addr().expect("address");
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                loop {
-                    let Some(end) = read_head(&mut stream, &mut buffer).await else {
-                        return;
-                    };
-                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-                    buffer.drain(..end);
-                    log.lock().expect("log").push(head.clone());
-                    let lower = head.to_ascii_lowercase();
-                    if !lower.contains("\r\nupgrade: websocket\r\n") {
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                        Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nhello-from-server;";
+    let address = tcp_backend(move |mut stream| {
+        let log = log.clone();
+        async move {
+            let mut buffer = Vec::new();
+            loop {
+                let Some(end) = read_head(&mut stream, &mut buffer).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                buffer.drain(..end);
+                log.lock().expect("log").push(head.clone());
+                if !head.to_ascii_lowercase().contains("\r\nupgrade: websocket\r\n") {
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
                     if stream.write_all(answer).await.is_err() {
                         return;
                     }
-                    // Bytes that came right behind the request head are the tunnel's.
-                    if !buffer.is_empty() && stream.write_all(&buffer).await.is_err() {
-                        return;
-                    }
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) => {
-                                let _ = stream.write_all(b"bye").await;
-                                let _ = stream.shutdown().await;
+                    continue;
+                }
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nhello-from-server;";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Bytes that came right behind the request head are the tunnel's.
+                if !buffer.is_empty() && stream.write_all(&buffer).await.is_err() {
+                    return;
+                }
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) => {
+                            let _ = stream.write_all(b"bye").await;
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                        Ok(n) => {
+                            if stream.write_all(&chunk[..n]).await.is_err() {
                                 return;
                             }
-                            Ok(n) => {
-                                if stream.write_all(&chunk[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(_) => return,
                         }
+                        Err(_) => return,
                     }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (address, seen)
 }
 
@@ -2373,29 +2383,23 @@ async fn a_switch_the_client_did_not_ask_for_is_a_502_on_both_paths() {
 
 /// A backend that switches protocols, then sends a tick every `every` until the peer closes.
 async fn ticking_backend(every: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                if read_head(&mut stream, &mut buffer).await.is_none() {
-                    return;
-                }
-                let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-                if stream.write_all(answer).await.is_err() {
-                    return;
-                }
-                loop {
-                    tokio::time::sleep(every).await;
-                    if stream.write_all(b".").await.is_err() {
-                        return;
-                    }
-                }
-            });
+    tcp_backend(move |mut stream| async move {
+        let mut buffer = Vec::new();
+        if read_head(&mut stream, &mut buffer).await.is_none() {
+            return;
         }
-    });
-    address
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            if stream.write_all(b".").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2556,38 +2560,35 @@ async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
 /// A backend answering every request with `size` bytes of body; counts the connections it saw
 /// closed by the proxy.
 async fn big_answer_backend(size: usize) -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
-    let address = listener.local_addr().expect("address");
     let closed = Arc::new(AtomicU64::new(0));
     let counted = closed.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                if read_head(&mut stream, &mut buffer).await.is_some() {
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
-                    let _ = stream.write_all(head.as_bytes()).await;
-                    let chunk = vec![b'x'; 64 * 1024];
-                    let mut left = size;
-                    while left > 0 {
-                        let n = left.min(chunk.len());
-                        if stream.write_all(&chunk[..n]).await.is_err() {
-                            break;
-                        }
-                        left -= n;
+    let address = tcp_backend(move |mut stream| {
+        let counted = counted.clone();
+        async move {
+            let mut buffer = Vec::new();
+            if read_head(&mut stream, &mut buffer).await.is_some() {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                let _ = stream.write_all(head.as_bytes()).await;
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        break;
                     }
-                    let mut rest = [0u8; 1024];
-                    while let Ok(n) = stream.read(&mut rest).await {
-                        if n == 0 {
-                            break;
-                        }
+                    left -= n;
+                }
+                let mut rest = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut rest).await {
+                    if n == 0 {
+                        break;
                     }
                 }
-                counted.fetch_add(1, Ordering::SeqCst);
-            });
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
         }
-    });
+    })
+    .await;
     (address, closed)
 }
 
@@ -2624,25 +2625,22 @@ async fn over_tls_a_client_that_stops_reading_is_given_up_and_frees_its_connecti
 
 /// A backend that sends a head and part of a body, then stalls; counts the closes it sees.
 async fn stalling_backend() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
     let closed = Arc::new(AtomicU64::new(0));
     let counted = closed.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                if read_head(&mut stream, &mut buffer).await.is_some() {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nstart")
-                        .await;
-                    let _ = stream.read(&mut [0u8; 16]).await;
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-            });
+    let address = tcp_backend(move |mut stream| {
+        let counted = counted.clone();
+        async move {
+            let mut buffer = Vec::new();
+            if read_head(&mut stream, &mut buffer).await.is_some() {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nstart")
+                    .await;
+                let _ = stream.read(&mut [0u8; 16]).await;
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
         }
-    });
+    })
+    .await;
     (address, closed)
 }
 
