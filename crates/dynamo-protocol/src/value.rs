@@ -356,36 +356,70 @@ pub fn expression_attribute_values<'de, D: Deserializer<'de>>(
 pub fn expression_attribute_names<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<std::collections::HashMap<String, String>>, D::Error> {
-    struct Names(std::collections::HashMap<String, String>);
-    struct NamesVisitor;
-    impl<'de> Visitor<'de> for NamesVisitor {
-        type Value = Names;
+    map_within(
+        deserializer,
+        "ExpressionAttributeNames",
+        SUBSTITUTIONS_BYTES_MAX,
+        |key, name: &String| key.len() + name.len(),
+        |bytes| substitutions_too_large_message("ExpressionAttributeNames", bytes),
+    )
+}
+
+/// An optional map (`null` or absent: `None`) decoded entry by entry and refused, with a
+/// ValidationException of `refused(bytes)`, as soon as its entries' `entry_bytes` pass
+/// `bytes_max`: a hostile body of hundreds of thousands of small entries is never built whole.
+/// `what` names the map in type errors.
+pub fn map_within<'de, D, V>(
+    deserializer: D,
+    what: &'static str,
+    bytes_max: usize,
+    entry_bytes: fn(&str, &V) -> usize,
+    refused: fn(usize) -> String,
+) -> Result<Option<std::collections::HashMap<String, V>>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V> {
+        what: &'static str,
+        bytes_max: usize,
+        entry_bytes: fn(&str, &V) -> usize,
+        refused: fn(usize) -> String,
+    }
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Entries<V> {
+        type Value = Option<std::collections::HashMap<String, V>>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a map of placeholders to attribute names")
+            write!(f, "{} as a map, or null", self.what)
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Names, A::Error> {
-            let mut names = std::collections::HashMap::new();
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, deserializer: D2) -> Result<Self::Value, D2::Error> {
+            deserializer.deserialize_map(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries = std::collections::HashMap::new();
             let mut bytes = 0usize;
             while let Some(key) = map.next_key::<String>()? {
-                let name = map.next_value::<String>()?;
-                bytes = bytes.saturating_add(key.len()).saturating_add(name.len());
-                if bytes > SUBSTITUTIONS_BYTES_MAX {
-                    return Err(validation(&substitutions_too_large_message(
-                        "ExpressionAttributeNames",
-                        bytes,
-                    )));
+                let value = map.next_value::<V>()?;
+                bytes = bytes.saturating_add((self.entry_bytes)(&key, &value));
+                if bytes > self.bytes_max {
+                    return Err(validation(&(self.refused)(bytes)));
                 }
-                names.insert(key, name);
+                entries.insert(key, value);
             }
-            Ok(Names(names))
+            Ok(Some(entries))
         }
     }
-    impl<'de> Deserialize<'de> for Names {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            deserializer.deserialize_map(NamesVisitor)
-        }
-    }
-    Ok(Option::<Names>::deserialize(deserializer)?.map(|names| names.0))
+    deserializer.deserialize_option(Entries {
+        what,
+        bytes_max,
+        entry_bytes,
+        refused,
+    })
 }
 
 fn decode_base64<E: de::Error>(text: &str) -> Result<Vec<u8>, E> {

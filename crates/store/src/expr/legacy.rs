@@ -52,7 +52,7 @@ pub const LEGACY_MAP_BYTES_MAX: usize = dynamo_protocol::value::SUBSTITUTIONS_BY
 pub const LEGACY_ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// An entry of a legacy map: the bytes of its values, as an item counts them.
-trait LegacyEntry: for<'de> Deserialize<'de> {
+trait LegacyEntry {
     fn value_bytes(&self) -> usize;
 }
 
@@ -78,105 +78,70 @@ impl LegacyEntry for AttributeValueUpdate {
     }
 }
 
-/// A legacy map read within [`LEGACY_MAP_BYTES_MAX`]; past it, a ValidationException naming
-/// `parameter`.
-fn bounded_map<'de, D, V>(deserializer: D, parameter: &'static str) -> Result<Option<HashMap<String, V>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    V: LegacyEntry,
-{
-    struct Bounded<V>(HashMap<String, V>);
-    struct Entries<V> {
-        parameter: &'static str,
-        values: std::marker::PhantomData<V>,
-    }
-    impl<'de, V: LegacyEntry> serde::de::Visitor<'de> for Entries<V> {
-        type Value = Bounded<V>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "{} as a map of attribute names to entries", self.parameter)
+fn entry_bytes<V: LegacyEntry>(name: &str, entry: &V) -> usize {
+    name.len()
+        .saturating_add(entry.value_bytes())
+        .saturating_add(LEGACY_ENTRY_OVERHEAD_BYTES)
+}
+
+fn too_large(parameter: &str, bytes: usize) -> String {
+    format!(
+        "{parameter} is too large: its entries count {bytes} bytes or more (each entry its attribute \
+         name, its values and {LEGACY_ENTRY_OVERHEAD_BYTES}), above {LEGACY_MAP_BYTES_MAX}, DynamoDB's \
+         bound on all substitution variables of the expression it stands for; send fewer entries, \
+         or use an expression"
+    )
+}
+
+/// A legacy map read within [`LEGACY_MAP_BYTES_MAX`] (`dynamo_protocol::value::map_within`);
+/// past it, a ValidationException naming the parameter.
+macro_rules! legacy_map {
+    ($parameter:literal, $entry:ty) => {
+        |deserializer| {
+            dynamo_protocol::value::map_within::<_, $entry>(
+                deserializer,
+                $parameter,
+                LEGACY_MAP_BYTES_MAX,
+                entry_bytes,
+                |bytes| too_large($parameter, bytes),
+            )
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Bounded<V>, A::Error> {
-            let mut entries = HashMap::new();
-            let mut bytes = 0usize;
-            while let Some(name) = map.next_key::<String>()? {
-                let entry = map.next_value::<V>()?;
-                bytes = bytes
-                    .saturating_add(name.len())
-                    .saturating_add(entry.value_bytes())
-                    .saturating_add(LEGACY_ENTRY_OVERHEAD_BYTES);
-                if bytes > LEGACY_MAP_BYTES_MAX {
-                    return Err(serde::de::Error::custom(format!(
-                        "{}{} is too large: its entries count {bytes} bytes or more (each entry its \
-                         attribute name, its values and {LEGACY_ENTRY_OVERHEAD_BYTES}), above \
-                         {LEGACY_MAP_BYTES_MAX}, DynamoDB's bound on all substitution variables of \
-                         the expression it stands for; send fewer entries, or use an expression",
-                        dynamo_protocol::value::VALIDATION_MARKER,
-                        self.parameter
-                    )));
-                }
-                entries.insert(name, entry);
-            }
-            Ok(Bounded(entries))
-        }
-    }
-    struct OptionOf<V>(Entries<V>);
-    impl<'de, V: LegacyEntry> serde::de::Visitor<'de> for OptionOf<V> {
-        type Value = Option<Bounded<V>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "{} as a map, or null", self.0.parameter)
-        }
-        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D2: serde::Deserializer<'de>>(self, deserializer: D2) -> Result<Self::Value, D2::Error> {
-            deserializer.deserialize_map(self.0).map(Some)
-        }
-    }
-    let entries = Entries::<V> {
-        parameter,
-        values: std::marker::PhantomData,
     };
-    deserializer
-        .deserialize_option(OptionOf(entries))
-        .map(|found| found.map(|map| map.0))
 }
 
 /// `Expected`, read within [`LEGACY_MAP_BYTES_MAX`]. Use with `#[serde(default, deserialize_with = ...)]`.
 pub fn expected<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<HashMap<String, ExpectedAttributeValue>>, D::Error> {
-    bounded_map(deserializer, "Expected")
+    (legacy_map!("Expected", ExpectedAttributeValue))(deserializer)
 }
 
 /// `AttributeUpdates`, read within [`LEGACY_MAP_BYTES_MAX`].
 pub fn attribute_updates<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<HashMap<String, AttributeValueUpdate>>, D::Error> {
-    bounded_map(deserializer, "AttributeUpdates")
+    (legacy_map!("AttributeUpdates", AttributeValueUpdate))(deserializer)
 }
 
 /// `KeyConditions`, read within [`LEGACY_MAP_BYTES_MAX`].
 pub fn key_conditions<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<HashMap<String, LegacyCondition>>, D::Error> {
-    bounded_map(deserializer, "KeyConditions")
+    (legacy_map!("KeyConditions", LegacyCondition))(deserializer)
 }
 
 /// `QueryFilter`, read within [`LEGACY_MAP_BYTES_MAX`].
 pub fn query_filter<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<HashMap<String, LegacyCondition>>, D::Error> {
-    bounded_map(deserializer, "QueryFilter")
+    (legacy_map!("QueryFilter", LegacyCondition))(deserializer)
 }
 
 /// `ScanFilter`, read within [`LEGACY_MAP_BYTES_MAX`].
 pub fn scan_filter<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<HashMap<String, LegacyCondition>>, D::Error> {
-    bounded_map(deserializer, "ScanFilter")
+    (legacy_map!("ScanFilter", LegacyCondition))(deserializer)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
