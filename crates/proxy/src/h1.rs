@@ -549,8 +549,22 @@ pub fn parse_response(
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let any_connection = values(b"connection").next().is_some();
+    // A 426 must name the protocols the client may upgrade to (RFC 9110 §15.5.22), so its
+    // `Upgrade` is passed on (hop-by-hop, so announced in our own `Connection`); HTTP/1.0 has
+    // no upgrade. Elsewhere a server's `Upgrade` only advertises what this hop would have to
+    // offer (h2c), and is dropped like any hop-by-hop field.
+    let pass_upgrade = status == 426 && !client.http10;
+    let mut upgrade_passed = false;
     for header in headers {
         let name = header.name;
+        let upgrade = lower_eq(name, b"upgrade");
+        if upgrade && pass_upgrade {
+            if list(header.value).next().is_some() {
+                push_header(out, name.as_bytes(), header.value);
+                upgrade_passed = true;
+            }
+            continue;
+        }
         if is_hop_by_hop(name) || (any_connection && named_by_connection(name, headers)) {
             continue;
         }
@@ -575,10 +589,12 @@ pub fn parse_response(
         }
         _ => {}
     }
-    if head.client_close {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if client.http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
+    match (head.client_close, upgrade_passed) {
+        (true, true) => out.extend_from_slice(b"connection: upgrade, close\r\n"),
+        (true, false) => out.extend_from_slice(b"connection: close\r\n"),
+        (false, true) => out.extend_from_slice(b"connection: upgrade\r\n"),
+        (false, false) if client.http10 => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        (false, false) => {}
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(head))

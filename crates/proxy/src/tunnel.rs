@@ -146,15 +146,13 @@ where
             }
         };
         let n = match read {
-            Ok(0) => {
-                // A half-close goes on to the other side; its answer may still come back.
-                return match tokio::time::timeout(idle, to.shutdown()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(TunnelEnd::Failed),
-                    Err(_) => Err(TunnelEnd::Idle),
-                };
-            }
-            Ok(n) => n,
+            Ok(n) if n > 0 => n,
+            // The end of this side goes on to the other as a half-close; its answer may still
+            // come back. A TLS peer that closes TCP without close_notify (rustls: UnexpectedEof)
+            // ends its side the same way: the protocol in the tunnel frames its own end
+            // (WebSocket's close frame), and the other way may still be answering.
+            Ok(_) => return half_close(to, idle).await,
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return half_close(to, idle).await,
             Err(_) => return Err(TunnelEnd::Failed),
         };
         last.set(Instant::now());
@@ -173,6 +171,15 @@ where
         }
         moved.fetch_add(n as u64, Ordering::Relaxed);
         last.set(Instant::now());
+    }
+}
+
+/// Passes the end of one side on to `to` (a half-close), within `idle`.
+async fn half_close<W: AsyncWrite + Unpin>(to: &mut W, idle: Duration) -> Result<(), TunnelEnd> {
+    match tokio::time::timeout(idle, to.shutdown()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(TunnelEnd::Failed),
+        Err(_) => Err(TunnelEnd::Idle),
     }
 }
 

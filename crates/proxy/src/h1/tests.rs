@@ -534,6 +534,59 @@ fn an_upgrade_named_by_connection_goes_to_the_server_and_others_do_not() {
 }
 
 #[test]
+fn a_426_keeps_the_protocols_it_asks_for() {
+    // RFC 9110 §15.5.22: a 426 names in Upgrade what the client must switch to.
+    let (head, out) = response(
+        "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Content-Length: 0\r\n\r\n",
+        H11,
+    );
+    assert_eq!(head.status, 426);
+    assert!(!head.client_close);
+    assert_eq!(
+        out,
+        "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\ncontent-length: 0\r\nconnection: upgrade\r\n\r\n"
+    );
+    let closing = ClientSide {
+        keep_alive: false,
+        ..H11
+    };
+    let (_, out) = response(
+        "HTTP/1.1 426 Upgrade Required\r\nUpgrade: TLS/1.2, HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        closing,
+    );
+    assert!(
+        out.contains("Upgrade: TLS/1.2, HTTP/1.1\r\n") && out.contains("connection: upgrade, close\r\n"),
+        "{out}"
+    );
+    // HTTP/1.0 has no upgrade, an empty Upgrade names nothing, and other statuses' Upgrade
+    // (an h2c advertisement) is this hop's, not the client's.
+    let http10 = ClientSide {
+        http10: true,
+        keep_alive: false,
+        ..H11
+    };
+    for (text, client) in [
+        (
+            "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
+            http10,
+        ),
+        (
+            "HTTP/1.1 426 Upgrade Required\r\nUpgrade: ,\r\nContent-Length: 0\r\n\r\n",
+            H11,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n",
+            H11,
+        ),
+    ] {
+        let (_, out) = response(text, client);
+        let headers = out.split_once("\r\n").map_or("", |(_, rest)| rest).to_ascii_lowercase();
+        assert!(!headers.contains("upgrade"), "{text:?}: {out}");
+    }
+}
+
+#[test]
 fn a_101_answers_an_upgrade_and_nothing_else() {
     let upgrade = ClientSide { upgrade: true, ..H11 };
     let (head, out) = response(

@@ -2326,6 +2326,36 @@ async fn a_websocket_upgrade_over_tls_becomes_a_tunnel_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_closing_tcp_without_close_notify_half_closes_its_tunnel() {
+    let ca = TestCa::new("no-close-notify");
+    let (address, _) = upgrade_backend().await;
+    let proxy = proxy_for(address, &ca.proxy_toml()).await;
+    let mut stream = ca.connect(proxy.address, b"http/1.1").await;
+    stream.write_all(UPGRADE_REQUEST).await.expect("write the upgrade");
+    let mut got = Vec::new();
+    read_until(&mut stream, &mut got, b"hello-from-server;").await;
+    stream
+        .write_all(b"last words;")
+        .await
+        .expect("write through the tunnel");
+    stream.flush().await.expect("flush");
+    read_until(&mut stream, &mut got, b"last words;").await;
+    // FIN on the TCP connection under TLS, no close_notify first (as many clients end).
+    tokio::io::AsyncWriteExt::shutdown(stream.get_mut().0)
+        .await
+        .expect("half-close the socket");
+    // The end reached the server as a half-close: its answer still comes back, then a clean
+    // TLS close.
+    let rest = read_to_close(&mut stream).await;
+    assert_eq!(rest, b"bye");
+    wait_for("the tunnel closes", || {
+        proxy.shared.stats().tunnels_active.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_the_server_declines_is_an_ordinary_request_on_a_kept_connection() {
     let (address, seen) = scripted_backend(ok_script).await;
     let proxy = proxy_for(address, "").await;
