@@ -207,6 +207,11 @@ pub struct Timeouts {
     /// `timeout tunnel`). WebSocket applications that ping less often than this lose their
     /// connection and reconnect.
     pub tunnel_idle_ms: u64,
+    /// Once one side of a tunnel has closed its sending side (a half-close, passed on), the
+    /// tunnel closes when the other side sent nothing for this long either (HAProxy `timeout
+    /// client-fin`/`server-fin`): a WebSocket peer that never finishes its close does not hold
+    /// the connection for `tunnel_idle_ms`. At most `tunnel_idle_ms` (the smaller one rules).
+    pub tunnel_fin_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -218,6 +223,7 @@ impl Default for Timeouts {
             client_body_ms: 30_000,
             idle_ms: 60_000,
             tunnel_idle_ms: 3_600_000,
+            tunnel_fin_ms: 30_000,
         }
     }
 }
@@ -454,6 +460,7 @@ fn validate(text: &str, raw: RawProxy) -> Result<ProxyConfig, String> {
         ("timeouts.client_body_ms", timeouts.client_body_ms),
         ("timeouts.idle_ms", timeouts.idle_ms),
         ("timeouts.tunnel_idle_ms", timeouts.tunnel_idle_ms),
+        ("timeouts.tunnel_fin_ms", timeouts.tunnel_fin_ms),
     ] {
         if value == 0 {
             return Err(format!(

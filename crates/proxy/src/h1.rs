@@ -1781,8 +1781,11 @@ async fn open_tunnel<S: ClientStream>(
         send(upstream, input, idle).await.ok()?;
     }
     (*input, *response, *out) = (Vec::new(), Vec::new(), Vec::new());
-    let tunnel_idle = Duration::from_millis(shared.config.timeouts.tunnel_idle_ms);
-    Some(crate::tunnel::run(&mut *client, &mut *upstream, tunnel_idle, stop).await)
+    let timeouts = crate::tunnel::Timeouts {
+        idle: Duration::from_millis(shared.config.timeouts.tunnel_idle_ms),
+        fin: Duration::from_millis(shared.config.timeouts.tunnel_fin_ms),
+    };
+    Some(crate::tunnel::run(&mut *client, &mut *upstream, timeouts, stop).await)
 }
 
 /// Answers 431 to a request head over the limit.

@@ -4,7 +4,8 @@
 //!
 //! Invariants: a tunnel ends when both sides have closed their sending side (each half-close is
 //! passed on, RFC 9293 §3.6), when either side fails, when neither side sent a byte for
-//! `tunnel_idle_ms` (HAProxy's `timeout tunnel`), when one read's bytes (at most
+//! `tunnel_idle_ms` (HAProxy's `timeout tunnel`), when one side has closed and the other sent
+//! nothing for `tunnel_fin_ms` (HAProxy's `timeout client-fin`/`server-fin`), when one read's bytes (at most
 //! [`TUNNEL_BUFFER_BYTES`]) cannot be written to a side within `tunnel_idle_ms` (it stopped
 //! reading), or when the proxy stops; it holds at most [`TUNNEL_BUFFER_BYTES`] per direction,
 //! every write flushed; nothing here looks into the bytes.
@@ -25,7 +26,8 @@ pub const TUNNEL_BUFFER_BYTES: usize = 16 * 1024;
 pub enum TunnelEnd {
     /// Both sides closed their sending side.
     Closed,
-    /// Neither side sent a byte for `tunnel_idle_ms`, or a side took none for as long.
+    /// Neither side sent a byte for `tunnel_idle_ms`, or a side took none for as long, or one
+    /// side had closed and the other sent nothing for `tunnel_fin_ms`.
     Idle,
     /// A read or write failed (a reset).
     Failed,
@@ -52,9 +54,18 @@ pub struct Tunneled {
     pub to_client_bytes: u64,
 }
 
+/// A tunnel's timeouts (`[proxy.timeouts]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `tunnel_idle_ms`: no byte either way for this long ends the tunnel.
+    pub idle: Duration,
+    /// `tunnel_fin_ms`: once one side has closed, no byte from the other for this long ends it.
+    pub fin: Duration,
+}
+
 /// Moves bytes between `client` and `server` until the tunnel ends (see the module's
 /// invariants). `stop` set (or its sender gone) ends it at once.
-pub async fn run<C, S>(client: C, server: S, idle: Duration, stop: &mut watch::Receiver<bool>) -> Tunneled
+pub async fn run<C, S>(client: C, server: S, timeouts: Timeouts, stop: &mut watch::Receiver<bool>) -> Tunneled
 where
     C: AsyncRead + AsyncWrite,
     S: AsyncRead + AsyncWrite,
@@ -65,6 +76,8 @@ where
     // pushing events) is not idle.
     let last = LastByte::new();
     let (to_server_bytes, to_client_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let idle = timeouts.idle;
+    let fin = timeouts.fin.min(idle);
     let upstream = pump(&mut client_read, &mut server_write, &last, idle, &to_server_bytes);
     let downstream = pump(&mut server_read, &mut client_write, &last, idle, &to_client_bytes);
     tokio::pin!(upstream, downstream);
@@ -78,15 +91,29 @@ where
             break TunnelEnd::Closed;
         }
         tokio::select! {
+            // A half-close counts as the side's last sign of life (`fin` runs from it).
             result = &mut upstream, if !up_done => match result {
-                Ok(()) => up_done = true,
+                Ok(()) => {
+                    up_done = true;
+                    last.set(Instant::now());
+                }
                 Err(end) => break end,
             },
             result = &mut downstream, if !down_done => match result {
-                Ok(()) => down_done = true,
+                Ok(()) => {
+                    down_done = true;
+                    last.set(Instant::now());
+                }
                 Err(end) => break end,
             },
             changed = stop.changed() => stopping = changed.is_err() || *stop.borrow_and_update(),
+            // One side closed: the other has `fin` from the last byte either way to go on
+            // talking (each byte it sends moves the deadline; the loop looks again).
+            () = tokio::time::sleep_until(last.get() + fin), if up_done || down_done => {
+                if Instant::now() >= last.get() + fin {
+                    break TunnelEnd::Idle;
+                }
+            }
         }
     };
     Tunneled {

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -2477,6 +2477,77 @@ async fn a_tunnel_lives_while_either_side_talks_and_closes_when_both_are_quiet()
     proxy.stop().await;
 }
 
+/// A backend that switches protocols, says "bye" and half-closes at once, then counts the
+/// bytes the client still sends (into `heard`) until the client's side ends.
+async fn half_closing_backend(heard: Arc<AtomicUsize>) -> SocketAddr {
+    tcp_backend(move |mut stream| {
+        let heard = Arc::clone(&heard);
+        async move {
+            let mut buffer = Vec::new();
+            if read_head(&mut stream, &mut buffer).await.is_none() {
+                return;
+            }
+            let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbye";
+            if stream.write_all(answer).await.is_err() || stream.shutdown().await.is_err() {
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut chunk).await {
+                if n == 0 {
+                    return;
+                }
+                heard.fetch_add(n, Ordering::SeqCst);
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_tunnel_lives_while_the_other_side_talks_then_closes_after_tunnel_fin_ms() {
+    let heard = Arc::new(AtomicUsize::new(0));
+    let address = half_closing_backend(Arc::clone(&heard)).await;
+    // tunnel_idle_ms far away: only tunnel_fin_ms can close this tunnel within the deadline.
+    let proxy = proxy_for(
+        address,
+        "[proxy.timeouts]\ntunnel_idle_ms = 3600000\ntunnel_fin_ms = 2000\n",
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.address).await.expect("connect");
+    stream.write_all(UPGRADE_REQUEST).await.expect("write the upgrade");
+    let mut got = Vec::new();
+    read_until(&mut stream, &mut got, b"bye").await;
+    // The server's half-close arrived; the client goes on talking for longer than
+    // tunnel_fin_ms, every byte keeping the tunnel open and reaching the server.
+    let mut closed = [0u8; 1];
+    let eof = tokio::time::timeout(DEADLINE, stream.read(&mut closed)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0))),
+        "the server's half-close is passed on: {eof:?}"
+    );
+    let talk_until = tokio::time::Instant::now() + Duration::from_millis(3000);
+    let mut sent = 0;
+    while tokio::time::Instant::now() < talk_until {
+        stream
+            .write_all(b".")
+            .await
+            .expect("the tunnel is still open while the client talks");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for("every byte the client sent reaches the server", || {
+        heard.load(Ordering::SeqCst) == sent
+    })
+    .await;
+    assert_eq!(proxy.shared.stats().tunnels_active.load(Ordering::Relaxed), 1);
+    // Then silence: the tunnel closes after tunnel_fin_ms, not tunnel_idle_ms.
+    wait_for("the half-closed tunnel closes", || {
+        proxy.shared.stats().tunnels_active.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_proxy_closes_its_tunnels_without_waiting_out_the_grace() {
     let ca = TestCa::new("stop-tunnels");
@@ -2517,7 +2588,11 @@ async fn a_tunnel_flushes_every_write_so_nothing_waits_in_a_buffering_stream() {
     let server_side: Buffering = tokio::io::BufWriter::new(proxy_server_end);
     let (_stop_sender, mut stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        proxy::tunnel::run(client_side, server_side, Duration::from_secs(60), &mut stop).await;
+        let timeouts = proxy::tunnel::Timeouts {
+            idle: Duration::from_secs(60),
+            fin: Duration::from_secs(60),
+        };
+        proxy::tunnel::run(client_side, server_side, timeouts, &mut stop).await;
     });
     let mut client = client_end;
     // A short message each way, then each side waits for the other's: without a flush after
