@@ -59,7 +59,10 @@ pub const BODY_BYTES_UNBUDGETED: usize = 64 * 1024;
 /// timeout. 128 KiB/s is a 1 Mbit/s uplink; a 16 MiB body within the default 60 s timeout
 /// already needs twice that.
 pub const BODY_HOLDING_BYTES_PER_S_MIN: u64 = 128 * 1024;
-/// How long a body may hold its share before the rate above applies.
+/// How long a body may hold its share before the rate above applies; also the most time its
+/// bytes buy ahead: bytes sent fast earn no more than this of silence, so a client that sends
+/// much at once and then stalls gives its share back within this (it would otherwise have
+/// bought its bytes' worth at the minimum rate: 10 MB, over a minute).
 pub const BODY_HOLDING_GRACE_MS: u64 = 5_000;
 /// Bytes of hyper's read buffer per HTTP/1 connection; also the largest request head.
 pub const READ_BUFFER_BYTES_MAX: usize = 64 * 1024;
@@ -1038,10 +1041,11 @@ struct LimitedBody {
     /// counts down what is still to come).
     declared_bytes: Option<usize>,
     received_bytes: usize,
-    /// When the share was taken and the bytes received by then (the rate's start).
-    holding_since: Option<(Instant, usize)>,
+    /// The share is held and the body not yet whole: the minimum rate applies.
+    holding: bool,
     /// When a body holding its share falls behind the minimum rate unless more arrives (made
-    /// only once a share is held: most bodies never take one).
+    /// only once a share is held: most bodies never take one): each byte moves it on by its
+    /// worth at the minimum rate, to at most [`BODY_HOLDING_GRACE_MS`] from now.
     behind: Option<Pin<Box<tokio::time::Sleep>>>,
     budget: Arc<Semaphore>,
     budget_total: usize,
@@ -1071,7 +1075,7 @@ impl LimitedBody {
             limit_bytes: limits.request_body_bytes_max,
             declared_bytes,
             received_bytes: 0,
-            holding_since: None,
+            holding: false,
             behind: None,
             budget,
             budget_total: limits.buffered_body_bytes_max,
@@ -1120,7 +1124,7 @@ impl LimitedBody {
         if self.deadline.as_mut().poll(cx).is_ready() {
             let timeout_ms = self.timeout_ms;
             self.fail(Refusal::BodyTimeout { timeout_ms })
-        } else if self.holding_since.is_some()
+        } else if self.holding
             && self
                 .behind
                 .as_mut()
@@ -1141,26 +1145,32 @@ impl LimitedBody {
         self.held.is_none() && self.received_bytes > BODY_BYTES_UNBUDGETED
     }
 
-    /// The share is held from now: the minimum rate's clock starts.
+    /// The share is held from now: the minimum rate's clock starts, with the grace ahead.
     fn hold(&mut self, permit: OwnedSemaphorePermit) {
         self.held = Some(permit);
-        self.holding_since = Some((Instant::now(), self.received_bytes));
-        self.schedule_behind();
+        self.holding = true;
+        self.behind = None;
+        self.schedule_behind(0);
     }
 
-    /// Sets `behind` to when the body, holding its share, falls behind the minimum rate with
-    /// the bytes received so far.
-    fn schedule_behind(&mut self) {
-        if let Some((since, at_start)) = self.holding_since {
-            let arrived = (self.received_bytes - at_start) as u64;
-            let allowed_ms =
-                BODY_HOLDING_GRACE_MS.saturating_add(arrived.saturating_mul(1000) / BODY_HOLDING_BYTES_PER_S_MIN);
-            let when = since + Duration::from_millis(allowed_ms);
-            let when = tokio::time::Instant::from_std(when);
-            match &mut self.behind {
-                Some(behind) => behind.as_mut().reset(when),
-                None => self.behind = Some(Box::pin(tokio::time::sleep_until(when))),
-            }
+    /// Moves `behind` on by what `arrived` more bytes are worth at the minimum rate (from now,
+    /// if it already passed), to at most the grace from now: a body holding its share is
+    /// refused once it falls behind the rate, or once it sends nothing for the grace however
+    /// much it sent before.
+    fn schedule_behind(&mut self, arrived: usize) {
+        if !self.holding {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let most = now + Duration::from_millis(BODY_HOLDING_GRACE_MS);
+        let worth = Duration::from_millis((arrived as u64).saturating_mul(1000) / BODY_HOLDING_BYTES_PER_S_MIN);
+        let when = match &self.behind {
+            Some(behind) => (behind.deadline().max(now) + worth).min(most),
+            None => most,
+        };
+        match &mut self.behind {
+            Some(behind) => behind.as_mut().reset(when),
+            None => self.behind = Some(Box::pin(tokio::time::sleep_until(when))),
         }
     }
 }
@@ -1201,7 +1211,7 @@ impl HttpBody for LimitedBody {
                     });
                 }
                 if !this.needs_share() {
-                    this.schedule_behind();
+                    this.schedule_behind(len);
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 let permits = u32::try_from(this.reservation()).unwrap_or(u32::MAX);
@@ -1232,7 +1242,7 @@ impl HttpBody for LimitedBody {
             Poll::Ready(None) => {
                 this.give_back_unused();
                 // Whole: the rate no longer applies (the handler may hold the body a while).
-                this.holding_since = None;
+                this.holding = false;
                 Poll::Ready(None)
             }
             Poll::Pending => this.pending(cx),
@@ -1533,6 +1543,45 @@ mod tests {
             .expect("read");
         let refused = String::from_utf8_lossy(&refused[..read]);
         assert!(refused.contains("refused") && refused.contains("bytes/s"), "{refused}");
+        let _ = stop.send(());
+    }
+
+    /// A body that sends most of itself at once and then stalls buys no more than the grace of
+    /// silence with its bytes: it gives its share back within about `BODY_HOLDING_GRACE_MS`,
+    /// not after its bytes' worth at the minimum rate (15 MB: about two minutes, past this
+    /// test's wait), so the upload waiting behind it is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_sent_fast_then_stalled_gives_back_its_share_after_the_grace() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut limits = Limits::with_body_limit(32 * 1024 * 1024);
+        limits.buffered_body_bytes_max = 16 * 1024 * 1024;
+        limits.body_read_timeout_ms = 600_000;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, Options::new("test", limits), upload_app(), async {
+            let _ = stopped.await;
+        }));
+        let mut stalled = TcpStream::connect(address).await.expect("connect");
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 30000000\r\n\r\n";
+        stalled.write_all(head.as_bytes()).await.expect("head");
+        stalled
+            .write_all(&vec![b'x'; 15_000_000])
+            .await
+            .expect("most of the body");
+        let mut victim = TcpStream::connect(address).await.expect("connect");
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 600000\r\n\r\n";
+        victim.write_all(head.as_bytes()).await.expect("head");
+        victim.write_all(&vec![b'y'; 600_000]).await.expect("body");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), victim.read_to_end(&mut answer))
+            .await
+            .expect("the waiting upload is served once the stalled one gives its share back")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("600000"),
+            "{answer}"
+        );
         let _ = stop.send(());
     }
 
