@@ -68,9 +68,10 @@ def lab(tmp_path):
     for _ in range(10):
         # Below the kernel's ephemeral range (32768+), where outgoing connections take ports.
         base_port = random.randrange(20000, 32000, 500)
+        # A relative --dir, as the README has users give it (the default is ./lab).
         process = subprocess.Popen(
-            [str(BINARY), "lab", "--dir", str(directory), "--base-port", str(base_port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            [str(BINARY), "lab", "--dir", "lab", "--base-port", str(base_port)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
         )
         try:
             wait_until("switchyard status --lab saying up", lambda: lab_is_up(process, directory), START_DEADLINE_S)
@@ -124,6 +125,13 @@ def test_lab_serves_the_shop_through_dns_and_fails_over(lab):
                          get_json(f"{controller}/v1/active-region"), START_DEADLINE_S)
     assert pointer["region"] == "us-east-1"
     assert wait_until("DNS answering", lambda: resolve(base_port), 10) == ["127.0.0.11"]
+    # Files the generated configurations name land in the lab's folder, though --dir was
+    # relative: the controller reads its config relative to config/, the drill targets run
+    # from wherever a drill is started.
+    wait_until("the controller's audit log in lab/data/",
+               lambda: (directory / "data" / "controller-audit.jsonl").exists(), START_DEADLINE_S)
+    assert not (directory / "config" / "lab").exists()
+    assert f"--dir {directory.resolve()}" in targets, targets
 
     shop_port = base_port + 80
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))

@@ -204,8 +204,17 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             }
         };
     }
+    // Absolute from here on: the generated configurations name files in the lab's folder, and
+    // each reader resolves a relative path from somewhere else (the controller from its config
+    // file's folder, BIND from its `directory`, a drill's fault commands from its own working
+    // directory), so `--dir ./lab` put the controller's audit log in `lab/config/lab/data/` and
+    // kept `--databases` and `--providers` from starting.
+    let dir = match std::path::absolute(&args.dir) {
+        Ok(dir) => dir,
+        Err(error) => bail!("--dir {}: cannot make it an absolute path: {error}", args.dir.display()),
+    };
     let options = lab::LabOptions {
-        dir: args.dir,
+        dir,
         regions: args.regions,
         base_port: args.base_port,
         controller: !args.no_controller,
