@@ -158,8 +158,8 @@ class Pointer(Served):
     `failing` makes it answer 503, as a controller that cannot serve it; `refused` counts
     those answers."""
 
-    def __init__(self, region):
-        self.value = {"region": region, "generation": 1}
+    def __init__(self, region, generation=1):
+        self.value = {"region": region, "generation": generation}
         self.failing = False
         self.refused = 0
         pointer = self
@@ -187,12 +187,22 @@ def test_writes_follow_the_active_region_pointer(processes, tmp_path):
         # Tables per region (these stores are not peers, so writes stay where they land).
         processes(f"tables-{region}", "demo-app", "--region", region, "--listen", "127.0.0.1:0",
                   "--store", f"{region}={store.url}", "--tables-create").stop()
-    pointer = Pointer("us-east-1")
+    # As a controller answers before its first placement: no region, generation 0.
+    pointer = Pointer(None, generation=0)
     try:
         shop = processes("shop", "demo-app", "--region", "us-east-1", "--listen", "127.0.0.1:0",
                          "--store", f"us-east-1={east.url}", "--store", f"eu-west-1={west.url}",
                          "--pointer", pointer.url)
         browser = Browser(shop.url)
+        # Writes wait for a region; /health stays 200 (the controller places a first region only
+        # where its checks pass) and says why writes are refused.
+        waiting = browser.wait_health(lambda status, body: status == 200 and "pointer" in body["details"],
+                                      "saying no region is placed")
+        assert waiting["active_region"] is None, waiting
+        assert "no active region yet" in waiting["details"]["pointer"], waiting
+        status, raw, _ = browser.call("POST", "/api/cart", {"product": "mug"})
+        assert status == 503 and b"not chosen an active region" in raw, (status, raw)
+        pointer.flip("us-east-1")
         browser.wait_health(lambda status, body: status == 200 and body["active_region"] == "us-east-1", "east")
         browser.json("POST", "/api/cart", {"product": "mug"})
         first = browser.json("POST", "/api/orders", expect=201)

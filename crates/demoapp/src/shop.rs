@@ -462,6 +462,14 @@ impl Shop {
         let (local, write, roles) = tokio::join!(local, write, roles);
         record(&mut checks, &mut reasons, "local_store", local);
         record(&mut checks, &mut reasons, "pointer", reachable);
+        // No region placed yet: the shop refuses writes (503), yet stays healthy, since the
+        // controller places the first region only on regions its checks find healthy.
+        if active.is_none() && checks.get("pointer").is_some_and(|c| c == "ok") {
+            details.insert(
+                "pointer".to_string(),
+                json!("no active region yet: writes are answered 503 until the controller places one"),
+            );
+        }
         if let Some(write) = write {
             match write {
                 Ok(()) => {
