@@ -262,6 +262,25 @@ def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_
         store.stop()
 
 
+@pytest.mark.parametrize("value, logged", [("1", True), ("yes", True), ("0", False), ("off", False)])
+def test_the_write_ahead_log_variable_takes_the_usual_booleans(tmp_path_factory, value, logged):
+    """SWITCHYARD_WRITE_AHEAD_LOG=1 (as many tools write booleans) turns the log on, 0 or off
+    leaves it off: before, anything but true/false stopped the store naming a flag never given."""
+    store = started_store(tmp_path_factory, "wal-env", env={"SWITCHYARD_WRITE_AHEAD_LOG": value})
+    try:
+        client = store.client()
+        client.create_table(TableName="wal_env", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                            BillingMode="PAY_PER_REQUEST")
+        for i in range(20):
+            client.put_item(TableName="wal_env", Item={"pk": {"S": f"k{i}"}})
+        metrics = fetch(store, "/metrics")[2]
+        line = next(line for line in metrics.splitlines() if line.startswith("switchyard_store_write_ahead_log_bytes"))
+        assert (float(line.split()[-1]) > 0) == logged, line
+    finally:
+        store.stop()
+
+
 def test_without_the_log_a_data_directory_copied_without_store_wal_still_starts(tmp_path_factory):
     """The default (no --write-ahead-log) logs nothing, so after kill -9 a missing store.wal
     loses nothing: the start says so, begins a new log, and every acknowledged write is there."""

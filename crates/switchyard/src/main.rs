@@ -269,8 +269,16 @@ struct StoreArgs {
     /// batch, the database file synced at checkpoints. PutItem throughput 1.4-2x, and a start
     /// after a crash replays at most 8 MiB of log instead of walking the whole file (~30 s at 10M
     /// items); but the writer waits for each checkpoint, so under sustained writes PutItem's p99
-    /// rises to tens or hundreds of ms (BENCHMARKS.md). [default: false]
-    #[arg(long, value_name = "BOOL", env = "SWITCHYARD_WRITE_AHEAD_LOG", num_args = 0..=1, default_missing_value = "true")]
+    /// rises to tens or hundreds of ms (BENCHMARKS.md). BOOL: true/false, 1/0, yes/no, on/off.
+    /// [default: false]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "SWITCHYARD_WRITE_AHEAD_LOG",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     write_ahead_log: Option<bool>,
     #[command(flatten)]
     limits: ListenerLimitArgs,
