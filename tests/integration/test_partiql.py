@@ -5,6 +5,7 @@ on an existing item), UPDATE (SET/REMOVE, conditions, RETURNING), DELETE, `?` pa
 DynamoDB's error types and messages, ConsumedCapacity, ReturnValuesOnConditionCheckFailure,
 and a PartiQL write showing up in the table's stream like any other write."""
 
+import base64
 import itertools
 import json
 import shutil
@@ -118,6 +119,18 @@ def test_limit_and_next_token_page_through_everything(client, table):
     code, message = failure(client, f'SELECT sk FROM "{table}" WHERE pk = \'b\'', NextToken=first)
     assert code == "ValidationException" and message.startswith("The provided starting key is invalid")
     code, message = failure(client, f'SELECT sk FROM "{table}"', NextToken="not-a-token")
+    assert (code, message) == ("ValidationException", "Invalid NextToken")
+    # A token rewritten by the client: its key moved to another partition (the statement would
+    # restart, or read rows twice), or its partition past the statement's list.
+    decoded = json.loads(base64.b64decode(first))
+    moved = dict(decoded, key=dict(decoded["key"], pk={"S": "b"}))
+    code, message = failure(client, f'SELECT sk FROM "{table}" WHERE pk = \'a\'',
+                            NextToken=base64.b64encode(json.dumps(moved).encode()).decode())
+    assert (code, message) == (
+        "ValidationException", "The provided starting key is outside query boundaries based on provided conditions")
+    past = dict(decoded, partition=1)
+    code, message = failure(client, f'SELECT sk FROM "{table}" WHERE pk = \'a\'',
+                            NextToken=base64.b64encode(json.dumps(past).encode()).decode())
     assert (code, message) == ("ValidationException", "Invalid NextToken")
 
 

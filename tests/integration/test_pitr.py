@@ -161,6 +161,11 @@ def test_dynamodb_errors(tmp_path):
             code, message, _ = error_of(excinfo)
             assert code == "InvalidRestoreTimeException", message
             assert "EarliestRestorableDateTime" in message
+        # A number no time fits (1e300 s would saturate to u64::MAX ms and be named as that).
+        status, answer = store.raw("RestoreTableToPointInTime",
+                                   {"SourceTableName": "kept", "TargetTableName": "copy", "RestoreDateTime": 1e300})
+        assert status == 400 and answer["__type"].endswith("ValidationException"), answer
+        assert "RestoreDateTime 1e300 is not a time" in answer["message"], answer
         assert "copy" not in client.list_tables()["TableNames"]
 
         off = client.update_continuous_backups(TableName="kept",

@@ -1254,10 +1254,26 @@ fn parse_throughput(
             "ProvisionedThroughput must be specified when BillingMode is PROVISIONED{what}"
         ))),
         (Some(t), false) => {
-            if t.read_capacity_units < 1 || t.write_capacity_units < 1 {
-                return Err(ApiError::validation(
-                    "1 validation error detected: Value '0' at 'provisionedThroughput.readCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1",
-                ));
+            // Each member below 1 named with its value, as DynamoDB's constraint check does.
+            let broken: Vec<String> = [
+                (t.read_capacity_units, "readCapacityUnits"),
+                (t.write_capacity_units, "writeCapacityUnits"),
+            ]
+            .into_iter()
+            .filter(|(value, _)| *value < 1)
+            .map(|(value, member)| {
+                format!(
+                    "Value '{value}' at 'provisionedThroughput.{member}' failed to satisfy constraint: Member must have value greater than or equal to 1"
+                )
+            })
+            .collect();
+            if !broken.is_empty() {
+                let count = broken.len();
+                let noun = if count == 1 { "error" } else { "errors" };
+                return Err(ApiError::validation(format!(
+                    "{count} validation {noun} detected: {}",
+                    broken.join("; ")
+                )));
             }
             check_throughput_bounds(t.read_capacity_units, t.write_capacity_units)?;
             Ok(Some(Throughput {
@@ -1671,6 +1687,31 @@ pub fn validate_index_key_types(table: &TableMeta, item: &Item) -> Result<(), Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throughput_below_one_names_each_member_with_its_value() {
+        let refused = |read, write| {
+            let request = ThroughputRequest {
+                read_capacity_units: read,
+                write_capacity_units: write,
+            };
+            parse_throughput(Some(request), false, "").expect_err("below 1").message
+        };
+        let write = refused(5, -7);
+        assert_eq!(
+            write,
+            "1 validation error detected: Value '-7' at 'provisionedThroughput.writeCapacityUnits' failed to satisfy constraint: Member must have value greater than or equal to 1"
+        );
+        let both = refused(0, -1);
+        assert!(
+            both.starts_with("2 validation errors detected: Value '0' at 'provisionedThroughput.readCapacityUnits'"),
+            "{both}"
+        );
+        assert!(
+            both.contains("; Value '-1' at 'provisionedThroughput.writeCapacityUnits'"),
+            "{both}"
+        );
+    }
 
     fn created() -> TableMeta {
         let request: CreateTableRequest = serde_json::from_value(json!({

@@ -254,10 +254,20 @@ pub async fn restore_to_point_in_time(store: &Store, request: PointInTimeRequest
                 "One or more parameter values were invalid: give RestoreDateTime, or UseLatestRestorableTime = true",
             ));
         }
-        (Some(at), false) if at.is_finite() && at >= 0.0 => Some((at * 1000.0).round() as u64),
+        // Seconds since the epoch that fit in milliseconds (1e300 would saturate, and then be
+        // named in the answer as a time the client never sent).
+        (Some(at), false) if at.is_finite() && at >= 0.0 && at * 1000.0 < u64::MAX as f64 => {
+            Some((at * 1000.0).round() as u64)
+        }
         (Some(at), false) => {
+            // Huge numbers in exponent form (Rust writes every digit of 1e300 otherwise).
+            let shown = if at.is_finite() && at.abs() >= 1e16 {
+                format!("{at:e}")
+            } else {
+                format!("{at}")
+            };
             return Err(ApiError::validation(format!(
-                "One or more parameter values were invalid: RestoreDateTime {at} is not a time"
+                "One or more parameter values were invalid: RestoreDateTime {shown} is not a time"
             )));
         }
         (None, true) => None,

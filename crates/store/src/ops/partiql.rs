@@ -20,7 +20,7 @@ use super::items::{
     ReturnValues, UpdateTarget, parse_return_on_failure, returned_attributes, validate_key, validate_put, write_checked,
 };
 use super::query::{
-    PageRequest, Select as SelectMode, read_page, refuse_unprojected, resolve_index, sort_bounds, start_key,
+    PageRequest, Select as SelectMode, in_bounds, read_page, refuse_unprojected, resolve_index, sort_bounds, start_key,
 };
 use super::transaction::{self, TxAction, TxStep};
 use super::{
@@ -321,7 +321,9 @@ fn select_page(
             .map(|value| partition_range(keys::partition_prefix(meta.key_hash, value), schema, &sort_operators))
             .collect(),
     };
-    if position > ranges.len() {
+    // A token names a partition of this statement's (the digest binds it to the statement,
+    // not the token's contents, which a client can rewrite).
+    if position >= ranges.len() {
         return Err(ApiError::validation("Invalid NextToken"));
     }
     let page_items_max = match &partitions {
@@ -351,6 +353,13 @@ fn select_page(
         }
         let start = start_item.take().map(|key| start_key(&meta, index, &key)).transpose()?;
         let (lower, upper) = ranges[position].clone();
+        // A key the statement could not have returned from this partition (a rewritten
+        // token) would restart it or read another's: refused, as Query refuses such a start.
+        if start.as_ref().is_some_and(|start| !in_bounds(start, &lower, &upper)) {
+            return Err(ApiError::validation(
+                "The provided starting key is outside query boundaries based on provided conditions",
+            ));
+        }
         if range_is_empty(&lower, &upper) {
             position += 1;
             continue;

@@ -1077,7 +1077,7 @@ fn scan_bounds(segment: Option<i64>, total: Option<i64>) -> Result<(Bound<Vec<u8
 }
 
 /// Whether `key` lies within the bounds.
-fn in_bounds(key: &[u8], lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+pub(crate) fn in_bounds(key: &[u8], lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     let above = match lower {
         Bound::Included(l) => key >= l.as_slice(),
         Bound::Excluded(l) => key > l.as_slice(),

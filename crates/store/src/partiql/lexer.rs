@@ -48,7 +48,9 @@ pub(crate) fn tokens(text: &str) -> Result<Vec<Token>, ApiError> {
             continue;
         }
         if text[at..].starts_with("/*") {
-            let end = text[at + 2..].find("*/").ok_or_else(|| malformed(""))?;
+            let end = text[at + 2..]
+                .find("*/")
+                .ok_or_else(|| malformed(&format!("Unterminated comment at column {}", column(text, at))))?;
             at += 2 + end + 2;
             continue;
         }
@@ -88,7 +90,10 @@ pub(crate) fn tokens(text: &str) -> Result<Vec<Token>, ApiError> {
                     .iter()
                     .chain(SINGLE.iter())
                     .find(|symbol| text[at..].starts_with(**symbol))
-                    .ok_or_else(|| malformed(""))?;
+                    .ok_or_else(|| {
+                        let found = text[at..].chars().next().unwrap_or(' ');
+                        malformed(&format!("Invalid character {found:?} at column {}", column(text, at)))
+                    })?;
                 out.push(Token::Symbol(symbol));
                 at += symbol.len();
             }
@@ -114,7 +119,20 @@ fn quoted(text: &str, start: usize, quote: char) -> Result<(String, usize), ApiE
             return Ok((value, after));
         }
     }
-    Err(malformed(""))
+    let what = if quote == '\'' {
+        "string literal"
+    } else {
+        "quoted identifier"
+    };
+    Err(malformed(&format!(
+        "Unterminated {what} starting at column {}",
+        column(text, start)
+    )))
+}
+
+/// The 1-based column (in characters) of byte offset `at` of `text`.
+fn column(text: &str, at: usize) -> usize {
+    text.get(..at).map_or(at, |before| before.chars().count()) + 1
 }
 
 /// Digits, an optional fraction and an optional exponent.

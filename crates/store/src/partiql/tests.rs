@@ -96,8 +96,22 @@ fn syntax_errors_read_as_dynamodb_writes_them() {
         message("INSERT INTO t VALUE {'pk': 'a'} RETURNING ALL OLD *"),
         "RETURNING is not supported in INSERT"
     );
-    assert!(message("SELECT * FROM t WHERE a = 'unterminated").starts_with(MALFORMED));
-    assert!(message("SELECT * FROM t WHERE a = 1 /* open").starts_with(MALFORMED));
+    assert_eq!(
+        message("SELECT * FROM t WHERE a = 'unterminated"),
+        format!("{MALFORMED}Unterminated string literal starting at column 27")
+    );
+    assert_eq!(
+        message("SELECT * FROM \"t WHERE a = 1"),
+        format!("{MALFORMED}Unterminated quoted identifier starting at column 15")
+    );
+    assert_eq!(
+        message("SELECT * FROM t WHERE a = 1 /* open"),
+        format!("{MALFORMED}Unterminated comment at column 29")
+    );
+    assert_eq!(
+        message("SELECT * FROM t WHERE é = `a`"),
+        format!("{MALFORMED}Invalid character 'é' at column 23")
+    );
     assert!(message("").contains("'statement'"));
     assert!(message(&"x".repeat(STATEMENT_BYTES_MAX + 1)).contains("8192"));
 }
