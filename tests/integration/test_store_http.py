@@ -90,6 +90,29 @@ def test_the_streams_targets_read_compressed_bodies(store):
     assert status == 500 and "not valid gzip" in json.loads(body)["message"], body
 
 
+def client_errors(store, operation):
+    _, _, metrics = exchange(store, "GET", "/metrics")
+    pattern = re.compile(
+        r'^switchyard_store_requests_total\{operation="%s",outcome="(\w+)"\} (\S+)$' % operation, re.M)
+    return {outcome: float(count) for outcome, count in pattern.findall(metrics.decode())}
+
+
+def test_a_badly_encoded_body_is_the_clients_fault_in_the_log_and_the_metrics(store):
+    """DynamoDB answers an unknown or broken Content-Encoding with a 500, and so does the store;
+    but no ERROR line is written and no server error counted for it: any client could fill
+    both."""
+    before = client_errors(store, "ListTables")
+    log_before = len(store.log.read_text(errors="replace"))
+    for encoding, body in [("br", b"{}"), ("gzip", gzip.compress(b"{}")[:-4]), ("gzip, gzip", b"{}")]:
+        status, _, answer = exchange(store, body=body, headers={**target("ListTables"), "Content-Encoding": encoding})
+        assert status == 500, (encoding, answer)
+    after = client_errors(store, "ListTables")
+    assert after.get("client_error", 0) - before.get("client_error", 0) == 3, (before, after)
+    assert after.get("server_error", 0) == before.get("server_error", 0), (before, after)
+    written = store.log.read_text(errors="replace")[log_before:]
+    assert " ERROR " not in written, written
+
+
 def test_an_answer_takes_the_content_type_of_its_request(store):
     """DynamoDB takes a request sent as `application/json` as well as one sent as its own
     `application/x-amz-json-1.0`, and answers in the type it was sent (dynalite's suite recorded

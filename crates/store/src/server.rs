@@ -1094,6 +1094,10 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // The request's share of the budget for requests in flight, held until its answer is
     // serialised, then its answer's bytes until the client has taken them.
     let mut held: Option<Admission> = None;
+    // A body the client encoded wrongly: answered 500 as DynamoDB answers it, but the client's
+    // fault, so neither an ERROR line nor a server error in the metrics (any client could
+    // fill both).
+    let mut badly_encoded = false;
     let result = match authenticate_head(&state, &method, &uri, &headers) {
         Err(error) => Err(error),
         Ok(admitted) => match read_body(body).await {
@@ -1130,7 +1134,10 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
                         let result = match inflated {
                             Err(error) => Err(error),
                             Ok(Err(crate::compat::Inflate::TooLarge(refusal))) => return refusal_response(&refusal),
-                            Ok(Err(crate::compat::Inflate::Invalid(error))) => Err(error),
+                            Ok(Err(crate::compat::Inflate::Invalid(error))) => {
+                                badly_encoded = true;
+                                Err(error)
+                            }
                             Ok(Ok(body)) if target.starts_with(crate::streams::api::TARGET_PREFIX) => {
                                 crate::streams::api::handle(state.store.engine(), &operation, &body)
                                     .await
@@ -1165,7 +1172,7 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
     };
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(error) if error.kind.is_server_fault() => "server_error",
+        Err(error) if error.kind.is_server_fault() && !badly_encoded => "server_error",
         Err(_) => "client_error",
     };
     state
@@ -1214,7 +1221,7 @@ async fn api(State(state): State<Arc<AppState>>, request: Request) -> Response {
             response
         }
         Err(error) => {
-            if error.kind.is_server_fault() {
+            if error.kind.is_server_fault() && !badly_encoded {
                 tracing::error!(operation = %label, %error, "request failed");
             } else {
                 tracing::debug!(operation = %label, %error, "request refused");
