@@ -97,6 +97,13 @@ def test_every_api_is_https_with_the_labs_ca(lab):
     with urllib.request.urlopen(f"{controller}/v1/active-region", timeout=5, context=context) as response:
         assert response.status == 200
     assert status(directory).returncode == 0
+    # Without the lab's CA the CLI is refused, and says which flag trusts it.
+    untrusted = subprocess.run([str(BINARY), "status", "--controller", controller],
+                               capture_output=True, text=True, timeout=60)
+    assert untrusted.returncode != 0 and "--ca-file" in untrusted.stderr, untrusted.stderr
+    trusted = subprocess.run([str(BINARY), "--ca-file", str(ca), "status", "--controller", controller],
+                             capture_output=True, text=True, timeout=60)
+    assert "not trusted" not in trusted.stderr, trusted.stderr
 
 
 def test_replication_runs_over_mutual_tls(lab):

@@ -251,45 +251,69 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
             })
             .transpose()
     };
+    // Every mistake is collected and all are named at once, each with its line and column
+    // (a value a check refuses counts as unset meanwhile).
+    let mut problems: Vec<String> = Vec::new();
+    macro_rules! check {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(problem) => {
+                    problems.push(problem);
+                    Default::default()
+                }
+            }
+        };
+    }
     let region = match &raw.region {
-        Some(value) => {
-            crate::global::check_region_name(value.get_ref()).map_err(|message| at(text, value.span(), message))?;
-            Some(value.get_ref().clone())
-        }
+        Some(value) => match crate::global::check_region_name(value.get_ref()) {
+            Ok(()) => Some(value.get_ref().clone()),
+            Err(message) => {
+                problems.push(at(text, value.span(), message));
+                None
+            }
+        },
         None => None,
     };
-    let listen = raw
-        .listen
-        .as_ref()
-        .map(|value| {
-            value.get_ref().parse::<SocketAddr>().map_err(|_| {
-                at(
-                    text,
-                    value.span(),
-                    format!(
-                        "listen = \"{}\" is not IP:PORT; write it like \"127.0.0.1:8000\" (names are not resolved)",
-                        value.get_ref()
-                    ),
-                )
+    let listen = check!(
+        raw.listen
+            .as_ref()
+            .map(|value| {
+                value.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    at(
+                        text,
+                        value.span(),
+                        format!(
+                            "listen = \"{}\" is not IP:PORT; write it like \"127.0.0.1:8000\" (names are not resolved)",
+                            value.get_ref()
+                        ),
+                    )
+                })
             })
-        })
-        .transpose()?;
+            .transpose()
+    );
     if raw.peers.len() > PEERS_MAX {
-        return Err(format!(
+        problems.push(format!(
             "[store.peers] lists {} regions; a store replicates to at most {PEERS_MAX}",
             raw.peers.len()
         ));
     }
     let mut peers = Vec::with_capacity(raw.peers.len());
     for (peer_region, url) in &raw.peers {
-        let peer = Peer::parse(&format!("{peer_region}={}", url.get_ref()))
-            .map_err(|message| at(text, url.span(), format!("[store.peers] {peer_region}: {message}")))?;
+        let peer = match Peer::parse(&format!("{peer_region}={}", url.get_ref())) {
+            Ok(peer) => peer,
+            Err(message) => {
+                problems.push(at(text, url.span(), format!("[store.peers] {peer_region}: {message}")));
+                continue;
+            }
+        };
         if region.as_deref() == Some(peer.region.as_str()) {
-            return Err(at(
+            problems.push(at(
                 text,
                 url.span(),
                 format!("[store.peers] {peer_region} is this store's own region; list the other regions only"),
             ));
+            continue;
         }
         peers.push(peer);
     }
@@ -329,27 +353,27 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
             })
             .transpose()
     };
-    let replication_backlog_bytes_max = bytes(
+    let replication_backlog_bytes_max = check!(bytes(
         &raw.replication_backlog_bytes_max,
         "replication_backlog_bytes_max",
         parse_bytes,
-    )?;
+    ));
     if let (Some(given), None) | (None, Some(given)) = (&raw.tls_cert, &raw.tls_key) {
-        return Err(at(
+        problems.push(at(
             text,
             given.span(),
             "tls_cert and tls_key go together; give both (the certificate chain and its key) or neither".into(),
         ));
     }
     if let (Some(given), None) | (None, Some(given)) = (&raw.peer_client_cert, &raw.peer_client_key) {
-        return Err(at(
+        problems.push(at(
             text,
             given.span(),
             "peer_client_cert and peer_client_key go together; give both (the client certificate and its key) or neither".into(),
         ));
     }
     if let (Some(given), None) = (&raw.peer_client_ca, &raw.tls_cert) {
-        return Err(at(
+        problems.push(at(
             text,
             given.span(),
             "peer_client_ca checks the certificates peers present over TLS, but this store serves plain HTTP; add tls_cert and tls_key".into(),
@@ -369,47 +393,67 @@ pub fn parse(text: &str, base: &Path) -> Result<StoreFileConfig, String> {
             })
             .transpose()
     };
-    Ok(StoreFileConfig {
-        connections_max: positive(&raw.connections_max, "connections_max")?,
-        connections_per_client_max: positive(&raw.connections_per_client_max, "connections_per_client_max")?,
-        header_read_timeout_ms: positive(&raw.header_read_timeout_ms, "header_read_timeout_ms")?,
-        body_read_timeout_ms: positive(&raw.body_read_timeout_ms, "body_read_timeout_ms")?,
-        idle_timeout_ms: positive(&raw.idle_timeout_ms, "idle_timeout_ms")?,
-        buffered_body_bytes_max: bytes(&raw.buffered_body_bytes_max, "buffered_body_bytes_max", parse_bytes)?,
-        peer_client_ca: path(&raw.peer_client_ca, "peer_client_ca")?,
-        peer_client_cert: path(&raw.peer_client_cert, "peer_client_cert")?,
-        peer_client_key: path(&raw.peer_client_key, "peer_client_key")?,
+    let config = StoreFileConfig {
+        connections_max: check!(positive(&raw.connections_max, "connections_max")),
+        connections_per_client_max: check!(positive(&raw.connections_per_client_max, "connections_per_client_max")),
+        header_read_timeout_ms: check!(positive(&raw.header_read_timeout_ms, "header_read_timeout_ms")),
+        body_read_timeout_ms: check!(positive(&raw.body_read_timeout_ms, "body_read_timeout_ms")),
+        idle_timeout_ms: check!(positive(&raw.idle_timeout_ms, "idle_timeout_ms")),
+        buffered_body_bytes_max: check!(bytes(
+            &raw.buffered_body_bytes_max,
+            "buffered_body_bytes_max",
+            parse_bytes
+        )),
+        peer_client_ca: check!(path(&raw.peer_client_ca, "peer_client_ca")),
+        peer_client_cert: check!(path(&raw.peer_client_cert, "peer_client_cert")),
+        peer_client_key: check!(path(&raw.peer_client_key, "peer_client_key")),
         region,
         listen,
         replication_backlog_bytes_max,
-        clock_offset_alarm_ms: clock_ms(&raw.clock_offset_alarm_ms, "clock_offset_alarm_ms")?,
-        clock_offset_max_ms: clock_ms(&raw.clock_offset_max_ms, "clock_offset_max_ms")?,
-        disk_free_bytes_min: bytes(
+        clock_offset_alarm_ms: check!(clock_ms(&raw.clock_offset_alarm_ms, "clock_offset_alarm_ms")),
+        clock_offset_max_ms: check!(clock_ms(&raw.clock_offset_max_ms, "clock_offset_max_ms")),
+        disk_free_bytes_min: check!(bytes(
             &raw.disk_free_bytes_min,
             "disk_free_bytes_min",
             parse_disk_free_bytes_min,
-        )?,
-        disk_reserve_bytes: bytes(&raw.disk_reserve_bytes, "disk_reserve_bytes", parse_disk_reserve_bytes)?,
-        cache_bytes: bytes(&raw.cache_bytes, "cache_bytes", parse_cache_bytes)?,
+        )),
+        disk_reserve_bytes: check!(bytes(
+            &raw.disk_reserve_bytes,
+            "disk_reserve_bytes",
+            parse_disk_reserve_bytes
+        )),
+        cache_bytes: check!(bytes(&raw.cache_bytes, "cache_bytes", parse_cache_bytes)),
         write_ahead_log: raw.write_ahead_log.as_ref().map(|value| *value.get_ref()),
-        data_dir: path(&raw.data_dir, "data_dir")?,
-        backup_dir: path(&raw.backup_dir, "backup_dir")?,
-        credentials: path(&raw.credentials, "credentials")?,
-        tls_cert: path(&raw.tls_cert, "tls_cert")?,
-        tls_key: path(&raw.tls_key, "tls_key")?,
-        peer_ca: path(&raw.peer_ca, "peer_ca")?,
-        replication_key_file: path(&raw.replication_key_file, "replication_key_file")?,
+        data_dir: check!(path(&raw.data_dir, "data_dir")),
+        backup_dir: check!(path(&raw.backup_dir, "backup_dir")),
+        credentials: check!(path(&raw.credentials, "credentials")),
+        tls_cert: check!(path(&raw.tls_cert, "tls_cert")),
+        tls_key: check!(path(&raw.tls_key, "tls_key")),
+        peer_ca: check!(path(&raw.peer_ca, "peer_ca")),
+        replication_key_file: check!(path(&raw.replication_key_file, "replication_key_file")),
         stream_limits: crate::streams::StreamLimitKeys {
-            retention_ms: positive(&raw.stream_retention_ms, "stream_retention_ms")?,
-            shard_age_ms: positive(&raw.stream_shard_age_ms, "stream_shard_age_ms")?,
-            shard_records_max: positive(&raw.stream_shard_records_max, "stream_shard_records_max")?,
+            retention_ms: check!(positive(&raw.stream_retention_ms, "stream_retention_ms")),
+            shard_age_ms: check!(positive(&raw.stream_shard_age_ms, "stream_shard_age_ms")),
+            shard_records_max: check!(positive(&raw.stream_shard_records_max, "stream_shard_records_max")),
         },
         pitr_limits: crate::engine::PitrLimitKeys {
-            undo_bytes_max: bytes(&raw.pitr_undo_bytes_max, "pitr_undo_bytes_max", parse_bytes)?,
-            restorable_lag_ms: positive(&raw.pitr_restorable_lag_ms, "pitr_restorable_lag_ms")?,
+            undo_bytes_max: check!(bytes(&raw.pitr_undo_bytes_max, "pitr_undo_bytes_max", parse_bytes)),
+            restorable_lag_ms: check!(positive(&raw.pitr_restorable_lag_ms, "pitr_restorable_lag_ms")),
         },
         peers,
-    })
+    };
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    // In the file's order (each names its line; one about the whole file comes last).
+    problems.sort_by_key(|problem| {
+        problem
+            .strip_prefix("line ")
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|line| line.parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    });
+    Err(problems.join("\n"))
 }
 
 /// A positive whole number from the variable `name` of `lookup` (the environment in the
@@ -441,6 +485,25 @@ fn at(text: &str, span: Range<usize>, message: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_mistake_is_named_at_once_in_the_files_order() {
+        let text = "[store]\nregion = \"us-east-1\"\ncache_bytes = \"lots\"\nstream_retention_ms = -5\nlisten = \"nope\"\ntls_cert = \"a.pem\"\n";
+        let error = parse(text, Path::new(".")).expect_err("four mistakes");
+        let lines: Vec<&str> = error.lines().collect();
+        assert_eq!(lines.len(), 4, "{error}");
+        for (line, (number, key)) in lines.iter().zip([
+            (3, "cache_bytes"),
+            (4, "stream_retention_ms"),
+            (5, "listen"),
+            (6, "tls_cert"),
+        ]) {
+            assert!(
+                line.starts_with(&format!("line {number},")) && line.contains(key),
+                "{error}"
+            );
+        }
+    }
 
     const FILE: &str = r#"[proxy]
 listen = "127.0.0.1:9000"

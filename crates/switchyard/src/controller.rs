@@ -552,11 +552,14 @@ async fn call(
             }
         }
     }
-    bail!(
-        "reach the controller at {} (is it running? pass --controller URL[,URL...]): {}",
-        target.urls,
-        failures.join("; ")
-    )
+    let failed = failures.join("; ");
+    // A private CA's certificate (the lab's with --tls) is refused by the public roots alone.
+    let hint = if failed.contains("UnknownIssuer") || failed.contains("invalid peer certificate") {
+        "its certificate is not trusted: pass --ca-file FILE with the CA that signed it (a lab started with --tls: lab/config/tls/ca.pem)"
+    } else {
+        "is it running? pass --controller URL[,URL...]"
+    };
+    bail!("reach the controller at {} ({hint}): {failed}", target.urls)
 }
 
 /// With several controllers in the lab, who leads: one line per member, as each sees it.

@@ -42,6 +42,7 @@ pub struct DemoAppArgs {
     /// Access key for SigV4-signed store requests (with --secret-access-key).
     #[arg(long, env = "AWS_ACCESS_KEY_ID")]
     access_key_id: Option<String>,
+    /// Secret key for SigV4-signed store requests (with --access-key-id).
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     secret_access_key: Option<String>,
     /// Keep orders in this MariaDB/MySQL server too (`HOST:PORT`, database `shop`, table

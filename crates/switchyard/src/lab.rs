@@ -123,8 +123,8 @@ struct CtlArgs {
     dir: PathBuf,
     #[arg(value_enum)]
     action: CtlAction,
-    /// The component, as the lab's table names it (e.g. store-us-east-1); for cut-network and
-    /// heal-network, the region (e.g. us-east-1).
+    /// The component, as the lab's table names it (e.g. store-us-east-1); for cut-network,
+    /// heal-network, fill-disk and free-disk, the region (e.g. us-east-1).
     name: String,
 }
 

@@ -69,6 +69,7 @@ struct RunArgs {
     /// Access key for SigV4-signed store requests (with --secret-access-key).
     #[arg(long, env = "AWS_ACCESS_KEY_ID")]
     access_key_id: Option<String>,
+    /// Secret key for SigV4-signed store requests (with --access-key-id).
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     secret_access_key: Option<String>,
     /// The job: a program and its arguments, after `--`.

@@ -127,11 +127,12 @@ enum Command {
     /// and failback, runs the runbook with fencing generations, keeps the audit log, and serves
     /// the control API and the active-region pointer (see docs/examples/switchyard.toml).
     Controller(controller::ControllerArgs),
-    /// Work with the controller's configuration (`config check FILE`).
+    /// Check a configuration file (`config check FILE`): the controller's, or a store's, DNS,
+    /// proxy, fault proxy or drill targets file, told apart by its sections.
     Config(controller::ConfigArgs),
     /// The failover and failback procedure as a document (`runbook show --config FILE [--html]`).
     Runbook(runbook::RunbookArgs),
-    /// Make credentials: `token new --role agent|operator|read|dns --name NAME` prints a new
+    /// Make credentials: `token new --role agent|operator|read|member|dns --name NAME` prints a new
     /// token and the config snippet (with its SHA-256) that accepts it.
     Token(controller::TokenArgs),
     /// Show the controller's view: regions, vantage points, generation, and why it waits
