@@ -87,7 +87,7 @@ def test_lab_quiet_prints_one_summary_line(lab):
     _, _, root = lab
     lines = [line for line in (root / "lab.log").read_text().splitlines() if line.startswith("lab up:")]
     assert len(lines) == 1, (root / "lab.log").read_text()[-3000:]
-    assert re.match(r"lab up: (\d+)/\1 components running, 2 regions, 1 controller\(s\) in ", lines[0]), lines[0]
+    assert re.match(r"lab up: (\d+)/\1 components running, 2 regions, 1 controller in ", lines[0]), lines[0]
     assert "Try:" not in (root / "lab.log").read_text()
 
 

@@ -8,6 +8,11 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     LineIndex::new(text).position(text, offset)
 }
 
+/// `n` and the noun in the number it takes: `counted(1, "zone", "zones")` is "1 zone".
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `line L, column C` of the byte `offset` in `text`.
 pub fn describe(text: &str, offset: usize) -> String {
     let (line, column) = line_column(text, offset);
@@ -126,5 +131,15 @@ mod tests {
         assert_eq!(line_column(text, inside), (2, 4));
         assert_eq!(describe(text, 6), "line 2, column 1");
         assert_eq!(line_column("", 3), (1, 1));
+    }
+}
+
+#[cfg(test)]
+mod counted_tests {
+    #[test]
+    fn one_takes_the_singular_and_every_other_number_the_plural() {
+        assert_eq!(super::counted(1, "zone", "zones"), "1 zone");
+        assert_eq!(super::counted(0, "zone", "zones"), "0 zones");
+        assert_eq!(super::counted(2, "vantage point", "vantage points"), "2 vantage points");
     }
 }

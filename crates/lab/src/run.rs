@@ -128,7 +128,10 @@ pub fn summary_line(options: &LabOptions, table: &str) -> String {
         rows.len(),
         options.regions,
         if options.controller {
-            format!(", {} controller(s)", options.controllers)
+            format!(
+                ", {}",
+                common::text::counted(options.controllers, "controller", "controllers")
+            )
         } else {
             String::new()
         },
@@ -601,7 +604,7 @@ mod tests {
         let line = summary_line(&options, table);
         assert_eq!(line.lines().count(), 1, "{line}");
         assert!(
-            line.starts_with("lab up: 1/2 components running, 2 regions, 1 controller(s) in /tmp/lab"),
+            line.starts_with("lab up: 1/2 components running, 2 regions, 1 controller in /tmp/lab"),
             "{line}"
         );
     }

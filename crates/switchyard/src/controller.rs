@@ -340,9 +340,9 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
             match dns::config::load(&file) {
                 Ok(config) => {
                     println!(
-                        "{}: ok (a `switchyard dns` configuration: {} zones, DNS on {}, admin API on {})",
+                        "{}: ok (a `switchyard dns` configuration: {}, DNS on {}, admin API on {})",
                         file.display(),
-                        config.zones.iter().count(),
+                        common::text::counted(config.zones.iter().count(), "zone", "zones"),
                         config.listen,
                         config.admin_listen
                     );
@@ -454,14 +454,14 @@ pub(crate) fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
                     .map(|role| role.name())
                     .collect();
                 println!(
-                    "{}: ok ({} regions, {} checks, {} runbook steps, quorum {} of {}, {} tokens; roles without one: {})",
+                    "{}: ok ({}, {}, {}, quorum {} of {}, {}; roles without one: {})",
                     file.display(),
-                    config.engine.regions.len(),
-                    config.file.checks.len(),
-                    config.steps.len(),
+                    common::text::counted(config.engine.regions.len(), "region", "regions"),
+                    common::text::counted(config.file.checks.len(), "check", "checks"),
+                    common::text::counted(config.steps.len(), "runbook step", "runbook steps"),
                     config.quorum.effective_quorum(),
                     config.quorum.vantages_expected.len(),
-                    config.credentials.len(),
+                    common::text::counted(config.credentials.len(), "token", "tokens"),
                     if open.is_empty() {
                         "none".to_string()
                     } else {
