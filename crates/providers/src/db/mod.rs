@@ -630,24 +630,42 @@ pub(crate) async fn loss_or_unfence(
     })
 }
 
-/// Notes a promotion done (`promoted`), the `loss` accepted, and when the old primary did not
-/// answer (`old_answered` false), that what only it had is unknown (`others`: what the other
-/// servers are, `replica` or `standby`).
-pub(crate) fn note_promoted(
-    notes: &mut Notes,
-    promoted: String,
-    loss: Option<String>,
-    old_answered: bool,
-    others: &str,
-) {
+/// What became of the primary before a promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OldPrimary {
+    /// It answered, and was fenced.
+    Fenced,
+    /// Every server answered and none was primary (a first placement): nothing to fence.
+    NoneWas,
+    /// A server did not answer, and no answering one was primary: it may have been.
+    Unanswered,
+}
+
+impl OldPrimary {
+    /// From the survey: `old`, the primary found, if any; `answered`, whether every server did.
+    pub(crate) fn of(old: Option<usize>, answered: bool) -> OldPrimary {
+        match (old, answered) {
+            (Some(_), _) => OldPrimary::Fenced,
+            (None, true) => OldPrimary::NoneWas,
+            (None, false) => OldPrimary::Unanswered,
+        }
+    }
+}
+
+/// Notes a promotion done (`promoted`), the `loss` accepted, and what became of the old
+/// primary: when one may have been among the servers that did not answer, that what only it
+/// had is unknown (`others`: what the other servers are, `replica` or `standby`).
+pub(crate) fn note_promoted(notes: &mut Notes, promoted: String, loss: Option<String>, old: OldPrimary, others: &str) {
     notes.push(promoted);
     if let Some(loss) = loss {
         notes.push(loss);
     }
-    if !old_answered {
-        notes.push(format!(
+    match old {
+        OldPrimary::Fenced => {}
+        OldPrimary::NoneWas => notes.push("no server was primary before: none to fence".to_string()),
+        OldPrimary::Unanswered => notes.push(format!(
             "the old primary did not answer: transactions it committed that no {others} received are unknown"
-        ));
+        )),
     }
 }
 
@@ -830,6 +848,25 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_promotion_says_what_became_of_the_old_primary() {
+        let noted = |old: Option<usize>, answered: bool| {
+            let mut notes = Notes::default();
+            note_promoted(
+                &mut notes,
+                "promoted b".into(),
+                None,
+                OldPrimary::of(old, answered),
+                "replica",
+            );
+            notes.join()
+        };
+        assert_eq!(noted(Some(0), false), "promoted b");
+        assert!(noted(None, true).contains("no server was primary before"));
+        assert!(!noted(None, true).contains("did not answer"));
+        assert!(noted(None, false).contains("the old primary did not answer"));
+    }
 
     #[test]
     fn addresses_take_a_default_port_and_refuse_what_needs_quoting() {

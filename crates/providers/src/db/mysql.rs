@@ -554,7 +554,8 @@ impl MysqlPromote {
             "promoted {} in {} at GTID position {applied}",
             member.address, member.region
         );
-        super::note_promoted(notes, promoted, loss, old.is_some(), "replica");
+        let answered = observed.iter().all(Option::is_some);
+        super::note_promoted(notes, promoted, loss, super::OldPrimary::of(old, answered), "replica");
         Ok(())
     }
 

@@ -783,7 +783,8 @@ impl PostgresPromote {
             "promoted {} in {} at LSN {replayed}, now timeline {}",
             member.address, member.region, now.timeline
         );
-        super::note_promoted(notes, promoted, loss, old.is_some(), "standby");
+        let answered = observed.iter().all(Option::is_some);
+        super::note_promoted(notes, promoted, loss, super::OldPrimary::of(old, answered), "standby");
         Ok(())
     }
 
