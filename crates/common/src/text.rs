@@ -8,6 +8,22 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     LineIndex::new(text).position(text, offset)
 }
 
+/// A byte count for people: `512 B`, `812.0 KiB`, `1.3 MiB`, `2.0 GiB` (binary units, one
+/// decimal), so that a small number does not show as `0.0 MiB`.
+pub fn shown_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// `n` and the noun in the number it takes: `counted(1, "zone", "zones")` is "1 zone".
 pub fn counted(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -136,6 +152,16 @@ mod tests {
 
 #[cfg(test)]
 mod counted_tests {
+    #[test]
+    fn byte_counts_take_the_unit_that_shows_them() {
+        assert_eq!(super::shown_bytes(0), "0 B");
+        assert_eq!(super::shown_bytes(1023), "1023 B");
+        assert_eq!(super::shown_bytes(100 * 1024), "100.0 KiB");
+        assert_eq!(super::shown_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(super::shown_bytes(5 << 40), "5.0 TiB");
+        assert_eq!(super::shown_bytes(u64::MAX), "16777216.0 TiB");
+    }
+
     #[test]
     fn one_takes_the_singular_and_every_other_number_the_plural() {
         assert_eq!(super::counted(1, "zone", "zones"), "1 zone");

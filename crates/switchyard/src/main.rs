@@ -700,13 +700,13 @@ async fn compact_store(args: &store::settings::Settings) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("compact {}", path.display()))?;
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let shown = common::text::shown_bytes;
     println!(
-        "compacted {}: {:.1} MiB -> {:.1} MiB ({:.1} MiB given back to the filesystem) in {:.1} s",
+        "compacted {}: {} -> {} ({} given back to the filesystem) in {:.1} s",
         path.display(),
-        mib(report.bytes_before),
-        mib(report.bytes_after),
-        mib(report.bytes_before.saturating_sub(report.bytes_after)),
+        shown(report.bytes_before),
+        shown(report.bytes_after),
+        shown(report.bytes_before.saturating_sub(report.bytes_after)),
         report.took_ms as f64 / 1000.0
     );
     Ok(())
