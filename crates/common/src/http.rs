@@ -59,11 +59,14 @@ pub const BODY_BYTES_UNBUDGETED: usize = 64 * 1024;
 /// timeout. 128 KiB/s is a 1 Mbit/s uplink; a 16 MiB body within the default 60 s timeout
 /// already needs twice that.
 pub const BODY_HOLDING_BYTES_PER_S_MIN: u64 = 128 * 1024;
-/// How long a body may hold its share before the rate above applies; also the most time its
-/// bytes buy ahead: bytes sent fast earn no more than this of silence, so a client that sends
-/// much at once and then stalls gives its share back within this (it would otherwise have
-/// bought its bytes' worth at the minimum rate: 10 MB, over a minute).
+/// How long a body may hold its share before the rate above applies.
 pub const BODY_HOLDING_GRACE_MS: u64 = 5_000;
+/// The most silence a body holding its share may buy with bytes sent ahead: bytes sent fast
+/// earn their worth at the minimum rate, up to this much ahead of now, so a client that sends
+/// much at once and then stalls gives its share back within this (uncapped, 10 MB sent at once
+/// bought over a minute), while a real upload survives a retransmission backoff of a few
+/// seconds.
+pub const BODY_HOLDING_SILENCE_MS_MAX: u64 = 10_000;
 /// Bytes of hyper's read buffer per HTTP/1 connection; also the largest request head.
 pub const READ_BUFFER_BYTES_MAX: usize = 64 * 1024;
 /// HTTP/2: streams per connection, and the flow-control windows that bound what a peer may
@@ -1045,7 +1048,7 @@ struct LimitedBody {
     holding: bool,
     /// When a body holding its share falls behind the minimum rate unless more arrives (made
     /// only once a share is held: most bodies never take one): each byte moves it on by its
-    /// worth at the minimum rate, to at most [`BODY_HOLDING_GRACE_MS`] from now.
+    /// worth at the minimum rate, to at most [`BODY_HOLDING_SILENCE_MS_MAX`] from now.
     behind: Option<Pin<Box<tokio::time::Sleep>>>,
     budget: Arc<Semaphore>,
     budget_total: usize,
@@ -1154,19 +1157,22 @@ impl LimitedBody {
     }
 
     /// Moves `behind` on by what `arrived` more bytes are worth at the minimum rate (from now,
-    /// if it already passed), to at most the grace from now: a body holding its share is
-    /// refused once it falls behind the rate, or once it sends nothing for the grace however
-    /// much it sent before.
+    /// if it already passed), to at most [`BODY_HOLDING_SILENCE_MS_MAX`] from now: a body
+    /// holding its share is refused once it falls behind the rate, or once it sends nothing for
+    /// that long however much it sent before. The first deadline is the grace from now.
     fn schedule_behind(&mut self, arrived: usize) {
         if !self.holding {
             return;
         }
         let now = tokio::time::Instant::now();
-        let most = now + Duration::from_millis(BODY_HOLDING_GRACE_MS);
-        let worth = Duration::from_millis((arrived as u64).saturating_mul(1000) / BODY_HOLDING_BYTES_PER_S_MIN);
+        let most = now + Duration::from_millis(BODY_HOLDING_SILENCE_MS_MAX);
+        // In nanoseconds: small frames (a chunked body's 100-byte chunks) each earn their
+        // worth, where whole milliseconds would round every one of them down to nothing.
+        let nanos = (arrived as u128).saturating_mul(1_000_000_000) / u128::from(BODY_HOLDING_BYTES_PER_S_MIN);
+        let worth = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
         let when = match &self.behind {
             Some(behind) => (behind.deadline().max(now) + worth).min(most),
-            None => most,
+            None => now + Duration::from_millis(BODY_HOLDING_GRACE_MS),
         };
         match &mut self.behind {
             Some(behind) => behind.as_mut().reset(when),
@@ -1546,10 +1552,10 @@ mod tests {
         let _ = stop.send(());
     }
 
-    /// A body that sends most of itself at once and then stalls buys no more than the grace of
-    /// silence with its bytes: it gives its share back within about `BODY_HOLDING_GRACE_MS`,
-    /// not after its bytes' worth at the minimum rate (15 MB: about two minutes, past this
-    /// test's wait), so the upload waiting behind it is served.
+    /// A body that sends most of itself at once and then stalls buys no more than
+    /// `BODY_HOLDING_SILENCE_MS_MAX` of silence with its bytes, not its bytes' worth at the
+    /// minimum rate (15 MB: about two minutes, past this test's wait), so the upload waiting
+    /// behind it is served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_sent_fast_then_stalled_gives_back_its_share_after_the_grace() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1580,6 +1586,50 @@ mod tests {
         let answer = String::from_utf8_lossy(&answer);
         assert!(
             answer.starts_with("HTTP/1.1 200") && answer.ends_with("600000"),
+            "{answer}"
+        );
+        let _ = stop.send(());
+    }
+
+    /// A chunked upload of small chunks, well above the minimum rate and longer than the grace,
+    /// is served: each chunk is a frame of its own and earns its worth (whole milliseconds
+    /// would round a 100-byte chunk's 0.76 ms down to nothing, and refuse the body once the
+    /// grace ran out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunked_upload_of_small_chunks_keeps_its_share_past_the_grace() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut limits = Limits::with_body_limit(32 * 1024 * 1024);
+        limits.buffered_body_bytes_max = BUFFERED_BODY_BYTES_MIN;
+        limits.body_read_timeout_ms = 600_000;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, Options::new("test", limits), upload_app(), async {
+            let _ = stopped.await;
+        }));
+        let mut upload = TcpStream::connect(address).await.expect("connect");
+        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
+        upload.write_all(head.as_bytes()).await.expect("head");
+        let chunk = format!("64\r\n{}\r\n", "z".repeat(100));
+        // 20 KB every 50 ms (400 KB/s, three times the minimum) for 6.5 s: past the grace.
+        let mut sent = 0usize;
+        let until = tokio::time::Instant::now() + Duration::from_millis(BODY_HOLDING_GRACE_MS + 1_500);
+        while tokio::time::Instant::now() < until {
+            let burst = chunk.repeat(200);
+            if upload.write_all(burst.as_bytes()).await.is_err() {
+                break;
+            }
+            sent += 200 * 100;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        upload.write_all(b"0\r\n\r\n").await.expect("last chunk");
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, upload.read_to_end(&mut answer))
+            .await
+            .expect("answered")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with(&sent.to_string()),
             "{answer}"
         );
         let _ = stop.send(());

@@ -209,8 +209,11 @@ pub struct Timeouts {
     pub tunnel_idle_ms: u64,
     /// Once one side of a tunnel has closed its sending side (a half-close, passed on), the
     /// tunnel closes when the other side sent nothing for this long either (HAProxy `timeout
-    /// client-fin`/`server-fin`): a WebSocket peer that never finishes its close does not hold
-    /// the connection for `tunnel_idle_ms`. At most `tunnel_idle_ms` (the smaller one rules).
+    /// client-fin`/`server-fin`). By default the same as `tunnel_idle_ms`, as HAProxy's are
+    /// unset: some protocols half-close and then wait long for the answer (`docker attach`
+    /// once its input ends). Lower it (30 s, say) where tunnels are WebSockets, so a peer that
+    /// never finishes its close does not hold the connection for an hour. At most
+    /// `tunnel_idle_ms` (the smaller one rules).
     pub tunnel_fin_ms: u64,
 }
 
@@ -223,7 +226,7 @@ impl Default for Timeouts {
             client_body_ms: 30_000,
             idle_ms: 60_000,
             tunnel_idle_ms: 3_600_000,
-            tunnel_fin_ms: 30_000,
+            tunnel_fin_ms: 3_600_000,
         }
     }
 }

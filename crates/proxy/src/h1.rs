@@ -1775,6 +1775,7 @@ async fn open_tunnel<S: ClientStream>(
 ) -> Option<crate::tunnel::Tunneled> {
     let idle = Duration::from_millis(shared.config.timeouts.idle_ms);
     let _open = crate::tunnel::OpenTunnel::new(shared.clone());
+    let websocket = switched_to_websocket(out);
     out.extend_from_slice(response.get(head.head_len..).unwrap_or_default());
     send(client, out, idle).await.ok()?;
     if !input.is_empty() {
@@ -1785,7 +1786,27 @@ async fn open_tunnel<S: ClientStream>(
         idle: Duration::from_millis(shared.config.timeouts.tunnel_idle_ms),
         fin: Duration::from_millis(shared.config.timeouts.tunnel_fin_ms),
     };
-    Some(crate::tunnel::run(&mut *client, &mut *upstream, timeouts, stop).await)
+    Some(crate::tunnel::run(&mut *client, &mut *upstream, timeouts, websocket, stop).await)
+}
+
+/// Whether the `101` head written for the client (`switched_protocols`) switched to WebSocket:
+/// the first protocol of its `Upgrade` (the one switched to, RFC 9110 §7.8).
+fn switched_to_websocket(head: &[u8]) -> bool {
+    let mut storage = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut response = httparse::Response::new(&mut storage);
+    if !matches!(response.parse(head), Ok(httparse::Status::Complete(_))) {
+        return false;
+    }
+    response
+        .headers
+        .iter()
+        .filter(|h| lower_eq(h.name, b"upgrade"))
+        .flat_map(|h| list(h.value))
+        .next()
+        .is_some_and(|first| {
+            let name = first.split(|b| *b == b'/').next().unwrap_or(first).trim_ascii();
+            name.eq_ignore_ascii_case(b"websocket")
+        })
 }
 
 /// Answers 431 to a request head over the limit.

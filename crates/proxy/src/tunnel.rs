@@ -64,8 +64,17 @@ pub struct Timeouts {
 }
 
 /// Moves bytes between `client` and `server` until the tunnel ends (see the module's
-/// invariants). `stop` set (or its sender gone) ends it at once.
-pub async fn run<C, S>(client: C, server: S, timeouts: Timeouts, stop: &mut watch::Receiver<bool>) -> Tunneled
+/// invariants). `stop` set (or its sender gone) ends it at once. `websocket`: the protocol
+/// frames its own end (RFC 6455's close frame), so a TLS peer's TCP close without close_notify
+/// ends its side like a FIN; for any other protocol that is a truncation TLS exists to reveal,
+/// and the tunnel ends as failed.
+pub async fn run<C, S>(
+    client: C,
+    server: S,
+    timeouts: Timeouts,
+    websocket: bool,
+    stop: &mut watch::Receiver<bool>,
+) -> Tunneled
 where
     C: AsyncRead + AsyncWrite,
     S: AsyncRead + AsyncWrite,
@@ -78,8 +87,22 @@ where
     let (to_server_bytes, to_client_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
     let idle = timeouts.idle;
     let fin = timeouts.fin.min(idle);
-    let upstream = pump(&mut client_read, &mut server_write, &last, idle, &to_server_bytes);
-    let downstream = pump(&mut server_read, &mut client_write, &last, idle, &to_client_bytes);
+    let upstream = pump(
+        &mut client_read,
+        &mut server_write,
+        &last,
+        idle,
+        websocket,
+        &to_server_bytes,
+    );
+    let downstream = pump(
+        &mut server_read,
+        &mut client_write,
+        &last,
+        idle,
+        websocket,
+        &to_client_bytes,
+    );
     tokio::pin!(upstream, downstream);
     let (mut up_done, mut down_done) = (false, false);
     let mut stopping = *stop.borrow_and_update();
@@ -155,6 +178,7 @@ async fn pump<R, W>(
     to: &mut W,
     last: &LastByte,
     idle: Duration,
+    unclean_close_ends_side: bool,
     moved: &AtomicU64,
 ) -> Result<(), TunnelEnd>
 where
@@ -176,10 +200,12 @@ where
             Ok(n) if n > 0 => n,
             // The end of this side goes on to the other as a half-close; its answer may still
             // come back. A TLS peer that closes TCP without close_notify (rustls: UnexpectedEof)
-            // ends its side the same way: the protocol in the tunnel frames its own end
-            // (WebSocket's close frame), and the other way may still be answering.
+            // ends its side the same way when the protocol frames its own end (a WebSocket's
+            // close frame; see `run`).
             Ok(_) => return half_close(to, idle).await,
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return half_close(to, idle).await,
+            Err(error) if unclean_close_ends_side && error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return half_close(to, idle).await;
+            }
             Err(_) => return Err(TunnelEnd::Failed),
         };
         last.set(Instant::now());

@@ -635,16 +635,19 @@ pub(crate) async fn loss_or_unfence(
 pub(crate) enum OldPrimary {
     /// It answered, and was fenced.
     Fenced,
-    /// Every server answered and none was primary (a first placement): nothing to fence.
+    /// Every server answered, none was primary and none follows one (a first placement):
+    /// nothing to fence.
     NoneWas,
-    /// A server did not answer, and no answering one was primary: it may have been.
+    /// No primary answered, and one may exist: a server that did not answer, or the source a
+    /// replica follows.
     Unanswered,
 }
 
 impl OldPrimary {
-    /// From the survey: `old`, the primary found, if any; `answered`, whether every server did.
-    pub(crate) fn of(old: Option<usize>, answered: bool) -> OldPrimary {
-        match (old, answered) {
+    /// From the survey: `old`, the primary found, if any; `none_was`, whether every server
+    /// answered and none follows another.
+    pub(crate) fn of(old: Option<usize>, none_was: bool) -> OldPrimary {
+        match (old, none_was) {
             (Some(_), _) => OldPrimary::Fenced,
             (None, true) => OldPrimary::NoneWas,
             (None, false) => OldPrimary::Unanswered,

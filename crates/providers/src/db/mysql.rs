@@ -554,8 +554,12 @@ impl MysqlPromote {
             "promoted {} in {} at GTID position {applied}",
             member.address, member.region
         );
-        let answered = observed.iter().all(Option::is_some);
-        super::note_promoted(notes, promoted, loss, super::OldPrimary::of(old, answered), "replica");
+        // "None was primary" only when every server answered and none replicates: a replica's
+        // source outside the list (or one not answering) may be a primary still taking writes.
+        let none_was = observed
+            .iter()
+            .all(|o| o.as_ref().is_some_and(|o| o.replication.is_none()));
+        super::note_promoted(notes, promoted, loss, super::OldPrimary::of(old, none_was), "replica");
         Ok(())
     }
 

@@ -783,8 +783,9 @@ impl PostgresPromote {
             "promoted {} in {} at LSN {replayed}, now timeline {}",
             member.address, member.region, now.timeline
         );
-        let answered = observed.iter().all(Option::is_some);
-        super::note_promoted(notes, promoted, loss, super::OldPrimary::of(old, answered), "standby");
+        // With no primary found every server answering is a standby, which follows a primary
+        // somewhere: what only that one committed is unknown, first placement or not.
+        super::note_promoted(notes, promoted, loss, super::OldPrimary::of(old, false), "standby");
         Ok(())
     }
 

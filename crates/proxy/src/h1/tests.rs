@@ -534,6 +534,28 @@ fn an_upgrade_named_by_connection_goes_to_the_server_and_others_do_not() {
 }
 
 #[test]
+fn a_tunnel_knows_whether_it_carries_a_websocket() {
+    for (head, websocket) in [
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            true,
+        ),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket/13\r\n\r\n",
+            true,
+        ),
+        ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: tcp\r\n\r\n", false),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: chat, websocket\r\n\r\n",
+            false,
+        ),
+        ("HTTP/1.1 101 Switching", false),
+    ] {
+        assert_eq!(switched_to_websocket(head.as_bytes()), websocket, "{head:?}");
+    }
+}
+
+#[test]
 fn a_426_keeps_the_protocols_it_asks_for() {
     // RFC 9110 §15.5.22: a 426 names in Upgrade what the client must switch to.
     let (head, out) = response(

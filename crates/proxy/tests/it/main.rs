@@ -2592,7 +2592,7 @@ async fn a_tunnel_flushes_every_write_so_nothing_waits_in_a_buffering_stream() {
             idle: Duration::from_secs(60),
             fin: Duration::from_secs(60),
         };
-        proxy::tunnel::run(client_side, server_side, timeouts, &mut stop).await;
+        proxy::tunnel::run(client_side, server_side, timeouts, true, &mut stop).await;
     });
     let mut client = client_end;
     // A short message each way, then each side waits for the other's: without a flush after
