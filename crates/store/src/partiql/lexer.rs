@@ -50,7 +50,7 @@ pub(crate) fn tokens(text: &str) -> Result<Vec<Token>, ApiError> {
         if text[at..].starts_with("/*") {
             let end = text[at + 2..]
                 .find("*/")
-                .ok_or_else(|| malformed(&format!("Unterminated comment at column {}", column(text, at))))?;
+                .ok_or_else(|| malformed(&format!("Unterminated comment at {}", column(text, at))))?;
             at += 2 + end + 2;
             continue;
         }
@@ -92,7 +92,7 @@ pub(crate) fn tokens(text: &str) -> Result<Vec<Token>, ApiError> {
                     .find(|symbol| text[at..].starts_with(**symbol))
                     .ok_or_else(|| {
                         let found = text[at..].chars().next().unwrap_or(' ');
-                        malformed(&format!("Invalid character {found:?} at column {}", column(text, at)))
+                        malformed(&format!("Invalid character {found:?} at {}", column(text, at)))
                     })?;
                 out.push(Token::Symbol(symbol));
                 at += symbol.len();
@@ -125,14 +125,21 @@ fn quoted(text: &str, start: usize, quote: char) -> Result<(String, usize), ApiE
         "quoted identifier"
     };
     Err(malformed(&format!(
-        "Unterminated {what} starting at column {}",
+        "Unterminated {what} starting at {}",
         column(text, start)
     )))
 }
 
-/// The 1-based column (in characters) of byte offset `at` of `text`.
-fn column(text: &str, at: usize) -> usize {
-    text.get(..at).map_or(at, |before| before.chars().count()) + 1
+/// Where byte offset `at` of `text` is, for a message: `column C` (1-based, in characters) on a
+/// statement's first line, `line L, column C` past it.
+fn column(text: &str, at: usize) -> String {
+    let before = text.get(..at).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    match before.matches('\n').count() {
+        0 => format!("column {column}"),
+        lines => format!("line {}, column {column}", lines + 1),
+    }
 }
 
 /// Digits, an optional fraction and an optional exponent.

@@ -112,6 +112,10 @@ fn syntax_errors_read_as_dynamodb_writes_them() {
         message("SELECT * FROM t WHERE é = `a`"),
         format!("{MALFORMED}Invalid character 'é' at column 23")
     );
+    assert_eq!(
+        message("SELECT *\nFROM t\nWHERE a = 'open"),
+        format!("{MALFORMED}Unterminated string literal starting at line 3, column 11")
+    );
     assert!(message("").contains("'statement'"));
     assert!(message(&"x".repeat(STATEMENT_BYTES_MAX + 1)).contains("8192"));
 }
