@@ -165,6 +165,11 @@ kind = "pointer"
     assert "PAUSED" in run("status", "--controller", url, token=operator).stdout
     unknown = run("status", "--controller", url, token="not-a-token-0123456789")
     assert unknown.returncode != 0 and "401" in unknown.stderr, unknown.stderr
+    assert "this command sent none" not in unknown.stderr, unknown.stderr
+    # No token at all: the answer says how to send one.
+    tokenless = run("switchover", "--to", "eu-west-1", "--controller", url)
+    assert tokenless.returncode != 0 and "401" in tokenless.stderr, tokenless.stderr
+    assert "this command sent none" in tokenless.stderr and "SWITCHYARD_CONTROL_TOKEN_FILE" in tokenless.stderr, tokenless.stderr
 
 
 def test_config_check_parses_urls_and_bounds_durations(tmp_path):

@@ -1549,12 +1549,15 @@ impl Checker<'_> {
                     .chars()
                     .take_while(|c| c.is_ascii_lowercase() || *c == '_')
                     .collect();
-                let span = if field.is_empty() {
-                    check.span()
+                let (span, fix) = if field.is_empty() {
+                    (check.span(), "change this check as the message says".to_string())
                 } else {
-                    self.key_within(check.span(), &field)
+                    (
+                        self.key_within(check.span(), &field),
+                        format!("change `{field}` of this check as the message says"),
+                    )
                 };
-                self.error(span, error.to_string(), "fix the field the message names");
+                self.error(span, error.to_string(), fix);
             } else if spec.timeout_ms > spec.interval_ms {
                 self.warn(
                     self.key_within(check.span(), "timeout_ms"),

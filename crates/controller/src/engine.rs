@@ -764,7 +764,7 @@ impl Engine {
                 self.alert(
                     "fenced",
                     format!(
-                        "step '{step}' refused generation {generation} as stale ({error}): another controller applied a newer generation; this controller stopped actuating. Check for a second controller, then `switchyard resume`; if none runs (the audit log was lost), restart with --generation-floor above the generation the receiver reports"
+                        "step '{step}' refused generation {generation} as stale ({error}): its target was changed outside this controller, by another controller with a newer generation or by hand, and this controller stopped actuating. Do what the step's error says (set a hand-edited target back, or check for a second controller), then `switchyard resume`; only if no other controller runs and the audit log was lost, restart with --generation-floor above the generation the receiver reports"
                     ),
                     out,
                 );
@@ -1032,7 +1032,7 @@ impl Engine {
         self.reasons.clear();
         if self.fenced {
             self.reasons.push(
-                "fenced: another controller applied a newer generation; run `switchyard resume` after checking".into(),
+                "fenced: a step found its target changed outside this controller (another controller's newer generation, or a hand edit; the last runbook's failed step says which); run `switchyard resume` once it is dealt with".into(),
             );
             return;
         }
@@ -1167,8 +1167,14 @@ impl Engine {
             self.reasons.push(format!("failback to {home} waits: {why}"));
             return;
         }
+        // "Caught up" only where the lag was checked (`failback_lag_check = false` skips it).
+        let data = if self.config.failback_lag_max_ms.is_some() {
+            " and its data has caught up"
+        } else {
+            " (its data's lag is not checked: failback_lag_check = false)"
+        };
         let reason = format!(
-            "{home} has been healthy for the stability window and its data has caught up; failing back from {}",
+            "{home} has been healthy for the stability window{data}; failing back from {}",
             current.active
         );
         self.set_intent(

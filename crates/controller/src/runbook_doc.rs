@@ -71,13 +71,13 @@ fn describe_step(step: &Step, config: &Config) -> String {
                 line.push_str(arg);
             }
             format!(
-                "run {} (no shell) with `SWITCHYARD_GENERATION`, `SWITCHYARD_FROM` and `SWITCHYARD_TO` in its environment; \
-                 a non-zero exit fails the step",
+                "run {} (no shell) with `SWITCHYARD_GENERATION`, `SWITCHYARD_FROM`, `SWITCHYARD_TO`, `SWITCHYARD_SERVING` \
+                 and `SWITCHYARD_KIND` in its environment; a non-zero exit fails the step",
                 code(&line)
             )
         }
         StepKind::Webhook => format!(
-            "POST the transition (generation, from, to) as JSON to {}",
+            "POST the transition (generation, kind, from, to, serving, reason) as JSON to {}",
             code(step.url.as_deref().unwrap_or(""))
         ),
         StepKind::Provider if step.action.as_ref().is_some_and(|a| a.media().is_some()) => {

@@ -536,8 +536,17 @@ async fn call(
                 if !failures.is_empty() {
                     eprintln!("{}; answered by {member}", failures.join("; "));
                 }
-                let value = serde_json::from_slice(&answer.body)
+                let mut value = serde_json::from_slice(&answer.body)
                     .unwrap_or_else(|_| serde_json::json!({"error": answer.text()}));
+                // Refused for want of a token this command never sent: say how to send one.
+                if answer.status.as_u16() == 401
+                    && target.token.is_none()
+                    && let Some(error) = value.get("error").and_then(|e| e.as_str())
+                {
+                    value["error"] = serde_json::json!(format!(
+                        "{error} (this command sent none: pass --token-file FILE, or set SWITCHYARD_CONTROL_TOKEN_FILE)"
+                    ));
+                }
                 return Ok(Answered {
                     status: answer.status.as_u16(),
                     value,

@@ -225,6 +225,27 @@ fn failback_waits_for_the_stability_window_then_happens() {
     assert_eq!(h.engine.region_state(&r(PRIMARY)), Some(RegionState::Healthy));
     assert_eq!(h.active(), Some(r(PRIMARY)));
     assert_eq!(h.started.last().map(|o| o.kind), Some(TransitionKind::Failback));
+    let reason = &h.started.last().expect("the failback").reason;
+    assert!(reason.contains("its data has caught up"), "{reason}");
+}
+
+#[test]
+fn a_failback_without_the_lag_check_does_not_claim_the_data_caught_up() {
+    let mut config = two_regions();
+    config.failback_lag_max_ms = None;
+    let mut h = Harness::started_up(config);
+    h.verdict(PRIMARY, Verdict::Down);
+    assert_eq!(h.active(), Some(r(SECONDARY)));
+    h.verdict(PRIMARY, Verdict::Up);
+    for _ in 0..70 {
+        h.advance(1_000);
+    }
+    assert_eq!(h.active(), Some(r(PRIMARY)));
+    let reason = &h.started.last().expect("the failback").reason;
+    assert!(
+        !reason.contains("caught up") && reason.contains("not checked"),
+        "{reason}"
+    );
 }
 
 #[test]
