@@ -1503,13 +1503,17 @@ mod tests {
         )
     }
 
-    /// A listener with the smallest budget, serving [`upload_app`]; its address and stopper.
-    async fn small_budget_listener() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    /// A listener serving [`upload_app`] with this body limit and budget; its address and
+    /// stopper. Its body read timeout is far longer than the tests wait: only the budget's own
+    /// rules answer in time.
+    async fn upload_listener(
+        body_limit_bytes: usize,
+        budget_bytes: usize,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let mut limits = Limits::with_body_limit(1024 * 1024);
-        limits.buffered_body_bytes_max = BUFFERED_BODY_BYTES_MIN;
-        // Far longer than the tests wait: only the budget's own rules answer in time.
+        let mut limits = Limits::with_body_limit(body_limit_bytes);
+        limits.buffered_body_bytes_max = budget_bytes;
         limits.body_read_timeout_ms = 600_000;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve(listener, Options::new("test", limits), upload_app(), async {
@@ -1518,16 +1522,26 @@ mod tests {
         (address, stop)
     }
 
-    /// A body that declares much, sends a little past the unbudgeted bytes and stalls holds
-    /// its share only until it falls behind the minimum rate: it is refused (408) and the
-    /// upload waiting behind it is served, long before the body read timeout.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stalled_body_gives_back_its_share_once_behind_the_minimum_rate() {
-        let (address, stop) = small_budget_listener().await;
+    /// A listener with the smallest budget, serving [`upload_app`]; its address and stopper.
+    async fn small_budget_listener() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        upload_listener(1024 * 1024, BUFFERED_BODY_BYTES_MIN).await
+    }
+
+    /// Starts an upload of `declared` bytes, sends `sent` of them and stalls; the connection.
+    async fn stalled_upload(address: std::net::SocketAddr, declared: usize, sent: usize) -> TcpStream {
         let mut stalled = TcpStream::connect(address).await.expect("connect");
-        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n";
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n");
         stalled.write_all(head.as_bytes()).await.expect("head");
-        stalled.write_all(&vec![b'x'; 100 * 1024]).await.expect("first bytes");
+        stalled
+            .write_all(&vec![b'x'; sent])
+            .await
+            .expect("the bytes before the stall");
+        stalled
+    }
+
+    /// An upload of 600,000 bytes, sent whole, is served within 60 s (once a stalled one
+    /// gave back the budget it waits for).
+    async fn assert_waiting_upload_served(address: std::net::SocketAddr) {
         let mut victim = TcpStream::connect(address).await.expect("connect");
         let head = "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 600000\r\n\r\n";
         victim.write_all(head.as_bytes()).await.expect("head");
@@ -1542,6 +1556,16 @@ mod tests {
             answer.starts_with("HTTP/1.1 200") && answer.ends_with("600000"),
             "{answer}"
         );
+    }
+
+    /// A body that declares much, sends a little past the unbudgeted bytes and stalls holds
+    /// its share only until it falls behind the minimum rate: it is refused (408) and the
+    /// upload waiting behind it is served, long before the body read timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_body_gives_back_its_share_once_behind_the_minimum_rate() {
+        let (address, stop) = small_budget_listener().await;
+        let mut stalled = stalled_upload(address, 900_000, 100 * 1024).await;
+        assert_waiting_upload_served(address).await;
         let mut refused = vec![0u8; 4096];
         let read = tokio::time::timeout(DEADLINE, stalled.read(&mut refused))
             .await
@@ -1558,36 +1582,9 @@ mod tests {
     /// behind it is served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_sent_fast_then_stalled_gives_back_its_share_after_the_grace() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let mut limits = Limits::with_body_limit(32 * 1024 * 1024);
-        limits.buffered_body_bytes_max = 16 * 1024 * 1024;
-        limits.body_read_timeout_ms = 600_000;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, Options::new("test", limits), upload_app(), async {
-            let _ = stopped.await;
-        }));
-        let mut stalled = TcpStream::connect(address).await.expect("connect");
-        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 30000000\r\n\r\n";
-        stalled.write_all(head.as_bytes()).await.expect("head");
-        stalled
-            .write_all(&vec![b'x'; 15_000_000])
-            .await
-            .expect("most of the body");
-        let mut victim = TcpStream::connect(address).await.expect("connect");
-        let head = "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 600000\r\n\r\n";
-        victim.write_all(head.as_bytes()).await.expect("head");
-        victim.write_all(&vec![b'y'; 600_000]).await.expect("body");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(60), victim.read_to_end(&mut answer))
-            .await
-            .expect("the waiting upload is served once the stalled one gives its share back")
-            .expect("read");
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(
-            answer.starts_with("HTTP/1.1 200") && answer.ends_with("600000"),
-            "{answer}"
-        );
+        let (address, stop) = upload_listener(32 * 1024 * 1024, 16 * 1024 * 1024).await;
+        let _stalled = stalled_upload(address, 30_000_000, 15_000_000).await;
+        assert_waiting_upload_served(address).await;
         let _ = stop.send(());
     }
 
@@ -1597,15 +1594,7 @@ mod tests {
     /// grace ran out).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_chunked_upload_of_small_chunks_keeps_its_share_past_the_grace() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let mut limits = Limits::with_body_limit(32 * 1024 * 1024);
-        limits.buffered_body_bytes_max = BUFFERED_BODY_BYTES_MIN;
-        limits.body_read_timeout_ms = 600_000;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, Options::new("test", limits), upload_app(), async {
-            let _ = stopped.await;
-        }));
+        let (address, stop) = upload_listener(32 * 1024 * 1024, BUFFERED_BODY_BYTES_MIN).await;
         let mut upload = TcpStream::connect(address).await.expect("connect");
         let head = "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n";
         upload.write_all(head.as_bytes()).await.expect("head");
