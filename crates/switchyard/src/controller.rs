@@ -739,15 +739,24 @@ fn render_status(value: &serde_json::Value) -> String {
     }
     let steps: Vec<&serde_json::Value> = value["steps"].as_array().into_iter().flatten().collect();
     if !steps.is_empty() {
+        // Columns as wide as their longest entry (`route53_failover_health` is 23 characters).
+        let width = |key: &str, least: usize| {
+            steps
+                .iter()
+                .map(|step| step[key].as_str().unwrap_or("?").chars().count())
+                .fold(least, usize::max)
+        };
+        let (name_width, kind_width) = (width("name", 20), width("kind", 22));
         let _ = writeln!(
             out,
-            "\nSTEP                 KIND                   OUTCOME   GEN  DETAIL (last attempt)"
+            "\n{:<name_width$} {:<kind_width$} OUTCOME   GEN  DETAIL (last attempt)",
+            "STEP", "KIND"
         );
         for step in steps {
             let last = &step["last"];
             let _ = writeln!(
                 out,
-                "{:<20} {:<22} {:<9} {:>4}  {}",
+                "{:<name_width$} {:<kind_width$} {:<9} {:>4}  {}",
                 step["name"].as_str().unwrap_or("?"),
                 step["kind"].as_str().unwrap_or("?"),
                 last["outcome"].as_str().unwrap_or("not run"),
@@ -1112,6 +1121,26 @@ mod tests {
     use super::*;
 
     const CONFIG: &str = "[controller]\naudit_log = \"/dev/null\"\n\n[quorum]\nvantages = [\"controller\", \"eu-agent\"]\n\n[[regions]]\nname = \"a\"\npriority = 1\n\n[[checks]]\nname = \"a-app\"\nregion = \"a\"\nkind = { type = \"tcp\", address = \"127.0.0.1:1\" }\n";
+
+    #[test]
+    fn the_steps_table_widens_to_its_longest_kind_and_name() {
+        let value = serde_json::json!({"steps": [
+            {"name": "dns", "kind": "route53_failover_health", "last": {"outcome": "ok", "generation": 3, "detail": "INSYNC"}},
+            {"name": "a-step-with-a-long-name-indeed", "kind": "command", "last": {}},
+        ]});
+        let shown = render_status(&value);
+        let lines: Vec<&str> = shown
+            .lines()
+            .filter(|l| l.starts_with("STEP") || l.starts_with("dns") || l.starts_with("a-step"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{shown}");
+        // Every column starts at the same place on every line.
+        let outcome_at = |line: &str, word: &str| line.find(word).expect(word);
+        let column = outcome_at(lines[0], "OUTCOME");
+        assert_eq!(outcome_at(lines[1], "ok"), column, "{shown}");
+        assert_eq!(outcome_at(lines[2], "not run"), column, "{shown}");
+        assert!(lines[1].contains("route53_failover_health ok"), "{shown}");
+    }
 
     #[test]
     fn status_shows_each_replicas_expected_loss_against_its_primary() {
