@@ -508,7 +508,7 @@ pub fn check_no_inline_credentials(what: &str, keys: &[(&str, Range<usize>)], ch
 pub fn failure<E, R>(action: &str, error: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Failure
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + 'static,
+    R: std::fmt::Debug,
 {
     use aws_smithy_runtime_api::client::result::SdkError;
     match error {
@@ -527,31 +527,8 @@ where
                 Failure::Retryable(text)
             }
         }
-        other => Failure::Retryable(format!("{action}: {}", error_chain(other))),
+        other => Failure::Retryable(format!("{action}: {}", common::error::chain(other))),
     }
-}
-
-/// Causes an error chain names at most (an SDK error nests four or five).
-const ERROR_CHAIN_DEPTH_MAX: usize = 16;
-
-/// An error and its causes, each as its `Display` says it, joined by `: ` — what a person
-/// reads ("dispatch failure: io error: ...: Name or service not known"). The SDK's
-/// `DisplayErrorContext` adds the whole chain's `Debug` form in parentheses too, a screenful of
-/// struct names in every log line. A cause whose text the one before already holds is left out.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if parts.len() >= ERROR_CHAIN_DEPTH_MAX {
-            break;
-        }
-        let text = cause.to_string();
-        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 /// The error code of an SDK service error (`ParameterNotFound`), if it is one.
@@ -568,47 +545,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    #[derive(Debug)]
-    struct Layer(&'static str, Option<Box<Layer>>);
-    impl std::fmt::Display for Layer {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-    impl std::error::Error for Layer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            self.1.as_deref().map(|l| l as &(dyn std::error::Error + 'static))
-        }
-    }
-
-    #[test]
-    fn an_error_chain_reads_as_its_messages_without_debug_dumps() {
-        let inner = Layer("Name or service not known", None);
-        let middle = Layer("dns error: Name or service not known", Some(Box::new(inner)));
-        let outer = Layer(
-            "dispatch failure",
-            Some(Box::new(Layer("io error", Some(Box::new(middle))))),
-        );
-        assert_eq!(
-            super::error_chain(&outer),
-            "dispatch failure: io error: dns error: Name or service not known"
-        );
-        let mut repeated = Layer("0", None);
-        for _ in 0..3 {
-            repeated = Layer("n", Some(Box::new(repeated)));
-        }
-        assert_eq!(super::error_chain(&repeated), "n: 0", "a repeated cause is left out");
-        let mut deep = Layer("root", None);
-        for i in 0..40 {
-            deep = Layer(["x", "y"][i % 2], Some(Box::new(deep)));
-        }
-        assert_eq!(
-            super::error_chain(&deep).matches(": ").count(),
-            super::ERROR_CHAIN_DEPTH_MAX - 1,
-            "at most ERROR_CHAIN_DEPTH_MAX causes"
-        );
-    }
-
     use super::*;
 
     #[test]

@@ -1175,7 +1175,7 @@ mod live {
         ) -> Outcome
         where
             E: aws_sdk_route53::error::ProvideErrorMetadata + std::error::Error + 'static,
-            R: std::fmt::Debug + 'static,
+            R: std::fmt::Debug,
         {
             let failure = aws::failure("Route 53 ChangeResourceRecordSets", error);
             if aws::error_code(error).is_none() {
