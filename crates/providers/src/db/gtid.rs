@@ -78,12 +78,56 @@ impl Position {
         }
     }
 
+    /// What `self`, a server's own writes ([`Position::written_by`]), has that `other` lacks.
+    /// For MySQL that is [`Position::missing_from`]. For MariaDB a domain's sequence numbers are
+    /// shared by its servers, so `gtid_binlog_state`'s last one per server does not say where a
+    /// server's own run started; with `gtid_strict_mode` each of its writes took the next
+    /// number after the domain's highest, and a replica that kept replicating cleanly took its
+    /// own ones after everything `other` has below them. So the run is counted from there, not
+    /// from the server's previous entry in `other` (which would count every number the other
+    /// servers used in between).
+    pub fn own_missing_from(&self, other: &Position) -> Missing {
+        match (self, other) {
+            (Position::Mariadb(a), Position::Mariadb(b)) => a.missing_after_domain(b),
+            _ => self.missing_from(other),
+        }
+    }
+
     /// The text the wait functions take: MariaDB's `MASTER_GTID_WAIT` wants one GTID per
     /// domain (the highest); MySQL's `WAIT_FOR_EXECUTED_GTID_SET` the whole set.
     pub fn wait_text(&self) -> String {
         match self {
             Position::Mariadb(state) => state.domain_positions(),
             Position::Mysql(set) => set.to_string(),
+        }
+    }
+
+    /// Only the transactions written on the server `origin` names (its own writes, not ones it
+    /// replicated): MariaDB's entries of its `server_id`, MySQL's of its `server_uuid` (tagged
+    /// or not). A mismatch of flavours is empty.
+    pub fn written_by(&self, origin: &Origin) -> Position {
+        match (self, origin) {
+            (Position::Mariadb(state), Origin::ServerId(id)) => Position::Mariadb(MariaState(
+                state
+                    .0
+                    .iter()
+                    .filter(|((_, server), _)| server == id)
+                    .map(|(k, v)| (*k, *v))
+                    .collect(),
+            )),
+            (Position::Mysql(set), Origin::ServerUuid(uuid)) => Position::Mysql(GtidSet(
+                set.0
+                    .iter()
+                    .filter(|(source, _)| {
+                        source
+                            .get(..uuid.len())
+                            .is_some_and(|head| head.eq_ignore_ascii_case(uuid))
+                            && matches!(source.as_bytes().get(uuid.len()), None | Some(b':'))
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )),
+            _ => self.empty_like(),
         }
     }
 
@@ -100,6 +144,24 @@ impl std::fmt::Display for Position {
         match self {
             Position::Mariadb(state) => write!(f, "{state}"),
             Position::Mysql(set) => write!(f, "{set}"),
+        }
+    }
+}
+
+/// Which server wrote a transaction, as its GTID says: MariaDB's GTIDs carry the writer's
+/// `server_id`, MySQL's its `server_uuid`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    ServerId(u32),
+    /// Lower-case, as [`GtidSet`] keeps sources.
+    ServerUuid(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::ServerId(id) => write!(f, "server_id {id}"),
+            Origin::ServerUuid(uuid) => write!(f, "server_uuid {uuid}"),
         }
     }
 }
@@ -231,6 +293,27 @@ impl MariaState {
             }
         }
         missing
+    }
+
+    /// [`MariaState::missing_from`], each run starting after the highest sequence number
+    /// `other` has below it in its domain (see [`Position::own_missing_from`]).
+    fn missing_after_domain(&self, other: &MariaState) -> Missing {
+        let mut floor = MariaState::default();
+        for (&(domain, server), &seq) in &self.0 {
+            let below = other
+                .0
+                .iter()
+                .filter(|((d, _), n)| *d == domain && **n < seq)
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(0);
+            floor.add(
+                domain,
+                server,
+                below.max(other.0.get(&(domain, server)).copied().unwrap_or(0)),
+            );
+        }
+        self.missing_from(&floor)
     }
 
     /// One GTID per domain, the highest sequence number in it.
@@ -412,6 +495,42 @@ mod tests {
             .expect("p")
             .missing_from(&MariaState::parse("0-1-95").expect("p"));
         assert_eq!(one.ranges, vec!["0-1-96".to_string()]);
+    }
+
+    #[test]
+    fn written_by_keeps_only_the_origins_own_transactions() {
+        let maria = Position::Mariadb(MariaState::parse("0-1-100,0-2-9,1-2-4").expect("parses"));
+        assert_eq!(maria.written_by(&Origin::ServerId(2)).to_string(), "0-2-9,1-2-4");
+        assert_eq!(maria.written_by(&Origin::ServerId(3)).to_string(), "(empty)");
+        let set = Position::Mysql(GtidSet::parse(&format!("{A}:1-10,{A}:audit:1-2,{B}:1-3")).expect("parses"));
+        let own = set.written_by(&Origin::ServerUuid(A.to_string()));
+        assert_eq!(own.transactions(), 12, "{own}");
+        assert!(!own.to_string().contains(B), "{own}");
+        // A uuid is matched whole, in any case, not as a prefix of another source.
+        let upper = Origin::ServerUuid(B.to_ascii_uppercase());
+        assert_eq!(set.written_by(&upper).transactions(), 3);
+        assert_eq!(
+            set.written_by(&Origin::ServerUuid(B[..8].to_string())).transactions(),
+            0
+        );
+        // Flavours do not mix.
+        assert_eq!(maria.written_by(&Origin::ServerUuid(A.to_string())).transactions(), 0);
+    }
+
+    #[test]
+    fn a_servers_own_run_is_counted_from_the_domains_highest_number_below_it() {
+        let primary = Position::Mariadb(MariaState::parse("0-1-100,0-2-40,1-1-7").expect("parses"));
+        // b (server 2) wrote 0-2-101 and 0-2-102 itself after replicating 0-1-100.
+        let own = Position::Mariadb(MariaState::parse("0-2-102,1-2-3").expect("parses"));
+        let missing = own.own_missing_from(&primary);
+        assert_eq!(missing.count, 2 + 3, "{missing:?}");
+        assert_eq!(
+            missing.ranges,
+            vec!["0-2-101..0-2-102".to_string(), "1-2-1..1-2-3".to_string()]
+        );
+        // Counted from the server's own entry, it would be 62 in domain 0.
+        assert_eq!(own.missing_from(&primary).count, 62 + 3);
+        assert!(own.own_missing_from(&own).is_empty());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 
 use super::binlog::ErrantScan;
-use super::gtid::{GtidSet, MariaState, Missing, Position};
+use super::gtid::{GtidSet, MariaState, Missing, Origin, Position};
 use super::{Member, Notes, QUERY_TIMEOUT_MS};
 use crate::{Checker, Failure, Order, Outcome};
 
@@ -175,11 +175,24 @@ pub struct Observed {
     pub executed: Position,
     /// The promotion record's generation, if the table exists.
     pub record: Option<u64>,
+    /// What its own writes' GTIDs carry (`server_id` / `server_uuid`); `None` if it did not say.
+    pub origin: Option<Origin>,
 }
 
 impl Observed {
     fn writable_primary(&self) -> bool {
         self.replication.is_none() && !self.read_only
+    }
+
+    /// The transactions written on this server itself that `reference` lacks. A replica of the
+    /// primary may be ahead of the survey's reading of the primary, but never by writes of its
+    /// own: those came from a user who writes past `read_only` (READ_ONLY ADMIN or SUPER, as the
+    /// step's own user has), and the primary never saw them.
+    fn own_errant(&self, reference: &Position) -> Missing {
+        match &self.origin {
+            Some(origin) => self.executed.written_by(origin).own_missing_from(reference),
+            None => Missing::default(),
+        }
     }
 
     /// Everything it has or will apply.
@@ -255,13 +268,24 @@ pub fn plan(order: &Order, members: &[Member], observed: &[Option<Observed>]) ->
         // replica of the last primary may be ahead of the survey's reading of it: the servers
         // are read one after the other while it still takes writes.)
         let errant = o.executed.missing_from(&reference);
+        let why = if rejoin { "cannot rejoin" } else { "cannot be promoted" };
+        let primary = old.map(|o| format!(" {}", members[o].address)).unwrap_or_default();
         if !errant.is_empty() && !follows(o, old, members) {
-            let why = if rejoin { "cannot rejoin" } else { "cannot be promoted" };
             refusals.push(format!(
-                "{} {why}: it has {} errant transaction(s) the primary{} never saw: {errant}",
+                "{} {why}: it has {} errant transaction(s) the primary{primary} never saw: {errant}",
+                members[*i].address, errant.count,
+            ));
+            continue;
+        }
+        // ...but a replica of the last primary may not hold writes of its own.
+        let own = o.own_errant(&reference);
+        if !own.is_empty() && follows(o, old, members) {
+            refusals.push(format!(
+                "{} {why}: it has {} errant transaction(s) written on it directly ({}; a user with \
+                 READ_ONLY ADMIN or SUPER writes past read_only), which the primary{primary} never saw: {own}",
                 members[*i].address,
-                errant.count,
-                old.map(|o| format!(" {}", members[o].address)).unwrap_or_default(),
+                own.count,
+                o.origin.as_ref().map(ToString::to_string).unwrap_or_default(),
             ));
             continue;
         }
@@ -331,9 +355,13 @@ pub fn errant_rejoiners(
     let reference = reference(old, &reachable);
     reachable
         .iter()
-        .filter(|(i, o)| members[*i].region == order.to && Some(*i) != old && !follows(o, old, members))
+        .filter(|(i, _)| members[*i].region == order.to && Some(*i) != old)
         .filter_map(|(i, o)| {
-            let errant = o.executed.missing_from(&reference);
+            let errant = if follows(o, old, members) {
+                o.own_errant(&reference)
+            } else {
+                o.executed.missing_from(&reference)
+            };
             (!errant.is_empty()).then(|| (*i, reference.clone(), errant.count))
         })
         .collect()
@@ -849,6 +877,24 @@ impl Session {
         parsed.map_err(|e| Failure::Retryable(format!("{}: {e}", self.address)))
     }
 
+    /// What this server's own writes' GTIDs carry: `server_id` (MariaDB) or `server_uuid`
+    /// (MySQL); `None` if the value is missing or not one.
+    async fn origin(&mut self) -> Result<Option<Origin>, Failure> {
+        Ok(match self.flavor {
+            Flavor::Mariadb => self
+                .value("SELECT @@GLOBAL.server_id")
+                .await?
+                .and_then(|id| id.trim().parse().ok())
+                .map(Origin::ServerId),
+            Flavor::Mysql => self
+                .value("SELECT @@GLOBAL.server_uuid")
+                .await?
+                .map(|uuid| uuid.trim().to_ascii_lowercase())
+                .filter(|uuid| uuid.len() == 36)
+                .map(Origin::ServerUuid),
+        })
+    }
+
     async fn executed(&mut self) -> Result<Position, Failure> {
         match self.flavor {
             Flavor::Mariadb => {
@@ -949,6 +995,7 @@ impl Session {
         let executed = self.executed().await?;
         let replication = self.replication(&executed).await?;
         let record = self.record().await?;
+        let origin = self.origin().await?;
         Ok(Observed {
             flavor: self.flavor,
             version,
@@ -957,6 +1004,7 @@ impl Session {
             replication,
             executed,
             record,
+            origin,
         })
     }
 
@@ -1347,6 +1395,7 @@ mod tests {
             replication: None,
             executed: maria(executed),
             record,
+            origin: None,
         }
     }
 
@@ -1401,6 +1450,54 @@ mod tests {
         };
         assert!(
             message.contains("c:3306 cannot be promoted: it has 7 errant transaction(s)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_replica_of_the_primary_holding_writes_of_its_own_is_never_the_candidate() {
+        // b (server_id 2) follows a and holds 0-2-101, written on b itself past read_only: not
+        // the primary running ahead of the survey, so b is refused and named; c, behind but
+        // clean, is promoted. b's reading of a's newer writes (0-1-101) stays exempt.
+        let own = |executed: &str| Observed {
+            origin: Some(Origin::ServerId(2)),
+            ..replica(executed, executed)
+        };
+        let c = Observed {
+            origin: Some(Origin::ServerId(3)),
+            ..replica("0-1-99", "0-1-99")
+        };
+        let observed = vec![Some(primary("0-1-100", Some(3))), Some(own("0-1-101")), Some(c.clone())];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: Some(0),
+                candidate: 1,
+                rejoin: false
+            }
+        );
+        let observed = vec![Some(primary("0-1-100", Some(3))), Some(own("0-1-100,0-2-101")), Some(c)];
+        assert_eq!(
+            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
+            Plan::Promote {
+                old: Some(0),
+                candidate: 2,
+                rejoin: false
+            }
+        );
+        let named = errant_rejoiners(&order(7, "us", false), &members(), &observed);
+        assert_eq!(named.iter().map(|(i, _, n)| (*i, *n)).collect::<Vec<_>>(), vec![(1, 1)]);
+        let Err(Failure::Refused(message)) = plan(
+            &order(7, "us", false),
+            &members(),
+            &[Some(primary("0-1-100", Some(3))), Some(own("0-1-100,0-2-101")), None],
+        ) else {
+            panic!("not refused")
+        };
+        assert!(
+            message.contains("b:3306 cannot be promoted")
+                && message.contains("written on it directly (server_id 2")
+                && message.contains("primary a:3306 never saw: 0-2-101"),
             "{message}"
         );
     }

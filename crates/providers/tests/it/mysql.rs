@@ -379,6 +379,45 @@ async fn mariadb_promotion_beyond_the_lag_bound_is_refused_forced_and_the_errant
 }
 
 #[tokio::test]
+async fn mariadb_a_replica_written_past_read_only_is_not_promoted_and_its_writes_are_named() {
+    let Some(mariadbd) = find_binary("mariadbd") else {
+        return skip("mariadbd", "mariadb-server");
+    };
+    let pair = start_pair(&mariadbd).await;
+    let (a, b) = (pair.a, pair.b);
+    let b_address = format!("127.0.0.1:{b}");
+    for id in 1..=2 {
+        insert(a, id).await.expect("insert");
+    }
+    wait_until("the replica to apply 2 orders", || async move { count(b).await == 2 }).await;
+    // The shop's account cannot write on the replica, but one with READ_ONLY ADMIN (the
+    // step's own account here) can: b now holds an order a never saw, under b's server_id.
+    assert_eq!(server_code(insert(b, 40).await), Some(READ_ONLY_ERROR));
+    admin(b, "INSERT INTO shop.orders (id) VALUES (41)").await;
+    assert!(source(b).await.ends_with(&format!(":{a}")), "b still replicates from a");
+
+    let step = step(&pair, 2_000);
+    let refused = step.run(&order(5, "eu", "us", false)).await;
+    let Err(Failure::Refused(message)) = &refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    assert!(
+        message.contains(&format!(
+            "{b_address} cannot be promoted: it has 1 errant transaction(s) written on it directly (server_id 2"
+        )) && message.contains("never saw: 0-2-"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "{b_address}'s errant transactions: their rows changed shop.orders (1 transaction(s))"
+        )) && message.contains("all 1 found in the binlog"),
+        "{message}"
+    );
+    assert_eq!(text(b, "SELECT @@GLOBAL.read_only").await, "1", "nothing was promoted");
+    insert(a, 3).await.expect("the primary still takes writes");
+}
+
+#[tokio::test]
 async fn mariadb_a_run_stopped_after_the_reset_is_finished_by_the_next_without_a_second_promotion() {
     let Some(mariadbd) = find_binary("mariadbd") else {
         return skip("mariadbd", "mariadb-server");
