@@ -106,12 +106,21 @@ impl Position {
     /// replicated): MariaDB's entries of its `server_id`, MySQL's of its `server_uuid` (tagged
     /// or not). A mismatch of flavours is empty.
     pub fn written_by(&self, origin: &Origin) -> Position {
+        self.split_by(origin, true)
+    }
+
+    /// Everything but what [`Position::written_by`] keeps: the transactions it replicated.
+    pub fn written_elsewhere(&self, origin: &Origin) -> Position {
+        self.split_by(origin, false)
+    }
+
+    fn split_by(&self, origin: &Origin, own: bool) -> Position {
         match (self, origin) {
             (Position::Mariadb(state), Origin::ServerId(id)) => Position::Mariadb(MariaState(
                 state
                     .0
                     .iter()
-                    .filter(|((_, server), _)| server == id)
+                    .filter(|((_, server), _)| (server == id) == own)
                     .map(|(k, v)| (*k, *v))
                     .collect(),
             )),
@@ -119,15 +128,17 @@ impl Position {
                 set.0
                     .iter()
                     .filter(|(source, _)| {
-                        source
+                        let mine = source
                             .get(..uuid.len())
                             .is_some_and(|head| head.eq_ignore_ascii_case(uuid))
-                            && matches!(source.as_bytes().get(uuid.len()), None | Some(b':'))
+                            && matches!(source.as_bytes().get(uuid.len()), None | Some(b':'));
+                        mine == own
                     })
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             )),
-            _ => self.empty_like(),
+            _ if own => self.empty_like(),
+            _ => self.clone(),
         }
     }
 
@@ -515,6 +526,10 @@ mod tests {
         );
         // Flavours do not mix.
         assert_eq!(maria.written_by(&Origin::ServerUuid(A.to_string())).transactions(), 0);
+        // The rest is what it replicated.
+        assert_eq!(maria.written_elsewhere(&Origin::ServerId(2)).to_string(), "0-1-100");
+        let replicated = set.written_elsewhere(&Origin::ServerUuid(A.to_string()));
+        assert_eq!(replicated.transactions(), 3, "{replicated}");
     }
 
     #[test]

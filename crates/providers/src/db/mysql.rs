@@ -189,9 +189,20 @@ impl Observed {
     /// own: those came from a user who writes past `read_only` (READ_ONLY ADMIN or SUPER, as the
     /// step's own user has), and the primary never saw them.
     fn own_errant(&self, reference: &Position) -> Missing {
+        self.own_errant_beside(reference).0
+    }
+
+    /// [`Observed::own_errant`], and what is known to exist beside it: `reference` and what this
+    /// server replicated (the primary's writes it read after the survey read the primary's
+    /// position), which a binlog scan for its own writes must not count.
+    fn own_errant_beside(&self, reference: &Position) -> (Missing, Position) {
+        let mut known = reference.clone();
         match &self.origin {
-            Some(origin) => self.executed.written_by(origin).own_missing_from(reference),
-            None => Missing::default(),
+            Some(origin) => {
+                known.merge(&self.executed.written_elsewhere(origin));
+                (self.executed.written_by(origin).own_missing_from(&known), known)
+            }
+            None => (Missing::default(), known),
         }
     }
 
@@ -357,12 +368,13 @@ pub fn errant_rejoiners(
         .iter()
         .filter(|(i, _)| members[*i].region == order.to && Some(*i) != old)
         .filter_map(|(i, o)| {
-            let errant = if follows(o, old, members) {
-                o.own_errant(&reference)
+            let (errant, known) = if follows(o, old, members) {
+                // The binlog scan then looks only for its own writes.
+                o.own_errant_beside(&reference)
             } else {
-                o.executed.missing_from(&reference)
+                (o.executed.missing_from(&reference), reference.clone())
             };
-            (!errant.is_empty()).then(|| (*i, reference.clone(), errant.count))
+            (!errant.is_empty()).then_some((*i, known, errant.count))
         })
         .collect()
 }
@@ -1476,7 +1488,7 @@ mod tests {
                 rejoin: false
             }
         );
-        let observed = vec![Some(primary("0-1-100", Some(3))), Some(own("0-1-100,0-2-101")), Some(c)];
+        let observed = vec![Some(primary("0-1-100", Some(3))), Some(own("0-1-101,0-2-102")), Some(c)];
         assert_eq!(
             plan(&order(7, "us", false), &members(), &observed).expect("plan"),
             Plan::Promote {
@@ -1485,8 +1497,11 @@ mod tests {
                 rejoin: false
             }
         );
+        // b wrote 0-2-102 after it read a's 0-1-101 (a wrote that after the survey read a):
+        // one transaction of its own, and the binlog scan takes 0-1-101 as known.
         let named = errant_rejoiners(&order(7, "us", false), &members(), &observed);
         assert_eq!(named.iter().map(|(i, _, n)| (*i, *n)).collect::<Vec<_>>(), vec![(1, 1)]);
+        assert_eq!(named[0].1, maria("0-1-101"));
         let Err(Failure::Refused(message)) = plan(
             &order(7, "us", false),
             &members(),
