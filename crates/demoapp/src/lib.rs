@@ -43,8 +43,9 @@ pub struct DemoAppConfig {
     pub instance: String,
     /// Region → store URL (`http://HOST:PORT`); must include `region`.
     pub stores: BTreeMap<String, String>,
-    /// The active-region pointer URL; `None`: the local region takes writes.
-    pub pointer: Option<String>,
+    /// The active-region pointer's URLs, one per controller member (any of them answering
+    /// keeps the pointer fresh); none: the local region takes writes.
+    pub pointers: Vec<String>,
     /// Bearer token for the pointer (the controller's `--token-file`).
     pub pointer_token: Option<String>,
     pub credentials: Option<AwsCredentials>,
@@ -73,7 +74,7 @@ impl DemoAppConfig {
             region: region.to_string(),
             instance: format!("shop-{region}"),
             stores: BTreeMap::from([(region.to_string(), store_url.to_string())]),
-            pointer: None,
+            pointers: Vec::new(),
             pointer_token: None,
             credentials: None,
             table_prefix: "shop_".to_string(),
@@ -103,15 +104,24 @@ pub async fn build(config: &DemoAppConfig) -> Result<Arc<Shop>, DemoAppError> {
         let others: Vec<String> = stores.keys().filter(|r| **r != config.region).cloned().collect();
         tables::ensure(&stores[&config.region], &tables, &others).await?;
     }
-    let receiver = match &config.pointer {
-        Some(url) => {
-            let url = pointer::resource_url(url).map_err(DemoAppError::Config)?;
-            let (sender, receiver) = watch::channel(PointerView::default());
-            tokio::spawn(pointer::watch(url, config.pointer_token.clone(), sender));
-            receiver
-        }
+    let receiver = if config.pointers.is_empty() {
         // A fixed pointer never changes: the receiver keeps the value after the sender is gone.
-        None => watch::channel(PointerView::fixed(&config.region)).1,
+        watch::channel(PointerView::fixed(&config.region)).1
+    } else {
+        let urls = config
+            .pointers
+            .iter()
+            .map(|url| pointer::resource_url(url))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DemoAppError::Config)?;
+        let (sender, receiver) = watch::channel(PointerView::default());
+        // One watcher per member, into one view: the newest generation any of them answers
+        // wins, and the pointer stays fresh while one of them answers.
+        let sender = Arc::new(sender);
+        for url in urls {
+            tokio::spawn(pointer::watch(url, config.pointer_token.clone(), Arc::clone(&sender)));
+        }
+        receiver
     };
     let shop = Arc::new(
         Shop::new(

@@ -156,8 +156,9 @@ struct PointerWire {
 }
 
 /// Watches the pointer at `url` until the receiver side is gone; `token` is sent as
-/// `Authorization: Bearer` (the controller's `--token-file`).
-pub async fn watch(url: String, token: Option<String>, view: watch::Sender<PointerView>) {
+/// `Authorization: Bearer` (the controller's `--token-file`). Several watchers (one per
+/// controller member) may share `view`.
+pub async fn watch(url: String, token: Option<String>, view: std::sync::Arc<watch::Sender<PointerView>>) {
     // `http://` or `https://` (verified against the process's trust: `--ca-file`).
     let connector = Connector::new(common::tls_client::process_config());
     let client: Client<Connector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
@@ -216,6 +217,7 @@ pub async fn watch(url: String, token: Option<String>, view: watch::Sender<Point
                     ),
                     Failed::Quiet => {}
                 }
+                // A member that fails says so only while no other one answers.
                 view.send_modify(|v| v.error = Some(error));
                 tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
             }

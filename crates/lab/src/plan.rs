@@ -775,8 +775,17 @@ pub fn plan(options: &LabOptions) -> Result<Plan, PlanError> {
                 args.push(format!("{other}={}", hosts.link_url(i, ports.app_to_store(i, j))));
             }
             if options.controller {
+                // Every member, as README says to give every client: the region's own link (to
+                // the member at its site) first; with one member killed the others keep the
+                // pointer fresh, so a follower's death fails no region over.
                 args.push("--pointer".to_string());
                 args.push(hosts.link_url(i, ports.pointer(i)));
+                if ha {
+                    for k in (0..crate::ha::MEMBERS).filter(|k| *k != i % crate::ha::MEMBERS) {
+                        args.push("--pointer".to_string());
+                        args.push(api_url(options.tls, ha_ports.api_link(k)));
+                    }
+                }
             }
             if i == 0 && app == 0 {
                 args.push("--tables-create".to_string());
@@ -1371,6 +1380,19 @@ pub(crate) mod tests {
                 .args
                 .windows(2)
                 .any(|p| p[0] == "--listen" && p[1] == "127.0.0.1:17033")
+        );
+        // Each shop follows every member's pointer, its own site's first.
+        let shop = lab.components.iter().find(|c| c.kind == "demo-app").expect("a shop");
+        let pointers: Vec<&str> = shop
+            .args
+            .windows(2)
+            .filter(|p| p[0] == "--pointer")
+            .map(|p| p[1].as_str())
+            .collect();
+        assert_eq!(pointers.len(), crate::ha::MEMBERS, "{:?}", shop.args);
+        assert!(
+            pointers[1..].iter().all(|p| p.starts_with("http://127.0.0.1:170")),
+            "{pointers:?}"
         );
         // The second region's pointer is served by the member at its site.
         assert!(

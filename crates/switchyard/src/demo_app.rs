@@ -20,10 +20,12 @@ pub struct DemoAppArgs {
     #[arg(long = "store", value_name = "REGION=URL", value_parser = parse_store, required = true)]
     stores: Vec<(String, String)>,
     /// The controller's active-region pointer (`http://HOST:PORT` means
-    /// `http://HOST:PORT/v1/active-region`); writes follow it. Without it the local region
-    /// takes writes.
-    #[arg(long, env = "SWITCHYARD_POINTER")]
-    pointer: Option<String>,
+    /// `http://HOST:PORT/v1/active-region`); writes follow it. With several controllers
+    /// (`[controller.ha]`) give every member (repeat the flag, or separate with commas): the
+    /// pointer stays fresh while any of them answers, and the newest generation wins. Without
+    /// it the local region takes writes.
+    #[arg(long = "pointer", env = "SWITCHYARD_POINTER", value_delimiter = ',')]
+    pointers: Vec<String>,
     /// File holding the bearer token the controller wants (its --token-file).
     #[arg(long, env = "SWITCHYARD_POINTER_TOKEN_FILE")]
     pointer_token_file: Option<PathBuf>,
@@ -153,7 +155,7 @@ pub async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
         instance: args.instance.unwrap_or_else(|| format!("shop-{}", args.region)),
         region: args.region,
         stores,
-        pointer: args.pointer,
+        pointers: args.pointers,
         pointer_token,
         credentials,
         table_prefix: args.table_prefix,

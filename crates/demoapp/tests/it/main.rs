@@ -222,7 +222,7 @@ async fn two_region_shop(active: &str) -> (StoreProcess, StoreProcess, watch::Se
     .await;
     let mut config = DemoAppConfig::single("us-east-1", &east.url);
     config.stores.insert("eu-west-1".to_string(), west.url.clone());
-    config.pointer = Some(pointer_url);
+    config.pointers = vec![pointer_url];
     config.tables_create = false;
     (east, west, pointer, ShopUnderTest::start(config).await)
 }
@@ -455,7 +455,7 @@ async fn health_turns_503_while_the_pointer_is_unknown() {
     let nowhere = format!("http://{}", closed.local_addr().expect("address"));
     drop(closed);
     let mut config = DemoAppConfig::single("us-east-1", &store.url);
-    config.pointer = Some(nowhere);
+    config.pointers = vec![nowhere];
     let mut shop = ShopUnderTest::start(config).await;
     let body = shop.wait_health("503", |status, _| status == 503).await;
     assert!(body["reason"].as_str().is_some_and(|r| r.contains("pointer")), "{body}");
@@ -465,6 +465,45 @@ async fn health_turns_503_while_the_pointer_is_unknown() {
     // Reads still work from the local store.
     let (status, _) = shop.request("GET", "/api/cart", None).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn with_several_controller_members_one_answering_keeps_the_pointer_and_the_newest_wins() {
+    // Three members, as `[controller.ha]` runs them: one never answers (down), one answers
+    // an older generation (a follower not caught up), one the newest.
+    let store = plain_store("us-east-1").await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let down = format!("http://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    let (behind_url, _behind) = pointer_server(ActiveRegion {
+        region: "eu-west-1".to_string(),
+        generation: 3,
+    })
+    .await;
+    let (leader_url, leader) = pointer_server(ActiveRegion {
+        region: "us-east-1".to_string(),
+        generation: 4,
+    })
+    .await;
+    let mut config = DemoAppConfig::single("us-east-1", &store.url);
+    config.pointers = vec![down, behind_url, leader_url];
+    let mut shop = ShopUnderTest::start(config).await;
+    let health = shop
+        .wait_health("ok on generation 4", |status, body| {
+            status == 200 && body["generation"] == json!(4)
+        })
+        .await;
+    assert_eq!(health["active_region"], json!("us-east-1"), "{health}");
+    shop.ok("POST", "/api/cart", Some(json!({"product": "mug"}))).await;
+    // The leader moves the region: the shop follows whichever member says so first.
+    leader.send_replace(ActiveRegion {
+        region: "eu-west-1".to_string(),
+        generation: 5,
+    });
+    shop.wait_health("generation 5", |status, body| {
+        status == 200 && body["generation"] == json!(5) && body["active_region"] == json!("eu-west-1")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -566,7 +605,7 @@ async fn pointer_token_is_sent_and_an_unchosen_region_blocks_writes() {
     let url = serve_pointer(app).await;
 
     let mut config = DemoAppConfig::single("us-east-1", &store.url);
-    config.pointer = Some(url);
+    config.pointers = vec![url];
     config.pointer_token = Some("s3cret".to_string());
     let mut shop = ShopUnderTest::start(config).await;
     // Healthy (it serves reads, and the controller needs healthy instances to choose a

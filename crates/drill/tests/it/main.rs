@@ -147,7 +147,7 @@ async fn start_shops(stores: &[(String, String)]) -> (u16, Vec<tokio::sync::ones
                 region: region.clone(),
                 instance: format!("{region}-a"),
                 stores: all.clone(),
-                pointer: None,
+                pointers: Vec::new(),
                 pointer_token: None,
                 credentials: None,
                 table_prefix: "shop".into(),
