@@ -215,6 +215,12 @@ impl HaSection {
                     format!("etcd endpoint '{endpoint}' is plain http:// but TLS files are set"),
                     "use https:// endpoints with ca_file/cert_file, or remove the TLS files".into(),
                 ));
+            } else if let Err(problem) = health::spec::parse_url(endpoint, true) {
+                problems.push((
+                    "etcd",
+                    format!("etcd endpoint {problem}"),
+                    "write it as http://HOST:PORT, the port of etcd's client URLs (2379 by default)".into(),
+                ));
             }
         }
         let name_ok = !self.member.is_empty()
@@ -283,6 +289,12 @@ impl HaSection {
             problems.push((
                 "advertise",
                 format!("advertise '{advertise}' is not an http:// or https:// URL"),
+                "give the URL other members reach this controller at, e.g. \"http://10.0.1.7:7400\"".into(),
+            ));
+        } else if let Some(Err(problem)) = self.advertise.as_deref().map(|url| health::spec::parse_url(url, true)) {
+            problems.push((
+                "advertise",
+                format!("advertise {problem}"),
                 "give the URL other members reach this controller at, e.g. \"http://10.0.1.7:7400\"".into(),
             ));
         }

@@ -869,6 +869,27 @@ fn the_section_names_each_mistake_with_a_fix() {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].1.contains("without etcd support"), "{problems:?}");
     }
+    // URLs with a bad port or no host are named too (config check parses every URL).
+    for (etcd, advertise) in [
+        ("http://127.0.0.1:99999", "http://127.0.0.1:7400"),
+        ("http://127.0.0.1:0", "http://127.0.0.1:7400"),
+        ("http://:2379", "http://127.0.0.1:7400"),
+        ("http://127.0.0.1:2379", "http://127.0.0.1:99999"),
+    ] {
+        let bad = HaSection {
+            etcd: vec![etcd.into()],
+            advertise: Some(advertise.into()),
+            ..good.clone()
+        };
+        let problems = bad.problems();
+        assert!(
+            problems
+                .iter()
+                .any(|(key, problem, _)| (*key == "etcd" && problem.contains(etcd))
+                    || (*key == "advertise" && problem.contains(advertise))),
+            "{etcd} {advertise}: {problems:?}"
+        );
+    }
     assert_eq!(good.leader_key(), "/switchyard/leader");
     assert_eq!(good.state_key(), "/switchyard/state");
 }
