@@ -289,6 +289,10 @@ pub struct FaultyDisk {
     capacity_bytes: AtomicU64,
     fail_writes: AtomicBool,
     fail_syncs: AtomicBool,
+    /// While set, the database file's syncs that a checkpoint handed to their own thread
+    /// (`engine::deferred`, the `store-sync` thread) wait: a slow disk, held still by a test.
+    hold_syncs: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
     /// Write or sync calls that failed because of a fault.
     pub faults_injected: AtomicU64,
 }
@@ -311,6 +315,32 @@ impl FaultyDisk {
 
     pub fn set_fail_syncs(&self, fail: bool) {
         self.fail_syncs.store(fail, Ordering::SeqCst);
+    }
+
+    /// Holds (`true`) or releases the checkpoints' deferred syncs: a held one waits until
+    /// released.
+    pub fn set_hold_syncs(&self, hold: bool) {
+        *self
+            .hold_syncs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = hold;
+        self.released.notify_all();
+    }
+
+    fn wait_while_held(&self) {
+        if std::thread::current().name() != Some("store-sync") {
+            return;
+        }
+        let mut held = self
+            .hold_syncs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *held {
+            held = self
+                .released
+                .wait(held)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 
     fn injected(&self, error: io::Error) -> io::Error {
@@ -431,6 +461,7 @@ impl redb::StorageBackend for FaultyBackend {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
+        self.disk.wait_while_held();
         if self.disk.fail_syncs.load(Ordering::SeqCst) {
             return Err(self.disk.injected(io::Error::from_raw_os_error(5))); // EIO
         }

@@ -22,6 +22,7 @@
 //!   deletes still run.
 
 mod clock_watch;
+mod deferred;
 mod digests;
 mod index_backfill;
 mod pitr;
@@ -53,8 +54,8 @@ pub(crate) use streams::stream_key as stream_key_of;
 pub use streams::{ShardMeta, ShardRead, StreamMeta, render_stored_stream_entry};
 use wal::{Appended, LoggedTable, LoggedTxn, Wal};
 pub use wal::{
-    ReplayReport, WAL_CHECKPOINT_BYTES, WAL_FILE_BYTES_MAX, WAL_FILE_NAME, WAL_GROW_BYTES, WalError,
-    parse as parse_wal_payload, scan as scan_wal,
+    ReplayReport, WAL_CHECKPOINT_BYTES, WAL_FILE_BYTES_MAX, WAL_FILE_NAME, WAL_GROW_BYTES, WAL_REGION_BYTES,
+    WAL_REGION_STARTS, WalError, parse as parse_wal_payload, scan as scan_wal,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -573,14 +574,15 @@ impl Engine {
             },
             false => error,
         };
-        let (db, mut opened) = recovery::open_database(&path, &options)
+        let (db, mut opened, sync) = recovery::open_database(&path, &options)
             .map_err(|source| OpenError::Database {
                 path: path.clone(),
                 source: Box::new(source),
             })
             .map_err(full)?;
-        let (wal, replayed) = Wal::open_and_replay(data_dir, &db, options.write_ahead_log, options.faults.clone())
-            .map_err(|e| full(e.into()))?;
+        let (wal, replayed) =
+            Wal::open_and_replay(data_dir, &db, options.write_ahead_log, options.faults.clone(), sync)
+                .map_err(|e| full(e.into()))?;
         opened.replayed = replayed;
         let (loaded, iterator_key) = load_catalog(&db, clock.now_unix_ms())
             .map_err(|message| OpenError::Catalog {
@@ -1409,22 +1411,45 @@ fn checkpoint_with(shared: &Shared, closing: bool) -> Checkpointed {
         return Checkpointed::No(BatchEnd::Poisoned);
     };
     let started = std::time::Instant::now();
-    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        recovery::commit_checkpoint(&db, closing)
+    // With the log, a checkpoint's syncs run on the backend's thread (`deferred`), except the
+    // close's, which must be durable when the close says so.
+    let sync = match closing {
+        true => None,
+        false => shared
+            .wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(Wal::sync_handle),
+    };
+    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), redb::Error> {
+        let number = match &sync {
+            Some(handle) => {
+                let (committed, number) = handle.defer(|| recovery::commit_checkpoint(&db, false));
+                committed?;
+                Some(number)
+            }
+            None => {
+                recovery::commit_checkpoint(&db, closing)?;
+                None
+            }
+        };
+        // Everything logged so far is in redb now: the log goes on in its other region (or
+        // starts again), once what that region holds is durable.
+        if let Some(wal) = shared
+            .wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            wal.checkpointed(number);
+        }
+        Ok(())
     }));
     match committed {
         Ok(Ok(())) => {
             let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             tracing::debug!(took_us, "checkpoint committed");
-            // Everything logged so far is durable in redb now: the log starts again.
-            if let Some(wal) = shared
-                .wal
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_mut()
-            {
-                wal.restart();
-            }
             let mut status = shared.writer_status.lock().expect("status lock is never poisoned");
             status.checkpoints_total += 1;
             status.last_checkpoint_unix_ms = Some(shared.clock.now_unix_ms());
@@ -1435,7 +1460,17 @@ fn checkpoint_with(shared: &Shared, closing: bool) -> Checkpointed {
         }
         Ok(Err(error)) => {
             shared.note_storage_failure(&storage_error("committing a checkpoint", error));
-            Checkpointed::No(recovery::end_of_failed_batch(&db))
+            // A deferred sync that failed leaves redb unaware: the database is reopened.
+            let deferred_failed = shared
+                .wal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|wal| wal.sync_failure().is_some());
+            match deferred_failed {
+                true => Checkpointed::No(BatchEnd::Poisoned),
+                false => Checkpointed::No(recovery::end_of_failed_batch(&db)),
+            }
         }
         Err(_) => {
             shared.note_storage_failure(&ApiError::internal(
@@ -1608,6 +1643,12 @@ fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
             true,
         ));
     };
+    if let Some(failure) = wal.sync_failure() {
+        return Err((
+            storage_error("making a checkpoint durable", std::io::Error::other(failure)),
+            true,
+        ));
+    }
     let seq = wal.next_seq();
     txn.open_table(SETTINGS)
         .and_then(|mut settings| {
@@ -2512,10 +2553,19 @@ impl Engine {
 
     /// The writer's state and counters.
     pub fn writer_status(&self) -> WriterStatus {
-        self.shared
+        let mut status = self
+            .shared
             .writer_status
             .lock()
             .expect("status lock is never poisoned")
-            .clone()
+            .clone();
+        status.checkpoint_syncing = self
+            .shared
+            .wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(Wal::checkpoint_syncing);
+        status
     }
 }

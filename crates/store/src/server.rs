@@ -1407,6 +1407,7 @@ fn writer_json(writer: &WriterStatus) -> serde_json::Value {
         "checkpoints_total": writer.checkpoints_total,
         "last_checkpoint_unix_ms": writer.last_checkpoint_unix_ms,
         "checkpointed": writer.checkpointed,
+        "checkpoint_syncing": writer.checkpoint_syncing,
     })
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, DatabaseError};
 use tokio::sync::mpsc;
 
+use super::deferred::{DeferredSync, SyncHandle};
 use super::{BatchEnd, Job, Shared, read_state};
 use crate::disk::{DiskSettings, FaultyBackend, FaultyDisk, SpaceProbe, Statvfs};
 
@@ -134,10 +135,12 @@ pub(super) fn no_space_left(error: &(dyn std::error::Error + 'static)) -> bool {
 /// The fix [`check_database_not_lost`]'s refusal names.
 pub const LOST_HINT: &str = "nothing was changed. Put store.redb back (with the store.wal copied beside it); to start an empty store in this directory instead, move store.wal aside too. A region whose tables are global-table replicas gets their items back from its peers, and on-demand backups in the backup directory can be restored with RestoreTableFromBackup";
 
+/// The writer's handle of the database's deferred syncs (`deferred`) comes with it when the
+/// store runs with the write-ahead log.
 pub(super) fn open_database(
     path: &std::path::Path,
     options: &EngineOptions,
-) -> Result<(Database, OpenReport), DatabaseError> {
+) -> Result<(Database, OpenReport, Option<SyncHandle>), DatabaseError> {
     let mut upgraded = false;
     let first = match open_with_cache(path, options, options.cache_bytes, RepairPolicy::Refuse) {
         Err(DatabaseError::UpgradeRequired(version)) => {
@@ -154,7 +157,7 @@ pub(super) fn open_database(
                 upgraded,
                 ..OpenReport::default()
             };
-            return other.map(|db| (db, report));
+            return other.map(|(db, sync)| (db, report, sync));
         }
     }
     if upgraded {
@@ -178,10 +181,10 @@ pub(super) fn open_database(
     let prefetched = prefetch.stop();
     tracing::info!(prefetched_bytes = prefetched, "read ahead of the repair");
     let repaired = repaired?;
-    let db = if options.cache_bytes.is_some_and(|bytes| bytes <= REPAIR_CACHE_BYTES) {
+    let (db, sync) = if options.cache_bytes.is_some_and(|bytes| bytes <= REPAIR_CACHE_BYTES) {
         // Kept as it is; its allocator state is saved now, so a crash before the writer's
         // first checkpoint does not repair again.
-        if let Err(error) = commit_checkpoint(&repaired, false) {
+        if let Err(error) = commit_checkpoint(&repaired.0, false) {
             tracing::warn!(%error, "saving the repaired database's state failed: a crash before the next checkpoint repairs again");
         }
         repaired
@@ -195,7 +198,7 @@ pub(super) fn open_database(
         ..OpenReport::default()
     };
     tracing::info!(took_ms = report.repair_ms, "database repaired");
-    Ok((db, report))
+    Ok((db, report, sync))
 }
 
 /// redb's file format before redb 3: data directories written by Switchyard before it moved to
@@ -284,11 +287,11 @@ fn from_redb2_storage(error: redb2::StorageError, path: &std::path::Path) -> red
 /// (a full disk), redb refuses the handle from then on: the file is repaired once more, with
 /// the small cache, and that handle is kept until the next restart.
 fn reopen_with_own_cache(
-    repaired: Database,
+    repaired: (Database, Option<SyncHandle>),
     path: &std::path::Path,
     options: &EngineOptions,
-) -> Result<Database, DatabaseError> {
-    let saved = commit_checkpoint(&repaired, false);
+) -> Result<(Database, Option<SyncHandle>), DatabaseError> {
+    let saved = commit_checkpoint(&repaired.0, false);
     drop(repaired);
     if let Err(error) = saved {
         tracing::warn!(%error, "saving the repaired database's state failed: repairing it again, to keep the repair's 16 MiB page cache until the next restart");
@@ -407,7 +410,7 @@ fn open_with_cache(
     options: &EngineOptions,
     cache_bytes: Option<usize>,
     policy: RepairPolicy,
-) -> Result<Database, DatabaseError> {
+) -> Result<(Database, Option<SyncHandle>), DatabaseError> {
     let mut builder = Database::builder();
     if let Some(bytes) = cache_bytes {
         builder.set_cache_size(bytes);
@@ -423,9 +426,28 @@ fn open_with_cache(
     });
     // redb asserts on some damaged files (one shorter than its header says, for one) instead
     // of returning an error: that is input from the disk, so it becomes an error here.
-    quiet_panics_on_this_thread(|| match &options.faults {
-        Some(disk) => builder.create_with_backend(FaultyBackend::open(path, Arc::clone(disk))?),
-        None => builder.create(path),
+    quiet_panics_on_this_thread(|| {
+        if !options.write_ahead_log {
+            let db = match &options.faults {
+                Some(disk) => builder.create_with_backend(FaultyBackend::open(path, Arc::clone(disk))?),
+                None => builder.create(path),
+            };
+            return db.map(|db| (db, None));
+        }
+        // With the log, checkpoints hand their syncs to a thread (`deferred`).
+        let backend: Box<dyn redb::StorageBackend> = match &options.faults {
+            Some(disk) => Box::new(FaultyBackend::open(path, Arc::clone(disk))?),
+            None => Box::new(redb::backends::FileBackend::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)?,
+            )?),
+        };
+        let (backend, sync) = DeferredSync::new(backend)?;
+        builder.create_with_backend(backend).map(|db| (db, Some(sync)))
     })
     .unwrap_or_else(|message| {
         Err(DatabaseError::Storage(redb::StorageError::Corrupted(format!(
@@ -532,8 +554,12 @@ pub struct WriterStatus {
     /// Checkpoints committed since startup (see `CHECKPOINT_IDLE_MS`).
     pub checkpoints_total: u64,
     pub last_checkpoint_unix_ms: Option<u64>,
-    /// The last commit is a checkpoint: nothing to replay from the write-ahead log after a crash.
+    /// The last commit is a checkpoint: nothing to replay from the write-ahead log after a crash
+    /// once its syncs are done (`checkpoint_syncing`).
     pub checkpointed: bool,
+    /// The last checkpoint's syncs still run on their own thread (`deferred`): the writer did
+    /// not wait for them.
+    pub checkpoint_syncing: bool,
     /// How long the last checkpoint took (the writer waits for it), in microseconds.
     pub last_checkpoint_us: u64,
     /// Bytes of write-ahead log since the last checkpoint (what an open after a crash replays).
@@ -599,12 +625,13 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
         let opened = check_database_not_lost(dir)
             .map_err(|problem| format!("{problem}; {LOST_HINT}"))
             .and_then(|()| open_database(&shared.path, &shared.options).map_err(|e| format!("{e}; {}", open_hint(&e))))
-            .and_then(|(db, mut report)| {
+            .and_then(|(db, mut report, sync)| {
                 let (wal, replayed) = super::Wal::open_and_replay(
                     dir,
                     &db,
                     shared.options.write_ahead_log,
                     shared.options.faults.clone(),
+                    sync,
                 )
                 .map_err(|e| e.to_string())?;
                 report.replayed = replayed;

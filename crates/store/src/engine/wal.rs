@@ -42,6 +42,7 @@ use redb::{
     WriteTransaction,
 };
 
+use super::deferred::SyncHandle;
 use crate::disk::FaultyDisk;
 
 /// The log's file name in the data directory.
@@ -51,9 +52,15 @@ pub const WAL_HEADER_BYTES: u64 = 4096;
 /// The file grows (zero-filled and synced once, so that an append's `fdatasync` never has to
 /// write the file's size) in steps of this.
 pub const WAL_GROW_BYTES: u64 = 4 << 20;
-/// The file never grows past this; a batch whose record would not fit commits durably in redb
-/// instead (a checkpoint that includes it).
+/// No log is longer than this (releases before the two regions let one grow to it; the log
+/// now ends at `WAL_HEADER_BYTES + 2 * WAL_REGION_BYTES`).
 pub const WAL_FILE_BYTES_MAX: u64 = 64 << 20;
+/// The log is two regions used in turn. A checkpoint does not wait for its syncs (`deferred`),
+/// so the records before it stay needed until they are done: the records after it go to the
+/// other region, whose own records an earlier checkpoint already made durable. A batch whose
+/// record would not fit in what is left of its region commits durably in redb instead (a
+/// checkpoint that holds it, which the writer waits for).
+pub const WAL_REGION_BYTES: u64 = 16 << 20;
 /// Once this much log is in use, the writer checkpoints after the batch: it bounds the replay
 /// at an open after a crash, and the dirty pages a checkpoint syncs.
 pub const WAL_CHECKPOINT_BYTES: u64 = 8 << 20;
@@ -69,7 +76,8 @@ pub const WAL_CLOSED_CLEANLY: &str = "wal_closed_cleanly";
 pub const WAL_LOGGING: &str = "wal_logging";
 
 const FILE_MAGIC: &[u8; 16] = b"SWITCHYARD-WAL\0\0";
-const FILE_VERSION: u32 = 1;
+/// 2: two regions ([`WAL_REGION_BYTES`]); 1 (read, and rewritten as 2 at the open): one.
+const FILE_VERSION: u32 = 2;
 const RECORD_MAGIC: u32 = 0x4c57_5953; // "SYWL"
 /// magic u32, payload length u32, sequence u64, the payload's CRC-32 u32, the header's CRC-32
 /// u32 (of its first 20 bytes); both CRCs start with the file's salt.
@@ -112,7 +120,18 @@ fn well_formed(code: u8, bytes: &[u8]) -> bool {
 
 /// A batch's record holds at most this much: past it the batch stops recording (and frees what
 /// it recorded) and commits durably in redb instead.
-const RECORD_PAYLOAD_BYTES_MAX: usize = (WAL_FILE_BYTES_MAX - WAL_HEADER_BYTES) as usize - RECORD_HEADER_BYTES;
+const RECORD_PAYLOAD_BYTES_MAX: usize = WAL_REGION_BYTES as usize - RECORD_HEADER_BYTES;
+/// What a record read back may hold: a log of a release before the regions had records up to
+/// the whole file.
+const RECORD_PAYLOAD_READ_BYTES_MAX: usize = (WAL_FILE_BYTES_MAX - WAL_HEADER_BYTES) as usize - RECORD_HEADER_BYTES;
+
+/// Where each region starts.
+pub const WAL_REGION_STARTS: [u64; 2] = [WAL_HEADER_BYTES, WAL_HEADER_BYTES + WAL_REGION_BYTES];
+
+/// The region the byte at `at` is in.
+fn region_of(at: u64) -> usize {
+    usize::from(at >= WAL_REGION_STARTS[1])
+}
 
 /// The changes of one batch, in the order they were made.
 #[derive(Default)]
@@ -395,8 +414,21 @@ pub struct Wal {
     path: PathBuf,
     /// The file's length (zero-filled up to here).
     len: u64,
-    /// Where the next record goes.
+    /// Where the next record goes, in `region`.
     used: u64,
+    region: usize,
+    /// Where in `region` the records after the last checkpoint start.
+    since_checkpoint: u64,
+    /// Per region, the number of the last record it holds that redb's durable state may lack
+    /// (0: none): it is written over only once `durable` reaches that.
+    region_last: [u64; 2],
+    /// The last batch redb's durable state holds.
+    durable: u64,
+    /// Checkpoints whose syncs run on the backend's thread: the number of their last sync, and
+    /// the last batch they hold.
+    pending: std::collections::VecDeque<(u64, u64)>,
+    /// The database's deferred syncs (`deferred`); `None` when checkpoints wait for their syncs.
+    sync: Option<SyncHandle>,
     /// The sequence number of the next record.
     next_seq: u64,
     /// Mixed into every record's checksum, so that no bytes but the log's own pass for a record.
@@ -412,11 +444,13 @@ impl Wal {
     /// `logging`: whether this store logs its batches (`write_ahead_log`). A store that does
     /// not, and has nothing to replay, marks the database so: its log can then go missing after
     /// a crash and nothing is lost (a new one is started).
+    /// `sync`: the database's deferred syncs, if its checkpoints do not wait for them.
     pub fn open_and_replay(
         dir: &Path,
         db: &Database,
         logging: bool,
         faults: Option<Arc<FaultyDisk>>,
+        sync: Option<SyncHandle>,
     ) -> Result<(Wal, ReplayReport), WalError> {
         let path = dir.join(WAL_FILE_NAME);
         let io_error = |source| WalError::Io {
@@ -468,7 +502,7 @@ impl Wal {
             problem,
             hint,
         };
-        let salt = check_header(&image).map_err(|problem| damaged(problem, FOREIGN_LOG_HINT))?;
+        let (salt, version) = check_header(&image).map_err(|problem| damaged(problem, FOREIGN_LOG_HINT))?;
         if !created && stored.salt.is_some_and(|own| own != salt) {
             return Err(damaged(
                 "this log was written beside another database than this store.redb".to_string(),
@@ -514,16 +548,31 @@ impl Wal {
         // The replay commits without a sync (`Durability::None`), like the batches it repeats:
         // the records stay in the log, which goes on after them, until the next checkpoint. So
         // a reopen after an I/O error on a full disk needs no room to replay.
-        let used = match records.last() {
+        // A log of one region (format 1) is read as two from now on: said so in its header
+        // before anything is written in the second, so that the release that wrote it refuses
+        // it by its version rather than as damaged.
+        if version != FILE_VERSION {
+            file.write_all_at(&FILE_VERSION.to_le_bytes(), 16)
+                .and_then(|()| file.sync_data())
+                .map_err(io_error)?;
+        }
+        let (used, region) = match records.last() {
             Some(last) => {
                 replay(db, &records).map_err(|failure| match failure {
                     ReplayFailure::Damaged(problem) => damaged(problem, DAMAGED_LOG_HINT),
                     ReplayFailure::Storage(source) => storage(source),
                 })?;
-                last.end as u64
+                (last.end as u64, region_of(last.start as u64))
             }
-            None => WAL_HEADER_BYTES,
+            None => (WAL_HEADER_BYTES, 0),
         };
+        let mut region_last = [0u64; 2];
+        for record in &records {
+            let touched = region_of(record.start as u64)..=region_of(record.end as u64 - 1);
+            for last in &mut region_last[touched] {
+                *last = (*last).max(record.seq);
+            }
+        }
         let report = ReplayReport {
             records: records.len() as u64,
             bytes,
@@ -536,6 +585,12 @@ impl Wal {
                 path,
                 len,
                 used,
+                region,
+                since_checkpoint: WAL_REGION_STARTS[region],
+                region_last,
+                durable: applied,
+                pending: std::collections::VecDeque::new(),
+                sync,
                 next_seq,
                 salt,
                 faults,
@@ -550,9 +605,68 @@ impl Wal {
         self.next_seq
     }
 
-    /// Bytes of log in use (records since the last durable commit).
+    /// Bytes of log since the last checkpoint.
     pub fn used_bytes(&self) -> u64 {
-        self.used - WAL_HEADER_BYTES
+        self.used.saturating_sub(self.since_checkpoint)
+    }
+
+    /// A checkpoint's syncs still run on the backend's thread: until they are done, an open
+    /// after a crash replays from the checkpoint before it.
+    pub fn checkpoint_syncing(&self) -> bool {
+        match (&self.sync, self.pending.back()) {
+            (Some(sync), Some(&(number, _))) => sync.completed() < number,
+            _ => false,
+        }
+    }
+
+    /// The database's deferred syncs, if its checkpoints hand them over.
+    pub fn sync_handle(&self) -> Option<SyncHandle> {
+        self.sync.clone()
+    }
+
+    /// The failure of a deferred sync, if one failed: the database must be reopened.
+    pub fn sync_failure(&self) -> Option<String> {
+        self.sync.as_ref().and_then(SyncHandle::failure)
+    }
+
+    /// Notes the checkpoints whose syncs are done.
+    fn poll(&mut self) {
+        let Some(sync) = &self.sync else {
+            return;
+        };
+        let completed = sync.completed();
+        while let Some(&(number, holds)) = self.pending.front() {
+            if number > completed {
+                break;
+            }
+            self.durable = self.durable.max(holds);
+            self.pending.pop_front();
+        }
+    }
+
+    /// A checkpoint committed holding every record so far; `sync`: the number of its last
+    /// sync if the backend's thread runs it (`None`: it is durable already). The records after
+    /// it go to the other region if that region's records are durable; if an earlier
+    /// checkpoint's syncs that hold them still run, they go on in this region (never waiting),
+    /// and the next checkpoint tries again. A region that fills up meanwhile sends its batch to
+    /// a durable commit of its own (`Appended::TooBig`), which waits for every sync.
+    pub fn checkpointed(&mut self, sync: Option<u64>) {
+        let holds = self.next_seq - 1;
+        let Some(number) = sync.filter(|_| self.sync.is_some()) else {
+            self.durable = holds;
+            self.pending.clear();
+            self.restart();
+            return;
+        };
+        self.pending.push_back((number, holds));
+        self.poll();
+        let other = 1 - self.region;
+        if self.region_last[other] <= self.durable {
+            self.region = other;
+            self.used = WAL_REGION_STARTS[other];
+            self.region_last[other] = 0;
+        }
+        self.since_checkpoint = self.used;
     }
 
     /// Appends the record of batch [`Wal::next_seq`] and syncs it. After an error the record
@@ -564,7 +678,7 @@ impl Wal {
         };
         let record_bytes = (RECORD_HEADER_BYTES as u64 + payload.len() as u64).next_multiple_of(RECORD_ALIGN);
         let end = self.used + record_bytes;
-        if end > WAL_FILE_BYTES_MAX {
+        if end > WAL_REGION_STARTS[self.region] + WAL_REGION_BYTES {
             return Ok(Appended::TooBig);
         }
         if end > self.len
@@ -590,6 +704,7 @@ impl Wal {
         }
         self.file.sync_data()?;
         self.used = end;
+        self.region_last[self.region] = self.next_seq;
         self.next_seq += 1;
         Ok(Appended::Logged)
     }
@@ -597,7 +712,8 @@ impl Wal {
     /// Zero-fills the file to at least `end` (a step of [`WAL_GROW_BYTES`]) and syncs it with
     /// its new size, so that appends within it never change the file's metadata.
     fn grow(&mut self, end: u64, room_bytes: u64) -> io::Result<()> {
-        let new_len = end.next_multiple_of(WAL_GROW_BYTES).min(WAL_FILE_BYTES_MAX).max(end);
+        let last = WAL_REGION_STARTS[1] + WAL_REGION_BYTES;
+        let new_len = end.next_multiple_of(WAL_GROW_BYTES).min(last).max(end);
         if new_len - self.len > room_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -622,15 +738,19 @@ impl Wal {
         Ok(())
     }
 
-    /// A durable commit now holds every record (the last one's number is `next_seq - 1`): the
-    /// log starts again from its beginning.
-    pub fn restart(&mut self) {
-        self.used = WAL_HEADER_BYTES;
+    /// A durable commit now holds every record (the last one's number is `next_seq - 1`), and
+    /// every checkpoint's syncs are done: the log starts again from its region's beginning.
+    fn restart(&mut self) {
+        self.used = WAL_REGION_STARTS[self.region];
+        self.since_checkpoint = self.used;
+        self.region_last = [0, 0];
     }
 
-    /// A batch that was not logged committed durably with [`WAL_APPLIED`] = `next_seq`: the
-    /// numbers go on after it.
+    /// A batch that was not logged committed durably with [`WAL_APPLIED`] = `next_seq` (its
+    /// sync waited for every deferred one): the numbers go on after it.
     pub fn skip_committed(&mut self) {
+        self.durable = self.next_seq;
+        self.pending.clear();
         self.next_seq += 1;
         self.restart();
     }
@@ -717,18 +837,18 @@ fn read_image(file: &File, len: u64) -> io::Result<Vec<u8>> {
     Ok(image)
 }
 
-/// The file's salt, if its header is one of this release.
-fn check_header(image: &[u8]) -> Result<u64, String> {
+/// The file's salt and format version, if its header is one this release reads.
+fn check_header(image: &[u8]) -> Result<(u64, u32), String> {
     if image.len() < 28 || &image[..16] != FILE_MAGIC {
         return Err("not a Switchyard write-ahead log (its header is not one)".to_string());
     }
     let version = u32::from_le_bytes(image[16..20].try_into().expect("4 bytes"));
-    if version != FILE_VERSION {
+    if !(1..=FILE_VERSION).contains(&version) {
         return Err(format!(
-            "a write-ahead log of format {version}, which this release does not read (it reads {FILE_VERSION}): open it with the release that wrote it"
+            "a write-ahead log of format {version}, which this release does not read (it reads 1 to {FILE_VERSION}): open it with the release that wrote it"
         ));
     }
-    Ok(u64::from_le_bytes(image[20..28].try_into().expect("8 bytes")))
+    Ok((u64::from_le_bytes(image[20..28].try_into().expect("8 bytes")), version))
 }
 
 /// A record's checksum: CRC-32 of the file's salt, the length, the number and the payload.
@@ -754,10 +874,12 @@ fn encode_record(out: &mut Vec<u8>, salt: u64, seq: u64, payload_len: u32, paylo
 }
 
 /// A whole, checksummed record of the log.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
     pub seq: u64,
     pub payload: &'a [u8],
+    /// Where it starts.
+    pub start: usize,
     /// Where the next record would start.
     pub end: usize,
 }
@@ -772,7 +894,7 @@ fn header_at(image: &[u8], salt: u64, at: usize) -> Option<(u64, std::ops::Range
         return None;
     }
     let payload_len = word(4) as usize;
-    if payload_len > RECORD_PAYLOAD_BYTES_MAX {
+    if payload_len > RECORD_PAYLOAD_READ_BYTES_MAX {
         return None;
     }
     let seq = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
@@ -788,7 +910,12 @@ fn record_at(image: &[u8], salt: u64, at: usize) -> Option<Record<'_>> {
         return None;
     }
     let end = (range.end as u64).next_multiple_of(RECORD_ALIGN) as usize;
-    Some(Record { seq, payload, end })
+    Some(Record {
+        seq,
+        payload,
+        start: at,
+        end,
+    })
 }
 
 /// Why a scan refuses the log.
@@ -800,48 +927,49 @@ pub struct ScanProblem {
 }
 
 /// The records of the log image `image` that a database holding every batch through `applied`
-/// lacks, in order. The log ends at the first place without a whole record that continues the
-/// numbering (a torn last append, zeros, or a record of an earlier pass).
+/// lacks, in order. Each region holds one run of records numbered one after the other from its
+/// start, ended by the first place without a whole record that continues the numbering (a torn
+/// last append, zeros, or a record of an earlier pass); the records needed are `applied + 1`
+/// onwards in the run that holds it, then on in the other region's run if that starts where
+/// the first ends (a checkpoint moved to the other region, and its syncs were not done).
 pub fn scan(image: &[u8], applied: u64) -> Result<Vec<Record<'_>>, ScanProblem> {
-    let salt = check_header(image).map_err(|message| ScanProblem { message, foreign: true })?;
+    let (salt, _) = check_header(image).map_err(|message| ScanProblem { message, foreign: true })?;
     let Some(first_needed) = applied.checked_add(1) else {
         return Err(ScanProblem {
             message: "the database's log position is the largest number there is, which no store writes".to_string(),
             foreign: true,
         });
     };
-    let mut at = WAL_HEADER_BYTES as usize;
-    let mut previous: Option<u64> = None;
+    let mut runs: Vec<Vec<Record<'_>>> = WAL_REGION_STARTS
+        .iter()
+        .filter(|&&start| (start as usize) < image.len())
+        .map(|&start| run_at(image, salt, start as usize))
+        .collect();
     let mut out: Vec<Record<'_>> = Vec::new();
-    while let Some(record) = record_at(image, salt, at) {
-        if previous.is_some_and(|previous| previous.checked_add(1) != Some(record.seq)) {
-            break;
-        }
-        if record.seq > applied {
-            let expected = first_needed.saturating_add(out.len() as u64);
-            if record.seq != expected {
-                return Err(ScanProblem {
-                    message: format!(
-                        "its record {} at byte {at} follows batch {} but the database holds only through batch {applied}",
-                        record.seq,
-                        record.seq - 1
-                    ),
-                    foreign: true,
-                });
-            }
-        }
-        previous = Some(record.seq);
-        at = record.end;
-        if record.seq > applied {
-            out.push(record);
-        }
+    let mut next = first_needed;
+    while let Some(run) = runs.iter_mut().find(|run| run.iter().any(|record| record.seq == next)) {
+        out.extend(std::mem::take(run).into_iter().filter(|record| record.seq >= next));
+        next = out.last().map_or(next, |last| last.seq.saturating_add(1));
     }
-    // Past the end: a record numbered after every one read means the end is damage, not a torn
-    // append (appends are sequential and each is synced before the next; records of earlier
-    // passes are numbered lower). The salt keeps an item's bytes from passing for a record, and
-    // a header is checked (20 bytes) before its payload.
-    let next = previous.map_or(applied, |p| p.max(applied)).saturating_add(1);
-    let mut probe = (at as u64).next_multiple_of(RECORD_ALIGN) as usize;
+    if out.is_empty()
+        && let Some(record) = runs.iter().flatten().find(|record| record.seq > applied)
+    {
+        return Err(ScanProblem {
+            message: format!(
+                "its record {} at byte {} follows batch {} but the database holds only through batch {applied}",
+                record.seq,
+                record.start,
+                record.seq - 1
+            ),
+            foreign: true,
+        });
+    }
+    // Anywhere else: a record numbered after every one needed means damage, not a torn append
+    // (appends are in order, each synced before the next; records of earlier passes are
+    // numbered lower). The salt keeps an item's bytes from passing for a record, and a header
+    // is checked (20 bytes) before its payload.
+    let end = out.last().map_or(WAL_HEADER_BYTES as usize, |last| last.end);
+    let mut probe = WAL_HEADER_BYTES as usize;
     while probe.saturating_add(RECORD_HEADER_BYTES) <= image.len() {
         if let Some((seq, _, _)) = header_at(image, salt, probe)
             && seq >= next
@@ -849,7 +977,7 @@ pub fn scan(image: &[u8], applied: u64) -> Result<Vec<Record<'_>>, ScanProblem> 
         {
             return Err(ScanProblem {
                 message: format!(
-                    "the record at byte {at} is damaged or missing, and record {} at byte {probe} follows it: the writes in between would be lost",
+                    "the record at byte {end} is damaged or missing, and record {} at byte {probe} follows it: the writes in between would be lost",
                     record.seq
                 ),
                 foreign: false,
@@ -858,6 +986,23 @@ pub fn scan(image: &[u8], applied: u64) -> Result<Vec<Record<'_>>, ScanProblem> 
         probe += RECORD_ALIGN as usize;
     }
     Ok(out)
+}
+
+/// The records numbered one after the other from `start`.
+fn run_at(image: &[u8], salt: u64, start: usize) -> Vec<Record<'_>> {
+    let mut run: Vec<Record<'_>> = Vec::new();
+    let mut at = start;
+    while let Some(record) = record_at(image, salt, at) {
+        if run
+            .last()
+            .is_some_and(|previous| previous.seq.checked_add(1) != Some(record.seq))
+        {
+            break;
+        }
+        at = record.end;
+        run.push(record);
+    }
+    run
 }
 
 /// One change of a record.
@@ -1173,8 +1318,61 @@ mod tests {
         foreign[0] = b'X';
         assert!(scan(&foreign, 0).expect_err("no header").foreign);
         let mut newer = log;
-        newer[16] = 2;
-        assert!(scan(&newer, 0).expect_err("newer format").message.contains("format 2"));
+        newer[16] = 3;
+        assert!(scan(&newer, 0).expect_err("newer format").message.contains("format 3"));
+        // A log of one region (format 1) is read as it is.
+        let mut older = image(&[(4, b"a"), (5, b"b")]);
+        older[16] = 1;
+        assert_eq!(seqs(&scan(&older, 3).expect("format 1")), vec![4, 5]);
+    }
+
+    /// A log with `first` at the start of region 0 and `second` at the start of region 1.
+    fn two_regions(first: &[(u64, &[u8])], second: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut log = image(first);
+        log.resize(WAL_REGION_STARTS[1] as usize, 0);
+        for (seq, payload) in second {
+            encode_record(&mut log, SALT, *seq, payload.len() as u32, payload);
+        }
+        log.extend_from_slice(&[0u8; 64]);
+        log
+    }
+
+    #[test]
+    fn the_records_needed_go_on_from_one_region_into_the_other() {
+        // A checkpoint holding 1..=7 moved the log to region 1 before its syncs were done;
+        // the durable state holds 1..=4 (an earlier checkpoint's).
+        let log = two_regions(&[(5, b"a"), (6, b"b"), (7, b"c")], &[(8, b"d"), (9, b"e")]);
+        assert_eq!(seqs(&scan(&log, 4).expect("scan")), vec![5, 6, 7, 8, 9]);
+        assert_eq!(seqs(&scan(&log, 7).expect("scan")), vec![8, 9]);
+        assert_eq!(seqs(&scan(&log, 8).expect("scan")), vec![9]);
+        assert!(scan(&log, 9).expect("scan").is_empty());
+        let regions: Vec<usize> = scan(&log, 4)
+            .expect("scan")
+            .iter()
+            .map(|r| region_of(r.start as u64))
+            .collect();
+        assert_eq!(regions, vec![0, 0, 0, 1, 1]);
+        // And back: region 1 holds 8..=10, then the log moved to region 0.
+        let log = two_regions(&[(11, b"f"), (12, b"g")], &[(8, b"d"), (9, b"e"), (10, b"x")]);
+        assert_eq!(seqs(&scan(&log, 7).expect("scan")), vec![8, 9, 10, 11, 12]);
+        // Region 0's records of an earlier pass (lower numbers) end nothing and are not needed.
+        let log = two_regions(&[(3, b"old"), (4, b"old")], &[(8, b"d"), (9, b"e")]);
+        assert_eq!(seqs(&scan(&log, 7).expect("scan")), vec![8, 9]);
+    }
+
+    #[test]
+    fn a_region_that_does_not_continue_the_other_is_damage_or_foreign() {
+        // Region 0 ends at 7 and region 1 starts at 10: 8 and 9 are lost.
+        let log = two_regions(&[(5, b"a"), (6, b"b"), (7, b"c")], &[(10, b"d")]);
+        let problem = scan(&log, 4).expect_err("a gap between the regions");
+        assert!(
+            !problem.foreign && problem.message.contains("record 10"),
+            "{}",
+            problem.message
+        );
+        // The database holds through 4, but the log starts at 8 in either region.
+        let log = two_regions(&[(1, b"old")], &[(8, b"d")]);
+        assert!(scan(&log, 4).expect_err("a gap").foreign);
     }
 
     #[test]
@@ -1247,6 +1445,7 @@ mod tests {
             let record = Record {
                 seq: *seq,
                 payload,
+                start: 0,
                 end: 0,
             };
             // A name opened with other types than before is redb's TableTypeMismatch: an error.

@@ -599,3 +599,123 @@ async fn a_crash_in_the_middle_of_an_index_backfill_resumes_it_from_the_log() {
     assert_eq!(moved, FILLED.div_ceil(7));
     assert_eq!(index["ItemCount"], json!(held));
 }
+
+/// Puts `count` items of ~300 KB named `{prefix}{i}`: about 28 fill a checkpoint's 8 MiB of log.
+async fn put_big(store: &Store, prefix: &str, count: usize) {
+    let blob = "x".repeat(300_000);
+    for i in 0..count {
+        let item = json!({"TableName": "orders", "Item": {"id": {"S": format!("{prefix}{i}")}, "blob": {"S": blob}}});
+        call(store, "PutItem", item).await;
+    }
+}
+
+async fn assert_big(store: &Store, prefix: &str, count: usize) {
+    for i in 0..count {
+        let key = json!({"TableName": "orders", "Key": {"id": {"S": format!("{prefix}{i}")}}, "ConsistentRead": true});
+        let got = call(store, "GetItem", key).await;
+        assert_eq!(
+            got["Item"]["blob"]["S"].as_str().map(str::len),
+            Some(300_000),
+            "{prefix}{i}"
+        );
+    }
+}
+
+/// Releases the held syncs when dropped, so that a failing test does not leave threads waiting.
+struct Held(Arc<store::disk::FaultyDisk>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.set_hold_syncs(false);
+    }
+}
+
+#[tokio::test]
+async fn a_checkpoint_does_not_wait_for_its_syncs_and_a_crash_before_them_replays_both_regions() {
+    // The database's syncs are held: the checkpoint the log's 8 MiB call for commits and the
+    // writer goes on into the log's other region while its syncs wait. A crash then leaves
+    // redb at the commit before it (the checkpoint's header waits behind its first sync), so
+    // every acknowledged write must come back from the log, across both regions.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let faults = store::disk::FaultyDisk::new();
+    let options = EngineOptions {
+        faults: Some(Arc::clone(&faults)),
+        ..options(false)
+    };
+    let store = Store::new(Engine::open_with(dir.path(), "us-east-1", Arc::new(SystemClock), options).expect("open"));
+    call(&store, "CreateTable", on_demand_table("orders", "id")).await;
+    // The file grows first, and its pages are freed again: growing it syncs (redb makes a
+    // longer file durable at once), and that sync would wait for the held ones.
+    put_big(&store, "warm", 70).await;
+    for i in 0..70 {
+        call(
+            &store,
+            "DeleteItem",
+            json!({"TableName": "orders", "Key": {"id": {"S": format!("warm{i}")}}}),
+        )
+        .await;
+    }
+    for round in 0..2 {
+        wait_checkpointed(&store).await;
+        call(
+            &store,
+            "PutItem",
+            json!({"TableName": "orders", "Item": {"id": {"S": format!("tick{round}")}}}),
+        )
+        .await;
+    }
+    wait_checkpointed(&store).await;
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while store.engine().writer_status().checkpoint_syncing {
+        assert!(Instant::now() < deadline, "the idle checkpoint's syncs never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let checkpoints_before = store.engine().writer_status().checkpoints_total;
+
+    faults.set_hold_syncs(true);
+    let held = Held(Arc::clone(&faults));
+    let writes = async {
+        put_big(&store, "before", 40).await;
+        let status = store.engine().writer_status();
+        assert!(
+            status.checkpoints_total > checkpoints_before,
+            "the log's size called for a checkpoint, which did not wait: {status:?}"
+        );
+        put_big(&store, "after", 10).await;
+    };
+    tokio::time::timeout(Duration::from_millis(WAIT_MS), writes)
+        .await
+        .expect("the writer did not wait for the held syncs");
+    let log_bytes = std::fs::metadata(dir.path().join("store.wal")).expect("log").len();
+    assert!(
+        log_bytes > store::engine::WAL_REGION_STARTS[1],
+        "the writer went on in the second region ({log_bytes} bytes)"
+    );
+    let image = crash_image(dir.path());
+    drop(held);
+    drop(store);
+
+    let reopened = open(image.path(), true);
+    let opened = reopened.engine().writer_status().opened;
+    assert!(!opened.repaired, "{opened:?}");
+    assert!(opened.replayed.records >= 50, "both regions replayed: {opened:?}");
+    assert_big(&reopened, "before", 40).await;
+    assert_big(&reopened, "after", 10).await;
+}
+
+#[tokio::test]
+async fn checkpoints_alternate_the_log_regions_and_a_crash_loses_nothing() {
+    // Several checkpoints whose syncs complete: the log moves between its regions and a crash
+    // image at the end replays only what the last durable checkpoint lacks.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    call(&store, "CreateTable", on_demand_table("orders", "id")).await;
+    put_big(&store, "item", 100).await;
+    assert!(store.engine().writer_status().checkpoints_total >= 3);
+    let image = crash_image(dir.path());
+    drop(store);
+    let reopened = open(image.path(), true);
+    let opened = reopened.engine().writer_status().opened;
+    assert!(!opened.repaired && opened.replayed.records < 100, "{opened:?}");
+    assert_big(&reopened, "item", 100).await;
+}
