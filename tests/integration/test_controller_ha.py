@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -465,6 +466,11 @@ def test_a_leader_cut_from_etcd_stops_acting_and_the_other_member_fails_over(gro
 
         wait_until("the healed member to follow", follows, TAKEOVER_DEADLINE_S, group.logs())
         assert group.record()[before:] == moved, "nothing ran again after the heal"
+        # Its log said why it stopped acting, once, and when etcd answered again.
+        log = Path(group.members[first][2]).read_text()
+        assert log.count("etcd does not answer") == 1, log[-3000:]
+        assert "etcd answers again" in log, log[-3000:]
+        assert "grpc request error" not in log and "MetadataMap" not in log, log[-3000:]
     finally:
         proxy.stop()
 

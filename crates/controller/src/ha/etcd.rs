@@ -40,6 +40,22 @@ const GRPC_UNAVAILABLE: i32 = 14;
 /// Pause between two tries of a request.
 const RETRY_PAUSE_MS: u64 = 20;
 
+/// An etcd client error in words: a gRPC status as its code and message and what caused it
+/// (the connection refused, say), without tonic's dump of the status and its metadata.
+fn described(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            let mut text = format!("{:?}: {}", status.code(), status.message());
+            if let Some(cause) = std::error::Error::source(status) {
+                text.push_str(": ");
+                text.push_str(&common::error::chain(cause));
+            }
+            text
+        }
+        other => common::error::chain(other),
+    }
+}
+
 /// Milliseconds on CLOCK_BOOTTIME: monotonic, and it counts time the host spent suspended.
 /// CLOCK_MONOTONIC (behind `Instant`) stops during a suspend, so a leader that slept through
 /// its lease would wake believing it still holds it.
@@ -147,7 +163,7 @@ impl Etcd {
         let client = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| format!("connecting to etcd {} timed out", section.etcd.join(", ")))?
-            .map_err(|e| format!("connecting to etcd {}: {e}", section.etcd.join(", ")))?;
+            .map_err(|e| format!("connecting to etcd {}: {}", section.etcd.join(", "), described(&e)))?;
         Ok(Etcd {
             client,
             leader_key: section.leader_key(),
@@ -192,7 +208,7 @@ impl Etcd {
             async move { client.txn(txn).await }
         })
         .await
-        .map_err(|e| format!("etcd: {e}"))
+        .map_err(|e| described(&e))
     }
 
     /// One key's value and mod revision, read at `revision` (0: the latest); also the revision
@@ -214,7 +230,7 @@ impl Etcd {
                 async move { client.get(key, Some(options)).await }
             })
             .await
-            .map_err(|e| format!("etcd: {e}"))?;
+            .map_err(|e| described(&e))?;
         let read_at = answer
             .header()
             .map(|h| h.revision())
@@ -338,7 +354,7 @@ impl Etcd {
                 client.lease_grant(ttl_s, None).await
             })
             .await
-            .map_err(|e| format!("etcd lease grant: {e}"))?;
+            .map_err(|e| format!("etcd lease grant: {}", described(&e)))?;
         let lease_id = grant.id();
         let value = serde_json::to_vec(me).map_err(|e| e.to_string())?;
         let txn = Txn::new()
@@ -379,7 +395,7 @@ impl Etcd {
         match renewed {
             Ok(_) => Ok(true),
             Err(etcd_client::Error::LeaseKeepAliveError(message)) if message.contains("not found") => Ok(false),
-            Err(error) => Err(format!("etcd lease keep-alive: {error}")),
+            Err(error) => Err(format!("etcd lease keep-alive: {}", described(&error))),
         }
     }
 
@@ -399,7 +415,7 @@ impl Etcd {
             )),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if error.to_string().contains("required revision has been compacted") => Ok(()),
-            Ok(Err(error)) => Err(format!("etcd compaction: {error}")),
+            Ok(Err(error)) => Err(format!("etcd compaction: {}", described(&error))),
         }
     }
 
@@ -456,6 +472,9 @@ pub struct Member {
     /// Hears of every start and end of a term (set by `drive`).
     notify: std::sync::OnceLock<Box<dyn Fn(Notice) + Send + Sync>>,
     compaction: Mutex<Compaction>,
+    /// Failed requests to etcd once connected (an endpoint that does not answer): the first is
+    /// logged, then a summary at most every `SUMMARY_INTERVAL_MS`, and the first success after.
+    request_failures: Mutex<Repeated>,
 }
 
 /// The leader's compaction of etcd's history: every `compact_history_s` it compacts up to the
@@ -497,6 +516,7 @@ impl Member {
             version_seen: Mutex::new(None),
             notify: std::sync::OnceLock::new(),
             compaction: Mutex::new(Compaction::default()),
+            request_failures: Mutex::new(Repeated::new(SUMMARY_INTERVAL_MS)),
         }
     }
 
@@ -839,8 +859,34 @@ impl Member {
                 return None;
             }
         };
+        self.log_request(&input);
         let now = self.now_ms();
         self.leadership().input(now, input)
+    }
+
+    /// Logs the first of a run of failed requests, summaries, and the end of the run: a member
+    /// that cannot reach etcd does not act, and its log must say why.
+    fn log_request(&self, input: &Input) {
+        let mut failures = self.request_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = failures.now_ms();
+        match input {
+            Input::Failed(error) => match failures.failure(now) {
+                Failed::First => tracing::warn!(%error, endpoints = %self.section.etcd.join(", "),
+                    "etcd does not answer: not acting, retrying (check [controller.ha] etcd and that etcd runs; further failures are summed up at most every {SUMMARY_INTERVAL_MS} ms)"),
+                Failed::Summary { failures, outage_ms } => tracing::warn!(%error, failures, outage_ms,
+                    "etcd still does not answer: not acting"),
+                Failed::Quiet => {}
+            },
+            _ => {
+                if let Some(back) = failures.success(now) {
+                    tracing::info!(
+                        failures = back.failures,
+                        outage_ms = back.outage_ms,
+                        "etcd answers again"
+                    );
+                }
+            }
+        }
     }
 
     async fn end_term(&self, term: Term) {
