@@ -475,6 +475,19 @@ def test_a_leader_cut_from_etcd_stops_acting_and_the_other_member_fails_over(gro
         proxy.stop()
 
 
+def test_a_second_controller_with_a_members_name_is_named_in_its_log(group):
+    """Two controllers given one member name share its leader key, audit records and vantage:
+    the one that follows says so in its log (ERROR), and the leader keeps leading."""
+    group.start("c1")
+    wait_until("c1 to lead", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+    group.start("twin", extra=["--member", "c1", "--audit-log", str(group.tmp / "audit-twin.jsonl")])
+    twin_log = Path(group.members["twin"][2])
+    wait_until("the twin to say its name is taken",
+               lambda: "another controller runs with this member name" in twin_log.read_text(),
+               TAKEOVER_DEADLINE_S, group.logs())
+    assert group.leader(["c1"]), "the first keeps leading"
+
+
 def test_a_leader_cut_from_etcd_mid_step_drops_the_step_it_was_running(group, tmp_path):
     # A step may outlast the lease many times over (a media copy, a promotion's wait, a hook):
     # the leader that stops acting drops it there and then, rather than finishing it while

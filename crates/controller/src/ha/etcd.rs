@@ -475,6 +475,11 @@ pub struct Member {
     /// Failed requests to etcd once connected (an endpoint that does not answer): the first is
     /// logged, then a summary at most every `SUMMARY_INTERVAL_MS`, and the first success after.
     request_failures: Mutex<Repeated>,
+    /// A live leader key naming this member was seen (and said so, once); the revisions of
+    /// the last one seen at this member's own address (its key from before a restart, until
+    /// it is renewed by someone: then another controller has this name).
+    namesake_seen: std::sync::atomic::AtomicBool,
+    own_name_key: Mutex<Option<(i64, i64)>>,
 }
 
 /// The leader's compaction of etcd's history: every `compact_history_s` it compacts up to the
@@ -517,6 +522,8 @@ impl Member {
             notify: std::sync::OnceLock::new(),
             compaction: Mutex::new(Compaction::default()),
             request_failures: Mutex::new(Repeated::new(SUMMARY_INTERVAL_MS)),
+            namesake_seen: std::sync::atomic::AtomicBool::new(false),
+            own_name_key: Mutex::new(None),
         }
     }
 
@@ -774,6 +781,9 @@ impl Member {
             Action::Observe => match etcd.observe().await {
                 Ok((seen, state)) => {
                     self.note_seen(&state);
+                    if let Some(seen) = &seen {
+                        self.check_namesake(seen);
+                    }
                     Input::Observed(seen)
                 }
                 Err(error) => Input::Failed(error),
@@ -862,6 +872,30 @@ impl Member {
         self.log_request(&input);
         let now = self.now_ms();
         self.leadership().input(now, input)
+    }
+
+    /// A leader key that names this member while it follows is another controller run with
+    /// the same `member` if it has another address, or is renewed (this member's own key from
+    /// before a restart has its address and nobody renews it): the two would share a name in
+    /// etcd, the leader's audit records and its vantage. Said once.
+    fn check_namesake(&self, seen: &KeySeen) {
+        let me = self.leadership().me().clone();
+        let leader = &seen.leader;
+        if leader.member != me.member {
+            return;
+        }
+        let renewed = {
+            let mut own = self.own_name_key.lock().unwrap_or_else(|p| p.into_inner());
+            let renewed = own.is_some_and(|(created, modified)| created == seen.created && modified != seen.modified);
+            *own = Some((seen.created, seen.modified));
+            renewed
+        };
+        if (leader.address != me.address || renewed)
+            && !self.namesake_seen.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(member = %me.member, other_address = %leader.address, own_address = %me.address,
+                "another controller runs with this member name: give each member its own ([controller.ha] member, or --member), and each its own --audit-log");
+        }
     }
 
     /// Logs the first of a run of failed requests, summaries, and the end of the run: a member
