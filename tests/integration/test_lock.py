@@ -246,6 +246,19 @@ def test_only_the_active_region_runs_and_exit_codes_say_why(deployment, tmp_path
     assert too_short.returncode == 2 and "--ttl-s 1 is out of range" in too_short.stderr, too_short.stderr
     no_limit = deployment.lock("us-east-1", "cron", ["true"], extra=["--max-run-s", "0"])
     assert no_limit.returncode == 2 and "--max-run-s 0 is out of range" in no_limit.stderr, no_limit.stderr
+    # Said as lock run's own lines are, so the README's crontab filter mails them.
+    assert too_short.stderr.startswith("switchyard lock: cannot run 'cron': "), too_short.stderr
+    no_token = deployment.lock("us-east-1", "cron", ["true"], extra=["--token-file", str(tmp_path / "no.token")])
+    assert no_token.returncode == 2, no_token.stderr
+    assert no_token.stderr.startswith("switchyard lock: cannot run 'cron': read token file "), no_token.stderr
+    assert "--token-file" in no_token.stderr, no_token.stderr
+    # A region the lease table does not have is a wrong line, not a standby's normal skip.
+    typo = deployment.lock_command("eu-west-1", "cron", ["true"])
+    typo[typo.index("--region") + 1] = "eu-west1"
+    wrong = subprocess.run(typo, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2, wrong.stderr
+    assert "--region eu-west1 is not one of the lease table's regions (" in wrong.stderr, wrong.stderr
+    assert BENIGN_SKIP not in wrong.stderr, wrong.stderr
 
 
 def test_a_second_holder_is_skipped_while_the_first_runs(deployment, tmp_path):

@@ -33,3 +33,6 @@ pub const EXIT_STOPPED: i32 = 104;
 pub const EXIT_MAX_RUN: i32 = 105;
 /// Exit status when the command could not be started (not found, not executable).
 pub const EXIT_CANNOT_START: i32 = 127;
+/// Exit status for bad arguments (as clap's own refusals): a wrong crontab line, such as a
+/// token file that is not there or a region the lease table does not have.
+pub const EXIT_BAD_ARGUMENTS: i32 = 2;

@@ -194,6 +194,23 @@ pub async fn run(options: Options, clock: &dyn Clock) -> i32 {
     let generation = match ask_pointer(&client, &options, POINTER_TIMEOUT_MS).await {
         PointerSays::Us(generation) => generation,
         PointerSays::Other(active, generation) => {
+            // A region the lease table does not have is a wrong line (a typo in
+            // SWITCHYARD_REGION), not a standby: said as such, or the job never runs anywhere
+            // and nothing says why.
+            if let Ok(regions) = options.table.regions().await
+                && !regions.is_empty()
+                && !regions.contains(&options.region)
+            {
+                return not_run(
+                    crate::EXIT_BAD_ARGUMENTS,
+                    name,
+                    format_args!(
+                        "--region {} is not one of the lease table's regions ({}): give this host's region as the controller names it",
+                        options.region,
+                        regions.join(", ")
+                    ),
+                );
+            }
             return not_run(
                 EXIT_NOT_ACTIVE,
                 name,

@@ -72,6 +72,14 @@ impl LeaseTable {
 
     /// Checks the table exists and returns the regions it replicates to (other than this one).
     pub async fn replicas(&self) -> Result<Vec<String>, DynamoError> {
+        let mut regions = self.regions().await?;
+        regions.retain(|r| r != self.client.region());
+        Ok(regions)
+    }
+
+    /// Checks the table exists and returns every region of its replicas (this one among them
+    /// when it is a global table; none when it is not one).
+    pub async fn regions(&self) -> Result<Vec<String>, DynamoError> {
         let answer = self
             .client
             .call("DescribeTable", &json!({"TableName": self.table}))
@@ -82,7 +90,6 @@ impl LeaseTable {
                 replicas
                     .iter()
                     .filter_map(|r| r["RegionName"].as_str())
-                    .filter(|r| *r != self.client.region())
                     .map(str::to_string)
                     .collect()
             })

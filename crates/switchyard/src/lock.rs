@@ -87,7 +87,7 @@ pub(crate) fn exec_guard(args: &LockArgs) -> Option<i32> {
 }
 
 /// The exit status of arguments `lock run` refuses (clap's own refusals exit 2 too).
-const BAD_ARGUMENTS_STATUS: i32 = 2;
+const BAD_ARGUMENTS_STATUS: i32 = lock::EXIT_BAD_ARGUMENTS;
 
 pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
     let LockCommand::Run(args) = args.command else {
@@ -95,8 +95,10 @@ pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
     };
     // Arguments clap took but `lock run` refuses exit 2, as clap's own refusals do (README's
     // exit statuses): a crontab tells a wrong line from a job that failed.
+    // Said as `lock run`'s own lines are, so that the README's crontab mails it.
+    let name = args.name.clone();
     let bad_arguments = |message: String| {
-        eprintln!("Error: {message}");
+        eprintln!("{}", lock::run::not_run_line(BAD_ARGUMENTS_STATUS, &name, message));
         Ok(BAD_ARGUMENTS_STATUS)
     };
     if let Err(message) = lock::store::check_name(&args.name) {
@@ -125,8 +127,10 @@ pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
         (None, None) => None,
         _ => return bad_arguments("give both --access-key-id and --secret-access-key (or neither)".into()),
     };
-    let client = demoapp::dynamo::Client::new(&args.store, &args.region, credentials)
-        .map_err(|message| anyhow::anyhow!("--store: {message}"))?;
+    let client = match demoapp::dynamo::Client::new(&args.store, &args.region, credentials) {
+        Ok(client) => client,
+        Err(message) => return bad_arguments(format!("--store: {message}")),
+    };
     let command: Vec<String> = args
         .command
         .into_iter()
@@ -135,7 +139,18 @@ pub(crate) async fn run(args: LockArgs) -> anyhow::Result<i32> {
                 .map_err(|part| anyhow::anyhow!("the command part {part:?} is not UTF-8"))
         })
         .collect::<anyhow::Result<_>>()?;
-    let target = crate::controller::target(&args.client)?;
+    let target = match crate::controller::target(&args.client) {
+        Ok(target) => target,
+        Err(error) => {
+            let problem = common::error::chain(error.as_ref());
+            let fix = if problem.contains("token") {
+                "; give the controller's read token with --token-file or SWITCHYARD_CONTROL_TOKEN_FILE (a file holding it), or SWITCHYARD_CONTROL_TOKEN"
+            } else {
+                ""
+            };
+            return bad_arguments(format!("{problem}{fix}"));
+        }
+    };
     let guard_program: PathBuf = std::env::current_exe().context("find this binary to start the command")?;
     let options = lock::run::Options {
         name: args.name,
