@@ -781,6 +781,17 @@ pub struct TransactGetRequest {
     return_consumed_capacity: Option<String>,
 }
 
+/// DynamoDB refuses a transaction whose items total more than 4 MB, read as well as written
+/// ("The aggregate size of the items in the transaction cannot exceed 4 MB").
+pub(crate) fn refuse_read_size(read_bytes: usize) -> Result<(), ApiError> {
+    if read_bytes > TRANSACTION_PAYLOAD_BYTES_MAX {
+        return Err(ApiError::validation(format!(
+            "Transaction size cannot exceed 4 MB: the items it reads total more ({read_bytes} bytes so far); read them in smaller transactions"
+        )));
+    }
+    Ok(())
+}
+
 pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value, ApiError> {
     let count = request.transact_items.count;
     if count == 0 || count > TRANSACTION_ITEMS_MAX {
@@ -818,9 +829,12 @@ pub fn transact_get(store: &Store, request: TransactGetRequest) -> Result<Value,
     let mut responses = Vec::with_capacity(count);
     // Each item read twice (prepare and commit), in strongly consistent 4 KB units, per table.
     let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
+    let mut read_bytes = 0usize;
     for (meta, key, projection) in &plans {
         let item = snapshot.get(meta, key)?;
         let size = item.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+        read_bytes += size;
+        refuse_read_size(read_bytes)?;
         let units = 2.0 * read_units(size, true);
         capacity
             .entry(meta.name.clone())

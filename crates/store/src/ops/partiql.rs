@@ -1103,9 +1103,12 @@ fn transaction_reads(
     let snapshot = store.engine().snapshot()?;
     let mut responses = Vec::with_capacity(reads.len());
     let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
+    let mut read_bytes = 0usize;
     for read in &reads {
         let found = snapshot.get(&read.meta, &read.key)?;
         let size = found.as_ref().map(dynamo_protocol::value::item_size_bytes).unwrap_or(0);
+        read_bytes += size;
+        super::batch::refuse_read_size(read_bytes)?;
         let units = 2.0 * read_units(size, true);
         capacity
             .entry(read.meta.name.clone())

@@ -314,6 +314,39 @@ async fn transactions_are_all_or_nothing() {
     assert_eq!(got["Responses"][1]["Item"]["order"]["N"], "2");
 }
 
+/// The items a transaction reads may total 4 MB at most, as DynamoDB's TransactGetItems and
+/// read-only ExecuteTransaction say; up to it they are all returned.
+#[tokio::test]
+async fn a_transaction_reading_more_than_4_mb_of_items_is_refused() {
+    let h = Harness::with_orders().await;
+    let blob = "x".repeat(390_000);
+    for order in 0..12 {
+        h.ok(
+            "PutItem",
+            json!({"TableName": "orders", "Item": {"customer": {"S": "big"}, "order": {"N": order.to_string()}, "blob": {"S": blob}}}),
+        )
+        .await;
+    }
+    let gets = |count: usize| -> Vec<Value> {
+        (0..count)
+            .map(|order| json!({"Get": {"TableName": "orders", "Key": {"customer": {"S": "big"}, "order": {"N": order.to_string()}}}}))
+            .collect()
+    };
+    let ten = h.ok("TransactGetItems", json!({"TransactItems": gets(10)})).await;
+    assert_eq!(ten["Responses"].as_array().map(Vec::len), Some(10));
+    let refused = h.err("TransactGetItems", json!({"TransactItems": gets(12)})).await;
+    assert_eq!(refused.kind, ErrorKind::Validation, "{}", refused.message);
+    assert!(refused.message.contains("cannot exceed 4 MB"), "{}", refused.message);
+    let statements: Vec<Value> = (0..12)
+        .map(|order| json!({"Statement": format!("SELECT * FROM orders WHERE customer = 'big' AND \"order\" = {order}")}))
+        .collect();
+    let refused = h
+        .err("ExecuteTransaction", json!({"TransactStatements": statements}))
+        .await;
+    assert_eq!(refused.kind, ErrorKind::Validation, "{}", refused.message);
+    assert!(refused.message.contains("cannot exceed 4 MB"), "{}", refused.message);
+}
+
 /// A Put whose item has a key attribute of the wrong type cancels the transaction with a
 /// ValidationError reason for that action and "None" for the others; nothing is written.
 #[tokio::test]
