@@ -134,6 +134,12 @@ def test_config_check_reports_every_mistake_and_the_controller_refuses_to_start(
                           ("drill-targets.toml", "a drill targets file")]:
         checked = run_cli("config", "check", str(REPO / "docs" / "examples" / example))
         assert checked.returncode == 0 and said in checked.stdout, (example, checked.stdout, checked.stderr)
+    # A drill targets file with a misspelt key is still checked as one, naming the right keys.
+    typo = tmp_path / "targets.toml"
+    typo.write_text((REPO / "docs" / "examples" / "drill-targets.toml").read_text().replace("shop_name", "shop_namex", 1))
+    checked = run_cli("config", "check", str(typo))
+    assert checked.returncode == 1 and "shop_namex" in checked.stderr, checked.stderr
+    assert "checked as a drill targets file" in checked.stderr and "store_url" not in checked.stderr, checked.stderr
     bad_dns = tmp_path / "dns.toml"
     bad_dns.write_text('[dns]\nlisten = "127.0.0.1:5353"\n\n[[dns.zones]]\norigin = "shop.example."\n'
                        'ns = ["ns1"]\nbogus = 1\n')

@@ -24,9 +24,9 @@ def drill(*args):
 
 def test_unknown_scenario_lists_the_scenarios(tmp_path):
     code, output = drill("region-outtage", "--lab", str(tmp_path))
-    assert code != 0
-    assert "unknown scenario 'region-outtage'" in output
-    assert "region-outage, region-partition, vantage-partition" in output
+    assert code == 2, output  # a usage error, as every other bad argument
+    assert "invalid value 'region-outtage'" in output, output
+    assert "region-outage, region-partition, vantage-partition" in output, output
 
 
 def test_missing_lab_directory_says_how_to_start_one(tmp_path):

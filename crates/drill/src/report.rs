@@ -127,7 +127,19 @@ fn figures(report: &Report) -> Vec<(&'static str, String)> {
             ),
         ),
         ("client DNS queries (cache misses)", m.client_lookups.to_string()),
-        ("RPO: acknowledged writes lost", c.lost.to_string()),
+        (
+            "RPO: acknowledged writes lost",
+            // A drill stopped early read the stores before they converged: what it did not
+            // find yet may still be on its way, so it is no loss.
+            match report.interrupted_at_ms {
+                Some(_) if c.lost > 0 => format!(
+                    "not judged: {} not found yet (stopped before the stores converged)",
+                    c.lost
+                ),
+                Some(_) => "not judged (stopped before the stores converged)".to_string(),
+                None => c.lost.to_string(),
+            },
+        ),
         (
             "writes acked / present / superseded / overwritten",
             format!(
@@ -219,7 +231,10 @@ pub fn render_line(report: &Report) -> String {
         },
         seconds(report.measurements.rto_dns_ms),
         seconds(report.measurements.rto_99_ms),
-        report.check.lost,
+        match report.interrupted_at_ms {
+            Some(_) => "not judged".to_string(),
+            None => report.check.lost.to_string(),
+        },
         report.measurements.false_failovers,
         report.expectations.len()
     );
@@ -274,11 +289,15 @@ pub fn render_text(report: &Report) -> String {
             e.name, e.expected, e.actual
         );
     }
+    let listed_as = |class: &dyn std::fmt::Debug| match report.interrupted_at_ms {
+        Some(_) => format!("{class:?} (not judged: the drill stopped before the stores converged)"),
+        None => format!("{class:?}"),
+    };
     for lost in report.check.listed.iter().take(10) {
         let _ = writeln!(
             out,
-            "  {:?}: {}={} written via {} at {} ms, found {:?} in {}{}",
-            lost.class,
+            "  {}: {}={} written via {} at {} ms, found {:?} in {}{}",
+            listed_as(&lost.class),
             lost.key,
             lost.value,
             lost.region,

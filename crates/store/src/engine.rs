@@ -1456,6 +1456,7 @@ fn checkpoint_with(shared: &Shared, closing: bool) -> Checkpointed {
             status.last_checkpoint_us = took_us;
             status.log_bytes = 0;
             status.checkpointed = true;
+            status.checkpoint_syncing = sync.is_some();
             Checkpointed::Yes
         }
         Ok(Err(error)) => {
@@ -2559,13 +2560,11 @@ impl Engine {
             .lock()
             .expect("status lock is never poisoned")
             .clone();
-        status.checkpoint_syncing = self
-            .shared
-            .wal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(Wal::checkpoint_syncing);
+        // Not waiting for the log's lock (held across a batch's append and commit): while the
+        // writer holds it, the value the last checkpoint left.
+        if let Ok(wal) = self.shared.wal.try_lock() {
+            status.checkpoint_syncing = wal.as_ref().is_some_and(Wal::checkpoint_syncing);
+        }
         status
     }
 }

@@ -310,7 +310,28 @@ fn config_kind(file: &std::path::Path) -> ConfigKind {
     let Ok(table) = text.parse::<toml::Table>() else {
         return ConfigKind::Controller;
     };
-    if table.contains_key("shop_name") && !table.contains_key("controller") {
+    // Any key only a drill targets file has (one of them misspelt, the file is still one), or
+    // regions with a `store_url`, which the controller's do not have.
+    const DRILL_TARGET_KEYS: [&str; 7] = [
+        "shop_name",
+        "shop_port",
+        "dns_server",
+        "controller_url",
+        "fault_proxy_url",
+        "fault_proxy_token_file",
+        "process_control",
+    ];
+    let region_store_urls = table
+        .get("regions")
+        .and_then(toml::Value::as_array)
+        .is_some_and(|regions| {
+            regions
+                .iter()
+                .any(|region| region.as_table().is_some_and(|r| r.contains_key("store_url")))
+        });
+    if (DRILL_TARGET_KEYS.iter().any(|key| table.contains_key(*key)) || region_store_urls)
+        && !table.contains_key("controller")
+    {
         return ConfigKind::DrillTargets;
     }
     if table.contains_key("regions") || table.contains_key("controller") {

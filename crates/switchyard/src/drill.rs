@@ -27,6 +27,7 @@ pub(crate) struct DrillArgs {
     /// killed: promotion must be refused, naming the would-be loss) or db-partition (the
     /// primary cut off, its databases included, while its shops write on: its guard must stop
     /// those writes within 2.5 s of the pointer moving).
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(scenario::NAMES), hide_possible_values = true)]
     scenario: String,
     /// A running lab's directory: the drill reads DIR/drill-targets.toml, which
     /// `switchyard lab --dir DIR` writes.

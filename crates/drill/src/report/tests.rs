@@ -274,7 +274,17 @@ fn an_interrupted_drill_says_so_instead_of_failed() {
     assert!(text.contains("stopped after 7.2 s of 20.0 s"), "{text}");
     assert!(text.contains("n/a  RPO (acknowledged writes lost)"), "{text}");
     assert!(!text.contains("FAIL"), "nothing is called failed: {text}");
+    // k39, not found when it stopped, is not called lost: it may not have replicated yet.
+    assert!(
+        text.contains("not judged: 1 not found yet (stopped before the stores converged)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Lost (not judged: the drill stopped before the stores converged): k39"),
+        "{text}"
+    );
     let line = render_line(&report);
+    assert!(line.contains("lost writes not judged"), "{line}");
     assert!(line.starts_with("drill store-crash: INTERRUPTED"), "{line}");
     assert!(line.contains("(stopped after 7.2 s; not judged: "), "{line}");
     assert!(!line.contains("failed:"), "{line}");

@@ -106,13 +106,21 @@ async fn wait_for_active_region(http: &HttpClient, url: &str) -> Result<String, 
 /// Which region is active: the controller's pointer when there is one, else the region whose
 /// address the DNS answers.
 pub async fn discover_roles(http: &HttpClient, deployment: &Deployment) -> Result<(Roles, u32), String> {
-    let answer = resolver::query(deployment.dns_server, &deployment.shop_name).await;
-    let ttl_s = answer.as_ref().map_or(0, |a| a.ttl_s);
+    // The drill measures the failover in these answers: a DNS server that does not answer
+    // before the fault makes every figure meaningless (an RTO of "never", no requests), so the
+    // drill does not start.
+    let answer = resolver::query(deployment.dns_server, &deployment.shop_name)
+        .await
+        .map_err(|e| {
+            format!(
+                "resolve {} at {}: {e}; the drill measures the failover in these answers, so it does not start until that DNS server answers (`switchyard status --lab DIR` names what is down)",
+                deployment.shop_name, deployment.dns_server
+            )
+        })?;
+    let ttl_s = answer.ttl_s;
     let active = match &deployment.controller_url {
         Some(url) => wait_for_active_region(http, url).await?,
         None => {
-            let answer =
-                answer.map_err(|e| format!("resolve {} at {}: {e}", deployment.shop_name, deployment.dns_server))?;
             let address = answer.addresses.first().ok_or_else(|| {
                 format!(
                     "{} has no A record at {}: is the failover record served?",

@@ -73,6 +73,10 @@ struct Inner {
     defer: AtomicBool,
     /// Writes may be queued: readers must look at the queue.
     queued_writes: AtomicBool,
+    /// A write or sync of the thread failed: the writes queued behind it were dropped, so the
+    /// file no longer holds what redb wrote, and reads fail too (redb then refuses everything
+    /// until the writer reopens the database).
+    failed: AtomicBool,
     /// Syncs handed to the thread so far, and the last it completed (they complete in order).
     submitted: AtomicU64,
     completed: AtomicU64,
@@ -132,6 +136,7 @@ impl Inner {
                 (Err(error), _) => {
                     tracing::error!(%error, "a deferred write or sync of the database failed: the database is reopened");
                     state.failed.get_or_insert((error.kind(), error.to_string()));
+                    self.failed.store(true, Ordering::Release);
                     // Nothing after a failed write or sync may reach the file.
                     state.queue.clear();
                     state.queued_bytes = 0;
@@ -179,6 +184,7 @@ impl DeferredSync {
             changed: Condvar::new(),
             defer: AtomicBool::new(false),
             queued_writes: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
         });
@@ -208,9 +214,17 @@ impl SyncHandle {
     /// returned and the number of the last sync handed over (durable once
     /// [`SyncHandle::completed`] reaches it).
     pub fn defer<T>(&self, commit: impl FnOnce() -> T) -> (T, u64) {
+        /// Ends the deferral however `commit` ends (a panic inside redb included).
+        struct Deferring<'a>(&'a AtomicBool);
+        impl Drop for Deferring<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
         self.inner.defer.store(true, Ordering::SeqCst);
+        let deferring = Deferring(&self.inner.defer);
         let result = commit();
-        self.inner.defer.store(false, Ordering::SeqCst);
+        drop(deferring);
         (result, self.inner.submitted.load(Ordering::SeqCst))
     }
 
@@ -246,13 +260,22 @@ impl SyncHandle {
 
 impl StorageBackend for DeferredSync {
     fn len(&self) -> Result<u64, io::Error> {
-        match self.inner.lock().queued_len {
+        let state = self.inner.lock();
+        if let Some(error) = state.error() {
+            return Err(error);
+        }
+        match state.queued_len {
             Some(len) => Ok(len),
             None => self.inner.backend.len(),
         }
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        if self.inner.failed.load(Ordering::Acquire)
+            && let Some(error) = self.inner.lock().error()
+        {
+            return Err(error);
+        }
         if !self.inner.queued_writes.load(Ordering::Acquire) {
             return self.inner.backend.read(offset, out);
         }
@@ -376,6 +399,14 @@ impl StorageBackend for DeferredSync {
     fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
         self.inner.backend.lock_shared_range(start, end)
     }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.backend.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.backend.query_lock_range(start, end)
+    }
 }
 
 #[cfg(test)]
@@ -481,7 +512,11 @@ mod tests {
         let error = handle.wait_for(number).expect_err("the sync failed");
         assert!(error.to_string().contains("deferred"), "{error}");
         assert!(handle.failure().is_some());
-        assert_eq!(read(&backend, 0, 5), [0u8; 5], "the queued write was dropped");
+        // The queued write was dropped: the file no longer holds what redb wrote, so reads fail
+        // rather than answer from it.
+        let mut out = [0u8; 5];
+        assert!(backend.read(0, &mut out).is_err());
+        assert!(backend.len().is_err());
         assert!(backend.write(0, b"x").is_err());
         assert!(backend.sync_data().is_err());
         assert!(backend.set_len(8192).is_err());

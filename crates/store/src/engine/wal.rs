@@ -19,15 +19,17 @@
 //!   same transaction, so redb's durable state says which records it already holds: an open
 //!   replays exactly the records after it, in order, and replay is idempotent (each change
 //!   sets a key to a value or removes it);
-//! - the log is reused from its start only after a durable commit that holds every record in
-//!   it; records are numbered without gaps, so a stale record from an earlier pass (lower
-//!   number) ends a scan like a torn one;
+//! - records are numbered without gaps, so a stale record from an earlier pass (lower number)
+//!   ends a scan like a torn one;
 //! - a damaged record followed by the next expected one, or a log whose first new record does
 //!   not follow the store's, refuses the open (acknowledged writes would be lost silently):
 //!   nothing is changed and the error says what to do;
 //! - every durable commit the writer makes is a quick-repair one, so an open after kill -9
-//!   never walks the file: it loads the last checkpoint and replays at most
-//!   [`WAL_CHECKPOINT_BYTES`] (plus one batch) of log.
+//!   never walks the file: it loads the last checkpoint and replays what followed it: about
+//!   [`WAL_CHECKPOINT_BYTES`] of log, plus a batch, or up to both regions (2 ×
+//!   [`WAL_REGION_BYTES`]) when a checkpoint's deferred syncs had not finished;
+//! - a region is written over only once a durable state holds every record in it
+//!   (`Wal::region_last` ≤ `Wal::durable`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -572,6 +574,13 @@ impl Wal {
             for last in &mut region_last[touched] {
                 *last = (*last).max(record.seq);
             }
+        }
+        if version == 1 && !records.is_empty() {
+            // A log of one region: its records run on from the file's start, across where the
+            // second region starts, and a scan finds them only from there. Neither region is
+            // written over until a durable commit of the writer's own (a batch that does not
+            // fit, `skip_committed`) holds them all.
+            region_last = [u64::MAX; 2];
         }
         let report = ReplayReport {
             records: records.len() as u64,

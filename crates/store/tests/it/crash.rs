@@ -719,3 +719,31 @@ async fn checkpoints_alternate_the_log_regions_and_a_crash_loses_nothing() {
     assert!(!opened.repaired && opened.replayed.records < 100, "{opened:?}");
     assert_big(&reopened, "item", 100).await;
 }
+
+#[tokio::test]
+async fn a_log_of_one_region_is_replayed_upgraded_and_not_written_over_before_it_is_durable() {
+    // A crash image whose log says format 1 (one region, as releases before the two regions
+    // wrote it): it replays, its header says 2 from then on, and the writes that follow (more
+    // than a region's worth, through checkpoints) come back after a second crash with it.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    write_items(&store).await;
+    let image = crash_image(dir.path());
+    drop(store);
+    let log = image.path().join("store.wal");
+    let mut bytes = std::fs::read(&log).expect("read the log");
+    bytes[16..20].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&log, &bytes).expect("write the log");
+
+    let upgraded = open(image.path(), true);
+    assert!(upgraded.engine().writer_status().opened.replayed.records >= ITEMS as u64);
+    let header = std::fs::read(&log).expect("read the log");
+    assert_eq!(&header[16..20], &2u32.to_le_bytes(), "the header says two regions now");
+    put_big(&upgraded, "after", 70).await;
+    assert!(upgraded.engine().writer_status().checkpoints_total >= 1);
+    let second = crash_image(image.path());
+    drop(upgraded);
+    let reopened = open(second.path(), true);
+    assert_items(&reopened).await;
+    assert_big(&reopened, "after", 70).await;
+}
