@@ -371,12 +371,24 @@ pub fn document(config: &Config, file: &str) -> Vec<Block> {
             });
         }
     }
+    let roll_forward = match &config.file.controller.ha {
+        // With a group, the runbook under way is in etcd with the shared state.
+        Some(ha) => format!(
+            "The controllers run as a group (`[controller.ha]`, etcd prefix {}): the leader records each step in \
+             etcd, and when it dies mid-runbook the member that leads next (within the lease, {}) rolls it forward \
+             from there, never applying a step twice.",
+            code(&ha.prefix),
+            ms(ha.lease_ms)
+        ),
+        None => format!(
+            "A controller that dies mid-runbook rolls it forward from the audit log ({}) when it restarts.",
+            code(&config.file.controller.audit_log.display().to_string())
+        ),
+    };
     blocks.push(Block::Paragraph(format!(
         "Steps run in this order; a failed step stops the runbook, which is retried after {} (doubling) with a new \
-         generation. `status` shows the active region as moved only when every step succeeded. A controller that \
-         dies mid-runbook rolls it forward from the audit log ({}) when it restarts.",
+         generation. `status` shows the active region as moved only when every step succeeded. {roll_forward}",
         ms(engine.runbook_retry_ms),
-        code(&config.file.controller.audit_log.display().to_string())
     )));
 
     blocks.push(Block::Heading(2, "Failback".into()));
@@ -609,6 +621,24 @@ mod tests {
         );
         assert!(text.contains("healthy for 120 s"), "{text}");
         assert!(text.contains("at most 2 s (`failback_lag_max_ms`"), "{text}");
+        assert!(text.contains("rolls it forward from the audit log"), "{text}");
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn with_a_group_the_next_leader_rolls_the_runbook_forward_from_etcd() {
+        let grouped = FILE.replacen(
+            "[controller]",
+            "[controller.ha]\netcd = [\"http://127.0.0.1:2379\"]\nmember = \"a\"\n\n[controller]",
+            1,
+        );
+        let config = crate::config::parse("switchyard.toml", &grouped).expect("valid config");
+        let text = markdown(&document(&config, "switchyard.toml"));
+        assert!(
+            text.contains("the member that leads next (within the lease, 5 s) rolls it forward"),
+            "{text}"
+        );
+        assert!(!text.contains("when it restarts"), "{text}");
     }
 
     #[test]
