@@ -175,7 +175,7 @@ pub async fn run<T: FaultTarget>(
     dynamo::ensure_global_table(&http, &stores, &deployment.table)
         .await
         .map_err(DrillError::Prepare)?;
-    let (roles, ttl_s) = discover_roles(&http, deployment).await.map_err(DrillError::Prepare)?;
+    let (mut roles, ttl_s) = discover_roles(&http, deployment).await.map_err(DrillError::Prepare)?;
     tracing::info!(primary = %roles.primary, secondary = %roles.secondary, ttl_s, "drill starting");
 
     let recorder = Arc::new(Recorder::new());
@@ -250,6 +250,20 @@ pub async fn run<T: FaultTarget>(
             }
             if step.phase == StepPhase::Fault && !fault_started {
                 fault_started = true;
+                // The active region may have moved during the warm-up (a failover the drill
+                // did not cause): the fault is for the primary as it is now.
+                if let Some((active, generation)) = recorder.last_active_region()
+                    && active != roles.primary
+                    && let Ok(now) = deployment.roles(&active)
+                {
+                    let moved = format!(
+                        "the active region moved to {active} (generation {generation}) during the warm-up: the fault hits {active}, not {}",
+                        roles.primary
+                    );
+                    tracing::warn!("{moved}");
+                    bar.println(moved);
+                    roles = now;
+                }
                 recorder.event(EventKind::FaultStart);
                 isolation_from = Some(recorder.now_ms());
             }

@@ -94,6 +94,15 @@ impl Recorder {
         (ok, total)
     }
 
+    /// The active region the controller named last, with its generation, if any.
+    pub fn last_active_region(&self) -> Option<(String, u64)> {
+        let inner = self.lock();
+        inner.events.iter().rev().find_map(|event| match &event.kind {
+            crate::measure::EventKind::ActiveRegion { region, generation } => Some((region.clone(), *generation)),
+            _ => None,
+        })
+    }
+
     /// The history and events so far, and whether records were dropped.
     pub fn snapshot(&self) -> (History, Vec<Event>, bool) {
         let inner = self.lock();
@@ -104,5 +113,28 @@ impl Recorder {
 impl Default for Recorder {
     fn default() -> Self {
         Recorder::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::EventKind;
+
+    #[test]
+    fn the_last_active_region_is_the_newest_one_recorded() {
+        let recorder = Recorder::new();
+        assert_eq!(recorder.last_active_region(), None);
+        recorder.event(EventKind::ActiveRegion {
+            region: "us-east-1".into(),
+            generation: 3,
+        });
+        recorder.event(EventKind::FaultStart);
+        recorder.event(EventKind::ActiveRegion {
+            region: "eu-west-1".into(),
+            generation: 4,
+        });
+        recorder.event(EventKind::Heal);
+        assert_eq!(recorder.last_active_region(), Some(("eu-west-1".into(), 4)));
     }
 }
