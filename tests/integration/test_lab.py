@@ -232,6 +232,8 @@ def test_bad_input_is_refused_with_the_fix(tmp_path):
         assert "is not free" in result.stderr and "--base-port" in result.stderr, result.stderr
         # Another port of the block may be in use by someone else (a lab of an earlier test
         # still closing): then try another block.
+        # A lab refused before it started leaves no directory it made.
+        assert not (tmp_path / "lab").exists(), list((tmp_path / "lab").iterdir())
         if f"127.0.0.1:{port}" in result.stderr:
             break
     else:

@@ -99,6 +99,8 @@ pub async fn run(
     out: &mut (impl Write + Send),
 ) -> Result<(), LabError> {
     let plan = plan(options)?;
+    // A lab refused before anything started (a port in use) leaves no directory it made.
+    let existed = options.dir.exists();
     let mut supervisor = Supervisor::for_current_exe(&options.dir)?;
     if !plan.networks.is_empty() {
         crate::netns::setup(&plan.networks).map_err(LabError::Network)?;
@@ -112,6 +114,10 @@ pub async fn run(
     let result = run_plan(options, &plan, &mut supervisor, shutdown, out).await;
     crate::disks::teardown(&plan.disks);
     crate::netns::teardown(&plan.networks);
+    if matches!(result, Err(LabError::PortInUse(_))) && !existed {
+        drop(supervisor);
+        let _ = std::fs::remove_dir_all(&options.dir);
+    }
     result
 }
 
