@@ -66,6 +66,9 @@ def test_three_controllers_elect_one_leader_and_survive_its_kill(ha_lab):
     assert "controller" not in names
 
     first = wait_until("one leader named by every member", lambda: leader(directory, SITES), START_DEADLINE_S)
+    # `lab --status` says the same as `status --lab`, the controllers' lines included.
+    own = lab_cli("--status", "--dir", str(directory))
+    assert "controllers (etcd):" in own.stdout and f"controller-{first}" in own.stdout, own.stdout
     # Member 0 listens where the single controller would; every member serves the pointer.
     pointer = wait_until("the first placement", lambda: get_json(
         f"http://127.0.0.1:{base_port + 1}/v1/active-region")["region"] == "us-east-1", START_DEADLINE_S)

@@ -654,21 +654,27 @@ async fn lab_controllers(dir: &std::path::Path) -> String {
     out
 }
 
+/// `status --lab DIR` and `lab --status`: the lab's table, and with several controllers who
+/// leads as each member sees it.
+pub(crate) async fn lab_status(dir: &std::path::Path) -> anyhow::Result<()> {
+    let controllers = lab_controllers(dir).await;
+    match lab::status(dir) {
+        Ok(table) => {
+            print!("{table}{controllers}");
+            Ok(())
+        }
+        Err(error) => {
+            if let Some(table) = &error.table {
+                print!("{table}{controllers}");
+            }
+            bail!("{}", error.reason)
+        }
+    }
+}
+
 pub(crate) async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.lab {
-        let controllers = lab_controllers(dir).await;
-        return match lab::status(dir) {
-            Ok(table) => {
-                print!("{table}{controllers}");
-                Ok(())
-            }
-            Err(error) => {
-                if let Some(table) = &error.table {
-                    print!("{table}{controllers}");
-                }
-                bail!("{}", error.reason)
-            }
-        };
+        return lab_status(dir).await;
     }
     let target = target(&args.client)?;
     let Answered { status, value, .. } = call(&target, Method::GET, "/v1/status", None).await?;

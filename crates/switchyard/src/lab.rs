@@ -191,18 +191,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         };
     }
     if args.status {
-        return match lab::status(&args.dir) {
-            Ok(table) => {
-                print!("{table}");
-                Ok(())
-            }
-            Err(error) => {
-                if let Some(table) = &error.table {
-                    print!("{table}");
-                }
-                bail!("{}", error.reason)
-            }
-        };
+        // The same as `status --lab DIR`.
+        return crate::controller::lab_status(&args.dir).await;
     }
     // Absolute from here on: the generated configurations name files in the lab's folder, and
     // each reader resolves a relative path from somewhere else (the controller from its config
