@@ -1429,6 +1429,20 @@ mod tests {
         }
     }
 
+    /// The plan of a move to `us` at generation 7.
+    fn failover_to_us(observed: &[Option<Observed>]) -> Plan {
+        plan(&order(7, "us", false), &members(), observed).expect("plan")
+    }
+
+    /// A promotion of `candidate` with `a` (member 0, reachable) the old primary.
+    fn replacing_a_with(candidate: usize) -> Plan {
+        Plan::Promote {
+            old: Some(0),
+            candidate,
+            rejoin: false,
+        }
+    }
+
     #[test]
     fn a_replica_of_another_source_with_errant_transactions_is_never_the_candidate() {
         // b follows a (the last primary) and is read after a took another write: still a
@@ -1442,15 +1456,7 @@ mod tests {
             Some(replica("0-1-101", "0-1-101")),
             Some(stray.clone()),
         ];
-        let planned = plan(&order(7, "us", false), &members(), &observed).expect("plan");
-        assert_eq!(
-            planned,
-            Plan::Promote {
-                old: Some(0),
-                candidate: 1,
-                rejoin: false
-            }
-        );
+        assert_eq!(failover_to_us(&observed), replacing_a_with(1));
         let named = errant_rejoiners(&order(7, "us", false), &members(), &observed);
         assert_eq!(named.iter().map(|(i, _, n)| (*i, *n)).collect::<Vec<_>>(), vec![(2, 7)]);
         let Err(Failure::Refused(message)) = plan(
@@ -1480,23 +1486,9 @@ mod tests {
             ..replica("0-1-99", "0-1-99")
         };
         let observed = vec![Some(primary("0-1-100", Some(3))), Some(own("0-1-101")), Some(c.clone())];
-        assert_eq!(
-            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
-            Plan::Promote {
-                old: Some(0),
-                candidate: 1,
-                rejoin: false
-            }
-        );
+        assert_eq!(failover_to_us(&observed), replacing_a_with(1));
         let observed = vec![Some(primary("0-1-100", Some(3))), Some(own("0-1-101,0-2-102")), Some(c)];
-        assert_eq!(
-            plan(&order(7, "us", false), &members(), &observed).expect("plan"),
-            Plan::Promote {
-                old: Some(0),
-                candidate: 2,
-                rejoin: false
-            }
-        );
+        assert_eq!(failover_to_us(&observed), replacing_a_with(2));
         // b wrote 0-2-102 after it read a's 0-1-101 (a wrote that after the survey read a):
         // one transaction of its own, and the binlog scan takes 0-1-101 as known.
         let named = errant_rejoiners(&order(7, "us", false), &members(), &observed);
