@@ -574,11 +574,13 @@ mod tests {
                         }
                         Err(error) => panic!("{name} parses: {error}\n{text}"),
                     };
-                    // The paths come back exactly as the lab named them.
-                    assert_eq!(
-                        parsed_config.file.controller.audit_log,
-                        dir.join("data").join("controller-audit.jsonl")
-                    );
+                    // The paths come back exactly as the lab named them: a member of a group
+                    // (controller-SITE.toml) has an audit log of its own.
+                    let audit = match name.strip_prefix("controller-").and_then(|n| n.strip_suffix(".toml")) {
+                        Some(site) => crate::ha::audit_path(&dir, site),
+                        None => dir.join("data").join("controller-audit.jsonl"),
+                    };
+                    assert_eq!(parsed_config.file.controller.audit_log, audit);
                     let kinds: Vec<&str> = parsed_config.steps.iter().map(|s| s.kind_name()).collect();
                     assert!(
                         kinds.starts_with(&["mysql_promote", "redis_promote", "dns_health"]),

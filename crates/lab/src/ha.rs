@@ -145,7 +145,7 @@ pub(crate) fn drill_targets(dir: &Path, ports: &HaPorts, sites: &[String], regio
         .collect()
 }
 
-fn audit_path(dir: &Path, site: &str) -> PathBuf {
+pub(crate) fn audit_path(dir: &Path, site: &str) -> PathBuf {
     dir.join("data").join(format!("{}-audit.jsonl", controller_name(site)))
 }
 
@@ -266,6 +266,10 @@ pub(crate) fn controllers(
         // others, through its own links; it passes its own reports on to the leader with its
         // member token.
         let mut file = base.clone();
+        // The file says what the command line does, so that it is right on its own too.
+        file.controller.listen = local(ports.api(k));
+        file.controller.vantage = vantage_name(member);
+        file.controller.audit_log = audit_path(dir, member);
         file.dns.admin_url = format!("{scheme}://{}", local(ports.dns_admin_link(k)));
         file.controller.ha = Some(HaSection {
             etcd: (0..sites.len())

@@ -1381,6 +1381,13 @@ pub(crate) mod tests {
                 .windows(2)
                 .any(|p| p[0] == "--listen" && p[1] == "127.0.0.1:17033")
         );
+        // Each member's file says what its command line does (listen, vantage, audit log).
+        assert!(
+            eu.contents
+                .contains("listen = \"127.0.0.1:17033\"\nvantage = \"controller-eu-west-1\"\n"),
+            "{}",
+            eu.contents
+        );
         // Each shop follows every member's pointer, its own site's first.
         let shop = lab.components.iter().find(|c| c.kind == "demo-app").expect("a shop");
         let pointers: Vec<&str> = shop
