@@ -2,7 +2,7 @@
 """What a DynamoDB stream costs the store, in one run on one machine (release build):
 
     scripts/bench-streams.py [--duration 8] [--rounds 9] [--connections 16] [--binary PATH]
-        [--no-pin] [--perf DIR] [--json PATH] [--no-write]
+        [--write-ahead-log] [--no-pin] [--perf DIR] [--json PATH] [--no-write]
 
 1. PutItem throughput to two tables of the same store, one without a stream and one with a
    NEW_AND_OLD_IMAGES stream, in many short rounds that alternate the two (wrk,
@@ -23,8 +23,12 @@
    first byte to the response's last on a kept-alive connection (no SDK parsing in the figure).
    The issue's target: at most 5 ms.
 
-Prints a Markdown section and rewrites the "Streams" section of BENCHMARKS.md (--no-write
-leaves it alone). Not a test: nothing here asserts a timing.
+With --write-ahead-log the store runs with its write-ahead log (SWITCHYARD_WRITE_AHEAD_LOG=true,
+as `store --write-ahead-log`): a batch's stream records then stay out of redb until the
+checkpoint.
+
+Prints a Markdown section and rewrites the "Streams" section of BENCHMARKS.md, or its part for
+the write-ahead log (--no-write leaves it alone). Not a test: nothing here asserts a timing.
 """
 
 import argparse
@@ -49,6 +53,8 @@ _spec.loader.exec_module(bench_store)
 REPO = bench_store.REPO
 SECTION_BEGIN = "<!-- bench-streams:begin -->"
 SECTION_END = "<!-- bench-streams:end -->"
+WAL_SECTION_BEGIN = "<!-- bench-streams-wal:begin -->"
+WAL_SECTION_END = "<!-- bench-streams-wal:end -->"
 STREAM_TABLE = "bench-stream"
 GET_RECORDS_SAMPLES = 200
 TABLES = (("no stream", "bench"), ("NEW_AND_OLD_IMAGES stream", STREAM_TABLE))
@@ -303,8 +309,12 @@ def main():
     parser.add_argument("--perf", type=Path, help="perf record -g the store during the first round on each table, "
                                                   "into DIR/bench.data and DIR/bench-stream.data")
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
+    parser.add_argument("--write-ahead-log", action="store_true",
+                        help="run the store with its write-ahead log (SWITCHYARD_WRITE_AHEAD_LOG=true)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
+    if args.write_ahead_log:
+        os.environ["SWITCHYARD_WRITE_AHEAD_LOG"] = "true"
     args.load = os.getloadavg()[0]
     args.autogroup = autogroup()
     bench_store.ensure_tools(build=args.binary is None)
@@ -327,12 +337,14 @@ def main():
                                          "get_records_ms": records["samples"]}, indent=1))
     # The store reads SWITCHYARD_WRITE_AHEAD_LOG from the environment it inherits: say so.
     wal = os.environ.get("SWITCHYARD_WRITE_AHEAD_LOG")
-    prefix = f"SWITCHYARD_WRITE_AHEAD_LOG={wal} " if wal else ""
+    prefix = f"SWITCHYARD_WRITE_AHEAD_LOG={wal} " if wal and not args.write_ahead_log else ""
     text = section(puts, records, args, prefix + "scripts/bench-streams.py " + " ".join(sys.argv[1:]), binary.parent.name,
                    (store_prefix, wrk_prefix))
     print(text)
     if not args.no_write:
-        bench_store.update_benchmarks(text, SECTION_BEGIN, SECTION_END,
+        logged = wal is not None and wal.lower() in ("1", "true", "yes", "on")
+        begin, end = (WAL_SECTION_BEGIN, WAL_SECTION_END) if logged else (SECTION_BEGIN, SECTION_END)
+        bench_store.update_benchmarks(text, begin, end,
                                       "Streams: what a stream costs PutItem, and GetRecords of 1000 records")
 
 

@@ -10,7 +10,10 @@ import urllib.request
 import pytest
 from botocore.exceptions import ClientError
 
-from test_store_harness import create_table, scan_all, started_store
+import boto3
+from botocore.config import Config
+
+from test_store_harness import ACCESS_KEY_ID, REGION, SECRET, create_table, scan_all, started_store
 
 pytestmark = [pytest.mark.process, pytest.mark.switchyard_only]
 
@@ -204,10 +207,11 @@ def test_a_store_file_of_an_earlier_release_is_upgraded_at_start(tmp_path_factor
         store.stop()
 
 
-def kill_during_writes(store, table, count, value=None):
-    """Creates `table`, kills the store (SIGKILL) once `count` writes are acknowledged while
-    writers are busy, and returns the keys acknowledged; no write may have been refused."""
-    create_table(store.client(), table)
+def kill_during_writes(store, table, count, value=None, **table_options):
+    """Creates `table` (with `table_options`, e.g. a StreamSpecification), kills the store
+    (SIGKILL) once `count` writes are acknowledged while writers are busy, and returns the keys
+    acknowledged; no write may have been refused."""
+    create_table(store.client(), table, **table_options)
     acked, failures = [], []
     stop = threading.Event()
     threads = start_writers(store, table, acked, failures, stop, value=value)
@@ -258,6 +262,61 @@ def test_a_kill_during_writes_replays_the_write_ahead_log_and_never_repairs(tmp_
         status, _, body = fetch(store, "/health")
         assert status == 200, body
         store.client().describe_table(TableName="logged")
+    finally:
+        store.stop()
+
+
+def stream_records_of(store, table):
+    """Every record of `table`'s stream, shard by shard from the trim horizon (boto3's
+    dynamodbstreams client)."""
+    streams = boto3.client(
+        "dynamodbstreams", region_name=REGION, endpoint_url=store.url,
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+    arn = store.client().describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    records = []
+    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"],
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator, Limit=100)
+            if not page["Records"]:
+                break
+            records += page["Records"]
+            iterator = page.get("NextShardIterator")
+    return records
+
+
+@pytest.mark.parametrize("write_ahead_log", [True, False], ids=["write-ahead-log", "redb-commits"])
+def test_a_kill_during_writes_keeps_the_stream_record_of_every_acknowledged_write(tmp_path_factory, write_ahead_log):
+    """kill -9 while writers are busy on a table with a NEW_AND_OLD_IMAGES stream: after the
+    restart its stream holds an INSERT of every acknowledged write, each once, in increasing
+    sequence numbers. With the write-ahead log the records written since the last checkpoint
+    were only in memory and in the log (the replay puts them in redb), without it in each
+    batch's durable commit."""
+    args = ("--write-ahead-log",) if write_ahead_log else ()
+    store = started_store(tmp_path_factory, f"stream-kill-{write_ahead_log}", args=args)
+    spec = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    acked = kill_during_writes(store, "fed", 300, value="x" * 200, StreamSpecification=spec)
+    store.start()
+    try:
+        writer_health = json.loads(fetch(store, "/health")[2])["writer"]
+        if write_ahead_log:
+            assert writer_health["open_replayed_batches"] > 0, writer_health
+        assert writer_health["stream_overlay_blocks"] == 0, writer_health
+        records = stream_records_of(store, "fed")
+        keys = [r["dynamodb"]["Keys"]["pk"]["S"] for r in records]
+        assert len(keys) == len(set(keys)), "a write was recorded twice"
+        missing = set(acked) - set(keys)
+        assert not missing, f"{len(missing)} acknowledged writes have no stream record after kill -9"
+        assert {r["eventName"] for r in records} == {"INSERT"}
+        sequence = [int(r["dynamodb"]["SequenceNumber"]) for r in records]
+        assert sequence == sorted(sequence), "records out of order"
+        # Writes after the restart append after them.
+        store.client().put_item(TableName="fed", Item={"pk": {"S": "after"}})
+        after = stream_records_of(store, "fed")
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in after] == keys + ["after"]
     finally:
         store.stop()
 

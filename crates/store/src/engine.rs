@@ -441,6 +441,8 @@ struct Shared {
     /// The write-ahead log (`wal`); `None` while the writer reopens the database. Only the
     /// writer thread locks it.
     wal: Mutex<Option<Wal>>,
+    /// With the log: the stream records written since its last checkpoint, kept out of redb.
+    stream_overlay: Arc<streams::RecordOverlay>,
     /// Wakes the index backfill loop (`Engine::run_index_backfills`) when an index is created.
     index_backfill_wake: tokio::sync::Notify,
     /// Set when a TTL index may have a backfill to do (at open, and when one starts); cleared
@@ -620,6 +622,7 @@ impl Engine {
             digest_mismatches: std::sync::atomic::AtomicU64::new(0),
             digest_log: Mutex::new(None),
             wal: Mutex::new(Some(wal)),
+            stream_overlay: Arc::default(),
             index_backfill_wake: tokio::sync::Notify::new(),
             ttl_backfill_pending: std::sync::atomic::AtomicBool::new(true),
             jobs_submitted: std::sync::atomic::AtomicU64::new(0),
@@ -904,7 +907,8 @@ impl Engine {
             .db()?
             .begin_read()
             .map_err(|e| storage_error("starting a read", e))?;
-        Ok(Snapshot { txn })
+        let overlay = self.shared.options.write_ahead_log.then(|| Arc::clone(&self.shared));
+        Ok(Snapshot { txn, overlay })
     }
 
     /// Exact item and size counters of a table or one of its indexes.
@@ -1422,18 +1426,21 @@ fn checkpoint_with(shared: &Shared, closing: bool) -> Checkpointed {
             .as_ref()
             .and_then(Wal::sync_handle),
     };
+    // The stream records kept out of redb since the last checkpoint go in with this one.
+    let moved = shared.stream_overlay.all();
     let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), redb::Error> {
         let number = match &sync {
             Some(handle) => {
-                let (committed, number) = handle.defer(|| recovery::commit_checkpoint(&db, false));
+                let (committed, number) = handle.defer(|| recovery::commit_checkpoint(&db, false, &moved));
                 committed?;
                 Some(number)
             }
             None => {
-                recovery::commit_checkpoint(&db, closing)?;
+                recovery::commit_checkpoint(&db, closing, &moved)?;
                 None
             }
         };
+        shared.stream_overlay.forget(moved.iter().map(|(key, _)| *key));
         // Everything logged so far is in redb now: the log goes on in its other region (or
         // starts again), once what that region holds is durable.
         if let Some(wal) = shared
@@ -1532,6 +1539,10 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         streams: streams::StreamBatch::default(),
         digests: digests::DigestBatch::default(),
         log_block: LogBlock::default(),
+        stream_blocks: streams::StagedBlocks {
+            keep_out: shared.options.write_ahead_log,
+            ..streams::StagedBlocks::default()
+        },
     };
     let completions: Vec<Completion> = batch
         .into_iter()
@@ -1562,6 +1573,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
         failed,
         log,
         refused_for_space,
+        stream_blocks,
         ..
     } = context;
     let outcome = match failed {
@@ -1572,7 +1584,7 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
     };
     let mut reopen = false;
     let outcome = match outcome {
-        Ok(()) => commit(shared, txn).map_err(|(error, after_logging)| {
+        Ok(()) => commit(shared, txn, stream_blocks).map_err(|(error, after_logging)| {
             reopen = after_logging;
             error
         }),
@@ -1633,7 +1645,11 @@ fn run_batch(shared: &Shared, batch: Vec<Job>) -> BatchEnd {
 /// durably instead, with quick repair (a checkpoint holding it). The error's flag: the record
 /// may be in the log (the append failed partway, or the commit after it), so the database must
 /// be reopened, which replays the log, before anything else is logged.
-fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
+///
+/// `blocks`: the batch's stream blocks kept out of redb, published to the overlay between the
+/// append and the commit; a durable commit instead inserts them, and every block the overlay
+/// holds, since it restarts the log (`streams::RecordOverlay`).
+fn commit(shared: &Shared, txn: LoggedTxn, blocks: streams::StagedBlocks) -> Result<(), (ApiError, bool)> {
     let mut guard = shared.wal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(wal) = guard.as_mut() else {
         return Err((
@@ -1667,9 +1683,12 @@ fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
     };
     match appended {
         Ok(Appended::Logged) => {
+            shared.stream_overlay.publish(blocks.staged);
             txn.set_durability(redb::Durability::None)
                 .map_err(|e| (storage_error("committing", e), true))?;
-            txn.commit().map_err(|e| (storage_error("committing", e), true))
+            txn.commit().map_err(|e| (storage_error("committing", e), true))?;
+            shared.stream_overlay.forget(blocks.moved);
+            Ok(())
         }
         Ok(Appended::Durable) => {
             txn.commit().map_err(|e| (storage_error("committing", e), false))?;
@@ -1677,9 +1696,21 @@ fn commit(shared: &Shared, txn: LoggedTxn) -> Result<(), (ApiError, bool)> {
             Ok(())
         }
         Ok(Appended::TooBig) => {
+            // Blocks a retention sweep of this batch moved are in the transaction already (and
+            // may have been trimmed since): not again.
+            let held = shared.stream_overlay.all();
+            let moved: std::collections::HashSet<(u64, u64)> = blocks.moved.iter().copied().collect();
+            let mut moving: Vec<streams::Block> =
+                held.iter().filter(|(key, _)| !moved.contains(key)).cloned().collect();
+            moving.extend(blocks.staged);
+            moving.sort_unstable_by_key(|(key, _)| *key);
+            streams::move_blocks(&txn, &moving).map_err(|e| (storage_error("storing stream records", e), false))?;
             txn.set_quick_repair(true);
             txn.commit().map_err(|e| (storage_error("committing", e), false))?;
             wal.skip_committed();
+            shared
+                .stream_overlay
+                .forget(held.into_iter().map(|(key, _)| key).chain(blocks.moved));
             Ok(())
         }
         Err(error) => {
@@ -1751,6 +1782,8 @@ pub struct WriteContext<'a> {
     streams: streams::StreamBatch,
     /// The batch's changes to the range digests, written before it commits.
     digests: digests::DigestBatch,
+    /// Where the batch's stream blocks go (with the log: the overlay, after the log).
+    stream_blocks: streams::StagedBlocks,
     /// The changes this batch appends to the replication log, stored as one block.
     log_block: LogBlock,
 }
@@ -2404,6 +2437,11 @@ pub struct Row<'a> {
 /// A read-only, consistent view of storage.
 pub struct Snapshot {
     txn: ReadTransaction,
+    /// With the write-ahead log: the engine's state, for the stream records kept out of redb
+    /// (`streams::RecordOverlay`) and the database as it is when a stream read runs (which
+    /// takes a read transaction of its own). Not a handle of the database: a snapshot must not
+    /// keep a database the writer reopens open.
+    overlay: Option<Arc<Shared>>,
 }
 
 impl Snapshot {
@@ -2565,6 +2603,7 @@ impl Engine {
         if let Ok(wal) = self.shared.wal.try_lock() {
             status.checkpoint_syncing = wal.as_ref().is_some_and(Wal::checkpoint_syncing);
         }
+        (status.stream_overlay_blocks, status.stream_overlay_bytes) = self.shared.stream_overlay.held();
         status
     }
 }

@@ -1408,6 +1408,8 @@ fn writer_json(writer: &WriterStatus) -> serde_json::Value {
         "last_checkpoint_unix_ms": writer.last_checkpoint_unix_ms,
         "checkpointed": writer.checkpointed,
         "checkpoint_syncing": writer.checkpoint_syncing,
+        "stream_overlay_blocks": writer.stream_overlay_blocks,
+        "stream_overlay_bytes": writer.stream_overlay_bytes,
     })
 }
 

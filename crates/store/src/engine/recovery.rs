@@ -184,7 +184,7 @@ pub(super) fn open_database(
     let (db, sync) = if options.cache_bytes.is_some_and(|bytes| bytes <= REPAIR_CACHE_BYTES) {
         // Kept as it is; its allocator state is saved now, so a crash before the writer's
         // first checkpoint does not repair again.
-        if let Err(error) = commit_checkpoint(&repaired.0, false) {
+        if let Err(error) = commit_checkpoint(&repaired.0, false, &[]) {
             tracing::warn!(%error, "saving the repaired database's state failed: a crash before the next checkpoint repairs again");
         }
         repaired
@@ -291,7 +291,7 @@ fn reopen_with_own_cache(
     path: &std::path::Path,
     options: &EngineOptions,
 ) -> Result<(Database, Option<SyncHandle>), DatabaseError> {
-    let saved = commit_checkpoint(&repaired.0, false);
+    let saved = commit_checkpoint(&repaired.0, false, &[]);
     drop(repaired);
     if let Err(error) = saved {
         tracing::warn!(%error, "saving the repaired database's state failed: repairing it again, to keep the repair's 16 MiB page cache until the next restart");
@@ -308,11 +308,17 @@ fn reopen_with_own_cache(
 
 /// A checkpoint: a durable commit with redb's quick repair, which saves the allocator state
 /// with it (and commits in two phases), so that an open after a crash that follows it needs no
-/// repair; it makes every earlier commit durable. It changes no table, except that the close's
-/// (`closing`) marks the database closed cleanly (`wal::WAL_CLOSED_CLEANLY`): the write-ahead
-/// log then holds nothing it lacks.
-pub(super) fn commit_checkpoint(db: &Database, closing: bool) -> Result<(), redb::Error> {
+/// repair; it makes every earlier commit durable. It changes no table, except that it inserts
+/// the stream records kept out of redb since the last one (`blocks`, `streams::RecordOverlay`),
+/// and that the close's (`closing`) marks the database closed cleanly
+/// (`wal::WAL_CLOSED_CLEANLY`): the write-ahead log then holds nothing it lacks.
+pub(super) fn commit_checkpoint(
+    db: &Database,
+    closing: bool,
+    blocks: &[super::streams::Block],
+) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
+    super::streams::move_blocks(&txn, blocks)?;
     if closing {
         txn.open_table(super::SETTINGS)?
             .insert(super::wal::WAL_CLOSED_CLEANLY, 1)?;
@@ -564,6 +570,10 @@ pub struct WriterStatus {
     pub last_checkpoint_us: u64,
     /// Bytes of write-ahead log since the last checkpoint (what an open after a crash replays).
     pub log_bytes: u64,
+    /// Stream record blocks, and their bytes, written since the last checkpoint and kept out
+    /// of redb until the next (`streams::RecordOverlay`; with the log only).
+    pub stream_overlay_blocks: usize,
+    pub stream_overlay_bytes: usize,
 }
 
 /// The wait before reopen attempt `attempt + 1` (`attempt` ≥ 1 attempts failed so far).
@@ -603,6 +613,8 @@ pub(super) fn recover(shared: &Shared, receiver: &mut mpsc::Receiver<Job>) -> bo
     // `DatabaseClosed`, answered `ServiceUnavailable` (`storage_error`).
     let closed = shared.db.write().expect("database lock is never poisoned").take();
     drop(closed);
+    // The replay below puts every stream record the overlay holds in redb: each is in the log.
+    shared.stream_overlay.clear();
     // The log is opened again (and replayed) with the database: a record whose batch did not
     // commit is applied then, or was never whole.
     drop(

@@ -29,6 +29,10 @@
 //!   CRC-32 before its JSON; or, before the tag existed, the JSON right after the time (it
 //!   starts with `{`), checked by parsing.
 //!
+//! With the write-ahead log, blocks stay out of `stream_records` until the log's pass ends, in
+//! memory ([`RecordOverlay`], which says how), and go in joined, up to
+//! [`MOVED_BLOCK_BYTES_MAX`] each.
+//!
 //! Sequence numbers come from one counter (`settings.stream_seq`), so they increase within a
 //! shard, across a shard and its child, and across streams.
 
@@ -118,6 +122,233 @@ pub(crate) const STREAM_BLOCK_BYTES_MAX: usize =
 /// Room a block keeps for the name of its region (and its length): a name of up to 31 bytes
 /// keeps a full block in one page; a longer one makes full blocks a little bigger, no more.
 const BLOCK_REGION_ALLOWANCE_BYTES: usize = 32;
+
+/// A stored block of records: its key in `stream_records` (stream id, first sequence number)
+/// and its value.
+pub(super) type Block = ((u64, u64), Arc<[u8]>);
+
+/// With the write-ahead log, the blocks of stream records written since the last checkpoint,
+/// kept out of redb: each batch logs its blocks (`LoggedTxn::log_insert`) and publishes them
+/// here, and redb gets them in bulk when the log's pass ends: the checkpoint (or a batch too
+/// big for the log, whose durable commit restarts it) inserts every block held here, then they
+/// are forgotten here. A batch that trims streams moves them too, so that retention sees
+/// them. So a batch's redb commit carries none of the stream's pages (the leaf of its block
+/// and the branch pages above it, rewritten by every batch), which were most of what a stream
+/// cost PutItem (BENCHMARKS.md, Streams).
+///
+/// Invariants:
+/// - a block is published after its batch's record is durable in the log and before the
+///   batch commits to redb, so a reader that sees the batch's shard metadata finds its
+///   records here or (once moved) in redb;
+/// - every move inserts *every* block held, and a block is forgotten only after the commit
+///   that inserted it: the blocks here and in redb together are every block published, and a
+///   reader that takes its copy of these before it starts its read of redb
+///   (`Snapshot::visit_record_entries`) misses none of them;
+/// - the blocks here are at most what the log holds since its last checkpoint (both regions,
+///   `2 × WAL_REGION_BYTES`): a durable commit that restarts the log moves them all first;
+/// - after the writer reopens the database (an I/O error), the replay of the log has put every
+///   block in redb: the overlay is emptied.
+#[derive(Default)]
+pub(super) struct RecordOverlay {
+    blocks: Mutex<BTreeMap<(u64, u64), Arc<[u8]>>>,
+}
+
+impl RecordOverlay {
+    fn locked(&self) -> std::sync::MutexGuard<'_, BTreeMap<(u64, u64), Arc<[u8]>>> {
+        self.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes a batch's blocks visible to readers (see the invariants).
+    pub(super) fn publish(&self, blocks: Vec<Block>) {
+        if blocks.is_empty() {
+            return;
+        }
+        self.locked().extend(blocks);
+    }
+
+    /// Every block held, to move into redb.
+    pub(super) fn all(&self) -> Vec<Block> {
+        self.locked()
+            .iter()
+            .map(|(key, value)| (*key, Arc::clone(value)))
+            .collect()
+    }
+
+    /// Forgets blocks a committed transaction inserted into redb.
+    pub(super) fn forget(&self, keys: impl IntoIterator<Item = (u64, u64)>) {
+        let mut blocks = self.locked();
+        for key in keys {
+            blocks.remove(&key);
+        }
+    }
+
+    /// Forgets every block (the database was reopened and its log replayed).
+    pub(super) fn clear(&self) {
+        self.locked().clear();
+    }
+
+    /// The blocks and bytes held.
+    pub(super) fn held(&self) -> (usize, usize) {
+        let blocks = self.locked();
+        (blocks.len(), blocks.values().map(|value| value.len()).sum())
+    }
+
+    /// The blocks of stream `stream_id` a read from `position` through `end` needs: the last
+    /// one keyed at or before `position` (it may hold it), then at most `max_after` of those
+    /// after it through `end`; and whether more than that were there.
+    fn entries(&self, stream_id: u64, position: u64, end: u64, max_after: usize) -> (Vec<Block>, bool) {
+        let blocks = self.locked();
+        let before = blocks.range((stream_id, 0)..=(stream_id, position)).next_back();
+        let mut after = blocks.range((
+            Bound::Excluded((stream_id, position)),
+            Bound::Included((stream_id, end.max(position))),
+        ));
+        let mut out: Vec<Block> = before
+            .map(|(key, value)| (*key, Arc::clone(value)))
+            .into_iter()
+            .collect();
+        out.extend(
+            after
+                .by_ref()
+                .take(max_after)
+                .map(|(key, value)| (*key, Arc::clone(value))),
+        );
+        (out, after.next().is_some())
+    }
+}
+
+/// Bytes of records a block moved from the overlay into redb holds at most: a stream's blocks
+/// of consecutive batches are joined up to this (`join_blocks`), so a move inserts a few large
+/// entries, not one page-sized entry per batch (each an insert into the B-tree, and a page of
+/// its own to write and checksum). A read of one record then checks the CRC-32 of up to this
+/// much (about 20 µs).
+pub(crate) const MOVED_BLOCK_BYTES_MAX: usize = 256 << 10;
+
+/// The region and body of a compact block, if `value` is one (with its newest record's time).
+fn compact_block_parts(value: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    if value.get(8) != Some(&RECORD_COMPACT_BLOCK) {
+        return None;
+    }
+    let newest_ms = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let mut rest = value.get(RECORD_HEADER_BYTES..)?;
+    let len = usize::try_from(streams::read_leb128(&mut rest).ok()?).ok()?;
+    let region = rest.get(..len)?;
+    Some((newest_ms, region, rest.get(len..)?))
+}
+
+/// The records a joined block holds were created within this of each other: retention trims
+/// whole blocks (by their newest record), so a joined block keeps its oldest record at most
+/// this much past its retention.
+pub(crate) const MOVED_BLOCK_SPAN_MS_MAX: u64 = 1_000;
+
+/// Joins the consecutive compact blocks of each shard in `blocks` (ascending keys, as the
+/// overlay holds them: newer than any block of the stream in redb) into blocks of up to
+/// [`MOVED_BLOCK_BYTES_MAX`] of records created within [`MOVED_BLOCK_SPAN_MS_MAX`], each keyed
+/// by its first record. `shard_starts`: the (stream id, first sequence number) of shards, which
+/// start a block of their own (a block belongs to one shard: trimming a shard's records drops
+/// it). A block that is not compact, or bigger than the bound, stays as it is.
+fn join_blocks(blocks: &[Block], shard_starts: &std::collections::BTreeSet<(u64, u64)>) -> Vec<Block> {
+    let mut out: Vec<Block> = Vec::new();
+    let mut joining: Option<Joining> = None;
+    let finish = |joining: Option<Joining>, out: &mut Vec<Block>| {
+        if let Some(Joining {
+            key,
+            newest_ms,
+            region,
+            body,
+            ..
+        }) = joining
+        {
+            let region = String::from_utf8_lossy(&region).into_owned();
+            out.push((key, Arc::from(encode_block(newest_ms, &region, &body))));
+        }
+    };
+    for (key, value) in blocks {
+        let parts = compact_block_parts(value)
+            .filter(|(_, region, body)| body.len() <= MOVED_BLOCK_BYTES_MAX && std::str::from_utf8(region).is_ok());
+        let Some((newest_ms, region, body)) = parts else {
+            finish(joining.take(), &mut out);
+            out.push((*key, Arc::clone(value)));
+            continue;
+        };
+        if let Some(joined) = &mut joining
+            && joined.key.0 == key.0
+            && !shard_starts.contains(key)
+            && joined.region.as_slice() == region
+            && joined.body.len() + body.len() <= MOVED_BLOCK_BYTES_MAX
+            && newest_ms.abs_diff(joined.first_ms) <= MOVED_BLOCK_SPAN_MS_MAX
+        {
+            joined.newest_ms = joined.newest_ms.max(newest_ms);
+            joined.body.extend_from_slice(body);
+            continue;
+        }
+        finish(joining.take(), &mut out);
+        joining = Some(Joining {
+            key: *key,
+            first_ms: newest_ms,
+            newest_ms,
+            region: region.to_vec(),
+            body: body.to_vec(),
+        });
+    }
+    finish(joining, &mut out);
+    out
+}
+
+/// A block being joined by `join_blocks`.
+struct Joining {
+    key: (u64, u64),
+    /// The newest record's time of the first block joined, and of all of them.
+    first_ms: u64,
+    newest_ms: u64,
+    region: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// Moves blocks of the overlay into redb's `stream_records`, joined (`join_blocks`) within
+/// the shards `stream_shards` holds in `txn`; the overlay forgets them once `txn` commits.
+pub(super) fn move_blocks(txn: &redb::WriteTransaction, blocks: &[Block]) -> Result<(), redb::Error> {
+    let mut shard_starts = std::collections::BTreeSet::new();
+    if !blocks.is_empty() {
+        let shards = txn.open_table(STREAM_SHARDS)?;
+        let mut streams: Vec<(u64, u64)> = Vec::new();
+        for ((stream, first), _) in blocks {
+            if streams.last().is_none_or(|(last, _)| last != stream) {
+                streams.push((*stream, *first));
+            }
+        }
+        for (stream, from) in streams {
+            for entry in shards.range((stream, from)..=(stream, u64::MAX))? {
+                shard_starts.insert(entry?.0.value());
+            }
+        }
+    }
+    insert_blocks(txn, &join_blocks(blocks, &shard_starts))
+}
+
+/// Inserts blocks into redb's `stream_records` as they are.
+fn insert_blocks(txn: &redb::WriteTransaction, blocks: &[Block]) -> Result<(), redb::Error> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    let mut records = txn.open_table(STREAM_RECORDS)?;
+    for (key, value) in blocks {
+        records.insert(*key, &value[..])?;
+    }
+    Ok(())
+}
+
+/// Where a batch's blocks go: into redb at once (no write-ahead log), or, with the log, held
+/// for the overlay (`RecordOverlay`).
+#[derive(Default)]
+pub(super) struct StagedBlocks {
+    /// Keep blocks out of redb (the store runs with the write-ahead log).
+    pub(super) keep_out: bool,
+    /// This batch's blocks, logged and not in redb: published before the batch commits.
+    pub(super) staged: Vec<Block>,
+    /// Overlay blocks this batch inserted into redb: forgotten once it commits.
+    pub(super) moved: Vec<(u64, u64)>,
+}
 
 /// Appends the compact record of `change` to a block's body, written straight into it (no
 /// record is built and copied); returns whether there was one (a change that changed nothing
@@ -381,13 +612,18 @@ struct OpenShard {
 
 impl OpenShard {
     /// Stores the block being filled, if it holds anything, and starts an empty one.
-    fn store_block(&mut self, txn: &LoggedTxn, region: &str) -> Result<(), redb::Error> {
+    fn store_block(&mut self, txn: &LoggedTxn, region: &str, blocks: &mut StagedBlocks) -> Result<(), redb::Error> {
         if self.block.is_empty() {
             return Ok(());
         }
         let value = encode_block(self.block_newest_ms, region, &self.block);
-        txn.open_table(STREAM_RECORDS)?
-            .insert((self.stream_id, self.block_first_seq), value.as_slice())?;
+        let key = (self.stream_id, self.block_first_seq);
+        if blocks.keep_out {
+            txn.log_insert(STREAM_RECORDS, &<(u64, u64) as redb::Value>::as_bytes(&key), &value);
+            blocks.staged.push((key, Arc::from(value)));
+        } else {
+            txn.open_table(STREAM_RECORDS)?.insert(key, value.as_slice())?;
+        }
         self.block.clear();
         Ok(())
     }
@@ -429,7 +665,14 @@ impl WriteContext<'_> {
             .get_or_insert_with(|| *self.shared.stream_limits.read().expect("limits lock is never poisoned"));
         let open = self.streams.open[at].1.as_mut().expect("checked above");
         if due_for_rollover(&open.shard, &limits, now_ms) {
-            roll_over(self.txn, &self.shared.region, open, now_ms, seq)?;
+            roll_over(
+                self.txn,
+                &self.shared.region,
+                open,
+                now_ms,
+                seq,
+                &mut self.stream_blocks,
+            )?;
         }
         if open.block.is_empty() {
             open.block_first_seq = seq;
@@ -461,7 +704,7 @@ impl WriteContext<'_> {
             // The record does not fit what was left: the block is stored without it, and the
             // record starts the next one.
             let record = open.block.split_off(before);
-            open.store_block(self.txn, &self.shared.region)?;
+            open.store_block(self.txn, &self.shared.region, &mut self.stream_blocks)?;
             open.block = record;
             open.block_first_seq = seq;
             open.block_newest_ms = now_ms;
@@ -472,7 +715,7 @@ impl WriteContext<'_> {
         open.shard.last_seq = Some(seq);
         open.dirty = true;
         if open.block.len() >= STREAM_BLOCK_BYTES_MAX {
-            open.store_block(self.txn, &self.shared.region)?;
+            open.store_block(self.txn, &self.shared.region, &mut self.stream_blocks)?;
         }
         self.streams.seq = Some(seq);
         self.streams.seq_dirty = true;
@@ -549,7 +792,7 @@ impl WriteContext<'_> {
             .filter_map(|(_, open)| open)
             .filter(|open| open.dirty)
         {
-            open.store_block(self.txn, &self.shared.region)?;
+            open.store_block(self.txn, &self.shared.region, &mut self.stream_blocks)?;
             self.txn.open_table(STREAM_SHARDS)?.insert(
                 (open.stream_id, open.shard.first_seq),
                 encode_json(&open.shard).as_slice(),
@@ -653,11 +896,35 @@ impl WriteContext<'_> {
         Ok(())
     }
 
+    /// Inserts the overlay's blocks and this batch's own into redb, so that a read of
+    /// `stream_records` in this transaction sees every record. Unlogged: the log holds every
+    /// one of them since the last checkpoint (see `RecordOverlay`).
+    fn move_overlay_into_redb(&mut self) -> Result<(), redb::Error> {
+        if !self.stream_blocks.keep_out {
+            return Ok(());
+        }
+        // A second sweep in the same batch moves only what came since the first.
+        let moved: std::collections::HashSet<(u64, u64)> = self.stream_blocks.moved.iter().copied().collect();
+        let mut blocks: Vec<Block> = self
+            .shared
+            .stream_overlay
+            .all()
+            .into_iter()
+            .filter(|(key, _)| !moved.contains(key))
+            .collect();
+        self.stream_blocks.moved.extend(blocks.iter().map(|(key, _)| *key));
+        blocks.append(&mut self.stream_blocks.staged);
+        blocks.sort_unstable_by_key(|(key, _)| *key);
+        move_blocks(self.txn.unlogged(), &blocks)?;
+        Ok(())
+    }
+
     /// One retention sweep over every stream: trims records older than the retention, drops
     /// closed shards left without records, and forgets disabled streams whose retention ended.
     /// Returns the records deleted.
     fn trim_streams(&mut self, now_ms: u64, limits: StreamLimits) -> Result<usize, redb::Error> {
         self.flush_streams()?;
+        self.move_overlay_into_redb()?;
         let horizon = now_ms.saturating_sub(limits.retention_ms);
         let metas: Vec<StreamMeta> = {
             let streams = self.txn.open_table(STREAMS)?;
@@ -678,6 +945,7 @@ impl WriteContext<'_> {
             // Whole entries go (a block once its newest record is past retention); `through`
             // is the last sequence number they held.
             let mut trimmed = Vec::new();
+            let mut joined_keys = Vec::new();
             let mut through = None;
             let mut count = 0;
             {
@@ -694,6 +962,12 @@ impl WriteContext<'_> {
                     count += held.len().max(1);
                     through = Some(held.last().map_or(first, |(seq, _)| *seq));
                     trimmed.push(first);
+                    if self.stream_blocks.keep_out {
+                        // The entry may join blocks the log holds apart (`move_blocks`, not
+                        // logged): a replay after a crash inserts them apart, and must remove
+                        // each, keyed by one of these.
+                        joined_keys.extend(held.iter().skip(1).map(|(seq, _)| *seq));
+                    }
                 }
             }
             budget = budget.saturating_sub(count);
@@ -701,6 +975,10 @@ impl WriteContext<'_> {
             let mut records = self.txn.open_table(STREAM_RECORDS)?;
             for seq in &trimmed {
                 records.remove((meta.id, *seq))?;
+            }
+            for seq in joined_keys {
+                self.txn
+                    .log_remove(STREAM_RECORDS, &<(u64, u64) as redb::Value>::as_bytes(&(meta.id, seq)));
             }
             let left = records.range(shard_range(meta.id))?.next().is_some();
             drop(records);
@@ -748,9 +1026,10 @@ fn roll_over(
     open: &mut OpenShard,
     now_ms: u64,
     first_seq: u64,
+    blocks: &mut StagedBlocks,
 ) -> Result<(), redb::Error> {
     // A block belongs to one shard: the closing shard's records are stored now.
-    open.store_block(txn, region)?;
+    open.store_block(txn, region, blocks)?;
     open.shard.closed = true;
     txn.open_table(STREAM_SHARDS)?.insert(
         (open.stream_id, open.shard.first_seq),
@@ -894,7 +1173,7 @@ impl Snapshot {
         let end = if shard.closed {
             shard.last_seq.unwrap_or(shard.first_seq.saturating_sub(1))
         } else {
-            u64::MAX
+            self.open_shard_end()?
         };
         let mut read = ShardRead {
             count: 0,
@@ -904,54 +1183,54 @@ impl Snapshot {
         if read.ended {
             return Ok(read);
         }
-        let Some(records) = self.open_or_empty(STREAM_RECORDS)? else {
-            read.ended = shard.closed;
-            return Ok(read);
-        };
-        // The entry holding `position` may start before it (a block): read from that entry's key.
-        let from = records
-            .range((stream_id, 0)..=(stream_id, position))
-            .map_err(|e| storage_error("reading stream records", e))?
-            .next_back()
-            .transpose()
-            .map_err(|e| storage_error("reading stream records", e))?
-            .map_or(position, |(key, _)| key.value().1);
         let mut bytes = 0;
         let mut exhausted = true;
-        'entries: for entry in records
-            .range((stream_id, from)..=(stream_id, end))
-            .map_err(|e| storage_error("reading stream records", e))?
-        {
-            let (key, value) = entry.map_err(|e| storage_error("reading stream records", e))?;
-            let held =
-                stored_records(key.value().1, value.value()).map_err(|e| storage_error("reading stream records", e))?;
+        let mut failed = None;
+        // Each entry holds at least one record from `position` on, except the first, which
+        // may start before it.
+        let entries_max = limit.saturating_add(1);
+        let complete = self.visit_record_entries(stream_id, position, end, entries_max, |first, value| {
+            let held = match stored_records(first, value) {
+                Ok(held) => held,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
             for (seq, record) in held {
-                if seq < position || seq > end {
+                // Below `read.next`: read already, from a block that is also in redb joined
+                // with others (a move committed, not yet forgotten by the overlay).
+                if seq < read.next || seq > end {
                     continue;
                 }
                 if read.count >= limit {
                     exhausted = false;
-                    break 'entries;
+                    return false;
                 }
                 let mark = out.len();
                 if read.count > 0 {
                     out.push(b',');
                 }
-                record
-                    .write_json(store_id, stream_id, seq, out)
-                    .map_err(|e| storage_error("reading stream records", e))?;
+                if let Err(e) = record.write_json(store_id, stream_id, seq, out) {
+                    failed = Some(e);
+                    return false;
+                }
                 let len = out.len() - mark;
                 if read.count > 0 && bytes + len > bytes_max {
                     out.truncate(mark);
                     exhausted = false;
-                    break 'entries;
+                    return false;
                 }
                 bytes += len;
                 read.count += 1;
                 read.next = seq + 1;
             }
+            true
+        })?;
+        if let Some(e) = failed {
+            return Err(storage_error("reading stream records", e));
         }
-        read.ended = shard.closed && exhausted;
+        read.ended = shard.closed && exhausted && complete;
         Ok(read)
     }
 }
@@ -971,48 +1250,173 @@ impl Snapshot {
         let end = if shard.closed {
             shard.last_seq.unwrap_or(shard.first_seq.saturating_sub(1))
         } else {
-            u64::MAX
+            self.open_shard_end()?
         };
         if from > end {
             return Ok(None);
         }
-        let Some(records) = self.open_or_empty(STREAM_RECORDS)? else {
-            return Ok(None);
-        };
-        let start = records
-            .range((stream_id, 0)..=(stream_id, from))
-            .map_err(|e| storage_error("reading stream records", e))?
-            .next_back()
-            .transpose()
-            .map_err(|e| storage_error("reading stream records", e))?
-            .map_or(from, |(key, _)| key.value().1);
-        for entry in records
-            .range((stream_id, start)..=(stream_id, end))
-            .map_err(|e| storage_error("reading stream records", e))?
-        {
-            let (key, value) = entry.map_err(|e| storage_error("reading stream records", e))?;
-            let entry_s = stored_created_ms(value.value()) / 1000;
+        let mut found = None;
+        let mut failed = None;
+        // Every block after `from` is copied (`usize::MAX`), so the visit is complete.
+        self.visit_record_entries(stream_id, from, end, usize::MAX, |first, value| {
+            let entry_s = stored_created_ms(value) / 1000;
             if entry_s < at_s {
-                continue;
+                return true;
             }
-            let held =
-                stored_records(key.value().1, value.value()).map_err(|e| storage_error("reading stream records", e))?;
+            let held = match stored_records(first, value) {
+                Ok(held) => held,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
             for (seq, record) in held {
                 if seq < from || seq > end {
                     continue;
                 }
                 let created_s = match record {
-                    StoredRecord::Compact { record, .. } => streams::compact_record_created_s(record)
-                        .map_err(|e| storage_error("reading stream records", e))?,
+                    StoredRecord::Compact { record, .. } => match streams::compact_record_created_s(record) {
+                        Ok(created_s) => created_s,
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    },
                     // Records of earlier formats: the entry's time (a block's newest record's).
                     StoredRecord::Json(_) => entry_s,
                 };
                 if created_s >= at_s {
-                    return Ok(Some(seq));
+                    found = Some(seq);
+                    return false;
+                }
+            }
+            true
+        })?;
+        if let Some(e) = failed {
+            return Err(storage_error("reading stream records", e));
+        }
+        Ok(found)
+    }
+
+    /// Visits the stored entries of stream `stream_id` that hold records from `position`
+    /// through `end`, in order: the last one keyed at or before `position` (it may hold it),
+    /// then the rest; `visit` gets each one's first sequence number and value and returns
+    /// whether to go on. With the write-ahead log the entries are those of redb and of the
+    /// overlay (`RecordOverlay`: at most `overlay_max` after the one holding `position`): the
+    /// overlay's are copied first, and redb read after, in a read transaction of its own on the
+    /// database as it is now, so that a block moved from one to the other in between is seen in
+    /// redb (see the overlay's invariants). A block moved meanwhile may be read twice, once
+    /// joined with others: the caller skips records it has read. Returns `false` when the visit
+    /// stopped early because the overlay had more entries than were copied.
+    fn visit_record_entries(
+        &self,
+        stream_id: u64,
+        position: u64,
+        end: u64,
+        overlay_max: usize,
+        mut visit: impl FnMut(u64, &[u8]) -> bool,
+    ) -> Result<bool, ApiError> {
+        let read_error = |e: redb::StorageError| storage_error("reading stream records", e);
+        let (held, truncated, fresh) = match &self.overlay {
+            Some(shared) => {
+                let (held, truncated) = shared.stream_overlay.entries(stream_id, position, end, overlay_max);
+                let fresh = shared
+                    .db()?
+                    .begin_read()
+                    .map_err(|e| storage_error("starting a read", e))?;
+                (held, truncated, Some(fresh))
+            }
+            None => (Vec::new(), false, None),
+        };
+        // Past the last block copied, the overlay's next ones are not known: stop there.
+        let last_held = match truncated {
+            true => held.last().map(|((_, first), _)| *first),
+            false => None,
+        };
+        let txn = fresh.as_ref().unwrap_or(&self.txn);
+        let records = match txn.open_table(STREAM_RECORDS) {
+            Ok(table) => Some(table),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(storage_error("opening stream storage", e)),
+        };
+        // Where the entry holding `position` starts: the earlier of the two, since a block
+        // moved after the copy may be in redb joined into an entry that starts before it.
+        let stored_from = match &records {
+            Some(records) => records
+                .range((stream_id, 0)..=(stream_id, position))
+                .map_err(read_error)?
+                .next_back()
+                .transpose()
+                .map_err(read_error)?
+                .map(|(key, _)| key.value().1),
+            None => None,
+        };
+        let held_from = held
+            .first()
+            .map(|((_, first), _)| *first)
+            .filter(|first| *first <= position);
+        let from = match (stored_from, held_from) {
+            (Some(stored), Some(held)) => stored.min(held),
+            (stored, held) => stored.or(held).unwrap_or(position),
+        };
+        let end = last_held.map_or(end, |last| end.min(last));
+        if from > end {
+            return Ok(last_held.is_none());
+        }
+        let mut held = held.into_iter().filter(|((_, first), _)| *first >= from).peekable();
+        let mut stored = match &records {
+            Some(records) => Some(
+                records
+                    .range((stream_id, from)..=(stream_id, end))
+                    .map_err(read_error)?,
+            ),
+            None => None,
+        };
+        let mut next_stored = || -> Result<Option<(u64, redb::AccessGuard<'_, &'static [u8]>)>, ApiError> {
+            match stored.as_mut().and_then(Iterator::next) {
+                Some(entry) => {
+                    let (key, value) = entry.map_err(read_error)?;
+                    Ok(Some((key.value().1, value)))
+                }
+                None => Ok(None),
+            }
+        };
+        let mut stored_entry = next_stored()?;
+        loop {
+            let held_first = held.peek().map(|((_, first), _)| *first);
+            match (&stored_entry, held_first) {
+                (None, None) => return Ok(last_held.is_none()),
+                // A block in both (moved, not yet forgotten) is the same bytes: redb's is read.
+                (Some((first, value)), held_first) if held_first.is_none_or(|h| *first <= h) => {
+                    if held_first == Some(*first) {
+                        held.next();
+                    }
+                    if !visit(*first, value.value()) {
+                        return Ok(true);
+                    }
+                    stored_entry = next_stored()?;
+                }
+                _ => {
+                    let Some(((_, first), value)) = held.next() else {
+                        return Ok(last_held.is_none());
+                    };
+                    if !visit(first, &value) {
+                        return Ok(true);
+                    }
                 }
             }
         }
-        Ok(None)
+    }
+
+    /// The last sequence number a read of an open shard may return: with the write-ahead log,
+    /// the last one this snapshot handed out (the overlay and a read transaction of redb's own
+    /// may hold later records: another shard's after a rollover, or a batch not yet committed),
+    /// without it any (the snapshot holds no later one).
+    fn open_shard_end(&self) -> Result<u64, ApiError> {
+        match self.overlay {
+            Some(_) => self.stream_seq(),
+            None => Ok(u64::MAX),
+        }
     }
 }
 
@@ -1082,24 +1486,18 @@ impl Engine {
         let horizon = now_ms.saturating_sub(limits.retention_ms);
         let due = {
             let snapshot = self.snapshot()?;
-            let Some(records) = snapshot.open_or_empty(STREAM_RECORDS)? else {
-                return Ok(0);
-            };
             let mut due = false;
             for meta in snapshot.streams(None, None, usize::MAX)? {
                 if meta.disabled_ms.is_some_and(|at| at <= horizon) {
                     due = true;
                     break;
                 }
-                let first = records
-                    .range(shard_range(meta.id))
-                    .map_err(|e| storage_error("reading stream records", e))?
-                    .next()
-                    .transpose()
-                    .map_err(|e| storage_error("reading stream records", e))?;
-                if let Some((_, value)) = first
-                    && stored_created_ms(value.value()) <= horizon
-                {
+                let mut first_ms = None;
+                snapshot.visit_record_entries(meta.id, 0, u64::MAX, 1, |_, value| {
+                    first_ms = Some(stored_created_ms(value));
+                    false
+                })?;
+                if first_ms.is_some_and(|ms| ms <= horizon) {
                     due = true;
                     break;
                 }
@@ -1120,6 +1518,79 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Joined blocks hold every record of the blocks they join, in order, each within
+    /// `MOVED_BLOCK_BYTES_MAX` and `MOVED_BLOCK_SPAN_MS_MAX`, never across streams or shards;
+    /// a block that is not compact stays as it is.
+    #[test]
+    fn moved_blocks_are_joined_per_shard_within_the_bounds() {
+        let block = |first: u64, count: u64, bytes: usize, newest_ms: u64| {
+            let mut body = Vec::new();
+            for seq in first..first + count {
+                body.extend_from_slice(&seq.to_le_bytes());
+                body.extend_from_slice(&(bytes as u32).to_le_bytes());
+                body.extend(std::iter::repeat_n(b'r', bytes));
+            }
+            Arc::<[u8]>::from(encode_block(newest_ms, "us-east-1", &body))
+        };
+        const T: u64 = 1_800_000_000_000;
+        let mut blocks: Vec<Block> = vec![((1, 1), Arc::from(record_of(r#"{"eventID":"e1"}"#)))];
+        // Stream 1: 100 blocks of 4 records of 1000 bytes (about 400 KB) within 400 ms; its
+        // shard starting at 210 starts a block of its own.
+        for i in 0..100 {
+            blocks.push(((1, 10 + i * 4), block(10 + i * 4, 4, 1000, T + i * 4)));
+        }
+        // Stream 2: two blocks a second apart and one more 2 s later.
+        blocks.push(((2, 1000), block(1000, 2, 10, T)));
+        blocks.push(((2, 1002), block(1002, 1, 10, T + MOVED_BLOCK_SPAN_MS_MAX)));
+        blocks.push(((2, 1003), block(1003, 1, 10, T + 2 * MOVED_BLOCK_SPAN_MS_MAX + 1)));
+        let starts = std::collections::BTreeSet::from([(1, 210)]);
+        let joined = join_blocks(&blocks, &starts);
+        fn records(blocks: &[Block]) -> Vec<(u64, u64, StoredRecord<'_>)> {
+            let mut out = Vec::new();
+            for ((stream, first), value) in blocks {
+                for (seq, record) in stored_records(*first, value).expect("a well-formed block") {
+                    out.push((*stream, seq, record));
+                }
+            }
+            out
+        }
+        assert_eq!(records(&joined), records(&blocks));
+        let keys: Vec<(u64, u64)> = joined.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys[0], (1, 1), "the JSON entry stays");
+        assert_eq!(joined[0].1, blocks[0].1);
+        assert!(keys.contains(&(1, 210)), "the shard starts a block: {keys:?}");
+        // Stream 1: 200 KB before the shard's start, 200 KB after: each fits one block.
+        assert_eq!(keys.iter().filter(|(stream, _)| *stream == 1).count(), 3, "{keys:?}");
+        assert_eq!(
+            keys.iter()
+                .filter(|(stream, _)| *stream == 2)
+                .copied()
+                .collect::<Vec<_>>(),
+            [(2, 1000), (2, 1003)],
+            "joined within a second of the first block's time"
+        );
+        for (at, (key, value)) in joined.iter().enumerate() {
+            assert!(
+                value.len() <= MOVED_BLOCK_BYTES_MAX + 64,
+                "{key:?}: {} bytes",
+                value.len()
+            );
+            // Its time is the newest of the blocks it joined.
+            let next = joined.get(at + 1).map_or((u64::MAX, u64::MAX), |(key, _)| *key);
+            let newest = blocks
+                .iter()
+                .filter(|(k, _)| *k >= *key && *k < next)
+                .map(|(_, v)| stored_created_ms(v))
+                .max();
+            assert_eq!(Some(stored_created_ms(value)), newest, "{key:?}");
+        }
+        // A shard of more than the bound: joined in several blocks.
+        let big: Vec<Block> = (0..100).map(|i| ((3, i * 4), block(i * 4, 4, 1000, T))).collect();
+        let joined = join_blocks(&big, &std::collections::BTreeSet::new());
+        assert_eq!(joined.len(), 2);
+        assert_eq!(records(&joined), records(&big));
+    }
 
     fn record_of(json: &str) -> Vec<u8> {
         let mut value = 1_800_000_000_000u64.to_be_bytes().to_vec();
@@ -1513,5 +1984,214 @@ mod page_tests {
         );
         let as_text = refused(iterator(json!("yesterday"))).await;
         assert_eq!(as_text.kind, dynamo_protocol::ErrorKind::Serialization);
+    }
+
+    /// Every record of the table's one shard, in pages of `limit` from the trim horizon, so
+    /// that reads start in the middle of blocks and across the seam between redb and the
+    /// overlay.
+    async fn records_in_pages(store: &Store, table: &str, limit: usize) -> Vec<Value> {
+        let described = call(store, "DescribeTable", json!({"TableName": table})).await;
+        let arn = described["Table"]["LatestStreamArn"].clone();
+        let stream = call(store, "DescribeStream", json!({"StreamArn": arn})).await;
+        let shard = stream["StreamDescription"]["Shards"][0]["ShardId"].clone();
+        let request = json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON"});
+        let mut iterator = call(store, "GetShardIterator", request).await["ShardIterator"].clone();
+        let mut out = Vec::new();
+        loop {
+            let page = call(store, "GetRecords", json!({"ShardIterator": iterator, "Limit": limit})).await;
+            let got = page["Records"].as_array().expect("records").clone();
+            if got.is_empty() {
+                return out;
+            }
+            out.extend(got);
+            iterator = page["NextShardIterator"].clone();
+        }
+    }
+
+    /// With the write-ahead log, blocks move from the overlay into redb, and the overlay forgets
+    /// them only after that commit: meanwhile a block is in both. Reads merge the two and see
+    /// every record once, in order, in every state a move passes through.
+    #[tokio::test]
+    async fn records_in_the_overlay_and_in_redb_are_read_once_in_order() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let options = EngineOptions {
+            disk: crate::disk::DiskSettings {
+                free_bytes_min: Some(0),
+                reserve_bytes: 0,
+            },
+            no_idle_checkpoints: true,
+            write_ahead_log: true,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(crate::engine::SystemClock), options)
+            .expect("open engine");
+        let store = Store::new(engine.clone());
+        call(
+            &store,
+            "CreateTable",
+            json!({
+                "TableName": "tab",
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                "BillingMode": "PAY_PER_REQUEST",
+                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_IMAGE"},
+            }),
+        )
+        .await;
+        for i in 0..40 {
+            call(
+                &store,
+                "PutItem",
+                json!({"TableName": "tab", "Item": {"pk": {"S": format!("k{i:02}")}}}),
+            )
+            .await;
+        }
+        let overlay = Arc::clone(&engine.shared.stream_overlay);
+        let held = overlay.all();
+        assert!(held.len() >= 2, "one block per batch, all kept out: {}", held.len());
+        let in_redb = || {
+            let snapshot = engine.snapshot().expect("snapshot");
+            match snapshot.txn.open_table(STREAM_RECORDS) {
+                Ok(table) => redb::ReadableTableMetadata::len(&table).expect("count"),
+                Err(_) => 0,
+            }
+        };
+        assert_eq!(in_redb(), 0, "nothing in redb before a move");
+        let all = records_in_pages(&store, "tab", 1000).await;
+        let keys: Vec<&str> = all
+            .iter()
+            .map(|r| r["dynamodb"]["Keys"]["pk"]["S"].as_str().expect("key"))
+            .collect();
+        let expected: Vec<String> = (0..40).map(|i| format!("k{i:02}")).collect();
+        assert_eq!(keys, expected);
+        let move_into_redb = |blocks: &[Block]| {
+            let db = engine.shared.db().expect("database");
+            let txn = db.begin_write().expect("write");
+            insert_blocks(&txn, blocks).expect("insert");
+            txn.commit().expect("commit");
+        };
+        // The first half moved and forgotten, the rest only in the overlay: the state after a
+        // trim moved them and later batches wrote more.
+        let half = held.len() / 2;
+        move_into_redb(&held[..half]);
+        overlay.forget(held[..half].iter().map(|(key, _)| *key));
+        assert_eq!(in_redb() as usize, half);
+        for limit in [1000, 7, 1] {
+            assert_eq!(
+                records_in_pages(&store, "tab", limit).await,
+                all,
+                "half in redb, Limit {limit}"
+            );
+        }
+        // Every block in both, the second half joined into larger blocks in redb: a move
+        // committed, not yet forgotten.
+        let db = engine.shared.db().expect("database");
+        let txn = db.begin_write().expect("write");
+        move_blocks(&txn, &held[half..]).expect("move");
+        txn.commit().expect("commit");
+        drop(db);
+        assert!((in_redb() as usize) < held.len(), "the moved blocks were joined");
+        for limit in [1000, 7, 1] {
+            assert_eq!(
+                records_in_pages(&store, "tab", limit).await,
+                all,
+                "all in both, Limit {limit}"
+            );
+        }
+        // Every block joined in redb and only a middle slice still in the overlay: what a
+        // reader that copied that slice finds when a checkpoint moved the blocks after its copy.
+        // The entry holding a position in the slice starts before it, in redb.
+        let slice = held.len() / 4..held.len() * 3 / 4;
+        let outside = held[..slice.start].iter().chain(&held[slice.end..]);
+        overlay.forget(outside.map(|(key, _)| *key));
+        let db = engine.shared.db().expect("database");
+        let txn = db.begin_write().expect("write");
+        txn.delete_table(STREAM_RECORDS).expect("clear");
+        move_blocks(&txn, &held).expect("move");
+        txn.commit().expect("commit");
+        drop(db);
+        assert!(in_redb() < 3, "all joined: {}", in_redb());
+        for limit in [1000, 7, 1] {
+            assert_eq!(
+                records_in_pages(&store, "tab", limit).await,
+                all,
+                "slice in both, Limit {limit}"
+            );
+        }
+        overlay.forget(held.iter().map(|(key, _)| *key));
+        assert_eq!(overlay.held().0, 0);
+        assert_eq!(records_in_pages(&store, "tab", 7).await, all, "all in redb");
+    }
+
+    fn wal_options() -> EngineOptions {
+        EngineOptions {
+            disk: crate::disk::DiskSettings {
+                free_bytes_min: Some(0),
+                reserve_bytes: 0,
+            },
+            no_idle_checkpoints: true,
+            write_ahead_log: true,
+            ..EngineOptions::default()
+        }
+    }
+
+    /// A retention sweep moves the overlay's blocks into redb joined, unlogged (the log holds
+    /// them apart), and trims the joined entry: its removal is logged for every block it joined,
+    /// so a replay after a crash, which inserts them apart, removes them all. None comes back.
+    #[tokio::test]
+    async fn records_trimmed_after_their_move_stay_trimmed_after_a_crash() {
+        const T0: u64 = 1_800_000_000_000;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let clock = Arc::new(StepClock(std::sync::atomic::AtomicU64::new(T0)));
+        let engine = Engine::open_with(dir.path(), "us-east-1", clock.clone(), wal_options()).expect("open engine");
+        let store = Store::new(engine.clone());
+        call(
+            &store,
+            "CreateTable",
+            json!({
+                "TableName": "tab",
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                "BillingMode": "PAY_PER_REQUEST",
+                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "KEYS_ONLY"},
+            }),
+        )
+        .await;
+        for i in 0..30 {
+            call(
+                &store,
+                "PutItem",
+                json!({"TableName": "tab", "Item": {"pk": {"S": format!("k{i:02}")}}}),
+            )
+            .await;
+        }
+        assert_eq!(
+            engine.shared.stream_overlay.held().0,
+            30,
+            "a block per batch, all kept out"
+        );
+        clock.0.store(T0 + 10_000, std::sync::atomic::Ordering::SeqCst);
+        engine.set_stream_limits(StreamLimits {
+            retention_ms: 5_000,
+            ..StreamLimits::default()
+        });
+        assert_eq!(engine.trim_streams_once().await.expect("sweep"), 30);
+        assert_eq!(engine.shared.stream_overlay.held().0, 0);
+        let count = |engine: &Engine| {
+            let snapshot = engine.snapshot().expect("snapshot");
+            match snapshot.txn.open_table(STREAM_RECORDS) {
+                Ok(table) => redb::ReadableTableMetadata::len(&table).expect("count"),
+                Err(_) => 0,
+            }
+        };
+        assert_eq!(count(&engine), 0);
+        // The image a crash leaves: the database (no checkpoint since the writes), then the log.
+        let image = tempfile::tempdir().expect("temporary directory");
+        for name in ["store.redb", "store.wal"] {
+            std::fs::copy(dir.path().join(name), image.path().join(name)).expect("copy");
+        }
+        let reopened = Engine::open_with(image.path(), "us-east-1", clock.clone(), wal_options()).expect("reopen");
+        assert!(reopened.writer_status().opened.replayed.records >= 31);
+        assert_eq!(count(&reopened), 0, "a trimmed record came back with the replay");
     }
 }

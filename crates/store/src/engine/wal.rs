@@ -12,7 +12,9 @@
 //!
 //! Invariants:
 //! - every change of a logged batch goes through [`LoggedTxn`] (the writer never holds redb's
-//!   transaction itself), so the record holds all of it;
+//!   transaction itself), so the record holds all of it; the one exception,
+//!   [`LoggedTxn::unlogged`], moves stream records into redb that earlier records since the
+//!   last checkpoint hold already (`LoggedTxn::log_insert`, `streams::RecordOverlay`);
 //! - a batch is visible (committed to redb) only after its record is durable, so no reader ever
 //!   sees a write a crash could take back;
 //! - each logged batch stores its sequence number in the settings table ([`WAL_APPLIED`]) in the
@@ -270,6 +272,37 @@ impl LoggedTxn {
             id,
             redo: &self.redo,
         })
+    }
+
+    /// Records an insert of `key` and `value` (their bytes) into `definition` without making
+    /// it in redb: for the stream records the writer keeps out of redb until a checkpoint
+    /// (`streams::RecordOverlay`). The log still holds them, so a replay after a crash puts
+    /// them in redb; the checkpoint that ends this record's pass in the log inserts them first.
+    pub fn log_insert<K: redb::Key + LogType, V: LogType>(
+        &self,
+        definition: TableDefinition<'_, K, V>,
+        key: &[u8],
+        value: &[u8],
+    ) {
+        let mut redo = self.redo.borrow_mut();
+        let id = redo.table(definition.name(), K::CODE, V::CODE);
+        redo.insert(id, key, value);
+    }
+
+    /// Records a removal of `key` (its bytes) from `definition` without making it: for keys of
+    /// stream blocks the log holds apart and redb holds joined (`streams::move_blocks`), which a
+    /// replay must remove one by one.
+    pub fn log_remove<K: redb::Key + LogType, V: LogType>(&self, definition: TableDefinition<'_, K, V>, key: &[u8]) {
+        let mut redo = self.redo.borrow_mut();
+        let id = redo.table(definition.name(), K::CODE, V::CODE);
+        redo.remove(id, key);
+    }
+
+    /// redb's transaction itself, whose changes are not logged: only for changes an earlier
+    /// record of the log holds already (stream records moving from `streams::RecordOverlay`
+    /// into redb, each logged by [`LoggedTxn::log_insert`] since the last checkpoint).
+    pub fn unlogged(&self) -> &WriteTransaction {
+        &self.inner
     }
 
     /// Deletes a table (logged); `true` if it existed.

@@ -747,3 +747,179 @@ async fn a_log_of_one_region_is_replayed_upgraded_and_not_written_over_before_it
     assert_items(&reopened).await;
     assert_big(&reopened, "after", 70).await;
 }
+
+/// A table with a NEW_AND_OLD_IMAGES stream, and `ITEMS` changes of 100 items (inserts, then
+/// modifications).
+async fn write_stream_changes(store: &Store) {
+    let mut table = on_demand_table("feed", "id");
+    table["StreamSpecification"] = json!({"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"});
+    call(store, "CreateTable", table).await;
+    for i in 0..ITEMS {
+        let item =
+            json!({"TableName": "feed", "Item": {"id": {"S": format!("k{}", i % 100)}, "v": {"N": i.to_string()}}});
+        call(store, "PutItem", item).await;
+    }
+}
+
+/// Every record of the table's stream, in order, read through GetRecords from the trim
+/// horizon of each shard (pages of 50, so reads start in the middle of blocks).
+async fn stream_records(store: &Store) -> Vec<Value> {
+    let streams = |operation: &'static str, body: Value| async move {
+        let answer = store::streams::api::handle(store.engine(), operation, body.to_string().as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{operation}: {e}"));
+        serde_json::from_slice::<Value>(&answer).expect("a Streams answer is JSON")
+    };
+    let arn = call(store, "DescribeTable", json!({"TableName": "feed"})).await["Table"]["LatestStreamArn"].clone();
+    let described = streams("DescribeStream", json!({"StreamArn": arn})).await;
+    let mut records = Vec::new();
+    for shard in described["StreamDescription"]["Shards"].as_array().expect("shards") {
+        let request = json!({"StreamArn": arn, "ShardId": shard["ShardId"], "ShardIteratorType": "TRIM_HORIZON"});
+        let mut iterator = streams("GetShardIterator", request).await["ShardIterator"].clone();
+        loop {
+            let page = streams("GetRecords", json!({"ShardIterator": iterator, "Limit": 50})).await;
+            let got = page["Records"].as_array().expect("records").clone();
+            if got.is_empty() {
+                break;
+            }
+            records.extend(got);
+            iterator = page["NextShardIterator"].clone();
+        }
+    }
+    records
+}
+
+/// With the log a batch's stream records stay out of redb until a checkpoint
+/// (`engine::streams::RecordOverlay`). Meanwhile they are read from memory; a crash leaves
+/// them in the log only, and the replay puts them in redb; a checkpoint moves them in. The
+/// records read the same at every step: none lost, none twice, in order.
+#[tokio::test]
+async fn stream_records_kept_out_of_redb_read_the_same_after_a_crash_and_after_a_checkpoint() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    write_stream_changes(&store).await;
+    let status = store.engine().writer_status();
+    assert!(
+        status.stream_overlay_blocks > 0 && status.stream_overlay_bytes > 0,
+        "the records wait for a checkpoint: {status:?}"
+    );
+    let before = stream_records(&store).await;
+    assert_eq!(before.len(), ITEMS);
+    let values: Vec<&Value> = before.iter().map(|r| &r["dynamodb"]["NewImage"]["v"]["N"]).collect();
+    let expected: Vec<Value> = (0..ITEMS).map(|i| json!(i.to_string())).collect();
+    assert!(
+        values.iter().zip(&expected).all(|(got, want)| *got == want),
+        "{values:?}"
+    );
+
+    let image = crash_image(dir.path());
+    {
+        let reopened = open(image.path(), true);
+        let opened = reopened.engine().writer_status();
+        assert!(opened.opened.replayed.records >= ITEMS as u64, "{opened:?}");
+        assert_eq!(opened.stream_overlay_blocks, 0, "the replay put every record in redb");
+        assert_eq!(stream_records(&reopened).await, before, "after the crash");
+    }
+
+    // The close's checkpoint moves them into redb; the database alone then holds them.
+    assert!(store.engine().close().await, "the last checkpoint committed");
+    assert_eq!(store.engine().writer_status().stream_overlay_blocks, 0);
+    assert_eq!(stream_records(&store).await, before, "after the checkpoint");
+    let image = crash_image(dir.path());
+    std::fs::remove_file(image.path().join("store.wal")).expect("remove the log");
+    let reopened = open(image.path(), true);
+    assert_eq!(
+        stream_records(&reopened).await,
+        before,
+        "from the database without its log"
+    );
+}
+
+/// A checkpoint that does not wait for its syncs moves the records too, and a crash after it
+/// (its syncs done or not) loses none.
+#[tokio::test]
+async fn an_idle_checkpoint_moves_stream_records_into_redb_and_a_crash_after_it_loses_none() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), false);
+    write_stream_changes(&store).await;
+    wait_checkpointed(&store).await;
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    while store.engine().writer_status().stream_overlay_blocks > 0 {
+        assert!(Instant::now() < deadline, "the checkpoint left records out of redb");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = stream_records(&store).await;
+    assert_eq!(before.len(), ITEMS);
+    // More records after the checkpoint: these wait for the next one.
+    for i in 0..20 {
+        let item = json!({"TableName": "feed", "Item": {"id": {"S": format!("late{i}")}}});
+        call(&store, "PutItem", item).await;
+    }
+    let all = stream_records(&store).await;
+    assert_eq!(all.len(), ITEMS + 20);
+    assert_eq!(all[..ITEMS], before[..]);
+    let image = crash_image(dir.path());
+    let reopened = open(image.path(), false);
+    assert_eq!(stream_records(&reopened).await, all);
+}
+
+/// A batch too big for the log commits durably in redb and starts the log again: it takes the
+/// stream records kept out of redb with it, besides its own, or a crash after it would lose
+/// them with the log's old records.
+#[tokio::test]
+async fn a_batch_too_big_for_the_log_takes_the_kept_out_stream_records_into_redb() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = open(dir.path(), true);
+    let mut table = on_demand_table("feed", "id");
+    table["StreamSpecification"] = json!({"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"});
+    call(&store, "CreateTable", table).await;
+    for i in 0..10 {
+        call(
+            &store,
+            "PutItem",
+            json!({"TableName": "feed", "Item": {"id": {"S": format!("small{i}")}}}),
+        )
+        .await;
+    }
+    assert!(store.engine().writer_status().stream_overlay_blocks > 0);
+    // 25 items of 380 KB, each with its record's NewImage: about 19 MB, more than a region.
+    let blob = "x".repeat(380_000);
+    let puts: Vec<Value> = (0..25)
+        .map(|i| json!({"PutRequest": {"Item": {"id": {"S": format!("big{i:02}")}, "blob": {"S": blob}}}}))
+        .collect();
+    let checkpoints_before = store.engine().writer_status().checkpoints_total;
+    call(&store, "BatchWriteItem", json!({"RequestItems": {"feed": puts}})).await;
+    let status = store.engine().writer_status();
+    assert_eq!(
+        status.checkpoints_total, checkpoints_before,
+        "no checkpoint ran: {status:?}"
+    );
+    assert_eq!(
+        status.stream_overlay_blocks, 0,
+        "the durable commit took every record: {status:?}"
+    );
+    for i in 0..5 {
+        call(
+            &store,
+            "PutItem",
+            json!({"TableName": "feed", "Item": {"id": {"S": format!("late{i}")}}}),
+        )
+        .await;
+    }
+    let before = stream_records(&store).await;
+    let mut ids: Vec<&str> = before
+        .iter()
+        .map(|r| r["dynamodb"]["Keys"]["id"]["S"].as_str().expect("id"))
+        .collect();
+    // One BatchWriteItem's items are applied in the order of their stored keys.
+    ids[10..35].sort_unstable();
+    let expected: Vec<String> = (0..10)
+        .map(|i| format!("small{i}"))
+        .chain((0..25).map(|i| format!("big{i:02}")))
+        .chain((0..5).map(|i| format!("late{i}")))
+        .collect();
+    assert_eq!(ids, expected);
+    let image = crash_image(dir.path());
+    let reopened = open(image.path(), true);
+    assert_eq!(stream_records(&reopened).await, before);
+}

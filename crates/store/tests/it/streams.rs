@@ -93,9 +93,7 @@ fn names(records: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test]
-async fn every_kind_of_write_is_recorded_once_in_order() {
-    let h = Harness::new();
+async fn every_kind_of_write_is_recorded_once_in_order(h: Harness) {
     let created = h.create("items", Some("NEW_AND_OLD_IMAGES")).await;
     assert_eq!(
         created["StreamSpecification"],
@@ -165,9 +163,7 @@ async fn every_kind_of_write_is_recorded_once_in_order() {
     assert!(sequences.iter().all(|s| s.len() >= 21));
 }
 
-#[tokio::test]
-async fn iterator_types_position_as_dynamodb_does() {
-    let h = Harness::new();
+async fn iterator_types_position_as_dynamodb_does(h: Harness) {
     h.create("items", Some("KEYS_ONLY")).await;
     let arn = h.stream_arn("items").await;
     for (i, id) in ["a", "b", "c"].iter().enumerate() {
@@ -234,9 +230,7 @@ async fn iterator_types_position_as_dynamodb_does() {
     assert_eq!(error.kind, ErrorKind::ExpiredIterator);
 }
 
-#[tokio::test]
-async fn shards_roll_over_by_count_and_age_with_lineage() {
-    let h = Harness::new();
+async fn shards_roll_over_by_count_and_age_with_lineage(h: Harness) {
     h.engine.set_stream_limits(StreamLimits {
         shard_records_max: 2,
         ..StreamLimits::default()
@@ -346,9 +340,7 @@ async fn check_lineage(h: &Harness, arn: &str) -> (Vec<Value>, Vec<Value>) {
     (shards, records)
 }
 
-#[tokio::test]
-async fn appends_in_one_batch_roll_shards_over_and_keep_their_order() {
-    let h = Harness::new();
+async fn appends_in_one_batch_roll_shards_over_and_keep_their_order(h: Harness) {
     h.engine.set_stream_limits(StreamLimits {
         shard_records_max: 4,
         ..StreamLimits::default()
@@ -377,9 +369,7 @@ async fn appends_in_one_batch_roll_shards_over_and_keep_their_order() {
     assert_eq!(shards.len(), records.len().div_ceil(4), "{shards:?}");
 }
 
-#[tokio::test]
-async fn iterators_and_limits_reach_into_the_middle_of_a_batchs_block() {
-    let h = Harness::new();
+async fn iterators_and_limits_reach_into_the_middle_of_a_batchs_block(h: Harness) {
     h.create("items", Some("KEYS_ONLY")).await;
     let arn = h.stream_arn("items").await;
     // One job of 25 puts: one batch, its records stored in a block or a few page-sized ones.
@@ -419,9 +409,7 @@ async fn iterators_and_limits_reach_into_the_middle_of_a_batchs_block() {
     assert_eq!(got, ["later"]);
 }
 
-#[tokio::test]
-async fn retention_trims_records_and_forgets_disabled_streams() {
-    let h = Harness::new();
+async fn retention_trims_records_and_forgets_disabled_streams(h: Harness) {
     h.engine.set_stream_limits(StreamLimits {
         retention_ms: 10_000,
         shard_records_max: 1,
@@ -471,9 +459,7 @@ async fn retention_trims_records_and_forgets_disabled_streams() {
     assert_eq!(listed["Streams"], json!([]));
 }
 
-#[tokio::test]
-async fn update_table_follows_dynamodbs_stream_rules() {
-    let h = Harness::new();
+async fn update_table_follows_dynamodbs_stream_rules(h: Harness) {
     h.create("items", None).await;
     let error = h
         .err(
@@ -542,9 +528,7 @@ async fn update_table_follows_dynamodbs_stream_rules() {
     assert_eq!(none, json!({"Streams": []}));
 }
 
-#[tokio::test]
-async fn ttl_deletions_carry_the_service_identity() {
-    let h = Harness::new();
+async fn ttl_deletions_carry_the_service_identity(h: Harness) {
     h.create("items", Some("NEW_AND_OLD_IMAGES")).await;
     h.ok(
         "UpdateTimeToLive",
@@ -575,9 +559,7 @@ async fn ttl_deletions_carry_the_service_identity() {
     assert_eq!(records[1]["dynamodb"]["OldImage"]["id"], json!({"S": "a"}));
 }
 
-#[tokio::test]
-async fn get_records_stops_at_one_megabyte() {
-    let h = Harness::new();
+async fn get_records_stops_at_one_megabyte(h: Harness) {
     h.create("items", Some("NEW_IMAGE")).await;
     let arn = h.stream_arn("items").await;
     let big = "x".repeat(390 * 1024);
@@ -604,9 +586,7 @@ async fn get_records_stops_at_one_megabyte() {
 /// The items of a BatchWriteItem that no item is stored at go in as sorted runs through redb's
 /// write cursor (`WriteContext::put_new_items`); everything a PutItem of each would change must
 /// come out the same: the items, the index, the table's counts and the stream's records.
-#[tokio::test]
-async fn new_items_of_a_batch_are_written_as_the_same_items_put_one_by_one() {
-    let h = Harness::new();
+async fn new_items_of_a_batch_are_written_as_the_same_items_put_one_by_one(h: Harness) {
     let item = |pk: &str, sk: u32| {
         json!({"pk": {"S": pk}, "sk": {"N": sk.to_string()}, "g": {"S": format!("g{}", sk % 3)},
                "v": {"S": format!("{pk}-{sk}-{}", "x".repeat(300))}})
@@ -716,3 +696,86 @@ async fn new_items_of_a_batch_are_written_as_the_same_items_put_one_by_one() {
     assert_eq!(from_runs.iter().filter(|c| c.starts_with("[\"MODIFY\"")).count(), 3);
     assert_eq!(from_runs, changes(h.all_records(&arn_single).await));
 }
+
+/// Two streams written in turn number their records with gaps (one counter for all); their
+/// shards roll over and close. Every closed shard is read whole in pages of 2, in order, and
+/// then ends: none is cut short where a page ends on a block without records past it.
+async fn closed_shards_of_interleaved_streams_are_read_whole_in_small_pages(h: Harness) {
+    h.engine.set_stream_limits(StreamLimits {
+        shard_records_max: 7,
+        ..StreamLimits::default()
+    });
+    h.create("left", Some("KEYS_ONLY")).await;
+    h.create("right", Some("KEYS_ONLY")).await;
+    for i in 0..30 {
+        h.put("left", &format!("l{i:02}"), i).await;
+        h.put("right", &format!("r{i:02}"), i).await;
+    }
+    for table in ["left", "right"] {
+        let arn = h.stream_arn(table).await;
+        let mut keys = Vec::new();
+        let shards = h.shards(&arn).await;
+        assert!(shards.len() >= 4, "{shards:?}");
+        for shard in &shards {
+            let id = shard["ShardId"].as_str().expect("shard");
+            let closed = shard["SequenceNumberRange"].get("EndingSequenceNumber").is_some();
+            let mut iterator = Some(h.iterator(&arn, id, "TRIM_HORIZON", None).await);
+            let mut own = Vec::new();
+            while let Some(current) = iterator {
+                let page = h.ok("GetRecords", json!({"ShardIterator": current, "Limit": 2})).await;
+                let records = page["Records"].as_array().expect("records");
+                own.extend(
+                    records
+                        .iter()
+                        .map(|r| r["dynamodb"]["Keys"]["id"]["S"].as_str().expect("key").to_string()),
+                );
+                iterator = page["NextShardIterator"].as_str().map(str::to_string);
+                if !closed && records.is_empty() {
+                    break;
+                }
+            }
+            if closed {
+                assert_eq!(own.len(), 7, "closed shard {id} read whole: {own:?}");
+            }
+            keys.extend(own);
+        }
+        let prefix = &table[..1];
+        let expected: Vec<String> = (0..30).map(|i| format!("{prefix}{i:02}")).collect();
+        assert_eq!(keys, expected, "{table}");
+    }
+}
+
+/// Every test above runs twice: with redb's durable commit per batch (the default), and with
+/// the write-ahead log, where a batch's stream records stay out of redb until a checkpoint
+/// (`engine::streams::RecordOverlay`; no idle checkpoints here, so they stay out unless a
+/// trim moves them) and every read merges the two.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod redb_commits {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Harness::new()).await
+            })*
+        }
+        mod write_ahead_log {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Harness::with_write_ahead_log()).await
+            })*
+        }
+    };
+}
+
+in_both_modes!(
+    every_kind_of_write_is_recorded_once_in_order,
+    iterator_types_position_as_dynamodb_does,
+    shards_roll_over_by_count_and_age_with_lineage,
+    appends_in_one_batch_roll_shards_over_and_keep_their_order,
+    iterators_and_limits_reach_into_the_middle_of_a_batchs_block,
+    retention_trims_records_and_forgets_disabled_streams,
+    update_table_follows_dynamodbs_stream_rules,
+    ttl_deletions_carry_the_service_identity,
+    get_records_stops_at_one_megabyte,
+    new_items_of_a_batch_are_written_as_the_same_items_put_one_by_one,
+    closed_shards_of_interleaved_streams_are_read_whole_in_small_pages,
+);

@@ -55,9 +55,31 @@ pub struct ClockedStore<M> {
 
 impl<M> ClockedStore<M> {
     pub fn new() -> ClockedStore<M> {
+        Self::with(None)
+    }
+
+    /// The store with the write-ahead log and no idle checkpoints: what the log holds stays
+    /// out of redb's durable state until something commits a checkpoint.
+    pub fn with_write_ahead_log() -> ClockedStore<M> {
+        Self::with(Some(store::engine::EngineOptions {
+            disk: store::disk::DiskSettings {
+                free_bytes_min: Some(0),
+                reserve_bytes: 0,
+            },
+            no_idle_checkpoints: true,
+            write_ahead_log: true,
+            ..store::engine::EngineOptions::default()
+        }))
+    }
+
+    fn with(options: Option<store::engine::EngineOptions>) -> ClockedStore<M> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let clock = Arc::new(ManualClock::starting_at(START_MS));
-        let engine = Engine::open(dir.path(), "us-east-1", clock.clone()).expect("open engine");
+        let engine = match options {
+            None => Engine::open(dir.path(), "us-east-1", clock.clone()),
+            Some(options) => Engine::open_with(dir.path(), "us-east-1", clock.clone(), options),
+        }
+        .expect("open engine");
         ClockedStore {
             store: Store::new(engine.clone()),
             engine,
