@@ -84,21 +84,45 @@ pub struct DrillOutcome {
 /// How long a drill waits for the controller to have chosen an active region (a lab that has
 /// just started needs a few probe rounds before its first decision).
 pub const ACTIVE_REGION_WAIT_MS: u64 = 30_000;
+/// How long a drill waits for a controller that does not answer at all (refused, reset, timed
+/// out) before it gives up: long enough for one that is starting to listen, far shorter than
+/// the wait for a decision, so a wrong `controller_url` or a stopped controller is said at once.
+pub const CONTROLLER_UNREACHABLE_WAIT_MS: u64 = 5_000;
 /// Pause between two questions to the controller while waiting.
 const ACTIVE_REGION_POLL_MS: u64 = 250;
 
 async fn wait_for_active_region(http: &HttpClient, url: &str) -> Result<String, String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ACTIVE_REGION_WAIT_MS);
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_millis(ACTIVE_REGION_WAIT_MS);
+    // Since when every question went unanswered (no HTTP answer at all).
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
+        let now = std::time::Instant::now();
         match workload::active_region(http, url).await {
             Ok((region, _)) => return Ok(region),
-            Err(error) if std::time::Instant::now() >= deadline => {
+            Err(workload::AskError::Unreachable(error))
+                if now.duration_since(*unreachable_since.get_or_insert(now))
+                    >= std::time::Duration::from_millis(CONTROLLER_UNREACHABLE_WAIT_MS) =>
+            {
+                return Err(format!(
+                    "ask the controller which region is active: it did not answer for \
+                     {CONTROLLER_UNREACHABLE_WAIT_MS} ms ({error}); is the controller running, and is \
+                     `controller_url` its listen address? See `switchyard status --controller {url}`"
+                ));
+            }
+            Err(error) if now >= deadline => {
                 return Err(format!(
                     "ask the controller which region is active: no answer with a region within \
                      {ACTIVE_REGION_WAIT_MS} ms (last: {error}); see `switchyard status --controller {url}`"
                 ));
             }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(ACTIVE_REGION_POLL_MS)).await,
+            Err(workload::AskError::Answered(_)) => {
+                unreachable_since = None;
+                tokio::time::sleep(std::time::Duration::from_millis(ACTIVE_REGION_POLL_MS)).await;
+            }
+            Err(workload::AskError::Unreachable(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(ACTIVE_REGION_POLL_MS)).await;
+            }
         }
     }
 }

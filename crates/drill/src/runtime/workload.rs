@@ -403,20 +403,39 @@ pub async fn dns_watcher(ctx: Arc<Context>) {
     }
 }
 
+/// Why the controller's pointer could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AskError {
+    /// No HTTP answer (refused, reset, timed out): the controller may not be running.
+    Unreachable(String),
+    /// An answer without a region (a controller that has not decided yet answers 503).
+    Answered(String),
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AskError::Unreachable(error) | AskError::Answered(error) => f.write_str(error),
+        }
+    }
+}
+
 /// The controller's pointer: `GET /v1/active-region` → `{"region": ..., "generation": N}`.
-pub async fn active_region(http: &HttpClient, controller_url: &str) -> Result<(String, u64), String> {
+pub async fn active_region(http: &HttpClient, controller_url: &str) -> Result<(String, u64), AskError> {
     let url = format!("{}/v1/active-region", controller_url.trim_end_matches('/'));
     let response = http
         .send("GET", &url, &[], None, CONTROLLER_TIMEOUT_MS)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| AskError::Unreachable(format!("{url}: {e}")))?;
     if response.status != 200 {
-        return Err(format!("{url} answered {}", response.status));
+        return Err(AskError::Answered(format!("{url} answered {}", response.status)));
     }
-    let value = response.json().ok_or_else(|| format!("{url} did not answer JSON"))?;
+    let value = response
+        .json()
+        .ok_or_else(|| AskError::Answered(format!("{url} did not answer JSON")))?;
     let region = value["region"]
         .as_str()
-        .ok_or_else(|| format!("{url} answered without a region: {value}"))?;
+        .ok_or_else(|| AskError::Answered(format!("{url} answered without a region: {value}")))?;
     let generation = value["generation"].as_u64().unwrap_or(0);
     Ok((region.to_string(), generation))
 }

@@ -763,3 +763,39 @@ async fn command_process_control_runs_the_commands() {
         .expect_err("the restart command fails");
     assert!(error.to_string().contains("cannot restart"), "{error}");
 }
+
+/// A `controller_url` where nothing listens (a typo, a stopped controller) is said within
+/// `CONTROLLER_UNREACHABLE_WAIT_MS`, naming the address and what to check, instead of after
+/// the 30 s a just-started controller gets to make its first decision.
+#[tokio::test]
+async fn a_controller_that_does_not_answer_is_named_before_the_decision_wait() {
+    let (dns_server, _dns_admin, dns_stop) = start_dns().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let mut deployment = deployment_of(
+        "drill-history",
+        vec![
+            store_region("r1", "http://127.0.0.1:9"),
+            store_region("r2", "http://127.0.0.1:9"),
+        ],
+    );
+    deployment.dns_server = dns_server;
+    deployment.controller_url = Some(format!("http://{closed}"));
+    let error = drill::runtime::discover_roles(&HttpClient::new(), &deployment)
+        .await
+        .expect_err("nothing listens there");
+    let _ = dns_stop.send(());
+    assert!(
+        error.contains(&format!(
+            "did not answer for {} ms",
+            drill::runtime::CONTROLLER_UNREACHABLE_WAIT_MS
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(&closed.to_string()) && error.contains("controller_url"),
+        "{error}"
+    );
+}
