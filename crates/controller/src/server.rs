@@ -80,7 +80,7 @@ pub const INCIDENTS_SAVE_RETRY_MS: u64 = 1_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(
-        "refusing to listen on {address} while role(s) {roles} have no token: anyone who can reach it could use them (and fail over your regions). Add [[tokens]] for each role (`switchyard token new --role ROLE --name NAME`), or listen on a loopback address such as 127.0.0.1"
+        "refusing to listen on {address} while role(s) {roles} have no token: anyone who can reach it could use them (and fail over your regions)\n    fix: add [[tokens]] for each role (`switchyard token new --role ROLE --name NAME`), or listen on a loopback address such as 127.0.0.1"
     )]
     OpenToNetwork { address: SocketAddr, roles: String },
     #[error(transparent)]

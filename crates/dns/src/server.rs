@@ -425,7 +425,7 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum ExposureError {
     #[error(
-        "refusing to serve the admin API on {0} without a token: anyone who can reach it could change which region gets traffic. Pass --token-file FILE (or set SWITCHYARD_CONTROL_TOKEN), or listen on a loopback address such as 127.0.0.1"
+        "refusing to serve the admin API on {0} without a token: anyone who can reach it could change which region gets traffic\n    fix: pass --token-file FILE (or set SWITCHYARD_CONTROL_TOKEN), or listen on a loopback address such as 127.0.0.1"
     )]
     OpenToNetwork(SocketAddr),
 }

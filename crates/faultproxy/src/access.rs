@@ -109,7 +109,7 @@ impl Default for AllowList {
 #[derive(Debug, thiserror::Error)]
 pub enum ExposureError {
     #[error(
-        "refusing to serve the fault proxy's control API on {0} without a token: anyone who can reach it could cut links or relay through this host. Pass --token-file FILE (or set {TOKEN_ENV}), or listen on a loopback address such as 127.0.0.1"
+        "refusing to serve the fault proxy's control API on {0} without a token: anyone who can reach it could cut links or relay through this host\n    fix: pass --token-file FILE (or set {TOKEN_ENV}), or listen on a loopback address such as 127.0.0.1"
     )]
     OpenToNetwork(SocketAddr),
 }

@@ -394,7 +394,7 @@ pub struct ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ExposureError {
     #[error(
-        "refusing to listen on {0} without credentials: anyone who can reach it could read and change every table. Pass --credentials FILE (lines of `ACCESS_KEY_ID SECRET`), listen on a loopback address such as 127.0.0.1, or, on a network nobody else can reach, pass --trusted-network"
+        "refusing to listen on {0} without credentials: anyone who can reach it could read and change every table\n    fix: pass --credentials FILE (lines of `ACCESS_KEY_ID SECRET`), listen on a loopback address such as 127.0.0.1, or, on a network nobody else can reach, pass --trusted-network"
     )]
     OpenToNetwork(SocketAddr),
 }
