@@ -1765,6 +1765,34 @@ mod page_tests {
         answer.unwrap_or_else(|e| panic!("{operation}: {e}"))
     }
 
+    /// Creates the table `tab` (key `pk`) with a stream of `view_type`.
+    async fn create_stream_table(store: &Store, view_type: &str) {
+        call(
+            store,
+            "CreateTable",
+            json!({
+                "TableName": "tab",
+                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+                "BillingMode": "PAY_PER_REQUEST",
+                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": view_type},
+            }),
+        )
+        .await;
+    }
+
+    /// Puts items k00, k01, ... into `tab`, one request (so one batch) each.
+    async fn put_keys(store: &Store, count: usize) {
+        for i in 0..count {
+            call(
+                store,
+                "PutItem",
+                json!({"TableName": "tab", "Item": {"pk": {"S": format!("k{i:02}")}}}),
+            )
+            .await;
+        }
+    }
+
     /// Every record of the table's one shard, from the trim horizon.
     async fn records(store: &Store, table: &str) -> Vec<Value> {
         let described = call(store, "DescribeTable", json!({"TableName": table})).await;
@@ -1795,18 +1823,7 @@ mod page_tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let engine = Engine::open(dir.path(), "us-east-1", Arc::new(crate::engine::SystemClock)).expect("open engine");
         let store = Store::new(engine.clone());
-        call(
-            &store,
-            "CreateTable",
-            json!({
-                "TableName": "tab",
-                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
-                "BillingMode": "PAY_PER_REQUEST",
-                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-            }),
-        )
-        .await;
+        create_stream_table(&store, "NEW_AND_OLD_IMAGES").await;
         // One BatchWriteItem is one job, so one batch of the writer: 24 records of ~700 bytes
         // and one of ~20 KB.
         let puts: Vec<Value> = (0..25)
@@ -1875,18 +1892,7 @@ mod page_tests {
         let engine = Engine::open(dir.path(), "us-east-1", clock.clone()).expect("open engine");
         let store = Store::new(engine.clone());
         let set = |ms: u64| clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);
-        call(
-            &store,
-            "CreateTable",
-            json!({
-                "TableName": "tab",
-                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
-                "BillingMode": "PAY_PER_REQUEST",
-                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "KEYS_ONLY"},
-            }),
-        )
-        .await;
+        create_stream_table(&store, "KEYS_ONLY").await;
         for (at, key) in [(T0, "k1"), (T0 + 2_000, "k2"), (T0 + 4_500, "k3")] {
             set(at);
             call(
@@ -2014,38 +2020,16 @@ mod page_tests {
     #[tokio::test]
     async fn records_in_the_overlay_and_in_redb_are_read_once_in_order() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let options = EngineOptions {
-            disk: crate::disk::DiskSettings {
-                free_bytes_min: Some(0),
-                reserve_bytes: 0,
-            },
-            no_idle_checkpoints: true,
-            write_ahead_log: true,
-            ..EngineOptions::default()
-        };
-        let engine = Engine::open_with(dir.path(), "us-east-1", Arc::new(crate::engine::SystemClock), options)
-            .expect("open engine");
-        let store = Store::new(engine.clone());
-        call(
-            &store,
-            "CreateTable",
-            json!({
-                "TableName": "tab",
-                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
-                "BillingMode": "PAY_PER_REQUEST",
-                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_IMAGE"},
-            }),
+        let engine = Engine::open_with(
+            dir.path(),
+            "us-east-1",
+            Arc::new(crate::engine::SystemClock),
+            wal_options(),
         )
-        .await;
-        for i in 0..40 {
-            call(
-                &store,
-                "PutItem",
-                json!({"TableName": "tab", "Item": {"pk": {"S": format!("k{i:02}")}}}),
-            )
-            .await;
-        }
+        .expect("open engine");
+        let store = Store::new(engine.clone());
+        create_stream_table(&store, "NEW_IMAGE").await;
+        put_keys(&store, 40).await;
         let overlay = Arc::clone(&engine.shared.stream_overlay);
         let held = overlay.all();
         assert!(held.len() >= 2, "one block per batch, all kept out: {}", held.len());
@@ -2145,26 +2129,8 @@ mod page_tests {
         let clock = Arc::new(StepClock(std::sync::atomic::AtomicU64::new(T0)));
         let engine = Engine::open_with(dir.path(), "us-east-1", clock.clone(), wal_options()).expect("open engine");
         let store = Store::new(engine.clone());
-        call(
-            &store,
-            "CreateTable",
-            json!({
-                "TableName": "tab",
-                "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
-                "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
-                "BillingMode": "PAY_PER_REQUEST",
-                "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "KEYS_ONLY"},
-            }),
-        )
-        .await;
-        for i in 0..30 {
-            call(
-                &store,
-                "PutItem",
-                json!({"TableName": "tab", "Item": {"pk": {"S": format!("k{i:02}")}}}),
-            )
-            .await;
-        }
+        create_stream_table(&store, "KEYS_ONLY").await;
+        put_keys(&store, 30).await;
         assert_eq!(
             engine.shared.stream_overlay.held().0,
             30,
