@@ -442,7 +442,7 @@ struct Shared {
     /// writer thread locks it.
     wal: Mutex<Option<Wal>>,
     /// With the log: the stream records written since its last checkpoint, kept out of redb.
-    stream_overlay: Arc<streams::RecordOverlay>,
+    stream_overlay: streams::RecordOverlay,
     /// Wakes the index backfill loop (`Engine::run_index_backfills`) when an index is created.
     index_backfill_wake: tokio::sync::Notify,
     /// Set when a TTL index may have a backfill to do (at open, and when one starts); cleared
@@ -622,7 +622,7 @@ impl Engine {
             digest_mismatches: std::sync::atomic::AtomicU64::new(0),
             digest_log: Mutex::new(None),
             wal: Mutex::new(Some(wal)),
-            stream_overlay: Arc::default(),
+            stream_overlay: streams::RecordOverlay::default(),
             index_backfill_wake: tokio::sync::Notify::new(),
             ttl_backfill_pending: std::sync::atomic::AtomicBool::new(true),
             jobs_submitted: std::sync::atomic::AtomicU64::new(0),
