@@ -36,7 +36,7 @@ DNS_CONFIG = "\n[dns]" + failover_zone_toml("serial = 2026112401\nminimum = 30")
 class Etcd:
     """An etcd cluster of `size` members from Debian's etcd-server, on free loopback ports."""
 
-    def __init__(self, workdir, size=1):
+    def __init__(self, workdir, size=1, extra=()):
         names = [f"e{i}" for i in range(size)]
         ports = {name: (free_port(), free_port()) for name in names}
         cluster = ",".join(f"{name}=http://127.0.0.1:{ports[name][1]}" for name in names)
@@ -53,7 +53,7 @@ class Etcd:
                  "--listen-client-urls", client, "--advertise-client-urls", client,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                 "--initial-cluster-token", "switchyard-test"])
+                 "--initial-cluster-token", "switchyard-test", *extra])
             self.processes.append(subprocess.Popen(self.commands[-1], stdout=subprocess.DEVNULL,
                                                    stderr=open(self.log, "ab")))
         self.wait_healthy()
@@ -157,10 +157,10 @@ def request(url, path, method="GET", body=None, headers=None):
 
 
 class Group:
-    def __init__(self, tmp_path, etcd_size=1):
+    def __init__(self, tmp_path, etcd_size=1, etcd_extra=()):
         self.tmp = tmp_path
         self.us, self.eu = App(), App()
-        self.etcd = Etcd(tmp_path, etcd_size)
+        self.etcd = Etcd(tmp_path, etcd_size, etcd_extra)
         (tmp_path / "dns-dir").mkdir()
         self.dns = DnsServer(tmp_path / "dns-dir", DNS_CONFIG, token=TOKEN)
         self.dns.start()
@@ -813,6 +813,51 @@ def test_the_leader_compacts_etcds_history_older_than_compact_history_s(group):
     assert now > first, "the heartbeat moved the revision on"
     group.etcd.call("/v3/kv/range", {"key": key, "revision": str(now)})
     assert group.status("c1")["ha"]["acting"]
+
+
+def test_an_etcd_out_of_space_is_named_with_its_fix_and_a_member_leads_once_it_is_freed(tmp_path):
+    """etcd's NOSPACE alarm (its database at --quota-backend-bytes) refuses every write and lease
+    grant: no member can lead. The member says so with the operator's fix, and leads once the
+    space is freed and the alarm disarmed."""
+    if not BINARY.exists() or ETCD is None:
+        pytest.skip("needs the built binary and etcd (scripts/install-test-deps.sh)")
+    group = Group(tmp_path, etcd_extra=("--quota-backend-bytes", str(8 << 20)))
+    try:
+        junk = base64.b64encode(b"x" * (1 << 20)).decode()
+        for i in range(64):
+            try:
+                group.etcd.call("/v3/kv/put", {"key": base64.b64encode(f"/junk/{i}".encode()).decode(),
+                                               "value": junk})
+            except urllib.error.HTTPError as error:
+                body = error.read().decode()
+                assert "database space exceeded" in body, body
+                break
+        else:
+            pytest.fail("etcd took 64 MiB under an 8 MiB quota")
+        group.start("c1")
+
+        def named():
+            ha = (group.status("c1") or {}).get("ha") or {}
+            return ha.get("etcd_error") if "alarm disarm" in (ha.get("etcd_error") or "") else None
+
+        error = wait_until("c1 to name etcd's NOSPACE alarm and its fix", named, TAKEOVER_DEADLINE_S, group.logs())
+        assert "NOSPACE" in error and "fix:" in error, error
+        assert not group.status("c1")["ha"]["acting"]
+        # The operator's fix, as the message gives it.
+        group.etcd.call("/v3/kv/deleterange", {"key": base64.b64encode(b"/junk/").decode(),
+                                               "range_end": base64.b64encode(b"/junk0").decode()})
+        revision = int(group.etcd.call("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+        group.etcd.call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        group.etcd.call("/v3/maintenance/defragment", {})
+        alarms = group.etcd.call("/v3/maintenance/alarm", {"action": "GET"}).get("alarms") or []
+        assert any(a.get("alarm") == "NOSPACE" for a in alarms), alarms
+        for alarm in alarms:
+            group.etcd.call("/v3/maintenance/alarm", {"action": "DEACTIVATE", "memberID": alarm["memberID"],
+                                                      "alarm": "NOSPACE"})
+        wait_until("c1 to lead once etcd has room", lambda: group.leader(["c1"]), TAKEOVER_DEADLINE_S, group.logs())
+        assert group.status("c1")["ha"]["etcd_error"] is None
+    finally:
+        group.stop()
 
 
 class RefusingMember(Served):

@@ -50,10 +50,28 @@ fn described(error: &etcd_client::Error) -> String {
                 text.push_str(": ");
                 text.push_str(&common::error::chain(cause));
             }
+            if let Some(fix) = fix_for(status.message()) {
+                text.push_str("\n    fix: ");
+                text.push_str(fix);
+            }
             text
         }
         other => common::error::chain(other),
     }
+}
+
+/// What an operator does about an etcd refusal no controller can get past by retrying.
+fn fix_for(message: &str) -> Option<&'static str> {
+    // etcd's ErrNoSpace: its NOSPACE alarm is raised, and until it is disarmed etcd refuses
+    // every write and lease grant, so no member can take (or keep) the leadership.
+    message.contains("database space exceeded").then_some(
+        "etcd's NOSPACE alarm is raised: its database reached --quota-backend-bytes, and until the \
+         alarm is disarmed it refuses every write and lease grant, so no controller can lead. \
+         Free the space and disarm it: `etcdctl compact <current revision>`, `etcdctl defrag` on \
+         each member, then `etcdctl alarm disarm` (or raise --quota-backend-bytes). The leader \
+         compacts the history it no longer needs every compact_history_s; something else may be \
+         writing to this etcd.",
+    )
 }
 
 /// Milliseconds on CLOCK_BOOTTIME: monotonic, and it counts time the host spent suspended.
@@ -1105,5 +1123,12 @@ mod retry_tests {
             assert!(!retryable_code(code), "{code}");
         }
         assert!(!retryable(&etcd_client::Error::InvalidArgs("x".into())));
+    }
+
+    #[test]
+    fn an_etcd_out_of_space_is_named_with_the_operators_fix() {
+        let fix = fix_for("etcdserver: mvcc: database space exceeded").expect("NOSPACE has a fix");
+        assert!(fix.contains("NOSPACE") && fix.contains("etcdctl alarm disarm"), "{fix}");
+        assert_eq!(fix_for("etcdserver: request timed out"), None);
     }
 }
