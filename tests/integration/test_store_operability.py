@@ -336,6 +336,10 @@ def test_the_write_ahead_log_variable_takes_the_usual_booleans(tmp_path_factory,
         metrics = fetch(store, "/metrics")[2]
         line = next(line for line in metrics.splitlines() if line.startswith("switchyard_store_write_ahead_log_bytes"))
         assert (float(line.split()[-1]) > 0) == logged, line
+        # With the log, the size that calls for a checkpoint: all 8 MiB until a checkpoint holds
+        # the writer long (a few puts to a small table never do).
+        writer = json.loads(fetch(store, "/health")[2])["writer"]
+        assert writer["checkpoint_log_bytes_due"] == (8 << 20 if logged else 0), writer
     finally:
         store.stop()
 

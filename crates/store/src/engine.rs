@@ -54,8 +54,8 @@ pub(crate) use streams::stream_key as stream_key_of;
 pub use streams::{ShardMeta, ShardRead, StreamMeta, render_stored_stream_entry};
 use wal::{Appended, LoggedTable, LoggedTxn, Wal};
 pub use wal::{
-    ReplayReport, WAL_CHECKPOINT_BYTES, WAL_FILE_BYTES_MAX, WAL_FILE_NAME, WAL_GROW_BYTES, WAL_REGION_BYTES,
-    WAL_REGION_STARTS, WalError, parse as parse_wal_payload, scan as scan_wal,
+    ReplayReport, WAL_CHECKPOINT_BYTES, WAL_CHECKPOINT_BYTES_MIN, WAL_FILE_BYTES_MAX, WAL_FILE_NAME, WAL_GROW_BYTES,
+    WAL_REGION_BYTES, WAL_REGION_STARTS, WalError, parse as parse_wal_payload, scan as scan_wal,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -95,6 +95,9 @@ pub const CHECKPOINT_INTERVAL_MIN_MS: u64 = 1_000;
 /// (~64–128 KiB per GiB), and a replicated store commits a watermark mark every second, so
 /// without this bound a 20 GiB store would rewrite ~2 MB a second for as long as it runs.
 pub const CHECKPOINT_INTERVAL_PER_GIB_MS: u64 = 2_000;
+/// With the write-ahead log, how long a checkpoint the log's size calls for should hold the
+/// writer: the log it lets grow is sized for this (`next_checkpoint_log_bytes`).
+pub const CHECKPOINT_HOLD_TARGET_US: u64 = 20_000;
 /// redb's page: the unit it reads, writes and checksums (its default, which the store keeps).
 pub const REDB_PAGE_BYTES: usize = 4096;
 /// The most value bytes an entry appended to a log table every batch may hold (replication log
@@ -1142,13 +1145,20 @@ fn read_state(db: &Database) -> Result<Loaded, String> {
 fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
     let mut pending: Option<Job> = None;
     let mut checkpoints = Checkpoints::new(!shared.options.no_idle_checkpoints);
+    if shared.options.write_ahead_log {
+        shared
+            .writer_status
+            .lock()
+            .expect("status lock is never poisoned")
+            .checkpoint_log_bytes_due = checkpoints.log_bytes_due;
+    }
     loop {
         let mut first = match pending.take() {
             Some(job) => job,
             None => match checkpoints.next_job(&mut receiver) {
                 NextJob::Job(job) => job,
                 NextJob::Idle => {
-                    if !checkpoint_and_schedule(&shared, &mut checkpoints, &mut receiver) {
+                    if !checkpoint_and_schedule(&shared, &mut checkpoints, &mut receiver, None) {
                         return;
                     }
                     continue;
@@ -1157,7 +1167,7 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
             },
         };
         if let Some(done) = first.close.take() {
-            let committed = checkpoint_with(&shared, true) == Checkpointed::Yes;
+            let committed = matches!(checkpoint_with(&shared, true), Checkpointed::Yes { .. });
             // Later writes are refused at once ("shutting down"), before the closer hears back.
             receiver.close();
             let _ = done.send(committed);
@@ -1207,19 +1217,35 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
             .lock()
             .expect("status lock is never poisoned")
             .log_bytes = log_bytes;
-        if log_bytes >= WAL_CHECKPOINT_BYTES && !checkpoint_and_schedule(&shared, &mut checkpoints, &mut receiver) {
+        if log_bytes >= checkpoints.log_bytes_due
+            && !checkpoint_and_schedule(&shared, &mut checkpoints, &mut receiver, Some(log_bytes))
+        {
             return;
         }
     }
 }
 
 /// A checkpoint, and when the next one is due; one that did not commit is tried again after
-/// the interval (the writer stays "dirty"). `false`: the engine shut down while the writer
-/// reopened the database after an I/O error.
-fn checkpoint_and_schedule(shared: &Shared, checkpoints: &mut Checkpoints, receiver: &mut mpsc::Receiver<Job>) -> bool {
+/// the interval (the writer stays "dirty"). `covered_bytes`: the log it covers, when the log's
+/// size called for it (the next such one is then due after [`next_checkpoint_log_bytes`]).
+/// `false`: the engine shut down while the writer reopened the database after an I/O error.
+fn checkpoint_and_schedule(
+    shared: &Shared,
+    checkpoints: &mut Checkpoints,
+    receiver: &mut mpsc::Receiver<Job>,
+    covered_bytes: Option<u64>,
+) -> bool {
     match checkpoint(shared) {
-        Checkpointed::Yes => {
+        Checkpointed::Yes { hold_us } => {
             checkpoints.done(file_bytes(shared));
+            if let Some(covered) = covered_bytes {
+                checkpoints.log_bytes_due = next_checkpoint_log_bytes(covered, hold_us);
+                shared
+                    .writer_status
+                    .lock()
+                    .expect("status lock is never poisoned")
+                    .checkpoint_log_bytes_due = checkpoints.log_bytes_due;
+            }
             true
         }
         Checkpointed::No(end) => {
@@ -1238,6 +1264,9 @@ struct Checkpoints {
     last: Option<std::time::Instant>,
     /// The least time between checkpoints (see [`CHECKPOINT_INTERVAL_PER_GIB_MS`]).
     interval: std::time::Duration,
+    /// The log's size past which the writer checkpoints after a batch, busy or not
+    /// ([`next_checkpoint_log_bytes`]).
+    log_bytes_due: u64,
 }
 
 enum NextJob {
@@ -1265,6 +1294,7 @@ impl Checkpoints {
             dirty: true,
             last: None,
             interval: std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS),
+            log_bytes_due: WAL_CHECKPOINT_BYTES,
         }
     }
 
@@ -1310,6 +1340,23 @@ impl Checkpoints {
     }
 }
 
+/// The log's size after which the writer next checkpoints, from the last checkpoint the log's
+/// size called for: it covered `covered_bytes` of log and held the writer `hold_us`. A
+/// checkpoint holds the writer (and every request queued behind it) for as long as redb takes
+/// to write the pages the batches since the last one dirtied; after random writes to many items
+/// that grows with the log it covers (a million items: ~100 ms for 8 MiB, BENCHMARKS
+/// "Streams"). So the log it lets grow is sized for a hold of [`CHECKPOINT_HOLD_TARGET_US`], at
+/// the rate the last one showed, between [`WAL_CHECKPOINT_BYTES_MIN`] and
+/// [`WAL_CHECKPOINT_BYTES`]. Where writes come back to the same pages (a small table), holds
+/// stay short and the log its full size. A hold of fixed cost `a` plus `b` per byte settles at
+/// `(target - a) / b` bytes: each step is `covered × target / (a + b × covered)`.
+fn next_checkpoint_log_bytes(covered_bytes: u64, hold_us: u64) -> u64 {
+    let sized = u128::from(covered_bytes) * u128::from(CHECKPOINT_HOLD_TARGET_US) / u128::from(hold_us.max(1));
+    u64::try_from(sized)
+        .unwrap_or(u64::MAX)
+        .clamp(WAL_CHECKPOINT_BYTES_MIN, WAL_CHECKPOINT_BYTES)
+}
+
 /// The least time between checkpoints for a file of `file_bytes`.
 fn checkpoint_interval(file_bytes: u64) -> std::time::Duration {
     let per_gib = (file_bytes >> 30).saturating_mul(CHECKPOINT_INTERVAL_PER_GIB_MS);
@@ -1324,7 +1371,8 @@ fn file_bytes(shared: &Shared) -> u64 {
 /// Whether a checkpoint committed.
 #[derive(Debug, PartialEq, Eq)]
 enum Checkpointed {
-    Yes,
+    /// Committed, holding the writer this long.
+    Yes { hold_us: u64 },
     /// Skipped (disk below the watermark) or failed; with what the writer does next.
     No(BatchEnd),
 }
@@ -1364,6 +1412,34 @@ mod checkpoint_tests {
         checkpoints.postpone(0);
         let wait = checkpoints.wait().expect("still due");
         assert!(wait > Duration::from_millis(CHECKPOINT_IDLE_MS), "{wait:?}");
+    }
+
+    #[test]
+    fn the_log_a_checkpoint_covers_is_sized_for_the_hold_the_last_one_showed() {
+        let mib = 1u64 << 20;
+        let target = CHECKPOINT_HOLD_TARGET_US;
+        // Short holds (a small table's pages, written again and again): the whole log.
+        assert_eq!(next_checkpoint_log_bytes(8 * mib, target / 4), WAL_CHECKPOINT_BYTES);
+        assert_eq!(next_checkpoint_log_bytes(2 * mib, target / 8), WAL_CHECKPOINT_BYTES);
+        // A hold in proportion to the log (random writes to many items): the log that would
+        // hold the writer for the target.
+        assert_eq!(next_checkpoint_log_bytes(8 * mib, 4 * target), 2 * mib);
+        assert_eq!(next_checkpoint_log_bytes(8 * mib, 2 * target), 4 * mib);
+        // Never below the floor, whatever the hold (a hold of 0 µs reads as 1).
+        assert_eq!(
+            next_checkpoint_log_bytes(8 * mib, 1_000 * target),
+            WAL_CHECKPOINT_BYTES_MIN
+        );
+        assert_eq!(next_checkpoint_log_bytes(8 * mib, 0), WAL_CHECKPOINT_BYTES);
+        assert_eq!(next_checkpoint_log_bytes(u64::MAX, 1), WAL_CHECKPOINT_BYTES);
+        // A hold of a fixed part and a part per byte settles where the hold is the target.
+        let hold = |bytes: u64| 5_000 + bytes / 200;
+        let mut due = WAL_CHECKPOINT_BYTES;
+        for _ in 0..20 {
+            due = next_checkpoint_log_bytes(due, hold(due));
+        }
+        let settled = (target - 5_000) * 200;
+        assert!(due.abs_diff(settled) < settled / 100, "{due} against {settled}");
     }
 
     #[test]
@@ -1464,7 +1540,7 @@ fn checkpoint_with(shared: &Shared, closing: bool) -> Checkpointed {
             status.log_bytes = 0;
             status.checkpointed = true;
             status.checkpoint_syncing = sync.is_some();
-            Checkpointed::Yes
+            Checkpointed::Yes { hold_us: took_us }
         }
         Ok(Err(error)) => {
             shared.note_storage_failure(&storage_error("committing a checkpoint", error));

@@ -1404,6 +1404,7 @@ fn writer_json(writer: &WriterStatus) -> serde_json::Value {
         "open_replay_ms": writer.opened.replayed.took_ms,
         "log_bytes": writer.log_bytes,
         "last_checkpoint_us": writer.last_checkpoint_us,
+        "checkpoint_log_bytes_due": writer.checkpoint_log_bytes_due,
         "checkpoints_total": writer.checkpoints_total,
         "last_checkpoint_unix_ms": writer.last_checkpoint_unix_ms,
         "checkpointed": writer.checkpointed,

@@ -269,8 +269,9 @@ struct StoreArgs {
     /// Commit writes through a write-ahead log (store.wal): one sequential append and sync per
     /// batch, the database file synced at checkpoints. PutItem throughput 1.4-2x, and a start
     /// after a crash replays at most 8 MiB of log instead of walking the whole file (~30 s at 10M
-    /// items); but the writer waits for each checkpoint, so under sustained writes PutItem's p99
-    /// rises to tens or hundreds of ms (BENCHMARKS.md). BOOL: true/false, 1/0, yes/no, on/off.
+    /// items); but the writer waits while each checkpoint writes its pages (sized to ~20 ms), so
+    /// under sustained writes PutItem's p99 rises to about 20-35 ms (BENCHMARKS.md). BOOL:
+    /// true/false, 1/0, yes/no, on/off.
     /// [default: false]
     #[arg(
         long,
