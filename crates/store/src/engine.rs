@@ -96,7 +96,7 @@ pub const CHECKPOINT_INTERVAL_MIN_MS: u64 = 1_000;
 /// without this bound a 20 GiB store would rewrite ~2 MB a second for as long as it runs.
 pub const CHECKPOINT_INTERVAL_PER_GIB_MS: u64 = 2_000;
 /// With the write-ahead log, how long a checkpoint the log's size calls for should hold the
-/// writer: the log it lets grow is sized for this (`next_checkpoint_log_bytes`).
+/// writer: the log it lets grow is sized for this (`CheckpointSizing`).
 pub const CHECKPOINT_HOLD_TARGET_US: u64 = 20_000;
 /// redb's page: the unit it reads, writes and checksums (its default, which the store keeps).
 pub const REDB_PAGE_BYTES: usize = 4096;
@@ -607,6 +607,11 @@ impl Engine {
             db: RwLock::new(Some(Arc::new(db))),
             disk: Mutex::new(disk),
             writer_status: Mutex::new(WriterStatus {
+                checkpoint_log_bytes_due: if options.write_ahead_log {
+                    WAL_CHECKPOINT_BYTES
+                } else {
+                    0
+                },
                 opened,
                 ..WriterStatus::default()
             }),
@@ -1145,13 +1150,6 @@ fn read_state(db: &Database) -> Result<Loaded, String> {
 fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
     let mut pending: Option<Job> = None;
     let mut checkpoints = Checkpoints::new(!shared.options.no_idle_checkpoints);
-    if shared.options.write_ahead_log {
-        shared
-            .writer_status
-            .lock()
-            .expect("status lock is never poisoned")
-            .checkpoint_log_bytes_due = checkpoints.log_bytes_due;
-    }
     loop {
         let mut first = match pending.take() {
             Some(job) => job,
@@ -1206,20 +1204,22 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
             return;
         }
         // A long log is checkpointed at once, busy or not: it bounds the replay after a crash.
-        let log_bytes = shared
+        // Below its full size, not while the last checkpoint's syncs still run: on a slow disk
+        // checkpoints would pile up, and their holds (waiting for the queue) would only shrink
+        // the next ones.
+        let (log_bytes, syncing) = shared
             .wal
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
-            .map_or(0, Wal::used_bytes);
+            .map_or((0, false), |wal| (wal.used_bytes(), wal.checkpoint_syncing()));
         shared
             .writer_status
             .lock()
             .expect("status lock is never poisoned")
             .log_bytes = log_bytes;
-        if log_bytes >= checkpoints.log_bytes_due
-            && !checkpoint_and_schedule(&shared, &mut checkpoints, &mut receiver, Some(log_bytes))
-        {
+        let due = log_bytes >= WAL_CHECKPOINT_BYTES || (log_bytes >= checkpoints.sizing.due && !syncing);
+        if due && !checkpoint_and_schedule(&shared, &mut checkpoints, &mut receiver, Some(log_bytes)) {
             return;
         }
     }
@@ -1227,7 +1227,7 @@ fn writer_loop(shared: Arc<Shared>, mut receiver: mpsc::Receiver<Job>) {
 
 /// A checkpoint, and when the next one is due; one that did not commit is tried again after
 /// the interval (the writer stays "dirty"). `covered_bytes`: the log it covers, when the log's
-/// size called for it (the next such one is then due after [`next_checkpoint_log_bytes`]).
+/// size called for it (the next such one is then due after [`CheckpointSizing::due`]).
 /// `false`: the engine shut down while the writer reopened the database after an I/O error.
 fn checkpoint_and_schedule(
     shared: &Shared,
@@ -1239,12 +1239,12 @@ fn checkpoint_and_schedule(
         Checkpointed::Yes { hold_us } => {
             checkpoints.done(file_bytes(shared));
             if let Some(covered) = covered_bytes {
-                checkpoints.log_bytes_due = next_checkpoint_log_bytes(covered, hold_us);
+                checkpoints.sizing.checkpointed(covered, hold_us);
                 shared
                     .writer_status
                     .lock()
                     .expect("status lock is never poisoned")
-                    .checkpoint_log_bytes_due = checkpoints.log_bytes_due;
+                    .checkpoint_log_bytes_due = checkpoints.sizing.due;
             }
             true
         }
@@ -1264,9 +1264,8 @@ struct Checkpoints {
     last: Option<std::time::Instant>,
     /// The least time between checkpoints (see [`CHECKPOINT_INTERVAL_PER_GIB_MS`]).
     interval: std::time::Duration,
-    /// The log's size past which the writer checkpoints after a batch, busy or not
-    /// ([`next_checkpoint_log_bytes`]).
-    log_bytes_due: u64,
+    /// The log's size past which the writer checkpoints after a batch, busy or not.
+    sizing: CheckpointSizing,
 }
 
 enum NextJob {
@@ -1294,7 +1293,7 @@ impl Checkpoints {
             dirty: true,
             last: None,
             interval: std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS),
-            log_bytes_due: WAL_CHECKPOINT_BYTES,
+            sizing: CheckpointSizing::new(),
         }
     }
 
@@ -1340,18 +1339,67 @@ impl Checkpoints {
     }
 }
 
-/// The log's size after which the writer next checkpoints, from the last checkpoint the log's
-/// size called for: it covered `covered_bytes` of log and held the writer `hold_us`. A
-/// checkpoint holds the writer (and every request queued behind it) for as long as redb takes
-/// to write the pages the batches since the last one dirtied; after random writes to many items
-/// that grows with the log it covers (a million items: ~100 ms for 8 MiB, BENCHMARKS
-/// "Streams"). So the log it lets grow is sized for a hold of [`CHECKPOINT_HOLD_TARGET_US`], at
-/// the rate the last one showed, between [`WAL_CHECKPOINT_BYTES_MIN`] and
-/// [`WAL_CHECKPOINT_BYTES`]. Where writes come back to the same pages (a small table), holds
-/// stay short and the log its full size. A hold of fixed cost `a` plus `b` per byte settles at
-/// `(target - a) / b` bytes: each step is `covered × target / (a + b × covered)`.
-fn next_checkpoint_log_bytes(covered_bytes: u64, hold_us: u64) -> u64 {
-    let sized = u128::from(covered_bytes) * u128::from(CHECKPOINT_HOLD_TARGET_US) / u128::from(hold_us.max(1));
+/// The log's size after which the writer next checkpoints (with the write-ahead log), from the
+/// checkpoints the log's size called for. A checkpoint holds the writer (and every request
+/// queued behind it) while redb writes the pages the batches since the last one dirtied: after
+/// random writes to many items that grows with the log it covers (a million items: ~12 ms per
+/// MiB plus ~5 ms; BENCHMARKS, "Streams"). Its hold is taken as a fixed part (redb's allocator
+/// state, a stream's records) plus a part per byte of log, and the log is sized for a hold of
+/// [`CHECKPOINT_HOLD_TARGET_US`], between [`WAL_CHECKPOINT_BYTES_MIN`] and
+/// [`WAL_CHECKPOINT_BYTES`]. Where writes come back to the same pages (a small table) holds stay
+/// short and the log its full size; where the fixed part alone reaches the target, a smaller
+/// log would not shorten the hold, and it is its full size too. Pure: the writer feeds it.
+#[derive(Clone, Debug)]
+struct CheckpointSizing {
+    /// The log's size past which the writer checkpoints.
+    due: u64,
+    /// The estimate of the hold's fixed part, µs.
+    fixed_us: u64,
+    /// The last checkpoint fed in: the log it covered and its hold.
+    last: Option<(u64, u64)>,
+}
+
+impl CheckpointSizing {
+    fn new() -> CheckpointSizing {
+        CheckpointSizing {
+            due: WAL_CHECKPOINT_BYTES,
+            fixed_us: 0,
+            last: None,
+        }
+    }
+
+    /// A checkpoint the log's size called for covered `covered_bytes` of log and held the
+    /// writer `hold_us`.
+    fn checkpointed(&mut self, covered_bytes: u64, hold_us: u64) {
+        // Two checkpoints of sizes a quarter or more apart tell the two parts apart (closer
+        // ones, the hold's noise would decide): the new estimate of the fixed part is averaged
+        // with the last, so one noisy pair moves it halfway.
+        if let Some((last_bytes, last_us)) = self.last
+            && covered_bytes.abs_diff(last_bytes) >= covered_bytes.max(last_bytes) / 4
+        {
+            let per_byte = (hold_us as f64 - last_us as f64) / (covered_bytes as f64 - last_bytes as f64);
+            let fixed = match per_byte > 0.0 {
+                true => hold_us as f64 - per_byte * covered_bytes as f64,
+                // A hold that does not grow with the log: all of it is fixed.
+                false => hold_us as f64,
+            };
+            let fixed = fixed.clamp(0.0, hold_us as f64) as u64;
+            self.fixed_us = (self.fixed_us + fixed) / 2;
+        }
+        self.last = Some((covered_bytes, hold_us));
+        self.due = sized_log_bytes(covered_bytes, hold_us, self.fixed_us);
+    }
+}
+
+/// The log that would hold the writer [`CHECKPOINT_HOLD_TARGET_US`], given one that covered
+/// `covered_bytes` and held it `hold_us`, of which `fixed_us` does not grow with the log.
+fn sized_log_bytes(covered_bytes: u64, hold_us: u64, fixed_us: u64) -> u64 {
+    let fixed_us = fixed_us.min(hold_us);
+    let growing_us = hold_us - fixed_us;
+    if fixed_us >= CHECKPOINT_HOLD_TARGET_US || growing_us == 0 {
+        return WAL_CHECKPOINT_BYTES;
+    }
+    let sized = u128::from(covered_bytes) * u128::from(CHECKPOINT_HOLD_TARGET_US - fixed_us) / u128::from(growing_us);
     u64::try_from(sized)
         .unwrap_or(u64::MAX)
         .clamp(WAL_CHECKPOINT_BYTES_MIN, WAL_CHECKPOINT_BYTES)
@@ -1414,32 +1462,60 @@ mod checkpoint_tests {
         assert!(wait > Duration::from_millis(CHECKPOINT_IDLE_MS), "{wait:?}");
     }
 
+    /// Feeds `sizing` checkpoints whose hold is `hold(bytes)` µs, `rounds` times; the sizes due.
+    fn settle(sizing: &mut CheckpointSizing, hold: impl Fn(u64) -> u64, rounds: usize) -> Vec<u64> {
+        (0..rounds)
+            .map(|_| {
+                let covered = sizing.due;
+                sizing.checkpointed(covered, hold(covered));
+                sizing.due
+            })
+            .collect()
+    }
+
     #[test]
     fn the_log_a_checkpoint_covers_is_sized_for_the_hold_the_last_one_showed() {
         let mib = 1u64 << 20;
         let target = CHECKPOINT_HOLD_TARGET_US;
         // Short holds (a small table's pages, written again and again): the whole log.
-        assert_eq!(next_checkpoint_log_bytes(8 * mib, target / 4), WAL_CHECKPOINT_BYTES);
-        assert_eq!(next_checkpoint_log_bytes(2 * mib, target / 8), WAL_CHECKPOINT_BYTES);
-        // A hold in proportion to the log (random writes to many items): the log that would
-        // hold the writer for the target.
-        assert_eq!(next_checkpoint_log_bytes(8 * mib, 4 * target), 2 * mib);
-        assert_eq!(next_checkpoint_log_bytes(8 * mib, 2 * target), 4 * mib);
-        // Never below the floor, whatever the hold (a hold of 0 µs reads as 1).
-        assert_eq!(
-            next_checkpoint_log_bytes(8 * mib, 1_000 * target),
-            WAL_CHECKPOINT_BYTES_MIN
+        let mut small = CheckpointSizing::new();
+        assert_eq!(settle(&mut small, |_| target / 4, 5), vec![WAL_CHECKPOINT_BYTES; 5]);
+        // A hold in proportion to the log: the log that holds the writer for the target.
+        assert_eq!(sized_log_bytes(8 * mib, 4 * target, 0), 2 * mib);
+        assert_eq!(sized_log_bytes(8 * mib, 2 * target, 0), 4 * mib);
+        // Never below the floor, whatever the hold (a hold of 0 µs is all fixed).
+        assert_eq!(sized_log_bytes(8 * mib, 1_000 * target, 0), WAL_CHECKPOINT_BYTES_MIN);
+        assert_eq!(sized_log_bytes(8 * mib, 0, 0), WAL_CHECKPOINT_BYTES);
+        assert_eq!(sized_log_bytes(u64::MAX, 1, 0), WAL_CHECKPOINT_BYTES);
+        // A million items (~5 ms plus ~12 ms per MiB): it settles where the hold is the target.
+        let mut many = CheckpointSizing::new();
+        let hold = |bytes: u64| 5_000 + bytes * 12_000 / mib;
+        let due = *settle(&mut many, hold, 20).last().expect("sized");
+        let settled = (target - 5_000) * mib / 12_000;
+        assert!(due.abs_diff(settled) < settled / 20, "{due} against {settled}");
+        // (Where it settles does not depend on the estimate of the fixed part, only how fast
+        // it gets there: the estimate only moves when sizes a quarter apart are fed in.)
+        assert!(many.fixed_us > 0 && many.fixed_us <= 5_000, "{many:?}");
+    }
+
+    #[test]
+    fn a_hold_mostly_fixed_keeps_the_log_whole() {
+        let mib = 1u64 << 20;
+        // 25 ms whatever the log (the allocator state of a big file, a slow disk's queue) and
+        // 1 ms per MiB: a smaller log would not bring the hold to the target.
+        let mut sizing = CheckpointSizing::new();
+        let dues = settle(&mut sizing, |bytes| 25_000 + bytes * 1_000 / mib, 12);
+        assert!(
+            dues[dues.len() - 4..].iter().all(|due| *due == WAL_CHECKPOINT_BYTES),
+            "{dues:?}"
         );
-        assert_eq!(next_checkpoint_log_bytes(8 * mib, 0), WAL_CHECKPOINT_BYTES);
-        assert_eq!(next_checkpoint_log_bytes(u64::MAX, 1), WAL_CHECKPOINT_BYTES);
-        // A hold of a fixed part and a part per byte settles where the hold is the target.
-        let hold = |bytes: u64| 5_000 + bytes / 200;
-        let mut due = WAL_CHECKPOINT_BYTES;
-        for _ in 0..20 {
-            due = next_checkpoint_log_bytes(due, hold(due));
-        }
-        let settled = (target - 5_000) * 200;
-        assert!(due.abs_diff(settled) < settled / 100, "{due} against {settled}");
+        // A hold that does not grow with the log at all: the same.
+        let mut flat = CheckpointSizing::new();
+        let dues = settle(&mut flat, |_| 30_000, 12);
+        assert!(
+            dues[dues.len() - 4..].iter().all(|due| *due == WAL_CHECKPOINT_BYTES),
+            "{dues:?}"
+        );
     }
 
     #[test]

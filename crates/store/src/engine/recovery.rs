@@ -571,7 +571,7 @@ pub struct WriterStatus {
     /// Bytes of write-ahead log since the last checkpoint (what an open after a crash replays).
     pub log_bytes: u64,
     /// With the log: its size past which the writer checkpoints after a batch
-    /// (`engine::next_checkpoint_log_bytes`); 0 without the log.
+    /// (`engine::CheckpointSizing`); 0 without the log.
     pub checkpoint_log_bytes_due: u64,
     /// Stream record blocks, and their bytes, written since the last checkpoint and kept out
     /// of redb until the next (`streams::RecordOverlay`; with the log only).

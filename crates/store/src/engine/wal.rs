@@ -68,7 +68,7 @@ pub const WAL_REGION_BYTES: u64 = 16 << 20;
 /// Once this much log is in use, the writer checkpoints after the batch: it bounds the replay
 /// at an open after a crash, and the dirty pages a checkpoint syncs. The writer checkpoints
 /// earlier, down to [`WAL_CHECKPOINT_BYTES_MIN`], where checkpoints hold it long
-/// (`engine::next_checkpoint_log_bytes`).
+/// (`engine::CheckpointSizing`).
 pub const WAL_CHECKPOINT_BYTES: u64 = 8 << 20;
 pub const WAL_CHECKPOINT_BYTES_MIN: u64 = 1 << 20;
 /// The settings entry holding the sequence number of the last logged batch in redb's state.
